@@ -1,0 +1,79 @@
+// Command relinkd finds files that were deleted while a process still holds
+// them open and gives their data a name again. See README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// Set by the linker (see Makefile).
+var (
+	version = "dev"
+	commit  = "unknown"
+)
+
+const usage = `usage: relinkd COMMAND [FLAGS]
+
+commands:
+  run          [--config FILE]                      the daemon (foreground)
+  scan         [--config FILE] [--all] [--json]     list deleted-but-open files
+  rescue       [--config FILE] [--to DIR] [--pid PID] [--fd N] [--json] [GLOB…]
+                                                    rescue matching files now
+  check-config FILE                                 validate a configuration
+  doctor       [--config FILE]                      what will work on this host
+  version                                           version, commit, Go version
+`
+
+// errUsage marks a command-line mistake: main prints the usage and exits 2.
+var errUsage = errors.New("usage")
+
+// env is what a command needs from the outside world; tests swap it.
+type env struct {
+	stdout, stderr io.Writer
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := dispatch(ctx, env{stdout: os.Stdout, stderr: os.Stderr}, os.Args[1:])
+	stop()
+	switch {
+	case err == nil:
+	case errors.Is(err, errUsage):
+		fmt.Fprintf(os.Stderr, "relinkd: %v\n\n%s", err, usage)
+		os.Exit(2)
+	default:
+		fmt.Fprintf(os.Stderr, "relinkd: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func dispatch(ctx context.Context, e env, args []string) error {
+	if len(args) == 0 {
+		return fmt.Errorf("%w: no command", errUsage)
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "run":
+		return cmdRun(ctx, e, rest)
+	case "scan":
+		return cmdScan(ctx, e, rest)
+	case "rescue":
+		return cmdRescue(ctx, e, rest)
+	case "check-config":
+		return cmdCheckConfig(ctx, e, rest)
+	case "doctor":
+		return cmdDoctor(ctx, e, rest)
+	case "version":
+		return cmdVersion(e)
+	case "help", "-h", "--help":
+		fmt.Fprint(e.stdout, usage)
+		return nil
+	}
+	return fmt.Errorf("%w: unknown command %q", errUsage, cmd)
+}

@@ -1,0 +1,72 @@
+// Package scanner finds regular files that were deleted while a process
+// still holds them open, by walking /proc/PID/fd.
+package scanner
+
+import (
+	"io/fs"
+	"time"
+)
+
+// Candidate is one descriptor that refers to a deleted regular file.
+// It is a snapshot taken during a sweep: the relink engine re-verifies
+// Dev, Ino and StartTime after pinning before it trusts any of it.
+type Candidate struct {
+	// Holder.
+	PID       int    // process id (thread group id)
+	StartTime uint64 // process start time in clock ticks since boot, proc(5) stat field 22
+	Comm      string // /proc/PID/comm
+	Exe       string // /proc/PID/exe target, "" when unreadable
+	UID       uint32 // real uid of the holder
+
+	// Descriptor, from /proc/PID/fdinfo/FD.
+	FD    int
+	Flags uint32 // open flags (O_ACCMODE, O_APPEND, O_TMPFILE …)
+	Pos   int64  // file position
+	MntID int    // mount id, resolvable through /proc/PID/mountinfo
+
+	// Inode, from stat(2) through the magic link.
+	Dev   uint64
+	Ino   uint64
+	Nlink uint64
+	Size  int64
+	Mode  fs.FileMode // Go file mode (type and permission bits)
+	Owner uint32      // st_uid of the file
+	Group uint32      // st_gid of the file
+
+	// Path is the holder's view of the original name with the " (deleted)"
+	// suffix removed, as raw bytes: it may contain newlines or be invalid UTF-8.
+	// It is a hint for naming only, never something to open.
+	Path []byte
+
+	// TmpFile is set for a file opened with O_TMPFILE (never linked anywhere).
+	TmpFile bool
+	// Linkable is set when linkat(2) can give the inode a name again:
+	// it still has another link (Nlink > 0), or it is an O_TMPFILE file
+	// (which the kernel refuses only if it was opened with O_EXCL).
+	Linkable bool
+}
+
+// Key identifies an inode across processes and descriptors.
+type Key struct {
+	Dev uint64
+	Ino uint64
+}
+
+// Key returns the inode identity of c.
+func (c *Candidate) Key() Key { return Key{Dev: c.Dev, Ino: c.Ino} }
+
+// Writable reports whether the holder's descriptor was opened for writing.
+func (c *Candidate) Writable() bool {
+	const accMode = 0o3 // O_ACCMODE
+	return c.Flags&accMode != 0
+}
+
+// Result is what one sweep found and what it could not look at.
+type Result struct {
+	Candidates []Candidate
+	Procs      int           // processes whose descriptors were read
+	FDs        int           // descriptors examined
+	Vanished   int           // processes or descriptors gone during the sweep (normal)
+	Denied     int           // processes the sweep was not allowed to inspect
+	Duration   time.Duration // wall time of the sweep
+}
