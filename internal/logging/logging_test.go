@@ -1,0 +1,48 @@
+package logging
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+// A burst of identical rescue events must all reach the log: the product is
+// queried through them, so nothing may be sampled away.
+func TestNoSampling(t *testing.T) {
+	var buf bytes.Buffer
+	log, err := New(&buf, "info", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 5000
+	for i := 0; i < n; i++ {
+		log.Info("file rescued")
+	}
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != n {
+		t.Fatalf("got %d lines, want %d", len(lines), n)
+	}
+	var ev map[string]any
+	if err := json.Unmarshal([]byte(lines[0]), &ev); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"ts", "level", "msg"} {
+		if _, ok := ev[k]; !ok {
+			t.Errorf("event lacks %q: %s", k, lines[0])
+		}
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	for _, tc := range []struct{ name, level, format string }{
+		{"level", "loud", "json"},
+		{"format", "info", "xml"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := New(&bytes.Buffer{}, tc.level, tc.format); err == nil {
+				t.Fatal("no error")
+			}
+		})
+	}
+}
