@@ -5,7 +5,9 @@ package testproc
 
 import (
 	"bufio"
-	"encoding/json"
+	"bytes"
+	"encoding/base64"
+	"encoding/gob"
 	"fmt"
 	"io"
 	"os"
@@ -108,7 +110,7 @@ func Start(t testing.TB, steps ...Step) *Holder {
 // StartWith is Start with options.
 func StartWith(t testing.TB, opt Options, steps ...Step) *Holder {
 	t.Helper()
-	script, err := json.Marshal(steps)
+	script, err := encode(steps)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,15 +141,14 @@ func StartWith(t testing.TB, opt Options, steps ...Step) *Holder {
 		t.Fatalf("start holder: %v", err)
 	}
 	h := &Holder{PID: cmd.Process.Pid, cmd: cmd, stdin: stdin, out: bufio.NewReader(stdout), done: make(chan struct{})}
-	t.Cleanup(h.Kill)
 	line, err := h.out.ReadString('\n')
-	if err != nil {
-		t.Fatalf("holder %d: no readiness line: %v", h.PID, err)
-	}
 	fields := strings.Fields(line)
-	if len(fields) == 0 || fields[0] != "ready" {
-		t.Fatalf("holder %d: %q", h.PID, line)
+	if err != nil || len(fields) == 0 || fields[0] != "ready" {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		t.Fatalf("holder %d: no readiness line: %q %v", h.PID, line, err)
 	}
+	t.Cleanup(h.Kill)
 	for _, f := range fields[1:] {
 		n, _ := strconv.Atoi(f)
 		h.FDs = append(h.FDs, n)
@@ -163,7 +164,10 @@ func StartWith(t testing.TB, opt Options, steps ...Step) *Holder {
 func (h *Holder) Do(t testing.TB, steps ...Step) {
 	t.Helper()
 	for _, s := range steps {
-		b, _ := json.Marshal(s)
+		b, err := encode([]Step{s})
+		if err != nil {
+			t.Fatal(err)
+		}
 		if _, err := fmt.Fprintf(h.stdin, "%s\n", b); err != nil {
 			t.Fatalf("holder %d: send %s: %v", h.PID, s.Op, err)
 		}
@@ -216,8 +220,8 @@ func Main(m *testing.M) {
 }
 
 func runHolder(script string) int {
-	var steps []Step
-	if err := json.Unmarshal([]byte(script), &steps); err != nil {
+	steps, err := decode(script)
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "holder: bad script:", err)
 		return 2
 	}
@@ -246,18 +250,38 @@ func runHolder(script string) int {
 	}
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
-		var s Step
-		if err := json.Unmarshal(in.Bytes(), &s); err != nil {
+		more, err := decode(in.Text())
+		if err != nil || len(more) != 1 {
 			fmt.Println("err", err)
 			continue
 		}
-		if err := do(s, &fds); err != nil {
+		if err := do(more[0], &fds); err != nil {
 			fmt.Println("err", err)
 			continue
 		}
 		fmt.Println("ok")
 	}
 	return 0
+}
+
+// encode turns steps into one line of text. gob keeps strings as raw bytes,
+// so paths that are not UTF-8 survive (JSON would replace those bytes).
+func encode(steps []Step) (string, error) {
+	var buf bytes.Buffer
+	if err := gob.NewEncoder(&buf).Encode(steps); err != nil {
+		return "", err
+	}
+	return base64.StdEncoding.EncodeToString(buf.Bytes()), nil
+}
+
+func decode(s string) ([]Step, error) {
+	raw, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		return nil, err
+	}
+	var steps []Step
+	err = gob.NewDecoder(bytes.NewReader(raw)).Decode(&steps)
+	return steps, err
 }
 
 func openFlags(flag string) int {

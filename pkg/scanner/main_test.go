@@ -1,9 +1,15 @@
 package scanner
 
 import (
+	"os"
 	"testing"
 
 	"github.com/relinkd/relinkd/internal/testproc"
 )
 
-func TestMain(m *testing.M) { testproc.Main(m) }
+func TestMain(m *testing.M) {
+	if pid, ok := os.LookupEnv(envSweepChild); ok {
+		os.Exit(sweepChild(pid))
+	}
+	testproc.Main(m)
+}

@@ -1,0 +1,350 @@
+package scanner
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io/fs"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/procfs"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// oTmpfile is __O_TMPFILE as it shows in fdinfo flags: open(2) keeps it
+// in f_flags, so an O_TMPFILE descriptor can be told from an unlinked one.
+const oTmpfile = 0o20000000
+
+// Options configure a Scanner.
+type Options struct {
+	// ProcRoot is where procfs is mounted; "" means /proc.
+	ProcRoot string
+	// Workers bounds how many processes are read at once; 0 picks
+	// twice GOMAXPROCS, at most 16.
+	Workers int
+}
+
+// Scanner sweeps /proc for deleted-but-open regular files.
+type Scanner struct {
+	root    string
+	workers int
+	self    int
+	log     *zap.Logger
+}
+
+// New returns a Scanner. It touches nothing until Sweep.
+func New(opts Options, log *zap.Logger) *Scanner {
+	if opts.ProcRoot == "" {
+		opts.ProcRoot = "/proc"
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = min(2*runtime.GOMAXPROCS(0), 16)
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	return &Scanner{root: opts.ProcRoot, workers: opts.Workers, self: os.Getpid(), log: log}
+}
+
+// Sweep examines every process once and returns a candidate for each
+// descriptor that refers to a deleted regular file, sorted by pid and fd.
+// It fails only when the proc root itself cannot be read; processes that
+// vanish or may not be inspected are counted in the Result.
+func (s *Scanner) Sweep(ctx context.Context) (Result, error) {
+	rootfd, err := openDirAt(unix.AT_FDCWD, s.root)
+	if err != nil {
+		return Result{}, fmt.Errorf("open proc root %s: %w", s.root, err)
+	}
+	defer unix.Close(rootfd)
+	var pids []int
+	buf := make([]byte, 32<<10)
+	err = eachDirent(rootfd, buf, func(name []byte) {
+		if pid, ok := parseFDName(name); ok {
+			pids = append(pids, pid)
+		}
+	})
+	if err != nil {
+		return Result{}, fmt.Errorf("list proc root %s: %w", s.root, err)
+	}
+	return s.sweep(ctx, rootfd, pids)
+}
+
+// SweepPIDs is Sweep restricted to the given processes; the daemon uses it
+// to look first at the processes most likely to hold a file just deleted.
+func (s *Scanner) SweepPIDs(ctx context.Context, pids []int) (Result, error) {
+	rootfd, err := openDirAt(unix.AT_FDCWD, s.root)
+	if err != nil {
+		return Result{}, fmt.Errorf("open proc root %s: %w", s.root, err)
+	}
+	defer unix.Close(rootfd)
+	return s.sweep(ctx, rootfd, pids)
+}
+
+func (s *Scanner) sweep(ctx context.Context, rootfd int, pids []int) (Result, error) {
+	start := time.Now()
+	procFS, err := procfs.NewFS(s.root)
+	if err != nil {
+		return Result{}, fmt.Errorf("proc root %s: %w", s.root, err)
+	}
+	work := make(chan int)
+	results := make([]Result, min(s.workers, max(len(pids), 1)))
+	var wg sync.WaitGroup
+	for i := range results {
+		wg.Add(1)
+		go func(res *Result) {
+			defer wg.Done()
+			w := newWorker(s, rootfd, procFS)
+			for pid := range work {
+				w.process(pid, res)
+			}
+		}(&results[i])
+	}
+feed:
+	for _, pid := range pids {
+		if pid == s.self {
+			continue // the daemon's own pins are not candidates
+		}
+		select {
+		case work <- pid:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(work)
+	wg.Wait()
+
+	var total Result
+	for _, r := range results {
+		total.Candidates = append(total.Candidates, r.Candidates...)
+		total.Procs += r.Procs
+		total.FDs += r.FDs
+		total.Vanished += r.Vanished
+		total.Denied += r.Denied
+	}
+	slices.SortFunc(total.Candidates, func(a, b Candidate) int {
+		if a.PID != b.PID {
+			return a.PID - b.PID
+		}
+		return a.FD - b.FD
+	})
+	total.Duration = time.Since(start)
+	s.log.Debug("sweep done", zap.Int("procs", total.Procs), zap.Int("fds", total.FDs),
+		zap.Int("candidates", len(total.Candidates)), zap.Int("vanished", total.Vanished),
+		zap.Int("denied", total.Denied), zap.Duration("duration", total.Duration))
+	if err := ctx.Err(); err != nil {
+		return total, fmt.Errorf("sweep: %w", err)
+	}
+	return total, nil
+}
+
+// worker holds one goroutine's buffers, reused across processes.
+type worker struct {
+	s      *Scanner
+	rootfd int
+	procFS procfs.FS
+	dirent []byte
+	link   []byte
+	file   []byte
+}
+
+func newWorker(s *Scanner, rootfd int, procFS procfs.FS) *worker {
+	return &worker{
+		s: s, rootfd: rootfd, procFS: procFS,
+		dirent: make([]byte, 16<<10),
+		link:   make([]byte, unix.PathMax+len(deletedSuffix)+1),
+		file:   make([]byte, 4<<10),
+	}
+}
+
+// process reads the descriptors of one process into res.
+func (w *worker) process(pid int, res *Result) {
+	pidDir := strconv.Itoa(pid)
+	fdDir, err := openDirAt(w.rootfd, pidDir+"/fd")
+	if err != nil {
+		w.countErr(pid, "open fd dir", err, res)
+		return
+	}
+	defer unix.Close(fdDir)
+
+	var found []Candidate
+	fdinfoDir := -1
+	defer func() {
+		if fdinfoDir >= 0 {
+			unix.Close(fdinfoDir)
+		}
+	}()
+	var mounts map[int]bool
+	// Reading fd links needs ptrace-read access (proc(5)); when it is
+	// refused for one descriptor it is refused for all of the process,
+	// which is then counted once as not inspectable.
+	var refused error
+	err = eachDirent(fdDir, w.dirent, func(name []byte) {
+		fd, ok := parseFDName(name)
+		if !ok || refused != nil {
+			return
+		}
+		res.FDs++
+		n := string(name)
+		link, err := readlinkAt(fdDir, n, &w.link)
+		if err != nil {
+			if denied(err) {
+				refused = err
+				return
+			}
+			w.countFDErr(err, res)
+			return
+		}
+		path, deleted := trimDeleted(link)
+		if !deleted {
+			return
+		}
+		// The suffix is only a hint: confirm on the inode itself.
+		st, err := statAt(fdDir, n, 0)
+		if err != nil {
+			w.countFDErr(err, res)
+			return
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFREG {
+			return
+		}
+		if st.Nlink > 0 && w.liveName(pidDir, link, &st) {
+			return // a live file literally named "… (deleted)"
+		}
+		if fdinfoDir < 0 {
+			if fdinfoDir, err = openDirAt(w.rootfd, pidDir+"/fdinfo"); err != nil {
+				w.countFDErr(err, res)
+				return
+			}
+		}
+		raw, err := readFileAt(fdinfoDir, n, &w.file)
+		if err != nil {
+			w.countFDErr(err, res)
+			return
+		}
+		info, err := parseFDInfo(raw)
+		if err != nil {
+			w.s.log.Debug("skip descriptor", zap.Int("pid", pid), zap.Int("fd", fd), zap.Error(err))
+			return
+		}
+		if bytes.HasPrefix(path, memfdPrefix) {
+			// memfd_create(2) files live on the kernel's internal shm
+			// mount, which no mountinfo lists; a real file under a
+			// directory named "/memfd:x" is on a listed mount.
+			if mounts == nil {
+				mounts = w.mountIDs(pidDir)
+			}
+			if !mounts[info.MntID] {
+				return
+			}
+		}
+		tmp := info.Flags&oTmpfile != 0
+		found = append(found, Candidate{
+			PID: pid, FD: fd,
+			Flags: info.Flags, Pos: info.Pos, MntID: info.MntID,
+			Dev: st.Dev, Ino: st.Ino, Nlink: uint64(st.Nlink), Size: st.Size,
+			Mode:  fileMode(st.Mode),
+			Owner: st.Uid, Group: st.Gid,
+			Path:     bytes.Clone(path),
+			TmpFile:  tmp,
+			Linkable: st.Nlink > 0 || tmp,
+		})
+	})
+	if err == nil && refused != nil {
+		err = refused
+	}
+	if err != nil {
+		w.countErr(pid, "read fd dir", err, res)
+		return
+	}
+	res.Procs++
+	if len(found) == 0 {
+		return
+	}
+	if err := w.holder(pid, found); err != nil {
+		w.countErr(pid, "read holder", err, res)
+		return
+	}
+	res.Candidates = append(res.Candidates, found...)
+}
+
+// holder fills in the holder's identity on the candidates of pid.
+func (w *worker) holder(pid int, cs []Candidate) error {
+	p, err := w.procFS.Proc(pid)
+	if err != nil {
+		return err
+	}
+	stat, err := p.Stat()
+	if err != nil {
+		return err
+	}
+	status, err := p.NewStatus()
+	if err != nil {
+		return err
+	}
+	exe, _ := p.Executable() // unreadable for kernel threads and some exits
+	for i := range cs {
+		cs[i].StartTime = stat.Starttime
+		cs[i].Comm = stat.Comm
+		cs[i].Exe = exe
+		cs[i].UID = uint32(status.UIDs[0])
+	}
+	return nil
+}
+
+// liveName reports whether link, read verbatim, names the same inode in the
+// holder's root: then the file was never deleted, it is merely called
+// "x (deleted)". A deleted name whose inode has another link fails this.
+func (w *worker) liveName(pidDir string, link []byte, st *unix.Stat_t) bool {
+	cur, err := statAt(w.rootfd, pidDir+"/root"+string(link), unix.AT_SYMLINK_NOFOLLOW)
+	return err == nil && cur.Dev == st.Dev && cur.Ino == st.Ino
+}
+
+func (w *worker) mountIDs(pidDir string) map[int]bool {
+	raw, err := readFileAt(w.rootfd, pidDir+"/mountinfo", &w.file)
+	if err != nil {
+		return map[int]bool{}
+	}
+	return mountIDs(raw)
+}
+
+// countErr records why a whole process could not be read. A process that
+// exits mid-sweep is normal; anything else is counted as not inspectable.
+func (w *worker) countErr(pid int, op string, err error, res *Result) {
+	if vanished(err) || os.IsNotExist(err) {
+		res.Vanished++
+		return
+	}
+	res.Denied++
+	w.s.log.Debug("cannot inspect process", zap.Int("pid", pid), zap.String("op", op), zap.Error(err))
+}
+
+func (w *worker) countFDErr(err error, res *Result) {
+	if vanished(err) {
+		res.Vanished++
+		return
+	}
+	if denied(err) {
+		res.Denied++
+	}
+}
+
+// fileMode converts st_mode to an fs.FileMode (type bits and permissions).
+func fileMode(m uint32) fs.FileMode {
+	mode := fs.FileMode(m & 0o777)
+	if m&unix.S_ISUID != 0 {
+		mode |= fs.ModeSetuid
+	}
+	if m&unix.S_ISGID != 0 {
+		mode |= fs.ModeSetgid
+	}
+	if m&unix.S_ISVTX != 0 {
+		mode |= fs.ModeSticky
+	}
+	return mode // regular files only reach here
+}
