@@ -1,0 +1,194 @@
+// Package policy holds relinkd's configuration and decides, for each
+// deleted-but-open file the scanner finds, whether to rescue it, where, and
+// within which space and abuse limits. It also prunes old rescued files.
+package policy
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/relinkd/relinkd/configs"
+)
+
+// DefaultPath is where relinkd looks for its configuration when no
+// --config flag is given.
+const DefaultPath = "/etc/relinkd/relinkd.yaml"
+
+// Action is what a watch rule does with a file it matches.
+type Action string
+
+// Rule actions.
+const (
+	ActionRescue Action = "rescue" // give the data a name again
+	ActionReport Action = "report" // only log that the file is deleted but open
+)
+
+// Config is a parsed and validated configuration with every default filled.
+type Config struct {
+	Scan    ScanConfig    `yaml:"scan"`
+	Watch   []Rule        `yaml:"watch"`
+	Rescue  RescueConfig  `yaml:"rescue"`
+	Log     LogConfig     `yaml:"log"`
+	Metrics MetricsConfig `yaml:"metrics"`
+
+	// File is the name the configuration was read from ("" for none).
+	File string `yaml:"-"`
+}
+
+// ScanConfig says how often and how the daemon looks for deleted files.
+type ScanConfig struct {
+	Interval Duration `yaml:"interval"` // period of the full /proc sweep
+	Events   bool     `yaml:"events"`   // also react to deletions in watched directories at once
+}
+
+// Rule is one watch rule. The first rule that matches a file decides.
+type Rule struct {
+	Name     string   `yaml:"name"`
+	Paths    []string `yaml:"paths"`             // globs with ** on the holder's view of the path
+	Exclude  []string `yaml:"exclude,omitempty"` // globs that take a file out of this rule
+	Commands []string `yaml:"commands,omitempty"`
+	Users    []string `yaml:"users,omitempty"`
+	MinSize  Size     `yaml:"min_size"`
+	MaxSize  Size     `yaml:"max_size"` // 0: no upper bound
+	Action   Action   `yaml:"action"`
+}
+
+// RescueConfig says where rescued files go and within which limits.
+type RescueConfig struct {
+	Dirs         []string  `yaml:"dirs"`
+	FSDir        string    `yaml:"fs_dir"`   // per-filesystem directory at a mount's root, "" disables it
+	CrossFS      bool      `yaml:"cross_fs"` // allow a copy onto another filesystem
+	Methods      []string  `yaml:"methods"`
+	MinFree      Threshold `yaml:"min_free"`
+	MaxFileSize  Size      `yaml:"max_file_size"`  // 0: no limit
+	MaxTotalSize Size      `yaml:"max_total_size"` // per rescue root, 0: no limit
+	Retention    Duration  `yaml:"retention"`      // 0: keep until max_total_size forces pruning
+	Follow       bool      `yaml:"follow"`
+	PerUser      PerUser   `yaml:"per_user"`
+}
+
+// PerUser caps what the files of one owner (uid) may take within a window,
+// so that one user creating and deleting files in a watched path cannot
+// exhaust the space or the workers.
+type PerUser struct {
+	MaxFiles int      `yaml:"max_files"` // 0: no limit
+	MaxBytes Size     `yaml:"max_bytes"` // 0: no limit
+	Window   Duration `yaml:"window"`
+}
+
+// LogConfig configures the daemon's log output.
+type LogConfig struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"`
+}
+
+// MetricsConfig configures the Prometheus endpoint.
+type MetricsConfig struct {
+	Listen string `yaml:"listen"` // "" disables it
+}
+
+// Rescue methods, cheapest first.
+const (
+	MethodLink    = "link"
+	MethodReflink = "reflink"
+	MethodCopy    = "copy"
+)
+
+// Defaults returns the configuration used for every key a file leaves out.
+// It equals the embedded configs/relinkd.yaml (a test checks that).
+func Defaults() *Config {
+	return &Config{
+		Scan: ScanConfig{Interval: Duration(30 * time.Second), Events: true},
+		Watch: []Rule{
+			{
+				Name:    "logs",
+				Paths:   []string{"/var/log/**"},
+				Exclude: []string{"/var/log/journal/**"},
+				Action:  ActionRescue,
+			},
+			{
+				Name:    "service-data",
+				Paths:   []string{"/srv/**"},
+				Exclude: []string{"**/*.tmp", "**/*.swp"},
+				Action:  ActionRescue,
+			},
+			{
+				Name:    "other-data",
+				Paths:   []string{"/var/lib/**", "/home/**", "/opt/**", "/tmp/**", "/var/tmp/**"},
+				Exclude: []string{"/var/lib/relinkd/**"},
+				Action:  ActionReport,
+			},
+		},
+		Rescue: RescueConfig{
+			Dirs:         []string{"/var/lib/relinkd/rescued"},
+			FSDir:        ".relinkd",
+			CrossFS:      false,
+			Methods:      []string{MethodLink, MethodReflink, MethodCopy},
+			MinFree:      Threshold{Percent: 10, IsPercent: true},
+			MaxFileSize:  1 << 30,
+			MaxTotalSize: 10 << 30,
+			Retention:    Duration(7 * 24 * time.Hour),
+			Follow:       true,
+			PerUser:      PerUser{MaxFiles: 100, MaxBytes: 2 << 30, Window: Duration(time.Hour)},
+		},
+		Log:     LogConfig{Level: "info", Format: "json"},
+		Metrics: MetricsConfig{Listen: ""},
+	}
+}
+
+// Load reads and parses the configuration file at path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(path, data)
+}
+
+// LoadDefault parses the configuration embedded in the binary.
+func LoadDefault() (*Config, error) {
+	return Parse("(embedded)relinkd.yaml", configs.Default())
+}
+
+// Resolve finds the configuration the way the daemon does: path if it is
+// not empty; else DefaultPath if it exists; else the embedded default. It
+// returns the configuration and the name of its source.
+func Resolve(path string) (*Config, string, error) {
+	return resolve(path, DefaultPath)
+}
+
+func resolve(path, system string) (*Config, string, error) {
+	if path != "" {
+		cfg, err := Load(path)
+		return cfg, path, err
+	}
+	if _, err := os.Stat(system); err == nil {
+		cfg, err := Load(system)
+		return cfg, system, err
+	} else if !os.IsNotExist(err) {
+		return nil, system, fmt.Errorf("config %s: %w", system, err)
+	}
+	cfg, err := LoadDefault()
+	return cfg, "(embedded)", err
+}
+
+// YAML returns the effective configuration, every default filled in, as
+// YAML that Parse accepts and that parses back to the same configuration.
+func (c *Config) YAML() []byte {
+	var buf bytes.Buffer
+	enc := yaml.NewEncoder(&buf)
+	enc.SetIndent(2)
+	if err := enc.Encode(c); err != nil {
+		// Every field has a plain type: encoding cannot fail.
+		panic(fmt.Sprintf("policy: encode config: %v", err))
+	}
+	_ = enc.Close()
+	return buf.Bytes()
+}
+
+// String is YAML as a string.
+func (c *Config) String() string { return string(c.YAML()) }

@@ -1,0 +1,506 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/bmatcuk/doublestar/v4"
+	"go.yaml.in/yaml/v3"
+)
+
+// ErrInvalid is wrapped by every configuration error.
+var ErrInvalid = errors.New("invalid configuration")
+
+// FieldError is one problem in a configuration file, at a line, in a field.
+type FieldError struct {
+	File  string
+	Line  int    // 1-based, 0 when unknown
+	Field string // dotted path: "watch[1].max_size"; "" for the whole file
+	Msg   string
+}
+
+func (e *FieldError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.File)
+	if e.Line > 0 {
+		b.WriteString(":" + strconv.Itoa(e.Line))
+	}
+	b.WriteString(": ")
+	if e.Field != "" {
+		b.WriteString(e.Field + ": ")
+	}
+	b.WriteString(e.Msg)
+	return b.String()
+}
+
+// Unwrap makes errors.Is(err, ErrInvalid) true.
+func (e *FieldError) Unwrap() error { return ErrInvalid }
+
+// Errors is every problem found in one configuration, in file order.
+type Errors []*FieldError
+
+func (es Errors) Error() string {
+	lines := make([]string, len(es))
+	for i, e := range es {
+		lines[i] = e.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Unwrap returns the individual errors for errors.Is and errors.As.
+func (es Errors) Unwrap() []error {
+	out := make([]error, len(es))
+	for i, e := range es {
+		out[i] = e
+	}
+	return out
+}
+
+// Parse decodes and validates the YAML configuration data read from name
+// (used in messages; only its base name is shown). Keys it leaves out take
+// their defaults. Unknown keys, wrong types and bad values are errors; all
+// of them are returned at once as Errors, sorted by line.
+func Parse(name string, data []byte) (*Config, error) {
+	p := &parser{file: filepath.Base(name)}
+	cfg := Defaults()
+	cfg.File = name
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		p.syntax(err)
+		return nil, p.errs
+	}
+	if doc.Kind == yaml.DocumentNode && len(doc.Content) == 1 {
+		root := doc.Content[0]
+		// An empty document or a lone "~" means "all defaults".
+		if !(root.Kind == yaml.ScalarNode && root.Tag == "!!null") {
+			p.config(root, cfg)
+		}
+	}
+	if len(p.errs) > 0 {
+		slices.SortStableFunc(p.errs, func(a, b *FieldError) int { return a.Line - b.Line })
+		return nil, p.errs
+	}
+	return cfg, nil
+}
+
+type parser struct {
+	file string
+	errs Errors
+}
+
+func (p *parser) errf(n *yaml.Node, field, format string, args ...any) {
+	line := 0
+	if n != nil {
+		line = n.Line
+	}
+	p.errs = append(p.errs, &FieldError{File: p.file, Line: line, Field: field, Msg: fmt.Sprintf(format, args...)})
+}
+
+var yamlLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+
+// syntax turns a YAML syntax or structure error into a FieldError with
+// its line, when the decoder gave one.
+func (p *parser) syntax(err error) {
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		for _, m := range te.Errors {
+			p.syntaxLine(m)
+		}
+		return
+	}
+	p.syntaxLine(err.Error())
+}
+
+func (p *parser) syntaxLine(msg string) {
+	if m := yamlLine.FindStringSubmatch(msg); m != nil {
+		n, _ := strconv.Atoi(m[1])
+		p.errs = append(p.errs, &FieldError{File: p.file, Line: n, Msg: "syntax: " + m[2]})
+		return
+	}
+	p.errs = append(p.errs, &FieldError{File: p.file, Msg: "syntax: " + strings.TrimPrefix(msg, "yaml: ")})
+}
+
+// kindName names what a node is, for "expected X, got Y" messages.
+func kindName(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.AliasNode:
+		return "an alias"
+	case yaml.ScalarNode:
+		switch n.Tag {
+		case "!!null":
+			return "null"
+		case "!!bool":
+			return "a boolean"
+		case "!!int", "!!float":
+			return "a number"
+		}
+		return "a string"
+	}
+	return "nothing"
+}
+
+// mapping walks a mapping node, calling fields[key] for each known key
+// and reporting unknown and duplicate keys. It reports false when n is not
+// a mapping.
+func (p *parser) mapping(n *yaml.Node, field string, fields map[string]func(v *yaml.Node, field string)) bool {
+	if n.Kind != yaml.MappingNode {
+		p.errf(n, field, "expected a mapping, got %s", kindName(n))
+		return false
+	}
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		key := k.Value
+		sub := key
+		if field != "" {
+			sub = field + "." + key
+		}
+		if k.Kind != yaml.ScalarNode {
+			p.errf(k, field, "expected a key, got %s", kindName(k))
+			continue
+		}
+		fn, ok := fields[key]
+		if !ok {
+			p.errf(k, sub, "unknown key")
+			continue
+		}
+		if seen[key] {
+			p.errf(k, sub, "duplicate key")
+			continue
+		}
+		seen[key] = true
+		fn(v, sub)
+	}
+	return true
+}
+
+// scalar returns the value of a scalar node, or reports what it is.
+func (p *parser) scalar(n *yaml.Node, field, want string) (string, bool) {
+	if n.Kind != yaml.ScalarNode || n.Tag == "!!null" {
+		p.errf(n, field, "expected %s, got %s", want, kindName(n))
+		return "", false
+	}
+	return n.Value, true
+}
+
+func (p *parser) str(n *yaml.Node, field string, dst *string) {
+	if v, ok := p.scalar(n, field, "a string"); ok {
+		*dst = v
+	}
+}
+
+func (p *parser) boolean(n *yaml.Node, field string, dst *bool) {
+	v, ok := p.scalar(n, field, "a boolean")
+	if !ok {
+		return
+	}
+	// YAML 1.2 booleans only: "yes"/"on" are strings, and an error here.
+	switch {
+	case n.Tag == "!!bool" && strings.EqualFold(v, "true"):
+		*dst = true
+	case n.Tag == "!!bool" && strings.EqualFold(v, "false"):
+		*dst = false
+	default:
+		p.errf(n, field, "%q is not a boolean (true or false)", v)
+	}
+}
+
+func (p *parser) size(n *yaml.Node, field string, dst *Size) {
+	v, ok := p.scalar(n, field, "a size")
+	if !ok {
+		return
+	}
+	s, err := ParseSize(v)
+	if err != nil {
+		p.errf(n, field, "%q is not a size (e.g. 500MB, 10GiB)", v)
+		return
+	}
+	*dst = s
+}
+
+func (p *parser) duration(n *yaml.Node, field string, dst *Duration) {
+	v, ok := p.scalar(n, field, "a duration")
+	if !ok {
+		return
+	}
+	d, err := ParseDuration(v)
+	if err != nil {
+		p.errf(n, field, "%q is not a duration (e.g. 30s, 1h, 7d)", v)
+		return
+	}
+	*dst = d
+}
+
+func (p *parser) count(n *yaml.Node, field string, dst *int) {
+	v, ok := p.scalar(n, field, "a number")
+	if !ok {
+		return
+	}
+	i, err := strconv.Atoi(v)
+	if err != nil || i < 0 {
+		p.errf(n, field, "%q is not a count (a whole number ≥ 0)", v)
+		return
+	}
+	*dst = i
+}
+
+// list decodes a list of scalars (a single scalar is accepted as a list
+// of one), calling check on each; check returns a message for a bad item.
+func (p *parser) list(n *yaml.Node, field string, dst *[]string, check func(string) string) {
+	items := []*yaml.Node{n}
+	if n.Kind == yaml.SequenceNode {
+		items = n.Content
+	} else if n.Kind != yaml.ScalarNode || n.Tag == "!!null" {
+		p.errf(n, field, "expected a list, got %s", kindName(n))
+		return
+	}
+	out := make([]string, 0, len(items))
+	ok := true
+	for i, it := range items {
+		sub := field
+		if n.Kind == yaml.SequenceNode {
+			sub = fmt.Sprintf("%s[%d]", field, i)
+		}
+		v, good := p.scalar(it, sub, "a string")
+		if !good {
+			ok = false
+			continue
+		}
+		if check != nil {
+			if msg := check(v); msg != "" {
+				p.errf(it, sub, "%q %s", v, msg)
+				ok = false
+				continue
+			}
+		}
+		out = append(out, v)
+	}
+	if ok {
+		*dst = out
+	}
+}
+
+func (p *parser) config(n *yaml.Node, c *Config) {
+	p.mapping(n, "", map[string]func(*yaml.Node, string){
+		"scan": func(v *yaml.Node, f string) {
+			p.mapping(v, f, map[string]func(*yaml.Node, string){
+				"interval": func(v *yaml.Node, f string) {
+					p.duration(v, f, &c.Scan.Interval)
+					if c.Scan.Interval < Duration(1e9) {
+						p.errf(v, f, "%q is too short (at least 1s)", v.Value)
+					}
+				},
+				"events": func(v *yaml.Node, f string) { p.boolean(v, f, &c.Scan.Events) },
+			})
+		},
+		"watch":  func(v *yaml.Node, f string) { p.watch(v, f, c) },
+		"rescue": func(v *yaml.Node, f string) { p.rescue(v, f, &c.Rescue) },
+		"log": func(v *yaml.Node, f string) {
+			p.mapping(v, f, map[string]func(*yaml.Node, string){
+				"level": func(v *yaml.Node, f string) {
+					p.enum(v, f, &c.Log.Level, "debug", "info", "warn", "error")
+				},
+				"format": func(v *yaml.Node, f string) { p.enum(v, f, &c.Log.Format, "json", "console") },
+			})
+		},
+		"metrics": func(v *yaml.Node, f string) {
+			p.mapping(v, f, map[string]func(*yaml.Node, string){
+				"listen": func(v *yaml.Node, f string) {
+					var s string
+					p.str(v, f, &s)
+					if s != "" {
+						if _, port, err := net.SplitHostPort(s); err != nil || port == "" {
+							p.errf(v, f, "%q is not a listen address (host:port, e.g. 127.0.0.1:9847)", s)
+							return
+						}
+					}
+					c.Metrics.Listen = s
+				},
+			})
+		},
+	})
+}
+
+func (p *parser) enum(n *yaml.Node, field string, dst *string, allowed ...string) {
+	v, ok := p.scalar(n, field, "a string")
+	if !ok {
+		return
+	}
+	if !slices.Contains(allowed, v) {
+		p.errf(n, field, "%q is not one of %s", v, strings.Join(allowed, ", "))
+		return
+	}
+	*dst = v
+}
+
+// checkGlob validates an absolute path glob.
+func checkGlob(g string) string {
+	if !strings.HasPrefix(g, "/") && !strings.HasPrefix(g, "**") {
+		return "is not an absolute path glob (starts with / or **)"
+	}
+	if !doublestar.ValidatePattern(g) {
+		return "is not a valid glob"
+	}
+	return ""
+}
+
+func checkCommand(g string) string {
+	if g == "" || strings.Contains(g, "/") {
+		return "is not a command glob (a name such as nginx or java*, without /)"
+	}
+	if !doublestar.ValidatePattern(g) {
+		return "is not a valid glob"
+	}
+	return ""
+}
+
+func checkUser(u string) string {
+	if u == "" || strings.ContainsAny(u, " \t:/\n") {
+		return "is not a user name or uid"
+	}
+	if u[0] >= '0' && u[0] <= '9' {
+		if _, err := strconv.ParseUint(u, 10, 32); err != nil {
+			return "is not a user name or uid"
+		}
+	}
+	return ""
+}
+
+func checkAbsDir(d string) string {
+	if !filepath.IsAbs(d) || filepath.Clean(d) == "/" {
+		return "is not an absolute directory (and not /)"
+	}
+	return ""
+}
+
+func (p *parser) watch(n *yaml.Node, field string, c *Config) {
+	if n.Kind != yaml.SequenceNode {
+		p.errf(n, field, "expected a list of rules, got %s", kindName(n))
+		return
+	}
+	rules := make([]Rule, 0, len(n.Content))
+	names := map[string]int{}
+	for i, rn := range n.Content {
+		f := fmt.Sprintf("%s[%d]", field, i)
+		r := Rule{Action: ActionRescue}
+		var minNode, maxNode, nameNode *yaml.Node
+		hasPaths := false
+		if !p.mapping(rn, f, map[string]func(*yaml.Node, string){
+			"name": func(v *yaml.Node, f string) { nameNode = v; p.str(v, f, &r.Name) },
+			"paths": func(v *yaml.Node, f string) {
+				hasPaths = true
+				if v.Kind == yaml.SequenceNode && len(v.Content) == 0 {
+					p.errf(v, f, "empty (at least one path glob)")
+					return
+				}
+				p.list(v, f, &r.Paths, checkGlob)
+			},
+			"exclude":  func(v *yaml.Node, f string) { p.list(v, f, &r.Exclude, checkGlob) },
+			"commands": func(v *yaml.Node, f string) { p.list(v, f, &r.Commands, checkCommand) },
+			"users":    func(v *yaml.Node, f string) { p.list(v, f, &r.Users, checkUser) },
+			"min_size": func(v *yaml.Node, f string) { minNode = v; p.size(v, f, &r.MinSize) },
+			"max_size": func(v *yaml.Node, f string) { maxNode = v; p.size(v, f, &r.MaxSize) },
+			"action": func(v *yaml.Node, f string) {
+				var s string
+				p.enum(v, f, &s, string(ActionRescue), string(ActionReport))
+				if s != "" {
+					r.Action = Action(s)
+				}
+			},
+		}) {
+			continue
+		}
+		switch {
+		case nameNode == nil:
+			p.errf(rn, f+".name", "missing (every rule needs a name; it appears in logs)")
+		case r.Name == "":
+		default:
+			if j, dup := names[r.Name]; dup {
+				p.errf(nameNode, f+".name", "%q is already the name of watch[%d]", r.Name, j)
+			}
+			names[r.Name] = i
+		}
+		if !hasPaths {
+			p.errf(rn, f+".paths", "missing (at least one path glob)")
+		}
+		if minNode != nil && maxNode != nil && r.MaxSize != 0 && r.MinSize > r.MaxSize {
+			p.errf(maxNode, f+".max_size", "%s is below min_size %s", r.MaxSize, r.MinSize)
+		}
+		rules = append(rules, r)
+	}
+	c.Watch = rules
+}
+
+func (p *parser) rescue(n *yaml.Node, field string, r *RescueConfig) {
+	p.mapping(n, field, map[string]func(*yaml.Node, string){
+		"dirs": func(v *yaml.Node, f string) { p.list(v, f, &r.Dirs, checkAbsDir) },
+		"fs_dir": func(v *yaml.Node, f string) {
+			var s string
+			if v.Kind == yaml.ScalarNode && v.Tag == "!!null" {
+				r.FSDir = ""
+				return
+			}
+			p.str(v, f, &s)
+			if s != "" && (strings.Contains(s, "/") || s == "." || s == "..") {
+				p.errf(v, f, "%q is not a directory name (one name, no /; empty disables it)", s)
+				return
+			}
+			r.FSDir = s
+		},
+		"cross_fs": func(v *yaml.Node, f string) { p.boolean(v, f, &r.CrossFS) },
+		"methods": func(v *yaml.Node, f string) {
+			var ms []string
+			p.list(v, f, &ms, func(m string) string {
+				if m != MethodLink && m != MethodReflink && m != MethodCopy {
+					return "is not one of link, reflink, copy"
+				}
+				return ""
+			})
+			if ms != nil {
+				if len(ms) == 0 {
+					p.errf(v, f, "empty (at least one of link, reflink, copy)")
+					return
+				}
+				r.Methods = ms
+			}
+		},
+		"min_free": func(v *yaml.Node, f string) {
+			s, ok := p.scalar(v, f, "a percentage or a size")
+			if !ok {
+				return
+			}
+			t, err := ParseThreshold(s)
+			if err != nil {
+				p.errf(v, f, "%q is not a percentage (0-99.9%%) or a size", s)
+				return
+			}
+			r.MinFree = t
+		},
+		"max_file_size":  func(v *yaml.Node, f string) { p.size(v, f, &r.MaxFileSize) },
+		"max_total_size": func(v *yaml.Node, f string) { p.size(v, f, &r.MaxTotalSize) },
+		"retention":      func(v *yaml.Node, f string) { p.duration(v, f, &r.Retention) },
+		"follow":         func(v *yaml.Node, f string) { p.boolean(v, f, &r.Follow) },
+		"per_user": func(v *yaml.Node, f string) {
+			p.mapping(v, f, map[string]func(*yaml.Node, string){
+				"max_files": func(v *yaml.Node, f string) { p.count(v, f, &r.PerUser.MaxFiles) },
+				"max_bytes": func(v *yaml.Node, f string) { p.size(v, f, &r.PerUser.MaxBytes) },
+				"window": func(v *yaml.Node, f string) {
+					p.duration(v, f, &r.PerUser.Window)
+					if r.PerUser.Window == 0 {
+						p.errf(v, f, "%q is too short (at least 1s)", v.Value)
+					}
+				},
+			})
+		},
+	})
+}

@@ -1,0 +1,229 @@
+package policy
+
+import (
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/relinkd/relinkd/configs"
+)
+
+func TestEmbeddedDefaultEqualsDefaults(t *testing.T) {
+	cfg, err := LoadDefault()
+	if err != nil {
+		t.Fatalf("embedded default does not parse:\n%v", err)
+	}
+	want := Defaults()
+	cfg.File, want.File = "", ""
+	if !reflect.DeepEqual(cfg, want) {
+		t.Errorf("configs/relinkd.yaml and Defaults() differ:\n-want\n%s\n+got\n%s", want.YAML(), cfg.YAML())
+	}
+}
+
+func TestEmptyFileIsDefaults(t *testing.T) {
+	for _, data := range []string{"", "~\n", "# only a comment\n"} {
+		cfg, err := Parse("x.yaml", []byte(data))
+		if err != nil {
+			t.Fatalf("%q: %v", data, err)
+		}
+		cfg.File = ""
+		if !reflect.DeepEqual(cfg, Defaults()) {
+			t.Errorf("%q: not the defaults:\n%s", data, cfg.YAML())
+		}
+	}
+}
+
+func TestParseValues(t *testing.T) {
+	cfg, err := Parse("/etc/relinkd/relinkd.yaml", []byte(`
+scan: {interval: 2m, events: false}
+watch:
+  - name: app
+    paths: /srv/app/**
+    commands: [java*, "nginx"]
+    users: [root, 1000]
+    min_size: 1KiB
+    max_size: 1.5GB
+    action: report
+rescue:
+  dirs: [/data/rescue, /var/rescue]
+  fs_dir: ""
+  cross_fs: true
+  methods: [copy]
+  min_free: 2GiB
+  max_file_size: 0
+  retention: 1d12h
+  per_user: {max_files: 3, window: 10m}
+log: {level: debug, format: console}
+metrics: {listen: "127.0.0.1:9847"}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Defaults()
+	want.File = "/etc/relinkd/relinkd.yaml"
+	want.Scan = ScanConfig{Interval: Duration(2 * time.Minute), Events: false}
+	want.Watch = []Rule{{Name: "app", Paths: []string{"/srv/app/**"}, Commands: []string{"java*", "nginx"},
+		Users: []string{"root", "1000"}, MinSize: 1024, MaxSize: 1500 * 1000 * 1000, Action: ActionReport}}
+	want.Rescue.Dirs = []string{"/data/rescue", "/var/rescue"}
+	want.Rescue.FSDir = ""
+	want.Rescue.CrossFS = true
+	want.Rescue.Methods = []string{"copy"}
+	want.Rescue.MinFree = Threshold{Bytes: 2 << 30}
+	want.Rescue.MaxFileSize = 0
+	want.Rescue.Retention = Duration(36 * time.Hour)
+	want.Rescue.PerUser = PerUser{MaxFiles: 3, MaxBytes: 2 << 30, Window: Duration(10 * time.Minute)}
+	want.Log = LogConfig{Level: "debug", Format: "console"}
+	want.Metrics.Listen = "127.0.0.1:9847"
+	if !reflect.DeepEqual(cfg, want) {
+		t.Errorf("-want\n%s\n+got\n%s", want.YAML(), cfg.YAML())
+	}
+	// The effective configuration parses back to itself.
+	again, err := Parse(cfg.File, cfg.YAML())
+	if err != nil {
+		t.Fatalf("effective config does not parse: %v\n%s", err, cfg.YAML())
+	}
+	if !reflect.DeepEqual(again, cfg) {
+		t.Errorf("round trip differs:\n-want\n%s\n+got\n%s", cfg.YAML(), again.YAML())
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		want string
+	}{
+		{"unknown top key", "scan: {}\nfoo: 1\n", `c.yaml:2: foo: unknown key`},
+		{"unknown nested key", "scan:\n  intervl: 30s\n", `c.yaml:2: scan.intervl: unknown key`},
+		{"unknown rule key", "watch:\n  - name: a\n    paths: [/x]\n    path: /y\n", `c.yaml:4: watch[0].path: unknown key`},
+		{"duplicate key", "log:\n  level: info\n  level: debug\n", `c.yaml:3: log.level: duplicate key`},
+		{"section not a mapping", "rescue: [a]\n", `c.yaml:1: rescue: expected a mapping, got a list`},
+		{"watch not a list", "watch: {name: a}\n", `c.yaml:1: watch: expected a list of rules, got a mapping`},
+		{"rule not a mapping", "watch:\n  - /var/log\n", `c.yaml:2: watch[0]: expected a mapping, got a string`},
+		{"bad size with space", "watch:\n  - name: a\n    paths: [/x]\n  - name: b\n    paths: [/y]\n    max_size: 10 GB\n", `c.yaml:6: watch[1].max_size: "10 GB" is not a size (e.g. 500MB, 10GiB)`},
+		{"bad size unit", "rescue:\n  max_file_size: 10GB2\n", `c.yaml:2: rescue.max_file_size: "10GB2" is not a size (e.g. 500MB, 10GiB)`},
+		{"negative size", "rescue:\n  max_total_size: -1\n", `c.yaml:2: rescue.max_total_size: "-1" is not a size (e.g. 500MB, 10GiB)`},
+		{"size is a list", "rescue:\n  max_total_size: [1]\n", `c.yaml:2: rescue.max_total_size: expected a size, got a list`},
+		{"bad duration", "scan:\n  interval: 7x\n", `c.yaml:2: scan.interval: "7x" is not a duration (e.g. 30s, 1h, 7d)`},
+		{"duration without unit", "rescue:\n  retention: 5\n", `c.yaml:2: rescue.retention: "5" is not a duration (e.g. 30s, 1h, 7d)`},
+		{"negative duration", "rescue:\n  retention: -1h\n", `c.yaml:2: rescue.retention: "-1h" is not a duration (e.g. 30s, 1h, 7d)`},
+		{"interval too short", "scan:\n  interval: 10ms\n", `c.yaml:2: scan.interval: "10ms" is too short (at least 1s)`},
+		{"bad percentage", "rescue:\n  min_free: 110%\n", `c.yaml:2: rescue.min_free: "110%" is not a percentage (0-99.9%) or a size`},
+		{"percentage word", "rescue:\n  min_free: ten%\n", `c.yaml:2: rescue.min_free: "ten%" is not a percentage (0-99.9%) or a size`},
+		{"bad boolean", "scan:\n  events: yes\n", `c.yaml:2: scan.events: "yes" is not a boolean (true or false)`},
+		{"boolean is a string", "rescue:\n  follow: \"true\"\n", `c.yaml:2: rescue.follow: "true" is not a boolean (true or false)`},
+		{"bad glob", "watch:\n  - name: a\n    paths: [/var/log/**, \"/var/[log\"]\n", `c.yaml:3: watch[0].paths[1]: "/var/[log" is not a valid glob`},
+		{"relative glob", "watch:\n  - name: a\n    paths: [var/log/*]\n", `c.yaml:3: watch[0].paths[0]: "var/log/*" is not an absolute path glob (starts with / or **)`},
+		{"bad exclude glob", "watch:\n  - name: a\n    paths: [/x/**]\n    exclude: [\"/x/{a\"]\n", `c.yaml:4: watch[0].exclude[0]: "/x/{a" is not a valid glob`},
+		{"bad command", "watch:\n  - name: a\n    paths: [/x]\n    commands: [/usr/bin/java]\n", `c.yaml:4: watch[0].commands[0]: "/usr/bin/java" is not a command glob (a name such as nginx or java*, without /)`},
+		{"bad user", "watch:\n  - name: a\n    paths: [/x]\n    users: [\"a b\"]\n", `c.yaml:4: watch[0].users[0]: "a b" is not a user name or uid`},
+		{"uid too big", "watch:\n  - name: a\n    paths: [/x]\n    users: [99999999999]\n", `c.yaml:4: watch[0].users[0]: "99999999999" is not a user name or uid`},
+		{"bad action", "watch:\n  - name: a\n    paths: [/x]\n    action: keep\n", `c.yaml:4: watch[0].action: "keep" is not one of rescue, report`},
+		{"missing name", "watch:\n  - paths: [/x]\n", `c.yaml:2: watch[0].name: missing (every rule needs a name; it appears in logs)`},
+		{"duplicate name", "watch:\n  - name: a\n    paths: [/x]\n  - name: a\n    paths: [/y]\n", `c.yaml:4: watch[1].name: "a" is already the name of watch[0]`},
+		{"missing paths", "watch:\n  - name: a\n", `c.yaml:2: watch[0].paths: missing (at least one path glob)`},
+		{"empty paths", "watch:\n  - name: a\n    paths: []\n", `c.yaml:3: watch[0].paths: empty (at least one path glob)`},
+		{"min above max", "watch:\n  - name: a\n    paths: [/x]\n    min_size: 2MiB\n    max_size: 1MiB\n", `c.yaml:5: watch[0].max_size: 1MiB is below min_size 2MiB`},
+		{"bad method", "rescue:\n  methods: [link, move]\n", `c.yaml:2: rescue.methods[1]: "move" is not one of link, reflink, copy`},
+		{"no methods", "rescue:\n  methods: []\n", `c.yaml:2: rescue.methods: empty (at least one of link, reflink, copy)`},
+		{"relative dir", "rescue:\n  dirs: [rescued]\n", `c.yaml:2: rescue.dirs[0]: "rescued" is not an absolute directory (and not /)`},
+		{"bad fs_dir", "rescue:\n  fs_dir: a/b\n", `c.yaml:2: rescue.fs_dir: "a/b" is not a directory name (one name, no /; empty disables it)`},
+		{"bad count", "rescue:\n  per_user:\n    max_files: many\n", `c.yaml:3: rescue.per_user.max_files: "many" is not a count (a whole number ≥ 0)`},
+		{"zero window", "rescue:\n  per_user:\n    window: 0s\n", `c.yaml:3: rescue.per_user.window: "0s" is too short (at least 1s)`},
+		{"bad level", "log:\n  level: loud\n", `c.yaml:2: log.level: "loud" is not one of debug, info, warn, error`},
+		{"bad format", "log:\n  format: xml\n", `c.yaml:2: log.format: "xml" is not one of json, console`},
+		{"bad listen", "metrics:\n  listen: localhost\n", `c.yaml:2: metrics.listen: "localhost" is not a listen address (host:port, e.g. 127.0.0.1:9847)`},
+		{"null value", "log:\n  level:\n", `c.yaml:2: log.level: expected a string, got null`},
+		{"alias", "log: &l {level: info}\nmetrics: *l\n", `c.yaml:2: metrics: expected a mapping, got an alias`},
+		{"not a mapping", "just text\n", `c.yaml:1: expected a mapping, got a string`},
+		{"syntax error", "scan:\n  interval: 30s\n events: true\n", `c.yaml:2: syntax: did not find expected key`},
+		{"tab indentation", "scan:\n\tinterval: 30s\n", `c.yaml:2: syntax: found character that cannot start any token`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := Parse("/some/dir/c.yaml", []byte(tt.yaml))
+			if err == nil {
+				t.Fatalf("no error; parsed:\n%s", cfg.YAML())
+			}
+			if cfg != nil {
+				t.Errorf("config returned with an error")
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("errors.Is(err, ErrInvalid) = false for %v", err)
+			}
+			var es Errors
+			if !errors.As(err, &es) {
+				t.Fatalf("error is %T, not Errors", err)
+			}
+			if got := err.Error(); got != tt.want {
+				t.Errorf("-want %s\n+got  %s", tt.want, got)
+			}
+		})
+	}
+}
+
+func TestParseReportsAllErrors(t *testing.T) {
+	data := `scan:
+  interval: soon
+  events: maybe
+watch:
+  - name: logs
+    paths: [/var/log/**]
+    max_size: 10 GB
+  - name: x
+    paths: ["/a/[b"]
+    action: keep
+rescue:
+  min_free: 200%
+  colour: blue
+`
+	_, err := Parse("relinkd.yaml", []byte(data))
+	want := []string{
+		`relinkd.yaml:2: scan.interval: "soon" is not a duration (e.g. 30s, 1h, 7d)`,
+		`relinkd.yaml:3: scan.events: "maybe" is not a boolean (true or false)`,
+		`relinkd.yaml:7: watch[0].max_size: "10 GB" is not a size (e.g. 500MB, 10GiB)`,
+		`relinkd.yaml:9: watch[1].paths[0]: "/a/[b" is not a valid glob`,
+		`relinkd.yaml:10: watch[1].action: "keep" is not one of rescue, report`,
+		`relinkd.yaml:12: rescue.min_free: "200%" is not a percentage (0-99.9%) or a size`,
+		`relinkd.yaml:13: rescue.colour: unknown key`,
+	}
+	var es Errors
+	if !errors.As(err, &es) {
+		t.Fatalf("error %v is not Errors", err)
+	}
+	if got := strings.Split(err.Error(), "\n"); !reflect.DeepEqual(got, want) {
+		t.Errorf("-want\n%s\n+got\n%s", strings.Join(want, "\n"), err)
+	}
+	if len(es) != len(want) {
+		t.Errorf("%d errors, want %d", len(es), len(want))
+	}
+}
+
+func TestResolve(t *testing.T) {
+	dir := t.TempDir()
+	sys := dir + "/relinkd.yaml"
+	// No system file: the embedded default.
+	cfg, src, err := resolve("", sys)
+	if err != nil || src != "(embedded)" || cfg.Rescue.MaxFileSize != Defaults().Rescue.MaxFileSize {
+		t.Fatalf("no file: %q %v", src, err)
+	}
+	writeFile(t, sys, "log: {level: warn}\n")
+	cfg, src, err = resolve("", sys)
+	if err != nil || src != sys || cfg.Log.Level != "warn" {
+		t.Fatalf("system file: %q %v %+v", src, err, cfg)
+	}
+	other := dir + "/other.yaml"
+	writeFile(t, other, "log: {level: error}\n")
+	cfg, src, err = resolve(other, sys)
+	if err != nil || src != other || cfg.Log.Level != "error" {
+		t.Fatalf("explicit file: %q %v", src, err)
+	}
+	if _, _, err := resolve(dir+"/missing.yaml", sys); err == nil {
+		t.Fatal("missing explicit file: no error")
+	}
+	if len(configs.Default()) == 0 {
+		t.Fatal("no embedded default")
+	}
+}

@@ -1,0 +1,348 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/relinkd/relinkd/pkg/scanner"
+)
+
+// Verdict is what the policy decided for one file.
+type Verdict int
+
+// Verdicts.
+const (
+	Ignore Verdict = iota // no rule matches (or the file is a rescued file itself)
+	Report                // a report rule matches: log it, touch nothing
+	Rescue                // rescue it, as the Decision says
+	Skip                  // a rescue rule matches but a limit or the location forbids it
+)
+
+func (v Verdict) String() string {
+	switch v {
+	case Ignore:
+		return "ignore"
+	case Report:
+		return "report"
+	case Rescue:
+		return "rescue"
+	case Skip:
+		return "skip"
+	}
+	return "verdict(" + strconv.Itoa(int(v)) + ")"
+}
+
+// Skip and ignore reasons, the "reason" field of "rescue skipped" events.
+const (
+	ReasonPolicy   = "policy"   // no rule matched, or the file lies in a rescue directory
+	ReasonSize     = "size"     // larger than rescue.max_file_size
+	ReasonSpace    = "space"    // a copy would go below min_free, or the root is over max_total_size
+	ReasonQuota    = "quota"    // the owner is over rescue.per_user
+	ReasonLocation = "location" // no rescue directory allowed for this filesystem
+	ReasonMethod   = "method"   // none of the configured methods can work here
+)
+
+// Decision says what to do with one candidate.
+type Decision struct {
+	Action Verdict
+	Rule   string // name of the matching rule, "" when none
+	Reason string // one of the Reason constants, for Ignore and Skip
+	Detail string // human explanation for logs
+
+	// For Rescue only.
+	Root      string   // rescue root directory (to be created 0700 root if missing)
+	Rel       string   // path of the rescued file relative to Root, see RelName
+	Kind      string   // KindDir, KindFSDir or KindCrossFS
+	SameMount bool     // Root is on the holder's mount: link may work
+	SameFS    bool     // Root is on the file's filesystem: reflink may work
+	Methods   []string // methods to try, in order (config order, filtered)
+	// MinFreeBytes is the free space the copy must leave on Root's
+	// filesystem; the engine stops a copy that would go below it.
+	MinFreeBytes uint64
+	Follow       bool // follow the file while its holder still writes to it
+}
+
+// Policy decides what to do with candidates. It is safe for concurrent use.
+type Policy struct {
+	cfg      *Config
+	log      *zap.Logger
+	rules    []rule
+	procRoot string
+	now      func() time.Time
+
+	mu    sync.Mutex
+	usage map[string]*rootUsage // by rescue root
+	users map[uint32][]grant    // by file owner, within the window
+}
+
+type rootUsage struct {
+	bytes uint64
+	at    time.Time // when bytes was last measured on disk
+}
+
+// grant is one rescue counted against an owner's per-user cap.
+type grant struct {
+	at    time.Time
+	bytes uint64
+	key   scanner.Key
+}
+
+// usageTTL is how long a measured root size is trusted before the root is
+// walked again; in between the policy adds what it granted.
+const usageTTL = time.Minute
+
+// New returns a policy for cfg. User names in rules are resolved now.
+func New(cfg *Config, log *zap.Logger) *Policy {
+	return &Policy{
+		cfg:      cfg,
+		log:      log,
+		rules:    compileRules(cfg.Watch, log),
+		procRoot: "/proc",
+		now:      time.Now,
+		usage:    map[string]*rootUsage{},
+		users:    map[uint32][]grant{},
+	}
+}
+
+// Config returns the configuration the policy was built from.
+func (p *Policy) Config() *Config { return p.cfg }
+
+// Match returns the first rule matching c, without any side effect
+// (for `relinkd scan`). Files inside rescue directories never match.
+func (p *Policy) Match(c *scanner.Candidate) (Rule, bool) {
+	if p.inRescueDir(c) {
+		return Rule{}, false
+	}
+	for i := range p.rules {
+		if p.rules[i].matches(c) {
+			return p.rules[i].Rule, true
+		}
+	}
+	return Rule{}, false
+}
+
+// inRescueDir reports whether c's path is in a configured rescue directory
+// or in a per-filesystem directory, so relinkd never rescues its own files.
+func (p *Policy) inRescueDir(c *scanner.Candidate) bool {
+	s := string(c.Path)
+	for _, d := range p.cfg.Rescue.Dirs {
+		if isUnder(s, path.Clean(d)) {
+			return true
+		}
+	}
+	if p.cfg.Rescue.FSDir != "" && slices.Contains(strings.Split(s, "/"), p.cfg.Rescue.FSDir) {
+		return true
+	}
+	return false
+}
+
+// Decide matches c against the rules and, for a rescue rule, chooses the
+// location and applies the size, space and per-user limits. A Rescue
+// decision reserves c's size against max_total_size and the owner's cap;
+// call Release if the rescue then fails.
+func (p *Policy) Decide(c *scanner.Candidate) Decision {
+	r, ok := p.Match(c)
+	if !ok {
+		return Decision{Action: Ignore, Reason: ReasonPolicy, Detail: "no watch rule matches"}
+	}
+	if r.Action == ActionReport {
+		return Decision{Action: Report, Rule: r.Name}
+	}
+	d := Decision{Rule: r.Name, Follow: p.cfg.Rescue.Follow}
+	skip := func(reason, format string, args ...any) Decision {
+		d.Action, d.Reason, d.Detail = Skip, reason, fmt.Sprintf(format, args...)
+		return d
+	}
+	size := uint64(max(c.Size, 0))
+	rc := &p.cfg.Rescue
+	if rc.MaxFileSize != 0 && size > uint64(rc.MaxFileSize) {
+		return skip(ReasonSize, "size %d above rescue.max_file_size %s", size, rc.MaxFileSize)
+	}
+	loc, err := p.Locate(c)
+	if err != nil {
+		return skip(ReasonLocation, "%v", err)
+	}
+	d.Root, d.Kind, d.SameMount, d.SameFS = loc.Root, loc.Kind, loc.SameMount, loc.SameFS
+	d.Rel = RelName(c, p.now())
+	for _, m := range rc.Methods {
+		switch {
+		case m == MethodLink && (!loc.SameMount || !c.Linkable):
+		case m == MethodReflink && !loc.SameFS:
+		default:
+			d.Methods = append(d.Methods, m)
+		}
+	}
+	if len(d.Methods) == 0 {
+		return skip(ReasonMethod, "methods %v cannot work from %s to %s (same mount %v, same filesystem %v, linkable %v)",
+			rc.Methods, loc.FSType, loc.Root, loc.SameMount, loc.SameFS, c.Linkable)
+	}
+	// Space: a copy needs size bytes now; link and reflink need none.
+	avail, total, err := FreeSpace(loc.Root)
+	if err != nil {
+		return skip(ReasonSpace, "%v", err)
+	}
+	d.MinFreeBytes = rc.MinFree.Floor(total)
+	if i := slices.Index(d.Methods, MethodCopy); i >= 0 && avail < d.MinFreeBytes+size {
+		d.Methods = slices.Delete(d.Methods, i, i+1)
+		if len(d.Methods) == 0 {
+			return skip(ReasonSpace, "copying %d bytes to %s would leave %d bytes free, below min_free %s (%d bytes)",
+				size, loc.Root, int64(avail)-int64(size), rc.MinFree, d.MinFreeBytes)
+		}
+	}
+
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := p.now()
+	if rc.MaxTotalSize != 0 {
+		used := p.usedLocked(loc.Root, now)
+		if used+size > uint64(rc.MaxTotalSize) {
+			return skip(ReasonSpace, "%s holds %d bytes, %d more would pass rescue.max_total_size %s", loc.Root, used, size, rc.MaxTotalSize)
+		}
+	}
+	if pu := rc.PerUser; pu.MaxFiles > 0 || pu.MaxBytes > 0 {
+		gs := p.users[c.Owner]
+		cut := now.Add(-time.Duration(pu.Window))
+		gs = slices.DeleteFunc(gs, func(g grant) bool { return g.at.Before(cut) })
+		var n int
+		var b uint64
+		for _, g := range gs {
+			n++
+			b += g.bytes
+		}
+		p.users[c.Owner] = gs
+		if pu.MaxFiles > 0 && n+1 > pu.MaxFiles {
+			return skip(ReasonQuota, "uid %d had %d files rescued within %s (per_user.max_files %d)", c.Owner, n, pu.Window, pu.MaxFiles)
+		}
+		if pu.MaxBytes > 0 && b+size > uint64(pu.MaxBytes) {
+			return skip(ReasonQuota, "uid %d had %d bytes rescued within %s, %d more would pass per_user.max_bytes %s", c.Owner, b, pu.Window, size, pu.MaxBytes)
+		}
+		p.users[c.Owner] = append(gs, grant{at: now, bytes: size, key: c.Key()})
+	}
+	if u := p.usage[loc.Root]; u != nil {
+		u.bytes += size
+	} else {
+		// Remember the root for Roots; it is measured when next needed.
+		p.usage[loc.Root] = &rootUsage{}
+	}
+	d.Action = Rescue
+	return d
+}
+
+// Release gives back what a Rescue decision for c reserved, when the
+// rescue did not happen.
+func (p *Policy) Release(c *scanner.Candidate, d Decision) {
+	if d.Action != Rescue {
+		return
+	}
+	size := uint64(max(c.Size, 0))
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if u := p.usage[d.Root]; u != nil {
+		u.bytes -= min(u.bytes, size)
+	}
+	gs := p.users[c.Owner]
+	for i := len(gs) - 1; i >= 0; i-- {
+		if gs[i].key == c.Key() {
+			p.users[c.Owner] = slices.Delete(gs, i, i+1)
+			break
+		}
+	}
+}
+
+// usedLocked returns the bytes held in root, walking it when the last
+// measurement is older than usageTTL.
+func (p *Policy) usedLocked(root string, now time.Time) uint64 {
+	u := p.usage[root]
+	if u == nil || now.Sub(u.at) > usageTTL {
+		n, err := DiskUsage(root)
+		if err != nil && !errors.Is(err, errNotExist) {
+			p.log.Warn("measure rescue root", zap.String("root", root), zap.Error(err))
+		}
+		u = &rootUsage{bytes: n, at: now}
+		p.usage[root] = u
+	}
+	return u.bytes
+}
+
+// Roots returns the configured rescue directories and every other root
+// the policy has chosen so far: what retention must prune.
+func (p *Policy) Roots() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := slices.Clone(p.cfg.Rescue.Dirs)
+	for r := range p.usage {
+		if !slices.Contains(out, r) {
+			out = append(out, r)
+		}
+	}
+	slices.Sort(out[len(p.cfg.Rescue.Dirs):])
+	return out
+}
+
+// Prune applies retention to root: rescued files older than
+// rescue.retention go, then the oldest until root holds at most
+// rescue.max_total_size. The root's measured usage is refreshed.
+func (p *Policy) Prune(root string) (PruneResult, error) {
+	res, err := Prune(root, time.Duration(p.cfg.Rescue.Retention), uint64(p.cfg.Rescue.MaxTotalSize), p.now())
+	p.mu.Lock()
+	p.usage[root] = &rootUsage{bytes: res.Kept, at: p.now()}
+	p.mu.Unlock()
+	return res, err
+}
+
+// maxName is the longest file name most Linux filesystems take (NAME_MAX).
+const maxName = 255
+
+// SidecarSuffix is appended to a rescued file's name for its metadata file.
+const SidecarSuffix = ".relinkd.json"
+
+// RelName returns where c goes inside a rescue root: the holder's path
+// without its leading "/", with "." and ".." dropped and control bytes
+// turned into "_", and a suffix that makes it unique:
+//
+//	/var/log/app.log  →  var/log/app.log.20261121T203000Z.pid123.fd4
+//
+// (time of the decision in UTC, holder pid, descriptor). The base name is
+// shortened so that it and its sidecar (SidecarSuffix) fit in NAME_MAX.
+func RelName(c *scanner.Candidate, now time.Time) string {
+	var parts []string
+	for _, comp := range strings.Split(string(c.Path), "/") {
+		if comp == "" || comp == "." || comp == ".." {
+			continue
+		}
+		b := []byte(comp)
+		for i, ch := range b {
+			if ch < 0x20 || ch == 0x7f {
+				b[i] = '_'
+			}
+		}
+		parts = append(parts, truncName(string(b), maxName))
+	}
+	if len(parts) == 0 {
+		parts = []string{"unnamed"}
+	}
+	suffix := "." + now.UTC().Format("20060102T150405Z") + ".pid" + strconv.Itoa(c.PID) + ".fd" + strconv.Itoa(c.FD)
+	last := len(parts) - 1
+	parts[last] = truncName(parts[last], maxName-len(SidecarSuffix)-len(suffix)) + suffix
+	return strings.Join(parts, "/")
+}
+
+// truncName cuts s to at most n bytes without splitting a UTF-8 sequence.
+func truncName(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	i := n
+	for i > 0 && s[i]&0xc0 == 0x80 {
+		i--
+	}
+	return s[:i]
+}
