@@ -1,0 +1,121 @@
+package relink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"golang.org/x/sys/unix"
+)
+
+// defaultChunk bounds one copy_file_range call, so that cancellation and
+// the free-space guard are checked at least this often.
+const defaultChunk = 64 << 20
+
+// copier copies byte ranges from src to the same offsets in dst, in the
+// kernel while it can and by pread/pwrite once the kernel says it cannot.
+type copier struct {
+	e        *Engine
+	src, dst int
+	guard    func() error // checked after every chunk; may be nil
+	kernel   bool         // copy_file_range still worth trying
+	buf      []byte
+}
+
+func (e *Engine) newCopier(dst, src int, guard func() error) *copier {
+	return &copier{e: e, src: src, dst: dst, guard: guard, kernel: true}
+}
+
+// copySparse copies [from, to) of src into dst, skipping holes (lseek(2)
+// SEEK_DATA/SEEK_HOLE), so that a sparse source gives a sparse copy. It
+// stops early and cleanly when src turns out to be shorter than to (it was
+// truncated during the copy) and returns the offset it reached; the caller
+// sets the final size.
+func (c *copier) copySparse(ctx context.Context, from, to int64) (int64, error) {
+	chunk := c.e.chunk
+	if chunk <= 0 {
+		chunk = defaultChunk
+	}
+	off := from
+	for off < to {
+		data, err := seekData(c.src, off)
+		switch {
+		case errors.Is(err, unix.ENXIO):
+			// Only a hole is left up to EOF (or EOF moved below off).
+			return to, nil
+		case err != nil:
+			// SEEK_DATA unsupported: treat everything as data.
+			data = off
+		}
+		if data >= to {
+			return to, nil
+		}
+		hole, err := seekHole(c.src, data)
+		if err != nil || hole > to {
+			hole = to
+		}
+		for data < hole {
+			if err := ctx.Err(); err != nil {
+				return data, err
+			}
+			n, err := c.copyChunk(data, min(chunk, hole-data))
+			if err != nil {
+				return data, err
+			}
+			if n == 0 {
+				// EOF before the size seen at the start: the file was
+				// truncated during the copy. End here; the caller sizes
+				// the copy from the source's current length.
+				return data, nil
+			}
+			data += n
+			if c.e.hookChunk != nil {
+				c.e.hookChunk(data)
+			}
+			if c.guard != nil {
+				if err := c.guard(); err != nil {
+					return data, err
+				}
+			}
+		}
+		off = hole
+	}
+	return to, nil
+}
+
+// copyChunk copies up to n bytes at off and returns how many it copied,
+// 0 at the source's EOF.
+func (c *copier) copyChunk(off, n int64) (int64, error) {
+	if c.kernel {
+		w, err := copyRange(c.dst, c.src, off, int(n))
+		switch {
+		case err == nil:
+			return int64(w), nil
+		case errors.Is(err, unix.EXDEV), errors.Is(err, unix.EINVAL),
+			errors.Is(err, unix.EOPNOTSUPP), errors.Is(err, unix.ENOSYS):
+			// copy_file_range(2): the kernel cannot copy between these
+			// files (some FUSE and special filesystems, or across
+			// filesystem types); fall back to read/write from here on.
+			c.e.log.Debug("copy_file_range unsupported, using read/write")
+			c.kernel = false
+		default:
+			return 0, spaceErr(fmt.Errorf("copy_file_range at %d: %w", off, err))
+		}
+	}
+	if c.buf == nil {
+		c.buf = make([]byte, 1<<20)
+	}
+	b := c.buf[:min(n, int64(len(c.buf)))]
+	r, err := retry(func() (int, error) { return unix.Pread(c.src, b, off) })
+	if err != nil {
+		return 0, fmt.Errorf("read source at %d: %w", off, err)
+	}
+	for w := 0; w < r; {
+		k, err := retry(func() (int, error) { return unix.Pwrite(c.dst, b[w:r], off+int64(w)) })
+		if err != nil {
+			return 0, spaceErr(fmt.Errorf("write at %d: %w", off+int64(w), err))
+		}
+		w += k
+	}
+	return int64(r), nil
+}

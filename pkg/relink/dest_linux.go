@@ -1,0 +1,265 @@
+package relink
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// maxLeaf leaves room in a 255-byte name for a collision suffix (".999")
+// and the sidecar's ".relinkd.json".
+const maxLeaf = 255 - len(".999") - len(sidecarSuffix)
+
+// destDir is an open directory below the rescue root.
+type destDir struct {
+	fd   int
+	path string // for messages and Result.Path only; never opened
+}
+
+// splitRel cleans a relative destination path lexically into directory
+// components and a leaf name. The path comes from the holder's view of a
+// deleted name, which an unprivileged user chooses: "..", "." and empty
+// components are dropped, over-long names are cut, and an empty leaf
+// becomes "unnamed". openat2 enforces the same confinement again.
+func splitRel(rel string) (dirs []string, leaf string) {
+	var comps []string
+	for _, c := range strings.Split(path.Clean("/"+rel), "/") {
+		if c != "" && c != "." && c != ".." {
+			comps = append(comps, c)
+		}
+	}
+	if len(comps) == 0 {
+		return nil, "unnamed"
+	}
+	dirs, leaf = comps[:len(comps)-1], comps[len(comps)-1]
+	for i, d := range dirs {
+		if len(d) > 255 {
+			dirs[i] = d[:255]
+		}
+	}
+	if len(leaf) > maxLeaf {
+		leaf = leaf[:maxLeaf]
+	}
+	return dirs, leaf
+}
+
+// openRoot opens (creating 0700 if absent) the rescue root. Its parent is
+// trusted configuration and resolved normally; the root itself is created
+// with mkdirat and opened with openat2 so that a symlink planted in its
+// place (say in a world-writable mount root) is refused, and it must be a
+// directory owned by us that nobody else can write into.
+func openRoot(root string) (destDir, error) {
+	if !filepath.IsAbs(root) {
+		return destDir{}, fmt.Errorf("%w: rescue root %q is not absolute", ErrUnsafePath, root)
+	}
+	root = filepath.Clean(root)
+	parent, base := filepath.Dir(root), filepath.Base(root)
+	var fd int
+	if root == "/" {
+		var err error
+		if fd, err = openDir(root); err != nil {
+			return destDir{}, fmt.Errorf("open rescue root %s: %w", root, err)
+		}
+	} else {
+		if err := os.MkdirAll(parent, 0o700); err != nil {
+			return destDir{}, fmt.Errorf("create parent of rescue root: %w", err)
+		}
+		pfd, err := openDir(parent)
+		if err != nil {
+			return destDir{}, fmt.Errorf("open parent of rescue root %s: %w", parent, err)
+		}
+		defer unix.Close(pfd)
+		if fd, err = mkdirOpen(pfd, base); err != nil {
+			return destDir{}, fmt.Errorf("rescue root %s: %w", root, err)
+		}
+	}
+	st, err := fstat(fd)
+	if err != nil {
+		unix.Close(fd)
+		return destDir{}, fmt.Errorf("fstat rescue root %s: %w", root, err)
+	}
+	if int(st.Uid) != os.Geteuid() || st.Mode&0o022 != 0 {
+		unix.Close(fd)
+		return destDir{}, fmt.Errorf("%w: rescue root %s is owned by uid %d with mode %#o (want owner %d, not group- or world-writable)",
+			ErrUnsafePath, root, st.Uid, st.Mode&0o7777, os.Geteuid())
+	}
+	return destDir{fd: fd, path: root}, nil
+}
+
+// mkdirOpen opens the directory name in dirfd, creating it 0700 first if
+// it does not exist, without following any symlink.
+func mkdirOpen(dirfd int, name string) (int, error) {
+	fd, err := openBeneath(dirfd, name)
+	if errors.Is(err, unix.ENOENT) {
+		if err := retry0(func() error { return unix.Mkdirat(dirfd, name, 0o700) }); err != nil && !errors.Is(err, unix.EEXIST) {
+			return -1, fmt.Errorf("mkdir %q: %w", name, err)
+		}
+		fd, err = openBeneath(dirfd, name)
+	}
+	switch {
+	case errors.Is(err, unix.ELOOP), errors.Is(err, unix.EXDEV):
+		return -1, fmt.Errorf("%w: %q is a symlink (refused, nothing written): %w", ErrUnsafePath, name, err)
+	case errors.Is(err, unix.ENOTDIR):
+		return -1, fmt.Errorf("%w: %q is not a directory: %w", ErrUnsafePath, name, err)
+	case err != nil:
+		return -1, fmt.Errorf("open %q: %w", name, err)
+	}
+	return fd, nil
+}
+
+// openDest opens the directory where d's file goes and returns it with the
+// leaf name. Every level is created 0700 and opened beneath the previous
+// one, so nothing can redirect the walk outside the root.
+func openDest(d Destination) (destDir, string, error) {
+	dirs, leaf := splitRel(d.Rel)
+	cur, err := openRoot(d.Root)
+	if err != nil {
+		return destDir{}, "", err
+	}
+	for _, name := range dirs {
+		fd, err := mkdirOpen(cur.fd, name)
+		unix.Close(cur.fd)
+		if err != nil {
+			return destDir{}, "", fmt.Errorf("under %s: %w", cur.path, err)
+		}
+		cur = destDir{fd: fd, path: cur.path + "/" + name}
+	}
+	return cur, leaf, nil
+}
+
+// linkUnique gives something a name in dir with link, which must fail with
+// EEXIST rather than replace: first leaf, then leaf.1, leaf.2 … A symlink
+// found at any of these names is refused: only the engine writes under
+// the rescue root, so one there was planted.
+func linkUnique(dir destDir, leaf string, link func(name string) error) (string, error) {
+	for i := 0; i < 1000; i++ {
+		name := leaf
+		if i > 0 {
+			name = leaf + "." + strconv.Itoa(i)
+		}
+		err := link(name)
+		if err == nil {
+			return name, nil
+		}
+		if !errors.Is(err, unix.EEXIST) {
+			return "", err
+		}
+		var st unix.Stat_t
+		if unix.Fstatat(dir.fd, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK {
+			return "", fmt.Errorf("%w: %s/%s is a symlink (refused, nothing written)", ErrUnsafePath, dir.path, name)
+		}
+	}
+	return "", fmt.Errorf("no free name for %s/%s after 1000 tries: %w", dir.path, leaf, unix.EEXIST)
+}
+
+// tmpFile is a new file being written before it is published: unnamed
+// (O_TMPFILE), or under a hidden temporary name where the filesystem has
+// no O_TMPFILE.
+type tmpFile struct {
+	f    *os.File
+	dir  destDir
+	name string // hidden name; "" for O_TMPFILE
+}
+
+// createTemp creates the file that will be published in dir.
+func (e *Engine) createTemp(dir destDir, leaf string) (*tmpFile, error) {
+	if !e.noTmpfile {
+		fd, err := openTmpfile(dir.fd)
+		if err == nil {
+			return &tmpFile{f: os.NewFile(uintptr(fd), dir.path+"/(tmpfile)"), dir: dir}, nil
+		}
+		// Filesystems without O_TMPFILE answer EOPNOTSUPP (open(2));
+		// kernels that predate it, EISDIR.
+		if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.EISDIR) && !errors.Is(err, unix.EINVAL) {
+			return nil, spaceErr(fmt.Errorf("create O_TMPFILE in %s: %w", dir.path, err))
+		}
+	}
+	var rnd [6]byte
+	for i := 0; i < 100; i++ {
+		_, _ = rand.Read(rnd[:])
+		name := "." + leaf + ".relinkd-tmp-" + hex.EncodeToString(rnd[:])
+		if len(name) > 255 {
+			name = ".relinkd-tmp-" + hex.EncodeToString(rnd[:])
+		}
+		fd, err := createExcl(dir.fd, name)
+		if errors.Is(err, unix.EEXIST) {
+			continue
+		}
+		if err != nil {
+			return nil, spaceErr(fmt.Errorf("create temp %s/%s: %w", dir.path, name, err))
+		}
+		return &tmpFile{f: os.NewFile(uintptr(fd), dir.path+"/"+name), dir: dir, name: name}, nil
+	}
+	return nil, fmt.Errorf("create temp in %s: %w", dir.path, unix.EEXIST)
+}
+
+func (t *tmpFile) fd() int { return int(t.f.Fd()) }
+
+// discard closes and removes the temp file. An O_TMPFILE file disappears
+// with its last descriptor by construction; a hidden temp is unlinked.
+func (t *tmpFile) discard() {
+	t.f.Close()
+	if t.name != "" {
+		_ = unix.Unlinkat(t.dir.fd, t.name, 0)
+	}
+}
+
+// publish fsyncs the file, gives it a unique name built from leaf, without
+// replacing anything, and fsyncs the directory. With unique false the name
+// is leaf only. The file stays open (the caller owns t.f). On error the
+// temp is removed and nothing is visible.
+func (e *Engine) publish(t *tmpFile, leaf string, unique bool) (string, error) {
+	if err := retry0(func() error { return unix.Fsync(t.fd()) }); err != nil {
+		t.discard()
+		return "", spaceErr(fmt.Errorf("fsync %s: %w", t.f.Name(), err))
+	}
+	link := func(name string) error {
+		if t.name == "" {
+			return linkFD(e.procRoot, t.fd(), t.dir.fd, name)
+		}
+		err := renameNoReplace(t.dir.fd, t.name, name)
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
+			// No RENAME_NOREPLACE here: link(2) never replaces either.
+			if err = retry0(func() error { return unix.Linkat(t.dir.fd, t.name, t.dir.fd, name, 0) }); err == nil {
+				_ = unix.Unlinkat(t.dir.fd, t.name, 0)
+			}
+		}
+		return err
+	}
+	var name string
+	var err error
+	if unique {
+		name, err = linkUnique(t.dir, leaf, link)
+	} else {
+		name, err = leaf, link(leaf)
+	}
+	if err != nil {
+		t.discard()
+		return "", spaceErr(fmt.Errorf("publish %s/%s: %w", t.dir.path, leaf, err))
+	}
+	t.name = "" // published: nothing left to clean up
+	if err := retry0(func() error { return unix.Fsync(t.dir.fd) }); err != nil {
+		// Not durable: take the name back rather than report a rescue
+		// that a crash could lose.
+		_ = unix.Unlinkat(t.dir.fd, name, 0)
+		t.f.Close()
+		return "", spaceErr(fmt.Errorf("fsync directory %s: %w", t.dir.path, err))
+	}
+	return name, nil
+}
+
+// spaceErr marks ENOSPC and EDQUOT as ErrNoSpace.
+func spaceErr(err error) error {
+	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+		return fmt.Errorf("%w: %w", ErrNoSpace, err)
+	}
+	return err
+}

@@ -1,0 +1,180 @@
+package relink
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/relinkd/relinkd/pkg/scanner"
+)
+
+// Pin is the engine's own descriptor on a candidate's inode. While it is
+// open the data survives the holder's exit. Close releases it (and, after a
+// rescue, the engine's descriptor on the rescued copy used by Follow).
+type Pin struct {
+	c         scanner.Candidate
+	fd        int
+	st        unix.Stat_t // fstat of the pinned descriptor at pin time
+	startTime uint64      // verified start time of the holder
+
+	mu   sync.Mutex
+	dst  *os.File // the published copy (reflink, copy), kept open for Follow
+	dir  destDir  // its directory, kept open for the sidecar; fd -1 if none
+	res  Result   // the result of Rescue
+	rule string   // Destination.Rule of that rescue
+}
+
+// Candidate returns the candidate the pin was made from.
+func (p *Pin) Candidate() scanner.Candidate { return p.c }
+
+// Size is the file's size when it was pinned.
+func (p *Pin) Size() int64 { return p.st.Size }
+
+// FD is the engine's descriptor on the pinned inode (for callers that need
+// to fstat or read it; do not close it).
+func (p *Pin) FD() int { return p.fd }
+
+// Close releases the pin. It is safe to call more than once.
+func (p *Pin) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var err error
+	if p.dst != nil {
+		err = p.dst.Close()
+		p.dst = nil
+	}
+	if p.dir.fd >= 0 {
+		if e := unix.Close(p.dir.fd); err == nil {
+			err = e
+		}
+		p.dir.fd = -1
+	}
+	if p.fd >= 0 {
+		if e := unix.Close(p.fd); err == nil {
+			err = e
+		}
+		p.fd = -1
+	}
+	return err
+}
+
+// Pin opens the candidate's inode through /proc/PID/fd/N and verifies that
+// it is still the same regular file (dev, ino) held by the same process
+// (start time, proc(5) stat field 22). It fails with ErrVanished when the
+// process or descriptor is gone, ErrIdentity when either changed and
+// ErrNotRegular for anything but a regular file, each inside a *RescueError.
+func (e *Engine) Pin(c scanner.Candidate) (*Pin, error) {
+	fail := func(err error) (*Pin, error) {
+		if errors.Is(err, ErrVanished) {
+			e.log.Debug("pin: vanished", zap.Int("pid", c.PID), zap.Int("fd", c.FD), zap.Error(err))
+		}
+		return nil, &RescueError{Op: "pin", PID: c.PID, FD: c.FD, Path: string(c.Path), Err: err}
+	}
+	// A memfd is a regular shmem file; its link text is the only cheap
+	// tell. DESIGN.md: memfds are never opened for data.
+	if bytes.HasPrefix(c.Path, []byte("/memfd:")) {
+		return fail(fmt.Errorf("%w: memfd", ErrNotRegular))
+	}
+	start, err := e.startTime(c.PID)
+	if err != nil {
+		return fail(err)
+	}
+	if c.StartTime != 0 && start != c.StartTime {
+		return fail(fmt.Errorf("%w: pid %d start time %d, candidate had %d", ErrIdentity, c.PID, start, c.StartTime))
+	}
+	link := e.procRoot + "/" + strconv.Itoa(c.PID) + "/fd/" + strconv.Itoa(c.FD)
+	// Look before opening: opening a FIFO or a device has side effects.
+	var st unix.Stat_t
+	if err := retry0(func() error { return unix.Stat(link, &st) }); err != nil {
+		return fail(vanished("stat "+link, err))
+	}
+	if err := sameFile(st, c); err != nil {
+		return fail(err)
+	}
+	fd, err := openPin(link)
+	if err != nil {
+		return fail(vanished("open "+link, err))
+	}
+	p := &Pin{c: c, fd: fd, dir: destDir{fd: -1}}
+	if p.st, err = fstat(fd); err != nil {
+		p.Close()
+		return fail(fmt.Errorf("fstat pinned %s: %w", link, err))
+	}
+	if err := sameFile(p.st, c); err != nil {
+		p.Close()
+		return fail(err)
+	}
+	// The process must still be the one we looked at. If it has exited in
+	// the meantime, the pin is still right: dev and ino matched on our own
+	// descriptor, so the data is the candidate's.
+	switch again, err := e.startTime(c.PID); {
+	case err == nil && again != start:
+		p.Close()
+		return fail(fmt.Errorf("%w: pid %d start time changed from %d to %d", ErrIdentity, c.PID, start, again))
+	case err != nil && !errors.Is(err, ErrVanished):
+		p.Close()
+		return fail(err)
+	}
+	p.startTime = start
+	return p, nil
+}
+
+// sameFile checks that st is a regular file with the candidate's identity.
+// Candidate.Dev is st_dev as stat(2) reports it.
+func sameFile(st unix.Stat_t, c scanner.Candidate) error {
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fmt.Errorf("%w: mode %#o", ErrNotRegular, st.Mode)
+	}
+	if uint64(st.Dev) != c.Dev || st.Ino != c.Ino {
+		return fmt.Errorf("%w: now dev %d ino %d, candidate had dev %d ino %d", ErrIdentity, st.Dev, st.Ino, c.Dev, c.Ino)
+	}
+	return nil
+}
+
+// vanished maps ENOENT and ESRCH to ErrVanished.
+func vanished(op string, err error) error {
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("%w: %s: %w", ErrVanished, op, err)
+	}
+	return fmt.Errorf("%s: %w", op, err)
+}
+
+// startTime reads field 22 of /proc/PID/stat.
+func (e *Engine) startTime(pid int) (uint64, error) {
+	path := e.procRoot + "/" + strconv.Itoa(pid) + "/stat"
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, vanished("read "+path, err)
+	}
+	t, err := parseStartTime(b)
+	if err != nil {
+		return 0, fmt.Errorf("parse %s: %w", path, err)
+	}
+	return t, nil
+}
+
+// parseStartTime returns field 22 (starttime, clock ticks after boot) of a
+// /proc/PID/stat line. Field 2, comm, is in parentheses and may contain
+// spaces and ')' itself, so fields are counted after the last ')'.
+func parseStartTime(b []byte) (uint64, error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("no ')' in %q", b)
+	}
+	fields := bytes.Fields(b[i+1:])
+	// fields[0] is field 3 (state), so field 22 is fields[19].
+	if len(fields) < 20 {
+		return 0, fmt.Errorf("%d fields after comm, want at least 20", len(fields))
+	}
+	t, err := strconv.ParseUint(string(fields[19]), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("starttime %q: %w", fields[19], err)
+	}
+	return t, nil
+}

@@ -1,0 +1,309 @@
+package relink
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// errNotHere marks a method that does not work for this file or
+// destination; the ladder moves on to the next one.
+var errNotHere = errors.New("not supported here")
+
+// notHere reports whether err means "this method cannot work here":
+// EXDEV (other mount or filesystem), EOPNOTSUPP, EINVAL, ENOTTY, ENOSYS.
+func notHere(err error) bool {
+	return errors.Is(err, unix.EXDEV) || errors.Is(err, unix.EOPNOTSUPP) ||
+		errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOTTY) || errors.Is(err, unix.ENOSYS)
+}
+
+// Rescue gives the pinned file a name again under d, trying the engine's
+// methods in order and moving down only when one is not supported here.
+// On success the file is published under a unique name (never replacing
+// anything), a sidecar is written if configured, a "file rescued" event is
+// logged and the Result returned. On failure nothing is left visible, a
+// "rescue failed" event is logged and the error is a *RescueError (test it
+// with errors.Is against ErrNoSpace, ErrUnsafePath, ErrUnsupported …).
+//
+// A copy is bounded to the size seen when it starts: a file still being
+// written gives a consistent prefix, and a file truncated during the copy
+// ends it cleanly at the new length. Follow appends later growth.
+func (e *Engine) Rescue(ctx context.Context, p *Pin, d Destination) (Result, error) {
+	c := p.c
+	res, err := e.rescue(ctx, p, d, time.Now())
+	if err != nil {
+		var re *RescueError
+		if !errors.As(err, &re) {
+			re = &RescueError{Op: "rescue", PID: c.PID, FD: c.FD, Path: string(c.Path), Err: err}
+		}
+		e.log.Error("rescue failed", zap.ByteString("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
+			zap.String("method", string(re.Method)), zap.Error(re.Err))
+		return Result{}, re
+	}
+	e.log.Info("file rescued",
+		zap.ByteString("path", c.Path), zap.String("rescued_to", res.Path), zap.String("method", string(res.Method)),
+		zap.Int64("bytes", res.Bytes), zap.Int("pid", c.PID), zap.Int("fd", c.FD), zap.String("comm", c.Comm),
+		zap.Uint32("uid", c.UID), ruleField(d.Rule), zap.Duration("duration", res.Duration))
+	return res, nil
+}
+
+func ruleField(rule string) zap.Field {
+	if rule == "" {
+		return zap.Reflect("rule", nil)
+	}
+	return zap.String("rule", rule)
+}
+
+func (e *Engine) rescue(ctx context.Context, p *Pin, d Destination, start time.Time) (Result, error) {
+	c := p.c
+	fail := func(m Method, err error) (Result, error) {
+		return Result{}, &RescueError{Op: "rescue", Method: m, PID: c.PID, FD: c.FD, Path: string(c.Path), Err: err}
+	}
+	p.mu.Lock()
+	closed, done := p.fd < 0, p.res.Path != ""
+	p.mu.Unlock()
+	if closed || done {
+		return fail("", errors.New("pin is closed or already rescued"))
+	}
+	dir, leaf, err := openDest(d)
+	if err != nil {
+		return fail("", err)
+	}
+	defer unix.Close(dir.fd)
+	var skipped []string
+	for _, m := range e.methods {
+		if err := ctx.Err(); err != nil {
+			return fail(m, err)
+		}
+		var res Result
+		var err error
+		switch m {
+		case MethodLink:
+			res, err = e.link(p, dir, leaf)
+		case MethodReflink:
+			res, err = e.reflink(ctx, p, dir, leaf, d)
+		case MethodCopy:
+			res, err = e.copy(ctx, p, dir, leaf, d)
+		default:
+			err = fmt.Errorf("%w: unknown method %q", errNotHere, m)
+		}
+		if errors.Is(err, errNotHere) {
+			e.log.Debug("rescue method not supported here", zap.Int("pid", c.PID), zap.Int("fd", c.FD),
+				zap.String("method", string(m)), zap.Error(err))
+			skipped = append(skipped, err.Error())
+			continue
+		}
+		if err != nil {
+			return fail(m, err)
+		}
+		res.Method = m
+		if e.hash {
+			if res.SHA256, err = e.hashOf(p, res); err != nil {
+				return fail(m, err)
+			}
+		}
+		res.Duration = time.Since(start)
+		// Keep the directory for Follow, which rewrites the sidecar.
+		dfd, err := retry(func() (int, error) { return unix.FcntlInt(uintptr(dir.fd), unix.F_DUPFD_CLOEXEC, 0) })
+		if err != nil {
+			return fail(m, fmt.Errorf("dup directory descriptor: %w", err))
+		}
+		p.mu.Lock()
+		p.dir = destDir{fd: dfd, path: dir.path}
+		p.res = res
+		p.rule = d.Rule
+		p.mu.Unlock()
+		if e.sidecar {
+			if res.Sidecar, err = e.writeSidecar(p, d, res, false); err != nil {
+				// The data is safe; a missing sidecar is worth a warning only.
+				e.log.Warn("sidecar not written", zap.String("rescued_to", res.Path), zap.Error(err))
+			}
+			p.mu.Lock()
+			p.res = res
+			p.mu.Unlock()
+		}
+		return res, nil
+	}
+	return fail("", fmt.Errorf("%w: %s", ErrUnsupported, strings.Join(skipped, "; ")))
+}
+
+// link gives the inode itself a name (linkat(2)). ENOENT means the kernel
+// will not link an inode without links (and not an O_TMPFILE), EPERM that
+// protected_hardlinks forbids it for us: both move down the ladder, like
+// EXDEV for a destination on another mount.
+func (e *Engine) link(p *Pin, dir destDir, leaf string) (Result, error) {
+	name, err := linkUnique(dir, leaf, func(name string) error { return linkFD(e.procRoot, p.fd, dir.fd, name) })
+	if err != nil {
+		if notHere(err) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EPERM) {
+			return Result{}, fmt.Errorf("%w: link: %w", errNotHere, err)
+		}
+		return Result{}, spaceErr(fmt.Errorf("link into %s: %w", dir.path, err))
+	}
+	if err := retry0(func() error { return unix.Fsync(dir.fd) }); err != nil {
+		_ = unix.Unlinkat(dir.fd, name, 0)
+		return Result{}, fmt.Errorf("fsync directory %s: %w", dir.path, err)
+	}
+	st, err := fstat(p.fd)
+	if err != nil {
+		return Result{}, fmt.Errorf("fstat pinned file: %w", err)
+	}
+	return Result{Path: dir.path + "/" + name, Bytes: st.Size}, nil
+}
+
+// spaceGuard returns a check that fails with ErrNoSpace once the
+// destination has less than minFree bytes available; nil when minFree is 0.
+func spaceGuard(dir destDir, minFree uint64) func() error {
+	if minFree == 0 {
+		return nil
+	}
+	return func() error {
+		free, err := freeBytes(dir.fd)
+		if err != nil {
+			return fmt.Errorf("statfs %s: %w", dir.path, err)
+		}
+		if free < minFree {
+			return fmt.Errorf("%w: %d bytes free in %s, minimum %d", ErrNoSpace, free, dir.path, minFree)
+		}
+		return nil
+	}
+}
+
+// checkSpace refuses up front a rescue that needs need bytes when that
+// would leave less than minFree.
+func checkSpace(dir destDir, need, minFree uint64) error {
+	if minFree == 0 {
+		return nil
+	}
+	free, err := freeBytes(dir.fd)
+	if err != nil {
+		return fmt.Errorf("statfs %s: %w", dir.path, err)
+	}
+	if free < need || free-need < minFree {
+		return fmt.Errorf("%w: %d bytes free in %s, rescue needs %d and must leave %d", ErrNoSpace, free, dir.path, need, minFree)
+	}
+	return nil
+}
+
+// reflink clones the source's extents into a new file (ioctl_ficlone(2)).
+// The clone is a consistent snapshot of the whole file at that instant.
+func (e *Engine) reflink(ctx context.Context, p *Pin, dir destDir, leaf string, d Destination) (Result, error) {
+	if err := checkSpace(dir, 0, d.MinFreeBytes); err != nil {
+		return Result{}, err
+	}
+	t, err := e.createTemp(dir, leaf)
+	if err != nil {
+		return Result{}, err
+	}
+	if err := ficlone(t.fd(), p.fd); err != nil {
+		t.discard()
+		if notHere(err) {
+			return Result{}, fmt.Errorf("%w: FICLONE: %w", errNotHere, err)
+		}
+		return Result{}, spaceErr(fmt.Errorf("FICLONE into %s: %w", dir.path, err))
+	}
+	return e.finish(p, t, leaf)
+}
+
+// copy copies the bytes up to the size seen now, keeping holes.
+func (e *Engine) copy(ctx context.Context, p *Pin, dir destDir, leaf string, d Destination) (Result, error) {
+	st, err := fstat(p.fd)
+	if err != nil {
+		return Result{}, fmt.Errorf("fstat pinned file: %w", err)
+	}
+	// st_blocks counts what the source allocates: its data, not its holes.
+	need := uint64(min(st.Blocks*512, st.Size))
+	if err := checkSpace(dir, need, d.MinFreeBytes); err != nil {
+		return Result{}, err
+	}
+	t, err := e.createTemp(dir, leaf)
+	if err != nil {
+		return Result{}, err
+	}
+	c := e.newCopier(t.fd(), p.fd, spaceGuard(dir, d.MinFreeBytes))
+	if _, err := c.copySparse(ctx, 0, st.Size); err != nil {
+		t.discard()
+		return Result{}, err
+	}
+	// The final size: what was seen at the start, or less if the file was
+	// truncated meanwhile. Setting it also keeps a trailing hole.
+	now, err := fstat(p.fd)
+	if err != nil {
+		t.discard()
+		return Result{}, fmt.Errorf("fstat pinned file: %w", err)
+	}
+	size := min(st.Size, now.Size)
+	if err := retry0(func() error { return unix.Ftruncate(t.fd(), size) }); err != nil {
+		t.discard()
+		return Result{}, spaceErr(fmt.Errorf("ftruncate copy to %d: %w", size, err))
+	}
+	return e.finishStat(p, t, leaf, st)
+}
+
+// finish publishes t with the source's current metadata.
+func (e *Engine) finish(p *Pin, t *tmpFile, leaf string) (Result, error) {
+	st, err := fstat(p.fd)
+	if err != nil {
+		t.discard()
+		return Result{}, fmt.Errorf("fstat pinned file: %w", err)
+	}
+	return e.finishStat(p, t, leaf, st)
+}
+
+// finishStat carries metadata from st over to t, publishes it and keeps
+// it open in p for Follow.
+func (e *Engine) finishStat(p *Pin, t *tmpFile, leaf string, st unix.Stat_t) (Result, error) {
+	if err := e.copyMeta(p.fd, t.fd(), st); err != nil {
+		t.discard()
+		return Result{}, err
+	}
+	size, err := fstat(t.fd())
+	if err != nil {
+		t.discard()
+		return Result{}, fmt.Errorf("fstat copy: %w", err)
+	}
+	name, err := e.publish(t, leaf, true)
+	if err != nil {
+		return Result{}, err
+	}
+	p.mu.Lock()
+	p.dst = t.f
+	p.mu.Unlock()
+	return Result{Path: t.dir.path + "/" + name, Bytes: size.Size}, nil
+}
+
+// hashOf reads the rescued file back and returns its SHA-256.
+func (e *Engine) hashOf(p *Pin, r Result) (string, error) {
+	fd := p.fd // link: the same inode
+	p.mu.Lock()
+	if p.dst != nil {
+		fd = int(p.dst.Fd())
+	}
+	p.mu.Unlock()
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(readerAt(fd), 0, r.Bytes)); err != nil {
+		return "", fmt.Errorf("hash %s: %w", r.Path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// readerAt reads a descriptor owned elsewhere with pread(2).
+type readerAt int
+
+func (fd readerAt) ReadAt(b []byte, off int64) (int, error) {
+	n, err := retry(func() (int, error) { return unix.Pread(int(fd), b, off) })
+	if err != nil {
+		return 0, err
+	}
+	if n == 0 && len(b) > 0 {
+		return 0, io.EOF
+	}
+	return n, nil
+}

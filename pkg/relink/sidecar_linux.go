@@ -1,0 +1,112 @@
+package relink
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const sidecarSuffix = ".relinkd.json"
+
+// Sidecar is the content of NAME.relinkd.json: the fields of the
+// "file rescued" log event (DESIGN.md), plus identity and hash.
+type Sidecar struct {
+	Path      string    `json:"path"`       // the holder's name for the file
+	RescuedTo string    `json:"rescued_to"` // where the data is now
+	Method    Method    `json:"method"`
+	Bytes     int64     `json:"bytes"`
+	PID       int       `json:"pid"`
+	FD        int       `json:"fd"`
+	Comm      string    `json:"comm"`
+	UID       uint32    `json:"uid"`
+	Rule      *string   `json:"rule"` // null when no rule chose the file
+	Duration  string    `json:"duration"`
+	Dev       uint64    `json:"dev"`
+	Ino       uint64    `json:"ino"`
+	SHA256    string    `json:"sha256,omitempty"`
+	Followed  bool      `json:"followed,omitempty"`
+	Time      time.Time `json:"ts"`
+}
+
+func sidecarOf(p *Pin, d Destination, r Result) Sidecar {
+	c := p.c
+	s := Sidecar{
+		Path: string(c.Path), RescuedTo: r.Path, Method: r.Method, Bytes: r.Bytes,
+		PID: c.PID, FD: c.FD, Comm: c.Comm, UID: c.UID, Duration: r.Duration.String(),
+		Dev: c.Dev, Ino: c.Ino, SHA256: r.SHA256, Followed: r.Followed, Time: time.Now().UTC(),
+	}
+	if d.Rule != "" {
+		rule := d.Rule
+		s.Rule = &rule
+	}
+	return s
+}
+
+// writeSidecar writes NAME.relinkd.json beside the rescued file, mode 0600.
+// The first write never replaces anything; replace is for Follow's update
+// of our own sidecar. Both are atomic: a reader sees the old or the new
+// file, never a partial one.
+func (e *Engine) writeSidecar(p *Pin, d Destination, r Result, replace bool) (string, error) {
+	p.mu.Lock()
+	dir := p.dir
+	p.mu.Unlock()
+	if dir.fd < 0 {
+		return "", fmt.Errorf("sidecar for %s: destination directory not open", r.Path)
+	}
+	b, err := json.MarshalIndent(sidecarOf(p, d, r), "", "  ")
+	if err != nil {
+		return "", err
+	}
+	b = append(b, '\n')
+	name := filepath.Base(r.Path) + sidecarSuffix
+	if !replace {
+		t, err := e.createTemp(dir, name)
+		if err != nil {
+			return "", err
+		}
+		if _, err := t.f.Write(b); err != nil {
+			t.discard()
+			return "", spaceErr(fmt.Errorf("write sidecar: %w", err))
+		}
+		if _, err := e.publish(t, name, false); err != nil {
+			return "", err
+		}
+		t.f.Close()
+		return dir.path + "/" + name, nil
+	}
+	var rnd [6]byte
+	_, _ = rand.Read(rnd[:])
+	tmp := ".relinkd-tmp-" + hex.EncodeToString(rnd[:])
+	fd, err := createExcl(dir.fd, tmp)
+	if err != nil {
+		return "", spaceErr(fmt.Errorf("create %s/%s: %w", dir.path, tmp, err))
+	}
+	cleanup := func(err error) (string, error) {
+		unix.Close(fd)
+		_ = unix.Unlinkat(dir.fd, tmp, 0)
+		return "", spaceErr(err)
+	}
+	for w := 0; w < len(b); {
+		n, err := retry(func() (int, error) { return unix.Write(fd, b[w:]) })
+		if err != nil {
+			return cleanup(fmt.Errorf("write sidecar: %w", err))
+		}
+		w += n
+	}
+	if err := retry0(func() error { return unix.Fsync(fd) }); err != nil {
+		return cleanup(fmt.Errorf("fsync sidecar: %w", err))
+	}
+	if err := retry0(func() error { return unix.Renameat(dir.fd, tmp, dir.fd, name) }); err != nil {
+		return cleanup(fmt.Errorf("rename sidecar into place: %w", err))
+	}
+	unix.Close(fd)
+	if err := retry0(func() error { return unix.Fsync(dir.fd) }); err != nil {
+		return "", fmt.Errorf("fsync directory %s: %w", dir.path, err)
+	}
+	return dir.path + "/" + name, nil
+}
