@@ -3,9 +3,103 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	sd "github.com/coreos/go-systemd/v22/daemon"
+	"go.uber.org/zap"
+
+	"github.com/relinkd/relinkd/internal/logging"
+	"github.com/relinkd/relinkd/pkg/daemon"
+	"github.com/relinkd/relinkd/pkg/policy"
 )
 
-// TODO(issue): cmdRun is not built yet.
+// cmdRun is `relinkd run [--config FILE]`: the daemon, in the foreground.
+// SIGINT/SIGTERM (ctx) stop it; SIGHUP reloads the configuration.
 func cmdRun(ctx context.Context, e env, args []string) error {
-	return errors.New("not implemented yet")
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	configPath := fs.String("config", "", "configuration file (default "+policy.DefaultPath+" if present, else the embedded default)")
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: run takes no arguments (got %q)", errUsage, fs.Args())
+	}
+
+	// Subscribe to SIGHUP before anything else, so that a reload sent
+	// right after start-up is never the default action (exit).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
+	cfg, source, err := policy.Resolve(*configPath)
+	if err != nil {
+		return fmt.Errorf("config %s: %w", source, err)
+	}
+	log, err := logging.New(e.stderr, cfg.Log.Level, cfg.Log.Format)
+	if err != nil {
+		return fmt.Errorf("config %s: %w", source, err)
+	}
+	defer log.Sync()
+
+	opt := daemon.Options{
+		Config:     cfg,
+		ConfigPath: source,
+		Version:    version,
+		Notify: func(state string) {
+			if _, err := sd.SdNotify(false, state); err != nil {
+				log.Debug("sd_notify", zap.String("state", state), zap.Error(err))
+			}
+		},
+	}
+	// WATCHDOG_USEC is set when the unit has WatchdogSec=; ping at half.
+	if iv, err := sd.SdWatchdogEnabled(false); err == nil && iv > 0 {
+		opt.WatchdogInterval = iv / 2
+	}
+	d, err := daemon.New(opt, log)
+	if err != nil {
+		return err
+	}
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		for {
+			select {
+			case <-runCtx.Done():
+				return
+			case <-hup:
+				reload(runCtx, d, source, log)
+			}
+		}
+	}()
+	return d.Run(runCtx)
+}
+
+// reload re-reads the configuration from where it came from; an invalid
+// one leaves the running configuration in place.
+func reload(ctx context.Context, d *daemon.Daemon, source string, log *zap.Logger) {
+	path := source
+	if source == "(embedded)" {
+		path = ""
+	}
+	cfg, src, err := policy.Resolve(path)
+	if err != nil {
+		var errs policy.Errors
+		fields := []zap.Field{zap.String("config", src), zap.Error(err)}
+		if errors.As(err, &errs) {
+			list := make([]string, len(errs))
+			for i, fe := range errs {
+				list[i] = fe.Error()
+			}
+			fields = append(fields, zap.Strings("errors", list))
+		}
+		log.Error("config reload failed", fields...)
+		return
+	}
+	_ = d.Reload(ctx, cfg)
 }

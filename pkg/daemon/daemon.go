@@ -1,0 +1,677 @@
+// Package daemon is relinkd's main loop: a periodic /proc sweep as the
+// safety net, inotify removal events as the fast path, deduplication by
+// inode, pin first, then a bounded pool of rescue workers, follow, reload
+// and shutdown.
+//
+// The flow for one deleted file:
+//
+//	sweep/event ─> candidate ─> seen before? ─> rule match (cheap) ─> pin ─> queue
+//	                                  │                                        │
+//	                                  └─ yes: nothing, no repeated event       v
+//	             worker: policy.Decide (location, space, quota) ─> engine.Rescue ─> follow
+//
+// The pin comes before the expensive decision on purpose: once the daemon
+// holds its own descriptor on the inode, the data outlives the holder, so a
+// process that exits milliseconds after the unlink still loses nothing.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/relinkd/relinkd/pkg/metrics"
+	"github.com/relinkd/relinkd/pkg/policy"
+	"github.com/relinkd/relinkd/pkg/relink"
+	"github.com/relinkd/relinkd/pkg/scanner"
+	"github.com/relinkd/relinkd/pkg/watch"
+)
+
+// Defaults for Options left zero.
+const (
+	DefaultMaxPins        = 4096
+	DefaultMaxPinnedBytes = 256 << 30
+	DefaultStopTimeout    = 4 * time.Second
+)
+
+// Sweeper finds deleted-but-open files; *scanner.Scanner is one.
+type Sweeper interface {
+	Sweep(ctx context.Context) (scanner.Result, error)
+	SweepPIDs(ctx context.Context, pids []int) (scanner.Result, error)
+}
+
+// Options configure a Daemon. Only Config is required.
+type Options struct {
+	Config     *policy.Config
+	ConfigPath string // for the start-up event
+	Version    string // for the start-up event
+
+	ProcRoot       string        // "" means /proc
+	Workers        int           // rescue workers; 0 means max(2, NumCPU)
+	MaxPins        int           // inodes pinned at once; 0 means DefaultMaxPins
+	MaxPinnedBytes int64         // their total size; 0 means DefaultMaxPinnedBytes
+	MaxWatches     int           // inotify watches; 0 means watch.DefaultMaxWatches
+	StopTimeout    time.Duration // how long shutdown waits for workers; 0 means DefaultStopTimeout
+
+	// Notify receives systemd notification states ("READY=1",
+	// "STOPPING=1", "WATCHDOG=1", "RELOADING=1"); nil ignores them.
+	Notify func(state string)
+	// WatchdogInterval, when set, is how often "WATCHDOG=1" is sent from
+	// the main loop (half of systemd's WatchdogSec is customary).
+	WatchdogInterval time.Duration
+
+	// Sweeper replaces the /proc scanner (tests); nil builds one.
+	Sweeper Sweeper
+}
+
+// Daemon is one running relinkd.
+type Daemon struct {
+	opt     Options
+	log     *zap.Logger
+	sweeper Sweeper
+	m       *metrics.Metrics
+	self    int
+
+	pol    atomic.Pointer[policy.Policy]
+	engine *relink.Engine // pins; rescues use an engine per method list
+
+	reload chan reloadReq
+	jobs   chan *job
+
+	mu       sync.Mutex
+	inodes   map[scanner.Key]*inode
+	pins     int
+	pinned   int64
+	dirPIDs  map[string]map[int]time.Time // dir of a deleted file -> pids seen holding it
+	knownPID map[int]struct{}             // pids listed at the last full sweep
+	watcher  *watch.Watcher
+}
+
+type reloadReq struct {
+	cfg  *policy.Config
+	done chan struct{}
+}
+
+// state of one inode the daemon has seen.
+type state int
+
+const (
+	stQueued   state = iota // pinned, waiting for or under rescue (or follow)
+	stRescued               // rescued; never again while it stays open
+	stReported              // report rule: logged once
+	stSkipped               // policy said no: logged once
+	stFailed                // rescue failed: logged once
+	stIgnored               // no rule matches
+)
+
+type inode struct {
+	st   state
+	seen time.Time // last sweep that showed it
+}
+
+type job struct {
+	c   scanner.Candidate
+	pin *relink.Pin
+}
+
+// New builds a daemon for opt.Config. Nothing runs until Run.
+func New(opt Options, log *zap.Logger) (*Daemon, error) {
+	if opt.Config == nil {
+		return nil, errors.New("daemon: no configuration")
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	if opt.ProcRoot == "" {
+		opt.ProcRoot = "/proc"
+	}
+	if opt.Workers <= 0 {
+		opt.Workers = max(2, runtime.NumCPU())
+	}
+	if opt.MaxPins <= 0 {
+		opt.MaxPins = DefaultMaxPins
+	}
+	if opt.MaxPinnedBytes <= 0 {
+		opt.MaxPinnedBytes = DefaultMaxPinnedBytes
+	}
+	if opt.StopTimeout <= 0 {
+		opt.StopTimeout = DefaultStopTimeout
+	}
+	if opt.Notify == nil {
+		opt.Notify = func(string) {}
+	}
+	d := &Daemon{
+		opt:      opt,
+		log:      log,
+		sweeper:  opt.Sweeper,
+		m:        metrics.New(),
+		self:     os.Getpid(),
+		engine:   relink.New(relink.Options{ProcRoot: opt.ProcRoot}, log),
+		reload:   make(chan reloadReq),
+		jobs:     make(chan *job, opt.MaxPins),
+		inodes:   make(map[scanner.Key]*inode),
+		dirPIDs:  make(map[string]map[int]time.Time),
+		knownPID: make(map[int]struct{}),
+	}
+	if d.sweeper == nil {
+		d.sweeper = scanner.New(scanner.Options{ProcRoot: opt.ProcRoot}, log)
+	}
+	d.pol.Store(policy.New(opt.Config, log))
+	return d, nil
+}
+
+// Metrics returns the daemon's metrics (its own registry).
+func (d *Daemon) Metrics() *metrics.Metrics { return d.m }
+
+// Reload replaces the configuration: rules, rescue settings and watched
+// directories take effect for the next candidate. Files already pinned or
+// rescued (or reported) are not revisited; skipped, failed and unmatched
+// ones are looked at again under the new rules. It returns once the main loop applied it.
+func (d *Daemon) Reload(ctx context.Context, cfg *policy.Config) error {
+	r := reloadReq{cfg: cfg, done: make(chan struct{})}
+	select {
+	case d.reload <- r:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-r.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (d *Daemon) config() *policy.Config { return d.pol.Load().Config() }
+
+// Run runs the daemon until ctx ends, then stops within StopTimeout:
+// in-flight copies are cancelled (the engine publishes atomically, so no
+// partial file is left) and every pin is released.
+func (d *Daemon) Run(ctx context.Context) error {
+	cfg := d.config()
+	d.log.Info("relinkd started", zap.String("version", d.opt.Version), zap.String("config", d.opt.ConfigPath),
+		zap.Duration("interval", time.Duration(cfg.Scan.Interval)), zap.Bool("events", cfg.Scan.Events),
+		zap.Int("workers", d.opt.Workers), zap.Int("pid", d.self))
+
+	// Workers get their own context, cancelled only once the loop is done,
+	// so that shutdown can first stop detection, then abandon rescues.
+	wctx, wcancel := context.WithCancel(context.Background())
+	defer wcancel()
+	var wg sync.WaitGroup
+	for range d.opt.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d.worker(wctx, &wg)
+		}()
+	}
+
+	var srvDone chan error
+	if cfg.Metrics.Listen != "" {
+		srv, err := metrics.Listen(cfg.Metrics.Listen, d.m.Registry, d.log)
+		if err != nil {
+			wcancel()
+			return err
+		}
+		d.log.Info("metrics listening", zap.String("listen", srv.Addr()))
+		srvDone = make(chan error, 1)
+		go func() { srvDone <- srv.Serve(wctx) }()
+	}
+
+	events := make(chan watch.Event, 256)
+	var watchDone chan error
+	if cfg.Scan.Events {
+		w, err := watch.New(watch.Options{Roots: watchRoots(cfg), MaxWatches: d.opt.MaxWatches}, d.log)
+		if err != nil {
+			// No inotify instance (fs.inotify.max_user_instances): the
+			// sweeps still work.
+			d.log.Warn("directory events unavailable, relying on sweeps", zap.Error(err))
+		} else {
+			d.setWatcher(w)
+			watchDone = make(chan error, 1)
+			go func() { watchDone <- w.Run(wctx, events) }()
+		}
+	}
+
+	err := d.loop(ctx, events)
+
+	d.log.Info("relinkd stopping")
+	d.opt.Notify("STOPPING=1")
+	if w := d.getWatcher(); w != nil {
+		w.Close()
+	}
+	wcancel()
+	stopped := make(chan struct{})
+	go func() { wg.Wait(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(d.opt.StopTimeout):
+		d.log.Warn("workers did not stop in time", zap.Duration("waited", d.opt.StopTimeout))
+	}
+	// Release whatever is still queued.
+	for {
+		select {
+		case j := <-d.jobs:
+			d.unpin(j, stQueued)
+			continue
+		default:
+		}
+		break
+	}
+	if watchDone != nil {
+		if werr := <-watchDone; werr != nil {
+			d.log.Warn("watcher", zap.Error(werr))
+		}
+	}
+	if srvDone != nil {
+		<-srvDone
+	}
+	d.log.Info("relinkd stopped")
+	return err
+}
+
+// loop is the detection side: sweeps, events, reloads, watchdog.
+func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event) error {
+	d.sweep(ctx, true, nil)
+	d.opt.Notify("READY=1")
+
+	interval := time.Duration(d.config().Scan.Interval)
+	if interval <= 0 {
+		interval = 30 * time.Second
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	var wd <-chan time.Time
+	if d.opt.WatchdogInterval > 0 {
+		t := time.NewTicker(d.opt.WatchdogInterval)
+		defer t.Stop()
+		wd = t.C
+		d.opt.Notify("WATCHDOG=1")
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+			d.sweep(ctx, true, nil)
+		case ev := <-events:
+			d.onEvents(ctx, ev, events)
+		case <-wd:
+			d.opt.Notify("WATCHDOG=1")
+		case r := <-d.reload:
+			d.apply(r.cfg)
+			if iv := time.Duration(r.cfg.Scan.Interval); iv > 0 && iv != interval {
+				interval = iv
+				tick.Reset(interval)
+			}
+			close(r.done)
+		}
+	}
+}
+
+// onEvents handles a removal event and every other one already queued:
+// first a sweep of the processes most likely to hold the file (those seen
+// holding deleted files in the same directories, and those started since
+// the last full sweep, which no sweep has seen yet), then a full sweep.
+// Events arriving meanwhile are coalesced into the next round.
+func (d *Daemon) onEvents(ctx context.Context, first watch.Event, events <-chan watch.Event) {
+	dirs := map[string]bool{first.Dir: true}
+	n := 1
+drain:
+	for {
+		select {
+		case ev := <-events:
+			dirs[ev.Dir] = true
+			n++
+		default:
+			break drain
+		}
+	}
+	d.m.Events.Add(float64(n))
+	pids := d.likelyPIDs(dirs)
+	if len(pids) > 0 {
+		d.sweep(ctx, false, pids)
+	}
+	d.sweep(ctx, true, nil)
+}
+
+// likelyPIDs returns the pids last seen under dirs plus the pids that
+// appeared in /proc since the last full sweep.
+func (d *Daemon) likelyPIDs(dirs map[string]bool) []int {
+	now := listPIDs(d.opt.ProcRoot)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	set := make(map[int]struct{})
+	for dir := range dirs {
+		for pid := range d.dirPIDs[dir] {
+			set[pid] = struct{}{}
+		}
+	}
+	for _, pid := range now {
+		if _, ok := d.knownPID[pid]; !ok && pid != d.self {
+			set[pid] = struct{}{}
+		}
+	}
+	pids := make([]int, 0, len(set))
+	for pid := range set {
+		pids = append(pids, pid)
+	}
+	// Newest first: a short-lived holder is the one about to vanish.
+	slices.Sort(pids)
+	slices.Reverse(pids)
+	return pids
+}
+
+// sweep runs one sweep (full, or of pids) and feeds its candidates.
+func (d *Daemon) sweep(ctx context.Context, full bool, pids []int) {
+	kind := "targeted"
+	var listed []int
+	if full {
+		kind = "full"
+		listed = listPIDs(d.opt.ProcRoot)
+	}
+	start := time.Now()
+	var res scanner.Result
+	var err error
+	if full {
+		res, err = d.sweeper.Sweep(ctx)
+	} else {
+		res, err = d.sweeper.SweepPIDs(ctx, pids)
+	}
+	d.m.Sweeps.WithLabelValues(kind).Inc()
+	d.m.SweepDuration.WithLabelValues(kind).Observe(time.Since(start).Seconds())
+	if err != nil {
+		if ctx.Err() == nil {
+			d.log.Error("sweep failed", zap.String("kind", kind), zap.Error(err))
+		}
+		return
+	}
+	d.m.Candidates.Add(float64(len(res.Candidates)))
+	for i := range res.Candidates {
+		d.consider(&res.Candidates[i], start)
+	}
+	if full {
+		d.forget(start, listed)
+	}
+	if w := d.getWatcher(); w != nil {
+		d.m.Watches.Set(float64(w.Watches()))
+	}
+	d.log.Debug("sweep", zap.String("kind", kind), zap.Int("procs", res.Procs), zap.Int("fds", res.FDs),
+		zap.Int("candidates", len(res.Candidates)), zap.Int("vanished", res.Vanished), zap.Int("denied", res.Denied),
+		zap.Duration("duration", res.Duration))
+}
+
+// consider is the fast path for one candidate: dedupe by inode, match the
+// rules, pin at once, queue.
+func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
+	if c.PID == d.self {
+		return // our own pins
+	}
+	key := c.Key()
+	d.mu.Lock()
+	d.notePID(c, now)
+	if in, ok := d.inodes[key]; ok {
+		in.seen = now
+		d.mu.Unlock()
+		return
+	}
+	d.mu.Unlock()
+
+	pol := d.pol.Load()
+	rule, ok := pol.Match(c)
+	if !ok {
+		d.mark(key, stIgnored, now)
+		return
+	}
+	if rule.Action == policy.ActionReport {
+		d.mark(key, stReported, now)
+		d.reportOpen(c, rule.Name)
+		return
+	}
+
+	size := max(c.Size, 0)
+	d.mu.Lock()
+	if d.pins >= d.opt.MaxPins || d.pinned+size > d.opt.MaxPinnedBytes {
+		d.mu.Unlock()
+		// Not recorded: the next sweep offers it again, when pins are free.
+		d.log.Debug("pin limit reached, deferring", zap.ByteString("path", c.Path), zap.Int("pid", c.PID),
+			zap.Int("fd", c.FD), zap.Int("pins", d.pins), zap.Int64("pinned_bytes", d.pinned))
+		return
+	}
+	d.mu.Unlock()
+
+	pin, err := d.engine.Pin(*c)
+	if err != nil {
+		switch {
+		case errors.Is(err, relink.ErrVanished), errors.Is(err, relink.ErrIdentity):
+			// Another descriptor of the same inode may still work; a
+			// later sweep decides. Nothing to report.
+			d.log.Debug("pin: candidate gone", zap.Int("pid", c.PID), zap.Int("fd", c.FD), zap.Error(err))
+		case errors.Is(err, relink.ErrNotRegular):
+			d.mark(key, stIgnored, now)
+		default:
+			d.mark(key, stFailed, now)
+			d.m.Failures.Inc()
+			d.log.Error("rescue failed", zap.ByteString("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
+				zap.Error(err))
+		}
+		return
+	}
+	d.mu.Lock()
+	d.inodes[key] = &inode{st: stQueued, seen: now}
+	d.pins++
+	d.pinned += size
+	d.m.PinsHeld.Set(float64(d.pins))
+	d.m.PinnedBytes.Set(float64(d.pinned))
+	d.mu.Unlock()
+	// Never blocks: the queue has room for MaxPins jobs.
+	d.jobs <- &job{c: *c, pin: pin}
+}
+
+func (d *Daemon) reportOpen(c *scanner.Candidate, rule string) {
+	d.m.Reports.Inc()
+	d.log.Info("deleted file open", zap.ByteString("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
+		zap.String("comm", c.Comm), zap.Uint32("uid", c.UID), zap.Int64("size", c.Size), zap.String("rule", rule))
+}
+
+// worker rescues queued pins until ctx ends.
+func (d *Daemon) worker(ctx context.Context, wg *sync.WaitGroup) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case j := <-d.jobs:
+			d.rescue(ctx, j, wg)
+		}
+	}
+}
+
+func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup) {
+	c := &j.c
+	pol := d.pol.Load()
+	dec := pol.Decide(c)
+	switch dec.Action {
+	case policy.Ignore:
+		d.unpin(j, stIgnored)
+		return
+	case policy.Report:
+		d.reportOpen(c, dec.Rule)
+		d.unpin(j, stReported)
+		return
+	case policy.Skip:
+		d.m.Skips.WithLabelValues(dec.Reason).Inc()
+		d.log.Info("rescue skipped", zap.ByteString("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
+			zap.String("reason", dec.Reason), zap.String("rule", dec.Rule), zap.String("detail", dec.Detail))
+		d.unpin(j, stSkipped)
+		return
+	}
+	methods := make([]relink.Method, 0, len(dec.Methods))
+	for _, m := range dec.Methods {
+		methods = append(methods, relink.Method(m))
+	}
+	eng := relink.New(relink.Options{ProcRoot: d.opt.ProcRoot, Methods: methods, Sidecar: true}, d.log)
+	res, err := eng.Rescue(ctx, j.pin, relink.Destination{
+		Root: dec.Root, Rel: dec.Rel, MinFreeBytes: dec.MinFreeBytes, Rule: dec.Rule,
+	})
+	if err != nil {
+		// The engine logged "rescue failed".
+		pol.Release(c, dec)
+		d.m.Failures.Inc()
+		d.unpin(j, stFailed)
+		return
+	}
+	d.m.Rescues.WithLabelValues(string(res.Method)).Inc()
+	d.m.RescuedBytes.Add(float64(res.Bytes))
+	if !dec.Follow || !c.Writable() {
+		d.unpin(j, stRescued)
+		return
+	}
+	// Follow runs as long as the writer: off the worker pool, still
+	// holding the pin (which counts against MaxPins).
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		fres, err := eng.Follow(ctx, j.pin)
+		if err == nil && fres.Bytes > res.Bytes {
+			d.m.RescuedBytes.Add(float64(fres.Bytes - res.Bytes))
+		}
+		if err != nil && ctx.Err() == nil {
+			d.m.Failures.Inc()
+		}
+		d.unpin(j, stRescued)
+	}()
+}
+
+// unpin releases a job's pin and records the inode's final state.
+func (d *Daemon) unpin(j *job, st state) {
+	if err := j.pin.Close(); err != nil {
+		d.log.Warn("release pin", zap.Int("pid", j.c.PID), zap.Int("fd", j.c.FD), zap.Error(err))
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.pins--
+	d.pinned -= max(j.c.Size, 0)
+	d.m.PinsHeld.Set(float64(d.pins))
+	d.m.PinnedBytes.Set(float64(d.pinned))
+	if in, ok := d.inodes[j.c.Key()]; ok {
+		in.st = st
+	}
+}
+
+func (d *Daemon) mark(key scanner.Key, st state, now time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if in, ok := d.inodes[key]; ok {
+		in.st, in.seen = st, now
+		return
+	}
+	d.inodes[key] = &inode{st: st, seen: now}
+}
+
+// notePID remembers that c's holder had a deleted file in its directory.
+func (d *Daemon) notePID(c *scanner.Candidate, now time.Time) {
+	dir := parentDir(c.Path)
+	m := d.dirPIDs[dir]
+	if m == nil {
+		m = make(map[int]time.Time)
+		d.dirPIDs[dir] = m
+	}
+	m[c.PID] = now
+}
+
+// forget drops what the full sweep that started at start no longer
+// showed: inodes closed by every holder (their numbers may be reused), and
+// stale pid hints. Inodes still queued keep their entry.
+func (d *Daemon) forget(start time.Time, listed []int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for k, in := range d.inodes {
+		if in.st != stQueued && in.seen.Before(start) {
+			delete(d.inodes, k)
+		}
+	}
+	for dir, m := range d.dirPIDs {
+		for pid, t := range m {
+			if t.Before(start) {
+				delete(m, pid)
+			}
+		}
+		if len(m) == 0 {
+			delete(d.dirPIDs, dir)
+		}
+	}
+	clear(d.knownPID)
+	for _, pid := range listed {
+		d.knownPID[pid] = struct{}{}
+	}
+}
+
+// apply installs a new configuration (from the main loop).
+func (d *Daemon) apply(cfg *policy.Config) {
+	old := d.config()
+	d.pol.Store(policy.New(cfg, d.log))
+	d.mu.Lock()
+	for k, in := range d.inodes {
+		// Reported files stay reported: their event is not repeated.
+		if in.st == stSkipped || in.st == stFailed || in.st == stIgnored {
+			delete(d.inodes, k)
+		}
+	}
+	d.mu.Unlock()
+	if w := d.getWatcher(); w != nil {
+		if cfg.Scan.Events {
+			w.SetRoots(watchRoots(cfg))
+		} else {
+			w.SetRoots(nil)
+		}
+		d.m.Watches.Set(float64(w.Watches()))
+	}
+	fields := []zap.Field{zap.String("config", cfg.File), zap.Int("rules", len(cfg.Watch))}
+	if old.Log != cfg.Log {
+		fields = append(fields, zap.String("note", "log.level and log.format take effect at restart"))
+	}
+	if old.Metrics != cfg.Metrics {
+		fields = append(fields, zap.String("note_metrics", "metrics.listen takes effect at restart"))
+	}
+	if old.Scan.Events != cfg.Scan.Events && d.getWatcher() == nil && cfg.Scan.Events {
+		fields = append(fields, zap.String("note_events", "scan.events turned on takes effect at restart"))
+	}
+	d.log.Info("config reloaded", fields...)
+}
+
+func (d *Daemon) setWatcher(w *watch.Watcher) {
+	d.mu.Lock()
+	d.watcher = w
+	d.mu.Unlock()
+}
+
+func (d *Daemon) getWatcher() *watch.Watcher {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.watcher
+}
+
+// watchRoots returns the directory trees the watch rules cover.
+func watchRoots(cfg *policy.Config) []string {
+	var globs []string
+	for _, r := range cfg.Watch {
+		globs = append(globs, r.Paths...)
+	}
+	return watch.Roots(globs)
+}
+
+func parentDir(p []byte) string {
+	s := string(p)
+	if i := strings.LastIndexByte(s, '/'); i > 0 {
+		return s[:i]
+	}
+	return "/"
+}
