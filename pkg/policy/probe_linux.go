@@ -1,0 +1,140 @@
+package policy
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// scratch opens an unnamed scratch file in dir: O_TMPFILE (open(2), Linux
+// 3.11, not every filesystem) so nothing is ever left behind, else a named
+// file removed at once.
+func scratch(dir string) (int, error) {
+	fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_EXCL|unix.O_CLOEXEC, 0o600)
+	if err == nil {
+		return fd, nil
+	}
+	f, cerr := os.CreateTemp(dir, ".relinkd-probe-*")
+	if cerr != nil {
+		return -1, fmt.Errorf("scratch file in %s: %w", dir, cerr)
+	}
+	defer f.Close()
+	_ = os.Remove(f.Name())
+	fd, err = unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("scratch file in %s: %w", dir, err)
+	}
+	return fd, nil
+}
+
+// ProbeReflink clones a scratch file into another in dir with FICLONE
+// (ioctl_ficlone(2)); nil means reflink works on dir's filesystem. The
+// scratch files are unnamed or removed at once: nothing is left behind.
+func ProbeReflink(dir string) error {
+	src, err := scratch(dir)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(src)
+	if _, err := unix.Pwrite(src, make([]byte, 64<<10), 0); err != nil {
+		return fmt.Errorf("write scratch file in %s: %w", dir, err)
+	}
+	dst, err := scratch(dir)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dst)
+	if err := unix.IoctlFileClone(dst, src); err != nil {
+		return fmt.Errorf("FICLONE in %s: %w", dir, err)
+	}
+	return nil
+}
+
+// ProbeTmpFile opens and closes an O_TMPFILE file in dir.
+func ProbeTmpFile(dir string) error {
+	fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("open O_TMPFILE in %s: %w", dir, err)
+	}
+	return unix.Close(fd)
+}
+
+// ProbeOpenat2 calls openat2(2) (Linux 5.6) with RESOLVE_BENEATH and
+// RESOLVE_NO_SYMLINKS on dir.
+func ProbeOpenat2(dir string) error {
+	fd, err := unix.Openat2(unix.AT_FDCWD, dir, &unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if err != nil {
+		return fmt.Errorf("openat2 %s: %w", dir, err)
+	}
+	defer unix.Close(fd)
+	sub, err := unix.Openat2(fd, ".", &unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS,
+	})
+	if err != nil {
+		return fmt.Errorf("openat2 RESOLVE_BENEATH in %s: %w", dir, err)
+	}
+	return unix.Close(sub)
+}
+
+// ProbePidfd opens a pidfd on this process (pidfd_open(2), Linux 5.3).
+func ProbePidfd() error {
+	fd, err := unix.PidfdOpen(os.Getpid(), 0)
+	if err != nil {
+		return fmt.Errorf("pidfd_open: %w", err)
+	}
+	return unix.Close(fd)
+}
+
+// Capability is one Linux capability relinkd uses (capabilities(7)).
+type Capability struct {
+	Name string
+	Bit  uint
+	Why  string
+}
+
+// Capabilities lists the capabilities relinkd needs and why.
+func Capabilities() []Capability {
+	return []Capability{
+		{"CAP_SYS_PTRACE", unix.CAP_SYS_PTRACE, "open other users' /proc/PID/fd/N"},
+		{"CAP_DAC_READ_SEARCH", unix.CAP_DAC_READ_SEARCH, "read any file; linkat(AT_EMPTY_PATH)"},
+		{"CAP_DAC_OVERRIDE", unix.CAP_DAC_OVERRIDE, "write into any rescue directory"},
+		{"CAP_FOWNER", unix.CAP_FOWNER, "carry over mode and timestamps"},
+		{"CAP_CHOWN", unix.CAP_CHOWN, "carry over the owner"},
+	}
+}
+
+// ErrNoCapEff is returned when a status file has no CapEff line.
+var ErrNoCapEff = errors.New("no CapEff line")
+
+// EffectiveCaps reads the effective capability set from a proc(5) status
+// file such as /proc/self/status.
+func EffectiveCaps(statusPath string) (uint64, error) {
+	f, err := os.Open(statusPath)
+	if err != nil {
+		return 0, fmt.Errorf("read capabilities: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "CapEff:"); ok {
+			n, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			if err != nil {
+				return 0, fmt.Errorf("%s: CapEff %q: %w", statusPath, v, err)
+			}
+			return n, nil
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return 0, fmt.Errorf("read %s: %w", statusPath, err)
+	}
+	return 0, fmt.Errorf("%s: %w", statusPath, ErrNoCapEff)
+}
