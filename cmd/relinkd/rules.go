@@ -1,10 +1,24 @@
 package main
 
-import "github.com/relinkd/relinkd/pkg/scanner"
+import (
+	"github.com/relinkd/relinkd/pkg/policy"
+	"github.com/relinkd/relinkd/pkg/scanner"
+	"go.uber.org/zap"
+)
 
-// ruleMatcher returns which watch rule matches a candidate. With all set,
-// every candidate is listed with its rule name, if any.
-// TODO(lead): wire pkg/policy once it lands; until then no rule matches.
+// ruleMatcher returns which watch rule of the configuration (resolved as
+// the daemon does) matches a candidate, and whether to list it: files no
+// rule matches are listed only with all.
 func ruleMatcher(configPath string, all bool) (func(*scanner.Candidate) (string, bool), error) {
-	return func(*scanner.Candidate) (string, bool) { return "", all }, nil
+	cfg, _, err := policy.Resolve(configPath)
+	if err != nil {
+		return nil, err
+	}
+	p := policy.New(cfg, zap.NewNop())
+	return func(c *scanner.Candidate) (string, bool) {
+		if r, ok := p.Match(c); ok {
+			return r.Name, true
+		}
+		return "", all
+	}, nil
 }

@@ -1,0 +1,147 @@
+package main
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/relinkd/relinkd/internal/testfs"
+	"github.com/relinkd/relinkd/internal/testproc"
+)
+
+// scanRecords runs the real binary's `scan --json` and returns the records
+// of one pid, keyed by fd.
+func scanRecords(t *testing.T, pid int, args ...string) map[int]map[string]any {
+	t.Helper()
+	cmd := exec.Command(relinkdBinary(t), append([]string{"scan", "--json"}, args...)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("relinkd scan: %v\n%s", err, stderr.String())
+	}
+	recs := map[int]map[string]any{}
+	for _, line := range bytes.Split(bytes.TrimSpace(out), []byte("\n")) {
+		if len(line) == 0 {
+			continue
+		}
+		var r map[string]any
+		if err := json.Unmarshal(line, &r); err != nil {
+			t.Fatalf("invalid JSON line %q: %v", line, err)
+		}
+		if int(r["pid"].(float64)) == pid {
+			recs[int(r["fd"].(float64))] = r
+		}
+	}
+	return recs
+}
+
+func TestScanCommand(t *testing.T) {
+	testfs.RequireRoot(t)
+	dir := testfs.Mount(t, "tmpfs", 16)
+	watched := filepath.Join(dir, "watched")
+	other := filepath.Join(dir, "other")
+	for _, d := range []string{watched, other} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := filepath.Join(t.TempDir(), "relinkd.yaml")
+	config := fmt.Sprintf("watch:\n  - name: test-logs\n    paths: [%q]\n    action: report\n", watched+"/**")
+	if err := os.WriteFile(cfg, []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	odd := filepath.Join(watched, "odd\n\xffname")
+	plain := filepath.Join(other, "plain.log")
+	if err := os.WriteFile(plain, []byte("plain"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h := testproc.Start(t,
+		testproc.Open(odd, "w"), testproc.Write(0, "12345"),
+		testproc.Open(plain, "r"),
+		testproc.Unlink(odd), testproc.Unlink(plain))
+
+	t.Run("rules", func(t *testing.T) {
+		recs := scanRecords(t, h.PID, "--config", cfg)
+		if len(recs) != 1 {
+			t.Fatalf("got %d records for the holder, want only the watched one: %v", len(recs), recs)
+		}
+		r := recs[h.FDs[0]]
+		if r["rule"] != "test-logs" {
+			t.Errorf("rule = %v, want test-logs", r["rule"])
+		}
+		raw, err := base64.StdEncoding.DecodeString(r["path_base64"].(string))
+		if err != nil || string(raw) != odd {
+			t.Errorf("path_base64 = %q (%v), want %q", raw, err, odd)
+		}
+		for field, want := range map[string]any{"size": 5.0, "nlink": 0.0, "uid": 0.0, "mode": "0644", "comm": "relinkd.test"} {
+			if r[field] != want {
+				t.Errorf("%s = %v, want %v", field, r[field], want)
+			}
+		}
+		for _, field := range []string{"dev", "ino", "path", "exe", "start_time", "mnt_id", "flags", "pos"} {
+			if _, ok := r[field]; !ok {
+				t.Errorf("field %s missing", field)
+			}
+		}
+	})
+	t.Run("all", func(t *testing.T) {
+		recs := scanRecords(t, h.PID, "--config", cfg, "--all")
+		if len(recs) != 2 {
+			t.Fatalf("got %d records, want 2", len(recs))
+		}
+		if r := recs[h.FDs[1]]; r["rule"] != nil || r["path"] != plain {
+			t.Errorf("unmatched record: rule %v path %v; want null and %q", r["rule"], r["path"], plain)
+		}
+	})
+	t.Run("table", func(t *testing.T) {
+		out, err := exec.Command(relinkdBinary(t), "scan", "--config", cfg, "--all").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rows int
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(line, fmt.Sprint(h.PID)+" ") {
+				rows++
+			}
+		}
+		if rows != 2 {
+			t.Errorf("table has %d rows for the holder, want 2 (a newline in a name must not split a row):\n%s", rows, out)
+		}
+		if !strings.Contains(string(out), strconv.Quote(odd)) {
+			t.Errorf("odd name not quoted in table:\n%s", out)
+		}
+	})
+}
+
+func TestScanNoProc(t *testing.T) {
+	cmd := exec.Command(relinkdBinary(t), "scan", "--proc", filepath.Join(t.TempDir(), "missing"))
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+		t.Fatalf("scan without /proc: err %v, want exit status 1\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "open proc root") {
+		t.Errorf("message does not say what failed: %s", out)
+	}
+}
+
+func TestVersionAndUsage(t *testing.T) {
+	out, err := exec.Command(relinkdBinary(t), "version").Output()
+	if err != nil || !strings.HasPrefix(string(out), "relinkd ") || !strings.Contains(string(out), "go1.") {
+		t.Errorf("version: %q %v", out, err)
+	}
+	err = exec.Command(relinkdBinary(t), "frobnicate").Run()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 2 {
+		t.Errorf("unknown command: %v, want exit status 2", err)
+	}
+}
