@@ -247,6 +247,37 @@ func TestSweepVanishedProcess(t *testing.T) {
 	}
 }
 
+// TestSweepKernelThread: kernel threads have no descriptors of their own;
+// reading them is neither an error nor a denial.
+func TestSweepKernelThread(t *testing.T) {
+	const pfKthread = 0x00200000 // include/linux/sched.h
+	kthread := 0
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		if flags, _ := strconv.ParseUint(fields[6], 10, 64); flags&pfKthread != 0 {
+			kthread = pid
+			break
+		}
+	}
+	if kthread == 0 {
+		testfs.Skip(t, "no kernel thread visible in this pid namespace")
+	}
+	res, _ := sweepPIDs(t, kthread)
+	if len(res.Candidates) != 0 || res.Denied != 0 || res.Procs+res.Vanished != 1 {
+		t.Errorf("kernel thread %d: %+v; want it read (or gone) without candidates or denial", kthread, res)
+	}
+}
+
 // TestSweepChurn sweeps repeatedly while processes holding deleted files
 // start and exit: every sweep succeeds, every candidate is complete.
 func TestSweepChurn(t *testing.T) {
