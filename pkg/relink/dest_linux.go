@@ -104,8 +104,13 @@ func mkdirOpen(dirfd int, name string) (int, error) {
 		}
 		fd, err = openBeneath(dirfd, name)
 	}
+	var st unix.Stat_t
 	switch {
-	case errors.Is(err, unix.ELOOP), errors.Is(err, unix.EXDEV):
+	case err == nil:
+	case errors.Is(err, unix.ELOOP), errors.Is(err, unix.EXDEV),
+		errors.Is(err, unix.ENOTDIR) && unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK:
+		// With O_NOFOLLOW|O_DIRECTORY a symlink answers ENOTDIR;
+		// RESOLVE_NO_SYMLINKS answers ELOOP, RESOLVE_BENEATH EXDEV.
 		return -1, fmt.Errorf("%w: %q is a symlink (refused, nothing written): %w", ErrUnsafePath, name, err)
 	case errors.Is(err, unix.ENOTDIR):
 		return -1, fmt.Errorf("%w: %q is not a directory: %w", ErrUnsafePath, name, err)
@@ -131,6 +136,13 @@ func openDest(d Destination) (destDir, string, error) {
 			return destDir{}, "", fmt.Errorf("under %s: %w", cur.path, err)
 		}
 		cur = destDir{fd: fd, path: cur.path + "/" + name}
+	}
+	// Refuse a planted leaf before spending a copy on it; linkUnique
+	// checks again at publish time.
+	var st unix.Stat_t
+	if unix.Fstatat(cur.fd, leaf, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK {
+		unix.Close(cur.fd)
+		return destDir{}, "", fmt.Errorf("%w: %s/%s is a symlink (refused, nothing written)", ErrUnsafePath, cur.path, leaf)
 	}
 	return cur, leaf, nil
 }

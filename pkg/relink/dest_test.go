@@ -1,0 +1,169 @@
+package relink
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/relinkd/relinkd/internal/testfs"
+)
+
+// TestPlantedSymlinks: a symlink anywhere on the way to the destination
+// is refused, and nothing is written outside the rescue root.
+func TestPlantedSymlinks(t *testing.T) {
+	testfs.RequireRoot(t)
+	mnt := testfs.Mount(t, "tmpfs", 16)
+	src := filepath.Join(mnt, "secret")
+	writeFile(t, src, []byte("data that must not leak"))
+	_, c := holdDeleted(t, src, "r")
+	tests := []struct {
+		name  string
+		plant func(t *testing.T, root, outside string)
+	}{
+		{"root is a symlink", func(t *testing.T, root, outside string) {
+			must(t, os.Symlink(outside, root))
+		}},
+		{"first directory", func(t *testing.T, root, outside string) {
+			must(t, os.Mkdir(root, 0o700))
+			must(t, os.Symlink(outside, filepath.Join(root, "var")))
+		}},
+		{"intermediate directory", func(t *testing.T, root, outside string) {
+			must(t, os.MkdirAll(filepath.Join(root, "var"), 0o700))
+			must(t, os.Symlink(outside, filepath.Join(root, "var/log")))
+		}},
+		{"relative symlink", func(t *testing.T, root, outside string) {
+			must(t, os.MkdirAll(filepath.Join(root, "var"), 0o700))
+			rel, err := filepath.Rel(filepath.Join(root, "var"), outside)
+			must(t, err)
+			must(t, os.Symlink(rel, filepath.Join(root, "var/log")))
+		}},
+		{"leaf", func(t *testing.T, root, outside string) {
+			must(t, os.MkdirAll(filepath.Join(root, "var/log"), 0o700))
+			must(t, os.Symlink(filepath.Join(outside, "target"), filepath.Join(root, "var/log/app.log")))
+		}},
+		{"root writable by others", func(t *testing.T, root, outside string) {
+			must(t, os.Mkdir(root, 0o700))
+			must(t, os.Chmod(root, 0o777))
+		}},
+		{"root owned by another user", func(t *testing.T, root, outside string) {
+			must(t, os.Mkdir(root, 0o700))
+			must(t, os.Chown(root, 1000, 1000))
+		}},
+	}
+	e := newEngine(t, Options{Sidecar: true})
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			outside := t.TempDir()
+			root := filepath.Join(mnt, "rescue"+strings.Repeat("x", i))
+			tt.plant(t, root, outside)
+			p := pin(t, e, c)
+			_, err := e.Rescue(ctx(t), p, Destination{Root: root, Rel: "var/log/app.log"})
+			if !errors.Is(err, ErrUnsafePath) {
+				t.Fatalf("want ErrUnsafePath, got %v", err)
+			}
+			t.Log(err)
+			if files := regularFiles(t, outside); len(files) != 0 {
+				t.Errorf("written outside the rescue root: %v", files)
+			}
+			if ents, _ := os.ReadDir(outside); len(ents) != 0 {
+				t.Errorf("created outside the rescue root: %v", ents)
+			}
+		})
+	}
+}
+
+// TestSplitRel: hostile relative paths stay below the root.
+func TestSplitRel(t *testing.T) {
+	tests := []struct {
+		name, rel string
+		dirs      []string
+		leaf      string
+	}{
+		{"plain", "var/log/app.log", []string{"var", "log"}, "app.log"},
+		{"absolute", "/var/log/app.log", []string{"var", "log"}, "app.log"},
+		{"dot dot", "../../etc/passwd", []string{"etc"}, "passwd"},
+		{"inner dot dot", "a/../../b/./c", []string{"b"}, "c"},
+		{"empty", "", nil, "unnamed"},
+		{"only dots", "/../..", nil, "unnamed"},
+		{"newline kept", "a/x\ny", []string{"a"}, "x\ny"},
+		{"long leaf cut", strings.Repeat("n", 300), nil, strings.Repeat("n", maxLeaf)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dirs, leaf := splitRel(tt.rel)
+			if strings.Join(dirs, "/") != strings.Join(tt.dirs, "/") || leaf != tt.leaf {
+				t.Errorf("splitRel(%q): want %q %q, got %q %q", tt.rel, tt.dirs, tt.leaf, dirs, leaf)
+			}
+		})
+	}
+}
+
+// TestFullDestination: a destination that fills up gives ErrNoSpace, no
+// visible partial file and no stray temp; a MinFreeBytes guard refuses
+// before writing.
+func TestFullDestination(t *testing.T) {
+	testfs.RequireRoot(t)
+	srcMnt := testfs.Mount(t, "tmpfs", 64)
+	src := filepath.Join(srcMnt, "big")
+	writeFile(t, src, randomBytes(24<<20, 11))
+	_, c := holdDeleted(t, src, "r")
+	tests := []struct {
+		name, fstype string
+		sizeMiB      int
+		tmpfile      bool
+		minFree      uint64
+	}{
+		{"tmpfs 8m", "tmpfs", 8, true, 0},
+		{"tmpfs 8m hidden temp", "tmpfs", 8, false, 0},
+		{"ext4 20m", "ext4", 20, true, 0},
+		{"ext4 20m hidden temp", "ext4", 20, false, 0},
+		{"guard refuses up front", "tmpfs", 48, true, 30 << 20},
+		{"guard stops during the copy", "tmpfs", 48, true, 8 << 20},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dst := testfs.Mount(t, tt.fstype, tt.sizeMiB)
+			e := newEngine(t, Options{Sidecar: true})
+			e.noTmpfile = !tt.tmpfile
+			e.chunk = 1 << 20
+			if tt.name == "guard stops during the copy" {
+				// Something else fills the disk while we copy.
+				filler := filepath.Join(dst, "filler")
+				e.hookChunk = func(off int64) {
+					if off == 4<<20 {
+						writeFile(t, filler, make([]byte, 30<<20))
+					}
+				}
+			}
+			root := filepath.Join(dst, ".relinkd")
+			_, err := e.Rescue(ctx(t), pin(t, e, c), Destination{Root: root, Rel: "srv/big", MinFreeBytes: tt.minFree})
+			if !errors.Is(err, ErrNoSpace) {
+				t.Fatalf("want ErrNoSpace, got %v", err)
+			}
+			t.Log(err)
+			if files := regularFiles(t, root); len(files) != 0 {
+				t.Errorf("left behind: %v", files)
+			}
+		})
+	}
+}
+
+// TestParse covers the /proc parsers on fixed input.
+func TestParse(t *testing.T) {
+	stat := []byte("4242 (a) b) (c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n")
+	if got, err := parseStartTime(stat); err != nil || got != 987654 {
+		t.Errorf("parseStartTime: want 987654, got %d %v", got, err)
+	}
+	if _, err := parseStartTime([]byte("4242 (x) S 1 2")); err == nil {
+		t.Error("parseStartTime: short line accepted")
+	}
+	info := []byte("pos:\t0\nflags:\t02100002\nmnt_id:\t31\nino:\t12\n")
+	if got, err := parseFdinfoFlags(info); err != nil || got != 0o2100002 {
+		t.Errorf("parseFdinfoFlags: want 02100002, got %o %v", got, err)
+	}
+	if _, err := parseFdinfoFlags([]byte("pos:\t0\n")); err == nil {
+		t.Error("parseFdinfoFlags: missing flags accepted")
+	}
+}

@@ -1,0 +1,219 @@
+package relink
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/relinkd/relinkd/internal/testfs"
+	"github.com/relinkd/relinkd/internal/testproc"
+)
+
+// appended returns what testproc.Append(_, size, count, _) writes.
+func appended(size, count int) []byte {
+	var b []byte
+	for k := 0; k < count; k++ {
+		b = append(b, bytes.Repeat([]byte{byte('a' + k%26)}, size)...)
+	}
+	return b
+}
+
+// TestMovingTargets: the holder appends to or truncates the file while the
+// copy runs. The copy is driven chunk by chunk (1 MiB) and the holder acts
+// after the first chunk, so the interleaving is the same on every run.
+func TestMovingTargets(t *testing.T) {
+	testfs.RequireRoot(t)
+	data := randomBytes(8<<20, 7)
+	tests := []struct {
+		name   string
+		during func(t *testing.T, h *testproc.Holder)
+		want   []byte
+	}{
+		{"growing: copy up to the size seen at the start", func(t *testing.T, h *testproc.Holder) {
+			h.Do(t, testproc.Append(0, 1<<20, 3, 0))
+		}, data},
+		{"truncated below the copied part", func(t *testing.T, h *testproc.Holder) {
+			h.Do(t, testproc.Truncate(0, 300_000))
+		}, data[:300_000]},
+		{"truncated ahead of the copy", func(t *testing.T, h *testproc.Holder) {
+			h.Do(t, testproc.Truncate(0, 3<<20+5))
+		}, data[:3<<20+5]},
+		{"truncated to zero", func(t *testing.T, h *testproc.Holder) {
+			h.Do(t, testproc.Truncate(0, 0))
+		}, []byte{}},
+	}
+	mnt := testfs.Mount(t, "ext4", 64)
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			src := filepath.Join(mnt, "moving", strings.Repeat("x", i+1))
+			writeFile(t, src, data)
+			h, c := holdDeleted(t, src, "a")
+			e := newEngine(t, Options{Methods: []Method{MethodCopy}})
+			e.chunk = 1 << 20
+			var once sync.Once
+			e.hookChunk = func(int64) { once.Do(func() { tt.during(t, h) }) }
+			res, err := e.Rescue(ctx(t), pin(t, e, c), Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: string(c.Path)})
+			if err != nil {
+				t.Fatalf("rescue: %v", err)
+			}
+			if res.Bytes != int64(len(tt.want)) {
+				t.Errorf("bytes: want %d, got %d", len(tt.want), res.Bytes)
+			}
+			mustEqualBytes(t, "rescued", tt.want, readAll(t, res.Path))
+		})
+	}
+}
+
+// TestFollow: a writer appends for about two seconds, then exits; the
+// rescued file ends up with everything it wrote.
+func TestFollow(t *testing.T) {
+	testfs.RequireRoot(t)
+	for _, tt := range []struct {
+		fstype string
+		method Method
+	}{{"ext4", MethodCopy}, {"btrfs", MethodReflink}, {"xfs", MethodReflink}} {
+		t.Run(tt.fstype, func(t *testing.T) {
+			mnt := testfs.Mount(t, tt.fstype, 64)
+			src := filepath.Join(mnt, "app.log")
+			head := randomBytes(1<<20+17, 8)
+			writeFile(t, src, head)
+			h, c := holdDeleted(t, src, "a")
+			e := newEngine(t, Options{FollowPoll: 100 * time.Millisecond, Hash: true, Sidecar: true})
+			polls := 0
+			e.hookPoll = func(int64) { polls++ }
+			p := pin(t, e, c)
+			res, err := e.Rescue(ctx(t), p, Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: "app.log", Rule: "logs"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Method != tt.method {
+				t.Errorf("method: want %s, got %s", tt.method, res.Method)
+			}
+			// 40 chunks of 20 001 bytes (unaligned on purpose), one every
+			// 50ms, then the writer exits.
+			go func() {
+				h.Do(t, testproc.Append(0, 20_001, 40, 50*time.Millisecond))
+				h.Exit(t)
+			}()
+			final, err := e.Follow(ctx(t), p)
+			if err != nil {
+				t.Fatalf("follow: %v", err)
+			}
+			<-h.Done()
+			want := append(head, appended(20_001, 40)...)
+			if !final.Followed || final.Bytes != int64(len(want)) || final.SHA256 != sha(want) {
+				t.Errorf("follow result: want %d bytes sha256 %s, got %+v", len(want), sha(want), final)
+			}
+			mustEqualBytes(t, "followed", want, readAll(t, res.Path))
+			if polls < 5 {
+				t.Errorf("only %d polls: follow did not wait for the writer", polls)
+			}
+			checkSidecar(t, final, c.PID, c.FD, "logs")
+		})
+	}
+}
+
+// TestFollowCancel: Follow returns ctx's error when ctx ends first.
+func TestFollowCancel(t *testing.T) {
+	testfs.RequireRoot(t)
+	mnt := testfs.Mount(t, "tmpfs", 16)
+	src := filepath.Join(mnt, "f")
+	writeFile(t, src, []byte("hello"))
+	_, c := holdDeleted(t, src, "a")
+	e := newEngine(t, Options{FollowPoll: 10 * time.Millisecond})
+	p := pin(t, e, c)
+	if _, err := e.Rescue(ctx(t), p, Destination{Root: filepath.Join(mnt, "r"), Rel: "f"}); err != nil {
+		t.Fatal(err)
+	}
+	cx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if _, err := e.Follow(cx, p); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("want DeadlineExceeded while the writer lives, got %v", err)
+	}
+}
+
+// TestCancelledCopy: a rescue cancelled mid-copy leaves nothing behind.
+func TestCancelledCopy(t *testing.T) {
+	testfs.RequireRoot(t)
+	for _, tmpfile := range []bool{true, false} {
+		name := map[bool]string{true: "O_TMPFILE", false: "hidden temp"}[tmpfile]
+		t.Run(name, func(t *testing.T) {
+			mnt := testfs.Mount(t, "tmpfs", 64)
+			src := filepath.Join(mnt, "big")
+			writeFile(t, src, randomBytes(4<<20, 9))
+			_, c := holdDeleted(t, src, "r")
+			e := newEngine(t, Options{})
+			e.noTmpfile = !tmpfile
+			e.chunk = 1 << 20
+			cx, cancel := context.WithCancel(ctx(t))
+			e.hookChunk = func(int64) { cancel() }
+			root := filepath.Join(mnt, ".relinkd")
+			_, err := e.Rescue(cx, pin(t, e, c), Destination{Root: root, Rel: "big"})
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("want context.Canceled, got %v", err)
+			}
+			if files := regularFiles(t, root); len(files) != 0 {
+				t.Errorf("left behind: %v", files)
+			}
+		})
+	}
+}
+
+// TestHiddenTempFallback: without O_TMPFILE the hidden temp is renamed
+// into place and nothing else is left.
+func TestHiddenTempFallback(t *testing.T) {
+	testfs.RequireRoot(t)
+	mnt := testfs.Mount(t, "ext4", 32)
+	src := filepath.Join(mnt, "f")
+	data := randomBytes(100_000, 10)
+	writeFile(t, src, data)
+	_, c := holdDeleted(t, src, "r")
+	e := newEngine(t, Options{Sidecar: true})
+	e.noTmpfile = true
+	root := filepath.Join(mnt, ".relinkd")
+	res, err := e.Rescue(ctx(t), pin(t, e, c), Destination{Root: root, Rel: "f"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustEqualBytes(t, "rescued", data, readAll(t, res.Path))
+	files := regularFiles(t, root)
+	if len(files) != 2 || files[0] != res.Path || files[1] != res.Sidecar {
+		t.Errorf("want only %s and its sidecar, got %v", res.Path, files)
+	}
+}
+
+// TestNoOverwrite: a name already taken gets a suffix; the existing file
+// is untouched.
+func TestNoOverwrite(t *testing.T) {
+	testfs.RequireRoot(t)
+	mnt := testfs.Mount(t, "tmpfs", 16)
+	root := filepath.Join(mnt, ".relinkd")
+	writeFile(t, filepath.Join(root, "logs/app.log"), []byte("already here"))
+	must(t, os.Chmod(root, 0o700))
+	e := newEngine(t, Options{})
+	var got []string
+	for i := 0; i < 3; i++ {
+		src := filepath.Join(mnt, "app.log")
+		data := randomBytes(1000+i, uint64(20+i))
+		writeFile(t, src, data)
+		_, c := holdDeleted(t, src, "r")
+		res, err := e.Rescue(ctx(t), pin(t, e, c), Destination{Root: root, Rel: "logs/app.log"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustEqualBytes(t, res.Path, data, readAll(t, res.Path))
+		got = append(got, filepath.Base(res.Path))
+	}
+	if want := []string{"app.log.1", "app.log.2", "app.log.3"}; strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("names: want %v, got %v", want, got)
+	}
+	if b := readAll(t, filepath.Join(root, "logs/app.log")); string(b) != "already here" {
+		t.Errorf("existing file changed: %q", b)
+	}
+}
