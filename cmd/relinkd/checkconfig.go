@@ -3,9 +3,38 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
+	"fmt"
+
+	"github.com/relinkd/relinkd/pkg/policy"
 )
 
-// TODO(issue): cmdCheckConfig is not built yet.
+// cmdCheckConfig validates a configuration file. It prints "ok" and the
+// effective configuration (every default filled in) on stdout, or every
+// error, one "FILE:LINE: FIELD: message" per line, on stderr and fails.
 func cmdCheckConfig(ctx context.Context, e env, args []string) error {
-	return errors.New("not implemented yet")
+	fl := flag.NewFlagSet("check-config", flag.ContinueOnError)
+	fl.SetOutput(e.stderr)
+	if err := fl.Parse(args); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fl.NArg() != 1 {
+		return fmt.Errorf("%w: check-config takes one FILE", errUsage)
+	}
+	file := fl.Arg(0)
+	cfg, err := policy.Load(file)
+	var es policy.Errors
+	if errors.As(err, &es) {
+		for _, fe := range es {
+			fmt.Fprintln(e.stderr, fe)
+		}
+		return fmt.Errorf("%s: %d error(s)", file, len(es))
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(e.stdout, "ok")
+	fmt.Fprintf(e.stdout, "# effective configuration of %s, defaults filled in\n", file)
+	_, err = e.stdout.Write(cfg.YAML())
+	return err
 }

@@ -3,9 +3,186 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/relinkd/relinkd/pkg/policy"
+	"github.com/relinkd/relinkd/pkg/scanner"
 )
 
-// TODO(issue): cmdDoctor is not built yet.
+// cmdDoctor tells an operator what will work on this host: capabilities,
+// kernel features, and per filesystem that a watch rule covers its type,
+// whether reflink works there (probed for real), free space and where the
+// policy would rescue files. It fails only when the configuration or the
+// mount table cannot be read; missing features are reported, not errors.
 func cmdDoctor(ctx context.Context, e env, args []string) error {
-	return errors.New("not implemented yet")
+	fl := flag.NewFlagSet("doctor", flag.ContinueOnError)
+	fl.SetOutput(e.stderr)
+	configPath := fl.String("config", "", "configuration `file` (default /etc/relinkd/relinkd.yaml, else embedded)")
+	if err := fl.Parse(args); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fl.NArg() > 0 {
+		return fmt.Errorf("%w: doctor takes no arguments", errUsage)
+	}
+	cfg, source, err := policy.Resolve(*configPath)
+	if err != nil {
+		return err
+	}
+	host, err := policy.ReadMountInfo("/proc/self/mountinfo")
+	if err != nil {
+		return err
+	}
+	p := policy.New(cfg, zap.NewNop())
+	w := e.stdout
+	problems := 0
+	fmt.Fprintf(w, "configuration: %s\n\n", source)
+
+	fmt.Fprintln(w, "capabilities")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	caps, err := policy.EffectiveCaps("/proc/self/status")
+	if err != nil {
+		fmt.Fprintf(tw, "  ?\t%v\n", err)
+		problems++
+	}
+	for _, c := range policy.Capabilities() {
+		state := "held"
+		if caps&(1<<c.Bit) == 0 {
+			state = "MISSING"
+			problems++
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", c.Name, state, c.Why)
+	}
+	tw.Flush()
+
+	fmt.Fprintln(w, "\nkernel features")
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	probeDir := existingDir(firstOr(cfg.Rescue.Dirs, os.TempDir()))
+	for _, f := range []struct {
+		name, why string
+		err       error
+	}{
+		{"O_TMPFILE", "unnamed temp file, published atomically (in " + probeDir + ")", policy.ProbeTmpFile(probeDir)},
+		{"openat2", "RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS in rescue directories", policy.ProbeOpenat2("/")},
+		{"pidfd_open", "holder identity without PID reuse races", policy.ProbePidfd()},
+	} {
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", f.name, verdict(f.err), f.why)
+		if f.err != nil {
+			problems++
+		}
+	}
+	tw.Flush()
+
+	fmt.Fprintln(w, "\nfilesystems covered by watch rules")
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  MOUNT\tTYPE\tFREE\tREFLINK\tRESCUE TO\tRULES")
+	for _, cm := range policy.CoveredMounts(cfg, host) {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		m := cm.Mount
+		free := "?"
+		if avail, total, err := policy.FreeSpace(m.MountPoint); err == nil && total > 0 {
+			free = fmt.Sprintf("%s of %s (%d%%)", humanBytes(avail), humanBytes(total), avail*100/total)
+			if avail < cfg.Rescue.MinFree.Floor(total) {
+				free += " below min_free"
+				problems++
+			}
+		}
+		c := &scanner.Candidate{PID: os.Getpid(), MntID: m.ID, Dev: unix.Mkdev(m.Major, m.Minor),
+			Path: []byte(filepath.Join(m.MountPoint, "x"))}
+		loc, lerr := p.Locate(c)
+		var where string
+		if lerr == nil {
+			where = loc.Root + " (" + describe(loc) + ")"
+		} else {
+			where = "none: " + reasonOf(lerr)
+			problems++
+		}
+		reflink := "n/a"
+		switch {
+		case m.ReadOnly():
+			reflink = "read-only"
+		case lerr == nil && loc.SameFS:
+			reflink = verdict(policy.ProbeReflink(existingDir(loc.Root)))
+		case lerr != nil || !loc.SameFS:
+			reflink = verdict(policy.ProbeReflink(m.MountPoint))
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\n", m.MountPoint, m.FSType, free, reflink, where, strings.Join(cm.Rules, ", "))
+	}
+	tw.Flush()
+	if problems == 0 {
+		fmt.Fprintln(w, "\nno problems found")
+	} else {
+		fmt.Fprintf(w, "\n%d problem(s) found (MISSING, no, none, below min_free above)\n", problems)
+	}
+	return nil
+}
+
+func firstOr(xs []string, def string) string {
+	if len(xs) > 0 {
+		return xs[0]
+	}
+	return def
+}
+
+// existingDir returns dir or its nearest existing ancestor: doctor probes
+// there without creating anything.
+func existingDir(dir string) string {
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		if st, err := os.Stat(d); err == nil && st.IsDir() || d == "/" {
+			return d
+		}
+	}
+}
+
+func verdict(err error) string {
+	if err == nil {
+		return "yes"
+	}
+	var errno unix.Errno
+	if errors.As(err, &errno) {
+		return "no (" + unix.ErrnoName(errno) + ")"
+	}
+	return "no (" + err.Error() + ")"
+}
+
+func reasonOf(err error) string {
+	if errors.Is(err, policy.ErrNoLocation) {
+		return "no rescue dir on this filesystem, fs_dir and cross_fs off"
+	}
+	return err.Error()
+}
+
+func describe(l policy.Location) string {
+	switch {
+	case l.Kind == policy.KindCrossFS:
+		return "other filesystem: copy only"
+	case l.SameMount:
+		return l.Kind + ", same mount: link, reflink, copy"
+	default:
+		return l.Kind + ", same filesystem: reflink, copy"
+	}
+}
+
+// humanBytes formats n with a binary unit and one decimal.
+func humanBytes(n uint64) string {
+	units := []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB"}
+	f, i := float64(n), 0
+	for f >= 1024 && i < len(units)-1 {
+		f /= 1024
+		i++
+	}
+	if i == 0 {
+		return strconv.FormatUint(n, 10) + "B"
+	}
+	return strconv.FormatFloat(f, 'f', 1, 64) + units[i]
 }

@@ -79,7 +79,12 @@ func (s Size) String() string {
 }
 
 // MarshalYAML writes the size in its readable form.
-func (s Size) MarshalYAML() (any, error) { return s.String(), nil }
+func (s Size) MarshalYAML() (any, error) {
+	if s == 0 {
+		return 0, nil
+	}
+	return s.String(), nil
+}
 
 // Duration is a time.Duration that YAML accepts as Go durations ("30s",
 // "1h30m") and also whole days and weeks ("7d", "2w", "1d12h").

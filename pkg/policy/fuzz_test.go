@@ -1,0 +1,44 @@
+package policy
+
+import (
+	"reflect"
+	"testing"
+
+	"github.com/relinkd/relinkd/configs"
+)
+
+// FuzzParse feeds arbitrary bytes to the decoder: it never panics, and a
+// configuration it accepts prints as YAML that parses back to itself.
+func FuzzParse(f *testing.F) {
+	f.Add(configs.Default())
+	for _, s := range []string{
+		"", "~", "scan: {interval: 7d, events: true}\n",
+		"watch:\n  - name: a\n    paths: [/x/**]\n    max_size: 10 GB\n",
+		"rescue:\n  min_free: 10%\n  per_user: {max_files: 1, window: 1s}\n",
+		"rescue: {dirs: [/r], fs_dir: \"\", methods: [copy], cross_fs: true}\n",
+		"log: &a {level: info}\nmetrics: *a\n",
+		"watch: [{name: b, paths: \"/[\", users: [0, root], commands: [\"*\"]}]\n",
+		"- 1\n- 2\n", "a: b: c", "\t", "rescue: {max_file_size: 1.5GiB, retention: 1w2d}\n",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := Parse("fuzz.yaml", data)
+		if err != nil {
+			if cfg != nil {
+				t.Fatal("config with error")
+			}
+			if err.Error() == "" {
+				t.Fatal("empty error")
+			}
+			return
+		}
+		again, err := Parse("fuzz.yaml", cfg.YAML())
+		if err != nil {
+			t.Fatalf("effective config does not parse: %v\n%s", err, cfg.YAML())
+		}
+		if !reflect.DeepEqual(again, cfg) {
+			t.Fatalf("round trip differs:\n%s\n%s", cfg.YAML(), again.YAML())
+		}
+	})
+}
