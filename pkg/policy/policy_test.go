@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"go.uber.org/zap/zaptest"
+	"golang.org/x/sys/unix"
 
 	"github.com/relinkd/relinkd/internal/testfs"
 	"github.com/relinkd/relinkd/internal/testproc"
@@ -379,3 +380,44 @@ func TestRescuedFilesNeverMatch(t *testing.T) {
 		}
 	}
 }
+
+// TestLocationBtrfsSubvolume holds a file through a mount of a btrfs
+// subvolume: its st_dev is the subvolume's, not the device mountinfo shows,
+// so the rescue directory on the top-level mount is found by mount and
+// superblock, never by comparing st_dev or path prefixes.
+func TestLocationBtrfsSubvolume(t *testing.T) {
+	testfs.RequireRoot(t)
+	testfs.RequireTool(t, "btrfs", "findmnt")
+	top := testfs.Mount(t, "btrfs", 120)
+	run(t, "btrfs", "-q", "subvolume", "create", top+"/sv")
+	mustMkdir(t, top+"/rescue")
+	out, err := exec.Command("findmnt", "-no", "SOURCE", top).Output()
+	if err != nil {
+		t.Fatalf("findmnt %s: %v", top, err)
+	}
+	src := strings.TrimSpace(string(out))
+	sub := t.TempDir()
+	run(t, "mount", "-o", "subvol=sv", src, sub)
+	t.Cleanup(func() { testfs.Unmount(t, sub) })
+
+	h := holdDeleted(t, sub+"/app.log", 100)
+	c := candidate(t, h, 0)
+	var st unix.Stat_t
+	if err := unix.Stat(top, &st); err != nil {
+		t.Fatal(err)
+	}
+	if c.Dev == st.Dev {
+		t.Logf("subvolume st_dev equals the top-level one (%d)", c.Dev)
+	}
+	p := New(testConfig(top+"/rescue"), zaptest.NewLogger(t))
+	d := p.Decide(c)
+	if d.Action != Rescue || d.Root != top+"/rescue" || d.Kind != KindDir || d.SameMount || !d.SameFS ||
+		!slices.Equal(d.Methods, []string{"reflink", "copy"}) {
+		t.Errorf("got %v root %q kind %s same mount %v same fs %v methods %v (%s)", d.Action, d.Root, d.Kind, d.SameMount, d.SameFS, d.Methods, d.Detail)
+	}
+	// The reflink the policy allows works across the subvolume mounts.
+	if err := ProbeReflink(d.Root); err != nil {
+		t.Errorf("reflink on btrfs: %v", err)
+	}
+}
+
