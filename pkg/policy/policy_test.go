@@ -420,4 +420,3 @@ func TestLocationBtrfsSubvolume(t *testing.T) {
 		t.Errorf("reflink on btrfs: %v", err)
 	}
 }
-
