@@ -217,3 +217,33 @@ func TestNoOverwrite(t *testing.T) {
 		t.Errorf("existing file changed: %q", b)
 	}
 }
+
+// TestFollowLink: after a link the name is the inode itself; Follow only
+// waits for the last writer and reports the final size.
+func TestFollowLink(t *testing.T) {
+	testfs.RequireRoot(t)
+	mnt := testfs.Mount(t, "ext4", 32)
+	src := filepath.Join(mnt, "linked.log")
+	writeFile(t, src, []byte("start\n"))
+	h := testproc.Start(t, testproc.Link(src, src+".keep"), testproc.Open(src, "a"), testproc.Unlink(src))
+	c := candidateOf(t, h.PID, h.FDs[0])
+	e := newEngine(t, Options{FollowPoll: 50 * time.Millisecond})
+	p := pin(t, e, c)
+	res, err := e.Rescue(ctx(t), p, Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: "linked.log"})
+	if err != nil || res.Method != MethodLink {
+		t.Fatalf("want a link, got %+v %v", res, err)
+	}
+	go func() {
+		h.Do(t, testproc.Append(0, 1000, 10, 20*time.Millisecond))
+		h.Exit(t)
+	}()
+	final, err := e.Follow(ctx(t), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := append([]byte("start\n"), appended(1000, 10)...)
+	if !final.Followed || final.Bytes != int64(len(want)) {
+		t.Errorf("want %d bytes followed, got %+v", len(want), final)
+	}
+	mustEqualBytes(t, "linked", want, readAll(t, res.Path))
+}

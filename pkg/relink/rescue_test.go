@@ -351,4 +351,13 @@ func TestPinRefuses(t *testing.T) {
 		t.Fatalf("the unedited candidate must pin: %v", err)
 	}
 	p.Close()
+
+	// A real swap: the holder closes the descriptor and opens another
+	// file, which gets the same number (open(2) takes the lowest free).
+	other := filepath.Join(dir, "other")
+	writeFile(t, other, []byte("y"))
+	h.Do(t, testproc.Close(0), testproc.Open(other, "r"))
+	if _, err := e.Pin(good); !errors.Is(err, ErrIdentity) {
+		t.Fatalf("swapped descriptor: want ErrIdentity, got %v", err)
+	}
 }
