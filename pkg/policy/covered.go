@@ -38,6 +38,20 @@ func globPrefix(g string) string {
 	return filepath.Clean(p)
 }
 
+// containing returns the mount that path resolves to in host: the one with
+// the longest mount point above it, the last of equals (an overmount
+// hides what it covers). Symlinks in path are not followed.
+func containing(host []Mount, path string) *Mount {
+	var best *Mount
+	for i := range host {
+		m := &host[i]
+		if isUnder(path, m.MountPoint) && (best == nil || len(m.MountPoint) >= len(best.MountPoint)) {
+			best = m
+		}
+	}
+	return best
+}
+
 // CoveredMounts lists the mounts of host (the daemon's mountinfo) that the
 // watch rules of cfg cover: the mount holding each glob's fixed prefix, and
 // every mount below that prefix whose contents the glob can match. Pseudo
@@ -61,19 +75,19 @@ func CoveredMounts(cfg *Config, host []Mount) []CoveredMount {
 	for _, r := range cfg.Watch {
 		for _, g := range r.Paths {
 			prefix := globPrefix(g)
-			if id, _, _, err := pathMount(prefix); err == nil {
-				if m := byID(host, id); m != nil {
-					add(m, r.Name)
-				}
+			if m := containing(host, prefix); m != nil {
+				add(m, r.Name)
 			}
+			// A "**" after the prefix can reach into any mount below it.
+			deep := strings.Contains(g, "**")
 			for i := range host {
 				m := &host[i]
-				if !isUnder(m.MountPoint, prefix) {
+				if !isUnder(m.MountPoint, prefix) || m.MountPoint == prefix {
 					continue
 				}
 				in, _ := doublestar.Match(g, m.MountPoint+"/x")
 				at, _ := doublestar.Match(g, m.MountPoint)
-				if in || at {
+				if deep || in || at {
 					add(m, r.Name)
 				}
 			}
