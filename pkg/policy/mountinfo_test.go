@@ -31,7 +31,7 @@ func TestParseMountInfo(t *testing.T) {
 		t.Errorf("ReadOnly wrong")
 	}
 	for _, bad := range []string{
-		"22 1 8:1 / / rw - ext4\n",             // no source after the type
+		"22 1 8:1 / / rw - ext4\n",              // no source after the type
 		"22 1 8-1 / / rw - ext4 /dev/sda1 rw\n", // bad device
 		"x 1 8:1 / / rw - ext4 /dev/sda1 rw\n",  // bad id
 		"22 1 8:1 / / rw ext4 /dev/sda1 rw\n",   // no separator
