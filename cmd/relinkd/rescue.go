@@ -22,12 +22,13 @@ import (
 )
 
 // cmdRescue sweeps once and rescues the selected deleted-but-open files
-// now: those matching PATH_GLOBs, --pid or --fd when given, else those a
-// watch rule with action "rescue" matches. Each inode is rescued once, to
-// --to DIR or to the location the configuration chooses (a rescue dir on
-// the same filesystem, else fs_dir at the root of the file's mount). It
-// prints one line per file (one JSON object with --json) and fails when any
-// rescue failed.
+// now: those matching PATH_GLOBs, --pid or --fd when given (no rule or
+// size limit applies to an explicit selection, only min_free), else what
+// the daemon would rescue now (a watch rule with action "rescue", within
+// the configured limits). Each inode is rescued once, to --to DIR or to the
+// location the configuration chooses (a rescue dir on the same filesystem,
+// else fs_dir at the root of the file's mount). It prints one line per file
+// (one JSON object with --json) and fails when any rescue failed.
 func cmdRescue(ctx context.Context, e env, args []string) error {
 	fl := flag.NewFlagSet("rescue", flag.ContinueOnError)
 	fl.SetOutput(e.stderr)
@@ -89,29 +90,53 @@ func cmdRescue(ctx context.Context, e env, args []string) error {
 		if (*pid > 0 && c.PID != *pid) || (*fd >= 0 && c.FD != *fd) || !matchAny(globs, string(c.Path)) {
 			continue
 		}
-		rule := ""
-		if r, ok := pol.Match(c); ok {
-			rule = r.Name
-			if !explicit && r.Action != policy.ActionRescue {
-				continue
-			}
-		} else if !explicit {
-			continue
-		}
 		if seen[c.Key()] {
 			continue
 		}
-		seen[c.Key()] = true
 		if err := ctx.Err(); err != nil {
 			out.failed(c, err)
 			continue
 		}
-		dest, err := destination(c, *to, rule, cfg, pol)
-		if err != nil {
-			out.failed(c, err)
-			continue
+		var dest relink.Destination
+		engine := eng
+		if explicit || *to != "" {
+			// --to alone takes what the rescue rules match; an
+			// explicit selection takes what it names.
+			rule := ""
+			r, ok := pol.Match(c)
+			if ok {
+				rule = r.Name
+			}
+			if !explicit && (!ok || r.Action != policy.ActionRescue) {
+				continue
+			}
+			if dest, err = destination(c, *to, rule, cfg, pol); err != nil {
+				seen[c.Key()] = true
+				out.failed(c, err)
+				continue
+			}
+		} else {
+			// No selection: do what the daemon would do now, limits
+			// included.
+			d := pol.Decide(c)
+			switch d.Action {
+			case policy.Skip:
+				seen[c.Key()] = true
+				out.skipped(c, d.Reason+": "+d.Detail)
+				continue
+			case policy.Rescue:
+			default:
+				continue
+			}
+			ms, err := parseMethods(d.Methods)
+			if err != nil {
+				return err
+			}
+			engine = relink.New(relink.Options{ProcRoot: *procRoot, Methods: ms, Sidecar: true}, log)
+			dest = relink.Destination{Root: d.Root, Rel: d.Rel, MinFreeBytes: d.MinFreeBytes, Rule: d.Rule}
 		}
-		p, err := eng.Pin(*c)
+		seen[c.Key()] = true
+		p, err := engine.Pin(*c)
 		if errors.Is(err, relink.ErrVanished) {
 			out.skipped(c, "vanished")
 			continue
@@ -120,7 +145,7 @@ func cmdRescue(ctx context.Context, e env, args []string) error {
 			out.failed(c, err)
 			continue
 		}
-		r, err := eng.Rescue(ctx, p, dest)
+		r, err := engine.Rescue(ctx, p, dest)
 		if err != nil || !*follow {
 			p.Close()
 			out.result(c, r, err)
@@ -130,7 +155,7 @@ func cmdRescue(ctx context.Context, e env, args []string) error {
 		go func() {
 			defer follows.Done()
 			defer p.Close()
-			if fr, err := eng.Follow(ctx, p); err == nil {
+			if fr, err := engine.Follow(ctx, p); err == nil {
 				r = fr
 			} else {
 				out.failed(c, err)

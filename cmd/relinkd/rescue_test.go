@@ -92,6 +92,36 @@ func TestRescueCommand(t *testing.T) {
 		}
 	})
 
+	t.Run("rules from the configuration", func(t *testing.T) {
+		cfg := filepath.Join(t.TempDir(), "relinkd.yaml")
+		yaml := "watch:\n" +
+			"  - name: test-srv\n    paths: [\"" + mnt + "/srv/**/*.log\"]\n    action: rescue\n" +
+			"  - name: test-report\n    paths: [\"" + mnt + "/srv/**\"]\n    action: report\n" +
+			"rescue:\n  dirs: []\n  fs_dir: .relinkd\n  min_free: 0%\n  per_user: {max_files: 0, max_bytes: 0}\n"
+		if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		lines, code := rescueRun(t, "--config", cfg, "--json")
+		if code != 0 || len(lines) != 1 {
+			t.Fatalf("want exit 0 and one line (the report rule rescues nothing), got %d and %q", code, lines)
+		}
+		var r rescueLine
+		if err := json.Unmarshal([]byte(lines[0]), &r); err != nil {
+			t.Fatal(err)
+		}
+		if r.Path != keep || !strings.HasPrefix(r.RescuedTo, filepath.Join(mnt, ".relinkd")+keep+".") {
+			t.Fatalf("unexpected result %+v", r)
+		}
+		var side struct{ Rule *string }
+		b, err := os.ReadFile(r.RescuedTo + ".relinkd.json")
+		if err == nil {
+			err = json.Unmarshal(b, &side)
+		}
+		if err != nil || side.Rule == nil || *side.Rule != "test-srv" {
+			t.Errorf("sidecar rule: %v %s", err, b)
+		}
+	})
+
 	t.Run("failure exits non-zero", func(t *testing.T) {
 		to := filepath.Join(mnt, "out3")
 		if err := os.Symlink(t.TempDir(), to); err != nil {
