@@ -59,3 +59,32 @@ func mountNS(procRoot, pid string) (string, error) {
 	}
 	return s, nil
 }
+
+// ErrUnsafeRoot is returned for a rescue root that exists but is not a
+// root-owned directory that only root can write to.
+var ErrUnsafeRoot = errors.New("unsafe rescue root")
+
+// checkRoot refuses an existing rescue root that is a symlink, not a
+// directory, not owned by root or writable by group or others: in a
+// world-writable filesystem (/tmp) anyone could plant "/tmp/.relinkd" to
+// read what relinkd rescues or to redirect its writes. A root that does not
+// exist yet is fine: the engine creates it 0700 root.
+func checkRoot(path string) error {
+	var st unix.Stat_t
+	err := unix.Lstat(path, &st)
+	if errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("rescue root %s: %w", path, err)
+	}
+	switch {
+	case st.Mode&unix.S_IFMT != unix.S_IFDIR:
+		return fmt.Errorf("rescue root %s is not a directory (mode %o): %w", path, st.Mode, ErrUnsafeRoot)
+	case st.Uid != 0:
+		return fmt.Errorf("rescue root %s is owned by uid %d: %w", path, st.Uid, ErrUnsafeRoot)
+	case st.Mode&0o022 != 0:
+		return fmt.Errorf("rescue root %s is writable by group or others (mode %o): %w", path, st.Mode&0o7777, ErrUnsafeRoot)
+	}
+	return nil
+}

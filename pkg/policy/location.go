@@ -104,7 +104,7 @@ func (p *Policy) Locate(c *scanner.Candidate) (Location, error) {
 			if err != nil {
 				continue
 			}
-			if dm := byID(host, id); dm != nil && !dm.ReadOnly() {
+			if dm := byID(host, id); dm != nil && !dm.ReadOnly() && p.safeRoot(d) {
 				loc := Location{Root: d, Kind: KindCrossFS}
 				if fm.m != nil {
 					loc.FSType = fm.m.FSType
@@ -132,6 +132,10 @@ func (p *Policy) locateSameFS(fm fileMount, host []Mount) (Location, bool) {
 		if dm == nil || !sameSuper(dm, cm) || dm.ReadOnly() {
 			continue
 		}
+		if err := checkRoot(d); err != nil {
+			p.log.Warn("rescue dir refused", zap.String("dir", d), zap.Error(err))
+			continue
+		}
 		loc := Location{Root: d, Kind: KindDir, SameFS: true, FSType: cm.FSType}
 		if fm.sameNS {
 			if dm.ID == cm.ID {
@@ -155,7 +159,7 @@ func (p *Policy) locateSameFS(fm fileMount, host []Mount) (Location, bool) {
 	}
 	if fm.sameNS && !cm.ReadOnly() {
 		root := filepath.Join(cm.MountPoint, p.cfg.Rescue.FSDir)
-		if id, _, _, err := pathMount(root); err == nil && id == cm.ID {
+		if id, _, _, err := pathMount(root); err == nil && id == cm.ID && p.safeRoot(root) {
 			return Location{Root: root, Kind: KindFSDir, SameMount: true, SameFS: true, FSType: cm.FSType}, true
 		}
 	}
@@ -174,8 +178,17 @@ func (p *Policy) locateSameFS(fm fileMount, host []Mount) (Location, bool) {
 		return Location{}, false
 	}
 	root := filepath.Join(best.MountPoint, p.cfg.Rescue.FSDir)
-	if id, _, _, err := pathMount(root); err != nil || id != best.ID {
+	if id, _, _, err := pathMount(root); err != nil || id != best.ID || !p.safeRoot(root) {
 		return Location{}, false
 	}
 	return Location{Root: root, Kind: KindFSDir, SameFS: true, FSType: cm.FSType}, true
+}
+
+// safeRoot reports whether root passes checkRoot, logging why not.
+func (p *Policy) safeRoot(root string) bool {
+	if err := checkRoot(root); err != nil {
+		p.log.Warn("rescue dir refused", zap.String("dir", root), zap.Error(err))
+		return false
+	}
+	return true
 }

@@ -420,3 +420,52 @@ func TestLocationBtrfsSubvolume(t *testing.T) {
 		t.Errorf("reflink on btrfs: %v", err)
 	}
 }
+
+// TestPlantedRescueRoot: on a world-writable filesystem anyone can create
+// the per-filesystem directory first; a symlink or a directory that is not
+// root's own is refused, never used.
+func TestPlantedRescueRoot(t *testing.T) {
+	testfs.RequireRoot(t)
+	tests := []struct {
+		name  string
+		plant func(t *testing.T, root string)
+	}{
+		{"symlink", func(t *testing.T, root string) {
+			if err := os.Symlink(t.TempDir(), root); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"owned by a user", func(t *testing.T, root string) {
+			mustMkdir(t, root)
+			if err := os.Chown(root, 1000, 1000); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"world-writable", func(t *testing.T, root string) {
+			mustMkdir(t, root)
+			if err := os.Chmod(root, 0o1777); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"a file", func(t *testing.T, root string) { writeFile(t, root, "x") }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := testfs.Mount(t, "tmpfs", 8)
+			tt.plant(t, m+"/.relinkd")
+			h := holdDeleted(t, m+"/f", 10)
+			cfg := testConfig()
+			p := New(cfg, zaptest.NewLogger(t))
+			c := candidate(t, h, 0)
+			if d := p.Decide(c); d.Action != Skip || d.Reason != ReasonLocation {
+				t.Errorf("planted %s: %v/%s root %q, want skip/location", tt.name, d.Action, d.Reason, d.Root)
+			}
+			// The same as a configured directory is refused too.
+			cfg = testConfig(m + "/.relinkd")
+			cfg.Rescue.FSDir = ""
+			if d := New(cfg, zaptest.NewLogger(t)).Decide(c); d.Action != Skip {
+				t.Errorf("configured planted %s: %v root %q, want skip", tt.name, d.Action, d.Root)
+			}
+		})
+	}
+}
