@@ -112,6 +112,26 @@ func New(cfg *Config, log *zap.Logger) *Policy {
 	}
 }
 
+// Inherit carries the per-user grants and measured root usage of old (the
+// policy before a configuration reload) over to p, so that a reload does
+// not reset the per-user caps. Call it before p is used.
+func (p *Policy) Inherit(old *Policy) {
+	if old == nil || old == p {
+		return
+	}
+	old.mu.Lock()
+	defer old.mu.Unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for uid, gs := range old.users {
+		p.users[uid] = slices.Clone(gs)
+	}
+	for root, u := range old.usage {
+		c := *u
+		p.usage[root] = &c
+	}
+}
+
 // Config returns the configuration the policy was built from.
 func (p *Policy) Config() *Config { return p.cfg }
 

@@ -349,6 +349,14 @@ func TestSizeTotalAndQuota(t *testing.T) {
 	if d := p.Decide(candidate(t, hs[2], 0)); d.Action != Skip || d.Reason != ReasonQuota {
 		t.Errorf("third file: %v/%s, want skip/quota", d.Action, d.Reason)
 	}
+	// A reloaded policy keeps the grants of the old one.
+	reloaded := New(cfg, zaptest.NewLogger(t))
+	reloaded.now = p.now
+	reloaded.Inherit(p)
+	if d := reloaded.Decide(candidate(t, hs[2], 0)); d.Action != Skip || d.Reason != ReasonQuota {
+		t.Errorf("after reload: %v/%s, want skip/quota", d.Action, d.Reason)
+	}
+
 	// Another owner is not affected.
 	c3 := candidate(t, hs[3], 0)
 	c3.Owner = 4242
