@@ -211,6 +211,14 @@ func (h *Holder) Kill() {
 	}
 }
 
+// IsHolder reports whether this process was started as a holder, for a
+// TestMain that prepares something (such as building a binary) before
+// calling Main.
+func IsHolder() bool {
+	_, ok := os.LookupEnv(envScript)
+	return ok
+}
+
 // Main runs the holder when the binary was started as one, else the tests.
 func Main(m *testing.M) {
 	if script, ok := os.LookupEnv(envScript); ok {

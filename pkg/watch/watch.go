@@ -186,6 +186,7 @@ func (w *Watcher) handle(wd int, mask uint32, name string) (Event, bool) {
 	switch {
 	case isDir && mask&(unix.IN_CREATE|unix.IN_MOVED_TO) != 0:
 		w.addTree(path)
+		w.log.Debug("watching new directory", zap.String("dir", path))
 		return Event{}, false
 	case isDir && mask&unix.IN_MOVED_FROM != 0:
 		// The subtree now lives under another name, maybe outside every
