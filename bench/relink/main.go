@@ -4,7 +4,7 @@
 // (target: time ratio at most 1.1). It needs root: it creates loop-mounted
 // images under a temporary directory and removes them when it ends.
 //
-//	go run ./bench/relink [-runs 7] [-size 1GiB-in-MiB] [-dir /var/tmp]
+//	go run ./bench/relink [-runs 7] [-size MiB] [-dir /var/tmp] [-fs xfs,btrfs,ext4]
 package main
 
 import (
@@ -42,13 +42,14 @@ func main() {
 	runs := flag.Int("runs", 7, "measured runs per case (median reported)")
 	sizeMiB := flag.Int("size", 1024, "size of the deleted file in MiB")
 	base := flag.String("dir", "/var/tmp", "where the loop images go")
+	fss := flag.String("fs", "xfs,btrfs,ext4", "filesystems to run, comma-separated")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "bench/relink: needs root (it mounts loop images)")
 		os.Exit(1)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	err := run(ctx, *runs, int64(*sizeMiB)<<20, *base)
+	err := run(ctx, *runs, int64(*sizeMiB)<<20, *base, strings.Split(*fss, ","))
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench/relink:", err)
@@ -78,14 +79,14 @@ type row struct {
 	note     string
 }
 
-func run(ctx context.Context, runs int, size int64, base string) error {
+func run(ctx context.Context, runs int, size int64, base string, fss []string) error {
 	work, err := os.MkdirTemp(base, "relinkd-bench-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(work)
 	var rows []row
-	for _, fs := range []string{"xfs", "btrfs", "ext4"} {
+	for _, fs := range fss {
 		if err := ctx.Err(); err != nil {
 			return err
 		}

@@ -9,8 +9,9 @@ import (
 )
 
 // defaultChunk bounds one copy_file_range call, so that cancellation and
-// the free-space guard are checked at least this often.
-const defaultChunk = 64 << 20
+// the free-space guard are checked at least this often, and is the unit in
+// which writeback of the copy is started early (see startWriteback).
+const defaultChunk = 8 << 20
 
 // copier copies byte ranges from src to the same offsets in dst, in the
 // kernel while it can and by pread/pwrite once the kernel says it cannot.
@@ -68,6 +69,7 @@ func (c *copier) copySparse(ctx context.Context, from, to int64) (int64, error) 
 				// the copy from the source's current length.
 				return data, nil
 			}
+			startWriteback(c.dst, data, n)
 			data += n
 			if c.e.hookChunk != nil {
 				c.e.hookChunk(data)

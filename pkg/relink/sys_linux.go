@@ -207,3 +207,13 @@ func splitNUL(b []byte) [][]byte {
 	}
 	return out
 }
+
+// startWriteback starts writing the n bytes at off of fd to disk without
+// waiting (sync_file_range(2) with SYNC_FILE_RANGE_WRITE). A rescue ends
+// with fsync; starting writeback chunk by chunk overlaps the disk writes
+// with the rest of the copy instead of doing them all at the end, and
+// keeps a large copy from piling up dirty pages. It is only a hint: errors
+// are ignored, and fsync still decides durability.
+func startWriteback(fd int, off, n int64) {
+	_ = unix.SyncFileRange(fd, off, n, unix.SYNC_FILE_RANGE_WRITE)
+}
