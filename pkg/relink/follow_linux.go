@@ -134,6 +134,8 @@ func (e *Engine) appendRange(ctx context.Context, cp *copier, m Method, done, si
 				return now.Size, nil
 			} else if !notHere(err) {
 				return done, spaceErr(fmt.Errorf("FICLONERANGE at %d: %w", done/blk*blk, err))
+			} else {
+				e.log.Debug("follow: FICLONERANGE not supported here, copying", zap.Int64("offset", done), zap.Error(err))
 			}
 		}
 	}
