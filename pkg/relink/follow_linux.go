@@ -24,8 +24,10 @@ import (
 // is nothing to copy (the name is the inode itself); Follow still waits
 // for the last writer and reports the final size. Follow stops early, with
 // what it has, when the source shrinks (a truncation, as by copytruncate
-// log rotation), and returns ctx's error when ctx ends first. It can run
-// for as long as the writer lives: run it in its own goroutine.
+// log rotation). When ctx ends first it finishes the same way with what it
+// has (fsync, timestamps, sidecar), logs "follow stopped" and returns that
+// Result (Followed false) with ctx's error. It can run for as long as the
+// writer lives: run it in its own goroutine.
 func (e *Engine) Follow(ctx context.Context, p *Pin) (Result, error) {
 	c := p.c
 	p.mu.Lock()
@@ -47,6 +49,8 @@ func (e *Engine) Follow(ctx context.Context, p *Pin) (Result, error) {
 	w := &writers{e: e, dev: c.Dev, ino: c.Ino}
 	tick := time.NewTicker(e.poll)
 	defer tick.Stop()
+	var stopped error // ctx's error when ctx ended before the last writer
+loop:
 	for {
 		// Look for writers before reading the size: a writer that has
 		// closed the file has finished its writes, so the size read
@@ -65,7 +69,7 @@ func (e *Engine) Follow(ctx context.Context, p *Pin) (Result, error) {
 		if st.Size < done {
 			e.log.Info("follow: source shrank, stopping", zap.String("rescued_to", res.Path),
 				zap.Int64("had", done), zap.Int64("now", st.Size))
-			break
+			break loop
 		}
 		if st.Size > done {
 			if cp != nil {
@@ -77,11 +81,14 @@ func (e *Engine) Follow(ctx context.Context, p *Pin) (Result, error) {
 			}
 		}
 		if !busy {
-			break
+			break loop
 		}
 		select {
 		case <-ctx.Done():
-			return fail(ctx.Err())
+			// Shutting down: keep what was appended so far, durable
+			// and described by the sidecar, and say so.
+			stopped = ctx.Err()
+			break loop
 		case <-tick.C:
 		}
 	}
@@ -98,7 +105,7 @@ func (e *Engine) Follow(ctx context.Context, p *Pin) (Result, error) {
 		}
 	}
 	res.Bytes = done
-	res.Followed = true
+	res.Followed = stopped == nil
 	if e.hash {
 		var err error
 		if res.SHA256, err = e.hashOf(p, res); err != nil {
@@ -113,6 +120,11 @@ func (e *Engine) Follow(ctx context.Context, p *Pin) (Result, error) {
 	p.mu.Lock()
 	p.res = res
 	p.mu.Unlock()
+	if stopped != nil {
+		e.log.Info("follow stopped", zap.ByteString("path", c.Path), zap.String("rescued_to", res.Path),
+			zap.Int64("bytes", res.Bytes), zap.String("reason", stopped.Error()))
+		return res, &RescueError{Op: "follow", Method: res.Method, PID: c.PID, FD: c.FD, Path: res.Path, Err: stopped}
+	}
 	e.log.Info("follow finished", zap.ByteString("path", c.Path), zap.String("rescued_to", res.Path),
 		zap.Int64("bytes", res.Bytes))
 	return res, nil

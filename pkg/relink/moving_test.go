@@ -133,8 +133,12 @@ func TestFollowCancel(t *testing.T) {
 	}
 	cx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
-	if _, err := e.Follow(cx, p); !errors.Is(err, context.DeadlineExceeded) {
+	res, err := e.Follow(cx, p)
+	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("want DeadlineExceeded while the writer lives, got %v", err)
+	}
+	if res.Followed || res.Bytes != 5 || res.Path == "" {
+		t.Errorf("stopped follow: want the rescue so far (5 bytes, not followed), got %+v", res)
 	}
 }
 
