@@ -37,7 +37,11 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binary = filepath.Join(dir, "relinkd")
-	build := exec.Command("go", "build", "-o", binary, "../cmd/relinkd")
+	args := []string{"build", "-o", binary}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	build := exec.Command("go", append(args, "../cmd/relinkd")...)
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build relinkd:", err)
@@ -136,7 +140,15 @@ func startDaemon(t *testing.T, cfg string) *Daemon {
 				<-d.exited
 			}
 		}
-		if t.Failed() {
+		d.mu.Lock()
+		for _, l := range d.raw {
+			if strings.Contains(l, "WARNING: DATA RACE") {
+				t.Error("the daemon hit a data race")
+				break
+			}
+		}
+		d.mu.Unlock()
+		if t.Failed() || os.Getenv("E2E_LOG") != "" {
 			d.mu.Lock()
 			t.Logf("daemon log (%d lines):\n%s", len(d.raw), strings.Join(d.raw, "\n"))
 			d.mu.Unlock()
@@ -409,4 +421,27 @@ func content(name string, n int) []byte {
 		fmt.Fprintf(&b, "%s line %d\n", name, b.Len())
 	}
 	return b.Bytes()[:n]
+}
+
+// waitOptional is Wait that returns nil on timeout instead of failing.
+func (d *Daemon) waitOptional(match func(Event) bool, timeout time.Duration) Event {
+	deadline := time.After(timeout)
+	for {
+		d.mu.Lock()
+		for _, e := range d.events {
+			if match(e) {
+				d.mu.Unlock()
+				return e
+			}
+		}
+		wake := d.wake
+		d.mu.Unlock()
+		select {
+		case <-wake:
+		case <-deadline:
+			return nil
+		case <-d.exited:
+			return nil
+		}
+	}
 }

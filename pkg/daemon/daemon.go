@@ -113,8 +113,16 @@ const (
 )
 
 type inode struct {
-	st   state
-	seen time.Time // last sweep that showed it
+	st      state
+	seen    time.Time // last sweep that showed it
+	btime   int64     // birth time (ns), 0 where the filesystem has none
+	holders map[holderID]struct{}
+}
+
+// holderID names a process across pid reuse.
+type holderID struct {
+	pid   int
+	start uint64
 }
 
 type job struct {
@@ -280,7 +288,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 // loop is the detection side: sweeps, events, reloads, watchdog.
 func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event) error {
-	d.sweep(ctx, true, nil)
+	d.sweep(ctx)
 	d.opt.Notify("READY=1")
 
 	interval := time.Duration(d.config().Scan.Interval)
@@ -301,7 +309,7 @@ func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event) error {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
-			d.sweep(ctx, true, nil)
+			d.sweep(ctx)
 		case ev := <-events:
 			d.onEvents(ctx, ev, events)
 		case <-wd:
@@ -317,36 +325,74 @@ func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event) error {
 	}
 }
 
-// onEvents handles a removal event and every other one already queued:
-// first a sweep of the processes most likely to hold the file (those seen
-// holding deleted files in the same directories, and those started since
-// the last full sweep, which no sweep has seen yet), then a full sweep.
-// Events arriving meanwhile are coalesced into the next round.
+// eventChunk is how many processes one step of an event-driven sweep
+// reads before its candidates are pinned.
+const eventChunk = 24
+
+// onEvents handles a removal event and every other one already queued.
+// The scanner returns its candidates only at the end of a sweep, so
+// instead of one full sweep the processes are swept in small chunks, the
+// likeliest holders first, pinning after each chunk:
+//
+//  1. the processes seen holding deleted files in the same directories,
+//     and those that appeared since the previous listing of /proc;
+//  2. every other process, newest first (a short-lived holder is a young
+//     process), re-checking for new events between chunks.
+//
+// Together the steps cover every process listed at the start, so the
+// round counts as a full sweep.
 func (d *Daemon) onEvents(ctx context.Context, first watch.Event, events <-chan watch.Event) {
+	start := time.Now()
 	dirs := map[string]bool{first.Dir: true}
-	n := 1
-drain:
+	n := 1 + drainEvents(events, dirs)
+	listed := listPIDs(d.opt.ProcRoot)
+	swept := make(map[int]bool, len(listed))
+	likely := d.likelyPIDs(dirs, listed, swept)
+	d.sweepPIDs(ctx, "event", likely, swept)
+	targeted := time.Since(start)
+
+	rest := make([]int, 0, len(listed))
+	for _, pid := range listed {
+		if !swept[pid] && pid != d.self {
+			rest = append(rest, pid)
+		}
+	}
+	slices.Sort(rest)
+	slices.Reverse(rest)
+	for len(rest) > 0 && ctx.Err() == nil {
+		if more := make(map[string]bool); drainEvents(events, more) > 0 {
+			n += len(more)
+			now := listPIDs(d.opt.ProcRoot)
+			d.sweepPIDs(ctx, "event", d.likelyPIDs(more, now, swept), swept)
+		}
+		k := min(eventChunk, len(rest))
+		d.sweepPIDs(ctx, "event", rest[:k], swept)
+		rest = rest[k:]
+	}
+	d.m.Events.Add(float64(n))
+	d.forget(start, listed)
+	d.log.Debug("removal events handled", zap.Int("events", n), zap.Int("dirs", len(dirs)), zap.Int("likely_pids", len(likely)),
+		zap.Int("procs", len(listed)), zap.Duration("targeted", targeted), zap.Duration("total", time.Since(start)))
+}
+
+// drainEvents moves the queued events' directories into dirs.
+func drainEvents(events <-chan watch.Event, dirs map[string]bool) int {
+	n := 0
 	for {
 		select {
 		case ev := <-events:
 			dirs[ev.Dir] = true
 			n++
 		default:
-			break drain
+			return n
 		}
 	}
-	d.m.Events.Add(float64(n))
-	pids := d.likelyPIDs(dirs)
-	if len(pids) > 0 {
-		d.sweep(ctx, false, pids)
-	}
-	d.sweep(ctx, true, nil)
 }
 
-// likelyPIDs returns the pids last seen under dirs plus the pids that
-// appeared in /proc since the last full sweep.
-func (d *Daemon) likelyPIDs(dirs map[string]bool) []int {
-	now := listPIDs(d.opt.ProcRoot)
+// likelyPIDs returns, newest first and not yet swept, the pids last seen
+// under dirs plus those in listed that the previous listing did not have;
+// listed becomes the new reference.
+func (d *Daemon) likelyPIDs(dirs map[string]bool, listed []int, swept map[int]bool) []int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	set := make(map[int]struct{})
@@ -355,37 +401,41 @@ func (d *Daemon) likelyPIDs(dirs map[string]bool) []int {
 			set[pid] = struct{}{}
 		}
 	}
-	for _, pid := range now {
-		if _, ok := d.knownPID[pid]; !ok && pid != d.self {
+	for _, pid := range listed {
+		if _, ok := d.knownPID[pid]; !ok {
 			set[pid] = struct{}{}
 		}
 	}
+	clear(d.knownPID)
+	for _, pid := range listed {
+		d.knownPID[pid] = struct{}{}
+	}
 	pids := make([]int, 0, len(set))
 	for pid := range set {
-		pids = append(pids, pid)
+		if !swept[pid] && pid != d.self {
+			pids = append(pids, pid)
+		}
 	}
-	// Newest first: a short-lived holder is the one about to vanish.
 	slices.Sort(pids)
 	slices.Reverse(pids)
 	return pids
 }
 
-// sweep runs one sweep (full, or of pids) and feeds its candidates.
-func (d *Daemon) sweep(ctx context.Context, full bool, pids []int) {
-	kind := "targeted"
-	var listed []int
-	if full {
-		kind = "full"
-		listed = listPIDs(d.opt.ProcRoot)
+// sweepPIDs sweeps pids (skipping those already swept) and feeds the
+// candidates.
+func (d *Daemon) sweepPIDs(ctx context.Context, kind string, pids []int, swept map[int]bool) {
+	todo := pids[:0:0]
+	for _, pid := range pids {
+		if !swept[pid] {
+			swept[pid] = true
+			todo = append(todo, pid)
+		}
+	}
+	if len(todo) == 0 {
+		return
 	}
 	start := time.Now()
-	var res scanner.Result
-	var err error
-	if full {
-		res, err = d.sweeper.Sweep(ctx)
-	} else {
-		res, err = d.sweeper.SweepPIDs(ctx, pids)
-	}
+	res, err := d.sweeper.SweepPIDs(ctx, todo)
 	d.m.Sweeps.WithLabelValues(kind).Inc()
 	d.m.SweepDuration.WithLabelValues(kind).Observe(time.Since(start).Seconds())
 	if err != nil {
@@ -398,13 +448,30 @@ func (d *Daemon) sweep(ctx context.Context, full bool, pids []int) {
 	for i := range res.Candidates {
 		d.consider(&res.Candidates[i], start)
 	}
-	if full {
-		d.forget(start, listed)
+}
+
+// sweep runs one full sweep and feeds its candidates.
+func (d *Daemon) sweep(ctx context.Context) {
+	listed := listPIDs(d.opt.ProcRoot)
+	start := time.Now()
+	res, err := d.sweeper.Sweep(ctx)
+	d.m.Sweeps.WithLabelValues("full").Inc()
+	d.m.SweepDuration.WithLabelValues("full").Observe(time.Since(start).Seconds())
+	if err != nil {
+		if ctx.Err() == nil {
+			d.log.Error("sweep failed", zap.String("kind", "full"), zap.Error(err))
+		}
+		return
 	}
+	d.m.Candidates.Add(float64(len(res.Candidates)))
+	for i := range res.Candidates {
+		d.consider(&res.Candidates[i], start)
+	}
+	d.forget(start, listed)
 	if w := d.getWatcher(); w != nil {
 		d.m.Watches.Set(float64(w.Watches()))
 	}
-	d.log.Debug("sweep", zap.String("kind", kind), zap.Int("procs", res.Procs), zap.Int("fds", res.FDs),
+	d.log.Debug("sweep", zap.String("kind", "full"), zap.Int("procs", res.Procs), zap.Int("fds", res.FDs),
 		zap.Int("candidates", len(res.Candidates)), zap.Int("vanished", res.Vanished), zap.Int("denied", res.Denied),
 		zap.Duration("duration", res.Duration))
 }
@@ -416,23 +483,51 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 		return // our own pins
 	}
 	key := c.Key()
+	hid := holderID{pid: c.PID, start: c.StartTime}
 	d.mu.Lock()
 	d.notePID(c, now)
-	if in, ok := d.inodes[key]; ok {
+	in, known := d.inodes[key]
+	if known {
 		in.seen = now
-		d.mu.Unlock()
-		return
+		_, same := in.holders[hid]
+		if same || in.st == stQueued {
+			// A pinned inode cannot be freed, so its number cannot
+			// have been reused: another descriptor of the same file.
+			in.holders[hid] = struct{}{}
+			d.mu.Unlock()
+			return
+		}
 	}
 	d.mu.Unlock()
+
+	// First sight of this inode, or a holder not seen with it before:
+	// inode numbers are reused once a file is freed, so tell a new file
+	// from the same one by its birth time (statx(2) STATX_BTIME).
+	bt, alive := birthTime(d.opt.ProcRoot, c.PID, c.FD)
+	if !alive {
+		return
+	}
+	if known {
+		d.mu.Lock()
+		if cur := d.inodes[key]; cur == in {
+			if in.btime == bt {
+				in.holders[hid] = struct{}{}
+				d.mu.Unlock()
+				return
+			}
+			delete(d.inodes, key)
+		}
+		d.mu.Unlock()
+	}
 
 	pol := d.pol.Load()
 	rule, ok := pol.Match(c)
 	if !ok {
-		d.mark(key, stIgnored, now)
+		d.record(c, stIgnored, now, bt)
 		return
 	}
 	if rule.Action == policy.ActionReport {
-		d.mark(key, stReported, now)
+		d.record(c, stReported, now, bt)
 		d.reportOpen(c, rule.Name)
 		return
 	}
@@ -456,17 +551,17 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 			// later sweep decides. Nothing to report.
 			d.log.Debug("pin: candidate gone", zap.Int("pid", c.PID), zap.Int("fd", c.FD), zap.Error(err))
 		case errors.Is(err, relink.ErrNotRegular):
-			d.mark(key, stIgnored, now)
+			d.record(c, stIgnored, now, bt)
 		default:
-			d.mark(key, stFailed, now)
+			d.record(c, stFailed, now, bt)
 			d.m.Failures.Inc()
 			d.log.Error("rescue failed", zap.ByteString("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
 				zap.Error(err))
 		}
 		return
 	}
+	d.record(c, stQueued, now, bt)
 	d.mu.Lock()
-	d.inodes[key] = &inode{st: stQueued, seen: now}
 	d.pins++
 	d.pinned += size
 	d.m.PinsHeld.Set(float64(d.pins))
@@ -566,14 +661,17 @@ func (d *Daemon) unpin(j *job, st state) {
 	}
 }
 
-func (d *Daemon) mark(key scanner.Key, st state, now time.Time) {
+// record sets the state of c's inode, creating its entry.
+func (d *Daemon) record(c *scanner.Candidate, st state, now time.Time, btime int64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if in, ok := d.inodes[key]; ok {
-		in.st, in.seen = st, now
-		return
+	in, ok := d.inodes[c.Key()]
+	if !ok {
+		in = &inode{holders: make(map[holderID]struct{}), btime: btime}
+		d.inodes[c.Key()] = in
 	}
-	d.inodes[key] = &inode{st: st, seen: now}
+	in.st, in.seen = st, now
+	in.holders[holderID{pid: c.PID, start: c.StartTime}] = struct{}{}
 }
 
 // notePID remembers that c's holder had a deleted file in its directory.

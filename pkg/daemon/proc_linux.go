@@ -3,6 +3,8 @@ package daemon
 import (
 	"os"
 	"strconv"
+
+	"golang.org/x/sys/unix"
 )
 
 // listPIDs returns the process ids under procRoot (one getdents pass; no
@@ -27,4 +29,26 @@ func listPIDs(procRoot string) []int {
 		}
 	}
 	return pids
+}
+
+// birthTime returns the birth time (statx(2) STATX_BTIME, in ns) of the
+// file open as fd in pid, 0 where the filesystem does not record one, and
+// false when the descriptor is gone.
+func birthTime(procRoot string, pid, fd int) (int64, bool) {
+	var stx unix.Statx_t
+	path := procRoot + "/" + strconv.Itoa(pid) + "/fd/" + strconv.Itoa(fd)
+	for {
+		err := unix.Statx(unix.AT_FDCWD, path, unix.AT_STATX_SYNC_AS_STAT, unix.STATX_BTIME, &stx)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return 0, false
+		}
+		break
+	}
+	if stx.Mask&unix.STATX_BTIME == 0 {
+		return 0, true
+	}
+	return stx.Btime.Sec*1_000_000_000 + int64(stx.Btime.Nsec), true
 }

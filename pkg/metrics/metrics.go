@@ -21,8 +21,8 @@ const namespace = "relinkd"
 type Metrics struct {
 	Registry *prometheus.Registry
 
-	Sweeps        *prometheus.CounterVec   // kind: full, targeted
-	SweepDuration *prometheus.HistogramVec // kind: full, targeted
+	Sweeps        *prometheus.CounterVec   // kind: full, event
+	SweepDuration *prometheus.HistogramVec // kind: full, event
 	Candidates    prometheus.Counter       // candidates seen (every sweep, before dedupe)
 	Rescues       *prometheus.CounterVec   // method: link, reflink, copy
 	RescuedBytes  prometheus.Counter
@@ -42,7 +42,7 @@ func New() *Metrics {
 		Registry: prometheus.NewRegistry(),
 		Sweeps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "sweeps_total",
-			Help: "Sweeps of /proc, by kind (full: periodic or after events; targeted: the pids last seen under a directory).",
+			Help: "Sweeps of /proc, by kind (full: periodic; event: one chunk of an event-driven sweep, likeliest holders first).",
 		}, []string{"kind"}),
 		SweepDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: namespace, Name: "sweep_duration_seconds",
