@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/relinkd/relinkd/internal/eintr"
 )
 
 // defaultChunk bounds one copy_file_range call, so that cancellation and
@@ -108,12 +110,12 @@ func (c *copier) copyChunk(off, n int64) (int64, error) {
 		c.buf = make([]byte, 1<<20)
 	}
 	b := c.buf[:min(n, int64(len(c.buf)))]
-	r, err := retry(func() (int, error) { return unix.Pread(c.src, b, off) })
+	r, err := eintr.Retry(func() (int, error) { return unix.Pread(c.src, b, off) })
 	if err != nil {
 		return 0, fmt.Errorf("read source at %d: %w", off, err)
 	}
 	for w := 0; w < r; {
-		k, err := retry(func() (int, error) { return unix.Pwrite(c.dst, b[w:r], off+int64(w)) })
+		k, err := eintr.Retry(func() (int, error) { return unix.Pwrite(c.dst, b[w:r], off+int64(w)) })
 		if err != nil {
 			return 0, spaceErr(fmt.Errorf("write at %d: %w", off+int64(w), err))
 		}

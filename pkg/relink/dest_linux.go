@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/relinkd/relinkd/internal/eintr"
 )
 
 // maxLeaf leaves room in a 255-byte name for a collision suffix (".999")
@@ -99,7 +101,7 @@ func openRoot(root string) (destDir, error) {
 func mkdirOpen(dirfd int, name string) (int, error) {
 	fd, err := openBeneath(dirfd, name)
 	if errors.Is(err, unix.ENOENT) {
-		if err := retry0(func() error { return unix.Mkdirat(dirfd, name, 0o700) }); err != nil && !errors.Is(err, unix.EEXIST) {
+		if err := eintr.Retry0(func() error { return unix.Mkdirat(dirfd, name, 0o700) }); err != nil && !errors.Is(err, unix.EEXIST) {
 			return -1, fmt.Errorf("mkdir %q: %w", name, err)
 		}
 		fd, err = openBeneath(dirfd, name)
@@ -229,7 +231,7 @@ func (t *tmpFile) discard() {
 // is leaf only. The file stays open (the caller owns t.f). On error the
 // temp is removed and nothing is visible.
 func (e *Engine) publish(t *tmpFile, leaf string, unique bool) (string, error) {
-	if err := retry0(func() error { return unix.Fsync(t.fd()) }); err != nil {
+	if err := eintr.Retry0(func() error { return unix.Fsync(t.fd()) }); err != nil {
 		t.discard()
 		return "", spaceErr(fmt.Errorf("fsync %s: %w", t.f.Name(), err))
 	}
@@ -240,7 +242,7 @@ func (e *Engine) publish(t *tmpFile, leaf string, unique bool) (string, error) {
 		err := renameNoReplace(t.dir.fd, t.name, name)
 		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
 			// No RENAME_NOREPLACE here: link(2) never replaces either.
-			if err = retry0(func() error { return unix.Linkat(t.dir.fd, t.name, t.dir.fd, name, 0) }); err == nil {
+			if err = eintr.Retry0(func() error { return unix.Linkat(t.dir.fd, t.name, t.dir.fd, name, 0) }); err == nil {
 				_ = unix.Unlinkat(t.dir.fd, t.name, 0)
 			}
 		}
@@ -258,7 +260,7 @@ func (e *Engine) publish(t *tmpFile, leaf string, unique bool) (string, error) {
 		return "", spaceErr(fmt.Errorf("publish %s/%s: %w", t.dir.path, leaf, err))
 	}
 	t.name = "" // published: nothing left to clean up
-	if err := retry0(func() error { return unix.Fsync(t.dir.fd) }); err != nil {
+	if err := eintr.Retry0(func() error { return unix.Fsync(t.dir.fd) }); err != nil {
 		// Not durable: take the name back rather than report a rescue
 		// that a crash could lose.
 		_ = unix.Unlinkat(t.dir.fd, name, 0)

@@ -11,6 +11,8 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/relinkd/relinkd/internal/eintr"
 )
 
 // Follow keeps the rescued copy in step with a file that is still being
@@ -98,7 +100,7 @@ loop:
 			err = futimens(int(dst.Fd()), st.Atim, st.Mtim)
 		}
 		if err == nil {
-			err = retry0(func() error { return unix.Fsync(int(dst.Fd())) })
+			err = eintr.Retry0(func() error { return unix.Fsync(int(dst.Fd())) })
 		}
 		if err != nil {
 			return fail(spaceErr(fmt.Errorf("finish %s: %w", res.Path, err)))

@@ -6,6 +6,8 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/relinkd/relinkd/internal/eintr"
 )
 
 // copyMeta carries the source's owner, group, extended attributes, mode
@@ -23,7 +25,7 @@ import (
 // What the destination or our privileges do not allow (EPERM, ENOTSUP …)
 // is skipped and logged at debug level.
 func (e *Engine) copyMeta(src, dst int, st unix.Stat_t) error {
-	if err := retry0(func() error { return unix.Fchown(dst, int(st.Uid), int(st.Gid)) }); err != nil {
+	if err := eintr.Retry0(func() error { return unix.Fchown(dst, int(st.Uid), int(st.Gid)) }); err != nil {
 		if !errors.Is(err, unix.EPERM) {
 			return fmt.Errorf("fchown %d:%d: %w", st.Uid, st.Gid, err)
 		}
@@ -32,7 +34,7 @@ func (e *Engine) copyMeta(src, dst int, st unix.Stat_t) error {
 	if err := e.copyXattrs(src, dst); err != nil {
 		return err
 	}
-	if err := retry0(func() error { return unix.Fchmod(dst, st.Mode&0o1777) }); err != nil {
+	if err := eintr.Retry0(func() error { return unix.Fchmod(dst, st.Mode&0o1777) }); err != nil {
 		return fmt.Errorf("fchmod %#o: %w", st.Mode&0o1777, err)
 	}
 	if err := futimens(dst, st.Atim, st.Mtim); err != nil {
@@ -53,7 +55,7 @@ func (e *Engine) copyXattrs(src, dst int) error {
 	for _, name := range names {
 		val, err := xattrValue(src, name)
 		if err == nil {
-			err = retry0(func() error { return unix.Fsetxattr(dst, name, val, 0) })
+			err = eintr.Retry0(func() error { return unix.Fsetxattr(dst, name, val, 0) })
 		}
 		switch {
 		case err == nil:

@@ -12,6 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/relinkd/relinkd/pkg/scanner"
+
+	"github.com/relinkd/relinkd/internal/eintr"
 )
 
 // Pin is the engine's own descriptor on a candidate's inode. While it is
@@ -91,7 +93,7 @@ func (e *Engine) Pin(c scanner.Candidate) (*Pin, error) {
 	link := e.procRoot + "/" + strconv.Itoa(c.PID) + "/fd/" + strconv.Itoa(c.FD)
 	// Look before opening: opening a FIFO or a device has side effects.
 	var st unix.Stat_t
-	if err := retry0(func() error { return unix.Stat(link, &st) }); err != nil {
+	if err := eintr.Retry0(func() error { return unix.Stat(link, &st) }); err != nil {
 		return fail(vanished("stat "+link, err))
 	}
 	if err := sameFile(st, c); err != nil {

@@ -12,6 +12,8 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/relinkd/relinkd/internal/eintr"
 )
 
 // errNotHere marks a method that does not work for this file or
@@ -112,7 +114,7 @@ func (e *Engine) rescue(ctx context.Context, p *Pin, d Destination, start time.T
 		}
 		res.Duration = time.Since(start)
 		// Keep the directory for Follow, which rewrites the sidecar.
-		dfd, err := retry(func() (int, error) { return unix.FcntlInt(uintptr(dir.fd), unix.F_DUPFD_CLOEXEC, 0) })
+		dfd, err := eintr.Retry(func() (int, error) { return unix.FcntlInt(uintptr(dir.fd), unix.F_DUPFD_CLOEXEC, 0) })
 		if err != nil {
 			return fail(m, fmt.Errorf("dup directory descriptor: %w", err))
 		}
@@ -147,7 +149,7 @@ func (e *Engine) link(p *Pin, dir destDir, leaf string) (Result, error) {
 		}
 		return Result{}, spaceErr(fmt.Errorf("link into %s: %w", dir.path, err))
 	}
-	if err := retry0(func() error { return unix.Fsync(dir.fd) }); err != nil {
+	if err := eintr.Retry0(func() error { return unix.Fsync(dir.fd) }); err != nil {
 		_ = unix.Unlinkat(dir.fd, name, 0)
 		return Result{}, fmt.Errorf("fsync directory %s: %w", dir.path, err)
 	}
@@ -240,7 +242,7 @@ func (e *Engine) copy(ctx context.Context, p *Pin, dir destDir, leaf string, d D
 		return Result{}, fmt.Errorf("fstat pinned file: %w", err)
 	}
 	size := min(st.Size, now.Size)
-	if err := retry0(func() error { return unix.Ftruncate(t.fd(), size) }); err != nil {
+	if err := eintr.Retry0(func() error { return unix.Ftruncate(t.fd(), size) }); err != nil {
 		t.discard()
 		return Result{}, spaceErr(fmt.Errorf("ftruncate copy to %d: %w", size, err))
 	}
@@ -298,7 +300,7 @@ func (e *Engine) hashOf(p *Pin, r Result) (string, error) {
 type readerAt int
 
 func (fd readerAt) ReadAt(b []byte, off int64) (int, error) {
-	n, err := retry(func() (int, error) { return unix.Pread(int(fd), b, off) })
+	n, err := eintr.Retry(func() (int, error) { return unix.Pread(int(fd), b, off) })
 	if err != nil {
 		return 0, err
 	}

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/relinkd/relinkd/internal/eintr"
 )
 
 const sidecarSuffix = ".relinkd.json"
@@ -92,20 +94,20 @@ func (e *Engine) writeSidecar(p *Pin, d Destination, r Result, replace bool) (st
 		return "", spaceErr(err)
 	}
 	for w := 0; w < len(b); {
-		n, err := retry(func() (int, error) { return unix.Write(fd, b[w:]) })
+		n, err := eintr.Retry(func() (int, error) { return unix.Write(fd, b[w:]) })
 		if err != nil {
 			return cleanup(fmt.Errorf("write sidecar: %w", err))
 		}
 		w += n
 	}
-	if err := retry0(func() error { return unix.Fsync(fd) }); err != nil {
+	if err := eintr.Retry0(func() error { return unix.Fsync(fd) }); err != nil {
 		return cleanup(fmt.Errorf("fsync sidecar: %w", err))
 	}
-	if err := retry0(func() error { return unix.Renameat(dir.fd, tmp, dir.fd, name) }); err != nil {
+	if err := eintr.Retry0(func() error { return unix.Renameat(dir.fd, tmp, dir.fd, name) }); err != nil {
 		return cleanup(fmt.Errorf("rename sidecar into place: %w", err))
 	}
 	unix.Close(fd)
-	if err := retry0(func() error { return unix.Fsync(dir.fd) }); err != nil {
+	if err := eintr.Retry0(func() error { return unix.Fsync(dir.fd) }); err != nil {
 		return "", fmt.Errorf("fsync directory %s: %w", dir.path, err)
 	}
 	return dir.path + "/" + name, nil

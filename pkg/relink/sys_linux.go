@@ -6,24 +6,12 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/relinkd/relinkd/internal/eintr"
 )
 
 // This file holds the thin syscall wrappers; everything above them is plain Go.
 // Every descriptor is opened close-on-exec and EINTR is retried.
-
-func retry[T any](f func() (T, error)) (T, error) {
-	for {
-		v, err := f()
-		if !errors.Is(err, unix.EINTR) {
-			return v, err
-		}
-	}
-}
-
-func retry0(f func() error) error {
-	_, err := retry(func() (struct{}, error) { return struct{}{}, f() })
-	return err
-}
 
 // openBeneath opens the directory name below dirfd with openat2(2), refusing
 // any symlink or magic link on the way (ELOOP) and any escape from dirfd
@@ -33,12 +21,12 @@ func openBeneath(dirfd int, name string) (int, error) {
 		Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC | unix.O_NOFOLLOW,
 		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
 	}
-	return retry(func() (int, error) { return unix.Openat2(dirfd, name, &how) })
+	return eintr.Retry(func() (int, error) { return unix.Openat2(dirfd, name, &how) })
 }
 
 // openDir opens a trusted absolute directory path the ordinary way.
 func openDir(path string) (int, error) {
-	return retry(func() (int, error) {
+	return eintr.Retry(func() (int, error) {
 		return unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	})
 }
@@ -51,9 +39,9 @@ func openDir(path string) (int, error) {
 // retries without it.
 func openPin(path string) (int, error) {
 	flags := unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NOCTTY | unix.O_NONBLOCK
-	fd, err := retry(func() (int, error) { return unix.Open(path, flags|unix.O_NOATIME, 0) })
+	fd, err := eintr.Retry(func() (int, error) { return unix.Open(path, flags|unix.O_NOATIME, 0) })
 	if errors.Is(err, unix.EPERM) {
-		fd, err = retry(func() (int, error) { return unix.Open(path, flags, 0) })
+		fd, err = eintr.Retry(func() (int, error) { return unix.Open(path, flags, 0) })
 	}
 	return fd, err
 }
@@ -63,7 +51,7 @@ func openPin(path string) (int, error) {
 // O_NOATIME (we own the new file) keeps reading it back for the hash from
 // moving the atime carried over from the source.
 func openTmpfile(dirfd int) (int, error) {
-	return retry(func() (int, error) {
+	return eintr.Retry(func() (int, error) {
 		return unix.Openat(dirfd, ".", unix.O_RDWR|unix.O_TMPFILE|unix.O_CLOEXEC|unix.O_NOATIME, 0o600)
 	})
 }
@@ -71,7 +59,7 @@ func openTmpfile(dirfd int) (int, error) {
 // createExcl creates name in dirfd, mode 0600; O_EXCL never follows a
 // symlink (open(2)).
 func createExcl(dirfd int, name string) (int, error) {
-	return retry(func() (int, error) {
+	return eintr.Retry(func() (int, error) {
 		return unix.Openat(dirfd, name, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NOATIME, 0o600)
 	})
 }
@@ -82,10 +70,10 @@ func createExcl(dirfd int, name string) (int, error) {
 // AT_SYMLINK_FOLLOW, which needs no capability. An inode with no links
 // (and not an O_TMPFILE) is refused with ENOENT by both (vfs_link).
 func linkFD(procRoot string, fd, dirfd int, name string) error {
-	err := retry0(func() error { return unix.Linkat(fd, "", dirfd, name, unix.AT_EMPTY_PATH) })
+	err := eintr.Retry0(func() error { return unix.Linkat(fd, "", dirfd, name, unix.AT_EMPTY_PATH) })
 	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EPERM) {
 		self := procRoot + "/self/fd/" + strconv.Itoa(fd)
-		err = retry0(func() error { return unix.Linkat(unix.AT_FDCWD, self, dirfd, name, unix.AT_SYMLINK_FOLLOW) })
+		err = eintr.Retry0(func() error { return unix.Linkat(unix.AT_FDCWD, self, dirfd, name, unix.AT_SYMLINK_FOLLOW) })
 	}
 	return err
 }
@@ -93,48 +81,48 @@ func linkFD(procRoot string, fd, dirfd int, name string) error {
 // renameNoReplace renames within dirfd without ever replacing (rename(2),
 // RENAME_NOREPLACE).
 func renameNoReplace(dirfd int, from, to string) error {
-	return retry0(func() error { return unix.Renameat2(dirfd, from, dirfd, to, unix.RENAME_NOREPLACE) })
+	return eintr.Retry0(func() error { return unix.Renameat2(dirfd, from, dirfd, to, unix.RENAME_NOREPLACE) })
 }
 
 // ficlone shares all of src's extents with dst (ioctl_ficlone(2)).
 func ficlone(dst, src int) error {
-	return retry0(func() error { return unix.IoctlFileClone(dst, src) })
+	return eintr.Retry0(func() error { return unix.IoctlFileClone(dst, src) })
 }
 
 // ficloneRange shares src's extents from off to EOF with dst at the same
 // offset. off must be a multiple of the filesystem block size.
 func ficloneRange(dst, src int, off int64) error {
 	r := unix.FileCloneRange{Src_fd: int64(src), Src_offset: uint64(off), Src_length: 0, Dest_offset: uint64(off)}
-	return retry0(func() error { return unix.IoctlFileCloneRange(dst, &r) })
+	return eintr.Retry0(func() error { return unix.IoctlFileCloneRange(dst, &r) })
 }
 
 // copyRange copies up to n bytes at off from src to the same offset in dst
 // in the kernel (copy_file_range(2)); it returns 0 at the source's EOF.
 func copyRange(dst, src int, off int64, n int) (int, error) {
 	in, out := off, off
-	return retry(func() (int, error) { return unix.CopyFileRange(src, &in, dst, &out, n, 0) })
+	return eintr.Retry(func() (int, error) { return unix.CopyFileRange(src, &in, dst, &out, n, 0) })
 }
 
 // seekData and seekHole find the next data or hole at or after off
 // (lseek(2)); seekData answers ENXIO when only a hole is left up to EOF.
 func seekData(fd int, off int64) (int64, error) {
-	return retry(func() (int64, error) { return unix.Seek(fd, off, unix.SEEK_DATA) })
+	return eintr.Retry(func() (int64, error) { return unix.Seek(fd, off, unix.SEEK_DATA) })
 }
 
 func seekHole(fd int, off int64) (int64, error) {
-	return retry(func() (int64, error) { return unix.Seek(fd, off, unix.SEEK_HOLE) })
+	return eintr.Retry(func() (int64, error) { return unix.Seek(fd, off, unix.SEEK_HOLE) })
 }
 
 func fstat(fd int) (unix.Stat_t, error) {
 	var st unix.Stat_t
-	err := retry0(func() error { return unix.Fstat(fd, &st) })
+	err := eintr.Retry0(func() error { return unix.Fstat(fd, &st) })
 	return st, err
 }
 
 // futimens sets fd's atime and mtime (utimensat(2) with a NULL path).
 func futimens(fd int, atime, mtime unix.Timespec) error {
 	ts := [2]unix.Timespec{atime, mtime}
-	return retry0(func() error {
+	return eintr.Retry0(func() error {
 		_, _, e := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0)
 		if e != 0 {
 			return e
@@ -148,7 +136,7 @@ func futimens(fd int, atime, mtime unix.Timespec) error {
 // guard must not count on it.
 func freeBytes(fd int) (uint64, error) {
 	var s unix.Statfs_t
-	if err := retry0(func() error { return unix.Fstatfs(fd, &s) }); err != nil {
+	if err := eintr.Retry0(func() error { return unix.Fstatfs(fd, &s) }); err != nil {
 		return 0, err
 	}
 	return s.Bavail * uint64(s.Bsize), nil
@@ -158,7 +146,7 @@ func freeBytes(fd int) (uint64, error) {
 func xattrNames(fd int) ([]string, error) {
 	buf := make([]byte, 1024)
 	for {
-		n, err := retry(func() (int, error) { return unix.Flistxattr(fd, buf) })
+		n, err := eintr.Retry(func() (int, error) { return unix.Flistxattr(fd, buf) })
 		if errors.Is(err, unix.ERANGE) {
 			buf = make([]byte, 2*len(buf))
 			continue
@@ -178,7 +166,7 @@ func xattrNames(fd int) ([]string, error) {
 func xattrValue(fd int, name string) ([]byte, error) {
 	buf := make([]byte, 256)
 	for {
-		n, err := retry(func() (int, error) { return unix.Fgetxattr(fd, name, buf) })
+		n, err := eintr.Retry(func() (int, error) { return unix.Fgetxattr(fd, name, buf) })
 		if errors.Is(err, unix.ERANGE) {
 			buf = make([]byte, 2*len(buf))
 			continue

@@ -6,24 +6,17 @@ import (
 	"errors"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/relinkd/relinkd/internal/eintr"
 )
 
 // Thin wrappers over the *at(2) calls the sweep makes. Acting relative to an
 // open /proc/PID/fd directory spares the kernel a path walk from /proc for
 // every descriptor, which is most of what lsof pays for.
 
-func retry[T any](f func() (T, error)) (T, error) {
-	for {
-		v, err := f()
-		if !errors.Is(err, unix.EINTR) {
-			return v, err
-		}
-	}
-}
-
 // openDirAt opens path relative to dirfd as a directory, close-on-exec.
 func openDirAt(dirfd int, path string) (int, error) {
-	return retry(func() (int, error) {
+	return eintr.Retry(func() (int, error) {
 		return unix.Openat(dirfd, path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	})
 }
@@ -32,7 +25,7 @@ func openDirAt(dirfd int, path string) (int, error) {
 // the target fills it (readlink(2) truncates silently).
 func readlinkAt(dirfd int, name string, buf *[]byte) ([]byte, error) {
 	for {
-		n, err := retry(func() (int, error) { return unix.Readlinkat(dirfd, name, *buf) })
+		n, err := eintr.Retry(func() (int, error) { return unix.Readlinkat(dirfd, name, *buf) })
 		if err != nil {
 			return nil, err
 		}
@@ -47,13 +40,13 @@ func readlinkAt(dirfd int, name string, buf *[]byte) ([]byte, error) {
 // /proc/PID/fd entry to the open inode itself (no path lookup of the target).
 func statAt(dirfd int, name string, flags int) (unix.Stat_t, error) {
 	var st unix.Stat_t
-	_, err := retry(func() (struct{}, error) { return struct{}{}, unix.Fstatat(dirfd, name, &st, flags) })
+	_, err := eintr.Retry(func() (struct{}, error) { return struct{}{}, unix.Fstatat(dirfd, name, &st, flags) })
 	return st, err
 }
 
 // readFileAt reads a small pseudo-file relative to dirfd into buf.
 func readFileAt(dirfd int, name string, buf *[]byte) ([]byte, error) {
-	fd, err := retry(func() (int, error) {
+	fd, err := eintr.Retry(func() (int, error) {
 		return unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
 	})
 	if err != nil {
@@ -67,7 +60,7 @@ func readFileAt(dirfd int, name string, buf *[]byte) ([]byte, error) {
 			copy(grown, *buf)
 			*buf = grown
 		}
-		m, err := retry(func() (int, error) { return unix.Read(fd, (*buf)[n:]) })
+		m, err := eintr.Retry(func() (int, error) { return unix.Read(fd, (*buf)[n:]) })
 		if err != nil {
 			return nil, err
 		}
@@ -83,7 +76,7 @@ func readFileAt(dirfd int, name string, buf *[]byte) ([]byte, error) {
 // during the call.
 func eachDirent(fd int, buf []byte, fn func(name []byte)) error {
 	for {
-		n, err := retry(func() (int, error) { return unix.Getdents(fd, buf) })
+		n, err := eintr.Retry(func() (int, error) { return unix.Getdents(fd, buf) })
 		if err != nil {
 			return err
 		}
