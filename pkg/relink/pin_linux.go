@@ -11,9 +11,8 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
-	"github.com/relinkd/relinkd/pkg/scanner"
-
 	"github.com/relinkd/relinkd/internal/eintr"
+	"github.com/relinkd/relinkd/pkg/scanner"
 )
 
 // Pin is the engine's own descriptor on a candidate's inode. While it is
