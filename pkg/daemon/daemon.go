@@ -40,6 +40,7 @@ const (
 	DefaultMaxPins        = 4096
 	DefaultMaxPinnedBytes = 256 << 30
 	DefaultStopTimeout    = 4 * time.Second
+	DefaultPruneInterval  = 10 * time.Minute
 )
 
 // Sweeper finds deleted-but-open files; *scanner.Scanner is one.
@@ -60,6 +61,7 @@ type Options struct {
 	MaxPinnedBytes int64         // their total size; 0 means DefaultMaxPinnedBytes
 	MaxWatches     int           // inotify watches; 0 means watch.DefaultMaxWatches
 	StopTimeout    time.Duration // how long shutdown waits for workers; 0 means DefaultStopTimeout
+	PruneInterval  time.Duration // how often rescue.retention is applied; 0 means DefaultPruneInterval
 
 	// Notify receives systemd notification states ("READY=1",
 	// "STOPPING=1", "WATCHDOG=1", "RELOADING=1"); nil ignores them.
@@ -152,6 +154,9 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 	}
 	if opt.StopTimeout <= 0 {
 		opt.StopTimeout = DefaultStopTimeout
+	}
+	if opt.PruneInterval <= 0 {
+		opt.PruneInterval = DefaultPruneInterval
 	}
 	if opt.Notify == nil {
 		opt.Notify = func(string) {}
@@ -248,6 +253,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 			go func() { watchDone <- w.Run(wctx, events) }()
 		}
 	}
+
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		d.pruner(wctx)
+	}()
 
 	err := d.loop(ctx, events)
 
@@ -645,6 +656,35 @@ func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup) {
 	}()
 }
 
+// pruner applies rescue.retention (age) and rescue.max_total_size to
+// every rescue root, at start and every PruneInterval.
+func (d *Daemon) pruner(ctx context.Context) {
+	t := time.NewTicker(d.opt.PruneInterval)
+	defer t.Stop()
+	for {
+		pol := d.pol.Load()
+		for _, root := range pol.Roots() {
+			if ctx.Err() != nil {
+				return
+			}
+			res, err := pol.Prune(root)
+			if err != nil {
+				d.log.Warn("prune failed", zap.String("root", root), zap.Error(err))
+				continue
+			}
+			if res.Removed > 0 {
+				d.log.Info("rescued files pruned", zap.String("root", root), zap.Int("removed", res.Removed),
+					zap.Uint64("removed_bytes", res.RemovedBytes), zap.Uint64("kept_bytes", res.Kept))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
 // unpin releases a job's pin and records the inode's final state.
 func (d *Daemon) unpin(j *job, st state) {
 	if err := j.pin.Close(); err != nil {
@@ -714,8 +754,12 @@ func (d *Daemon) forget(start time.Time, listed []int) {
 
 // apply installs a new configuration (from the main loop).
 func (d *Daemon) apply(cfg *policy.Config) {
-	old := d.config()
-	d.pol.Store(policy.New(cfg, d.log))
+	oldPol := d.pol.Load()
+	old := oldPol.Config()
+	pol := policy.New(cfg, d.log)
+	// Keep the per-user grants and the rescue roots' usage.
+	pol.Inherit(oldPol)
+	d.pol.Store(pol)
 	d.mu.Lock()
 	for k, in := range d.inodes {
 		// Reported files stay reported: their event is not repeated.

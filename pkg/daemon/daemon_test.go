@@ -1,0 +1,345 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/relinkd/relinkd/internal/testfs"
+	"github.com/relinkd/relinkd/internal/testproc"
+	"github.com/relinkd/relinkd/pkg/policy"
+)
+
+func TestMain(m *testing.M) { testproc.Main(m) }
+
+// harness runs a daemon in-process on a fresh filesystem.
+type harness struct {
+	t       *testing.T
+	d       *Daemon
+	logs    *observer.ObservedLogs
+	mnt     string
+	watched string
+	rescued string
+	cancel  context.CancelFunc
+	done    chan error
+	notes   chan string
+}
+
+func config(t *testing.T, watched, rescued, extraRules, rescueExtra string) *policy.Config {
+	t.Helper()
+	y := fmt.Sprintf(`scan:
+  interval: 1h
+  events: true
+watch:
+  - name: w
+    paths: [%q]
+    action: rescue
+%s
+rescue:
+  dirs: [%q]
+  min_free: 1%%
+  max_total_size: 0
+  per_user:
+    max_files: 0
+    max_bytes: 0
+%s`, watched+"/**", extraRules, rescued, rescueExtra)
+	cfg, err := policy.Parse("test.yaml", []byte(y))
+	if err != nil {
+		t.Fatalf("config: %v\n%s", err, y)
+	}
+	return cfg
+}
+
+func start(t *testing.T, fstype string, mk func(watched, rescued string) *policy.Config, tweak func(*Options)) *harness {
+	t.Helper()
+	testfs.RequireRoot(t)
+	mnt := testfs.Mount(t, fstype, 64)
+	h := &harness{t: t, mnt: mnt, watched: filepath.Join(mnt, "w"), rescued: filepath.Join(mnt, "rescued"),
+		done: make(chan error, 1), notes: make(chan string, 64)}
+	if err := os.MkdirAll(h.watched, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zapcore.DebugLevel)
+	h.logs = logs
+	opt := Options{
+		Config: mk(h.watched, h.rescued),
+		Notify: func(s string) { h.notes <- s },
+	}
+	if tweak != nil {
+		tweak(&opt)
+	}
+	d, err := New(opt, zap.New(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.d = d
+	ctx, cancel := context.WithCancel(context.Background())
+	h.cancel = cancel
+	go func() { h.done <- d.Run(ctx) }()
+	t.Cleanup(h.stop)
+	h.note("READY=1")
+	return h
+}
+
+func (h *harness) note(want string) {
+	h.t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case s := <-h.notes:
+			if s == want {
+				return
+			}
+		case <-deadline:
+			h.t.Fatalf("no %s notification", want)
+		}
+	}
+}
+
+func (h *harness) stop() {
+	if h.cancel == nil {
+		return
+	}
+	h.cancel()
+	h.cancel = nil
+	select {
+	case err := <-h.done:
+		if err != nil {
+			h.t.Errorf("Run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		h.t.Error("Run did not return within 10s")
+	}
+}
+
+// wait polls the observed logs until n entries match.
+func (h *harness) wait(what string, n int, match func(observer.LoggedEntry) bool) []observer.LoggedEntry {
+	h.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		got := h.logs.Filter(match).All()
+		if len(got) >= n {
+			return got
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("timed out waiting for %d × %s (have %d)", n, what, len(got))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func msgPath(msg, path string) func(observer.LoggedEntry) bool {
+	return func(e observer.LoggedEntry) bool {
+		if e.Message != msg {
+			return false
+		}
+		for _, f := range e.Context {
+			if f.Key == "path" && (f.String == path || string(f.Interface.([]byte)) == path) {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// field returns a field of e.
+func field(e observer.LoggedEntry, key string) any {
+	return e.ContextMap()[key]
+}
+
+// fullSweeps waits for n more full sweeps than now.
+func (h *harness) fullSweeps(n int) {
+	h.t.Helper()
+	before := value(h.d.m.Sweeps.WithLabelValues("full"))
+	deadline := time.Now().Add(20 * time.Second)
+	for value(h.d.m.Sweeps.WithLabelValues("full")) < before+float64(n) {
+		if time.Now().After(deadline) {
+			h.t.Fatalf("no %d more full sweeps", n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func write(t *testing.T, path, data string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestOneInodeManyHolders: three processes and two descriptors on one
+// deleted inode give one rescue, and sweeps after it repeat nothing.
+func TestOneInodeManyHolders(t *testing.T) {
+	h := start(t, "tmpfs", func(w, r string) *policy.Config { return config(t, w, r, "", "") },
+		func(o *Options) { o.Config.Scan.Interval = policy.Duration(100 * time.Millisecond) })
+	p := filepath.Join(h.watched, "shared.log")
+	write(t, p, "shared data\n")
+	a := testproc.Start(t, testproc.Open(p, "r"), testproc.Open(p, "r"))
+	b := testproc.Start(t, testproc.Open(p, "r"))
+	testproc.Start(t, testproc.Open(p, "r"), testproc.Unlink(p))
+	h.wait("file rescued", 1, msgPath("file rescued", p))
+	h.fullSweeps(3)
+	if n := len(h.logs.FilterMessage("file rescued").All()); n != 1 {
+		t.Errorf("%d file rescued events, want 1", n)
+	}
+	if got := value(h.d.m.Rescues.WithLabelValues("copy")); got != 1 {
+		t.Errorf("rescues_total{method=copy} = %v, want 1", got)
+	}
+	if got := value(h.d.m.PinsHeld); got != 0 {
+		t.Errorf("pins_held = %v after the rescue, want 0", got)
+	}
+	a.Exit(t)
+	b.Exit(t)
+}
+
+// TestReportAndSkip: a report rule logs "deleted file open" once; a file
+// above max_file_size is skipped with reason size, once.
+func TestReportAndSkip(t *testing.T) {
+	h := start(t, "tmpfs", func(w, r string) *policy.Config {
+		return config(t, w, r, fmt.Sprintf("  - name: seen\n    paths: [%q]\n    action: report\n", filepath.Dir(w)+"/r/**"),
+			"  max_file_size: 10B\n")
+	}, func(o *Options) { o.Config.Scan.Interval = policy.Duration(100 * time.Millisecond) })
+	rdir := filepath.Join(h.mnt, "r")
+	if err := os.Mkdir(rdir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	big := filepath.Join(h.watched, "big.log")
+	write(t, big, "more than ten bytes\n")
+	rep := filepath.Join(rdir, "r.log")
+	write(t, rep, "x")
+	testproc.Start(t, testproc.Open(big, "r"), testproc.Open(rep, "r"), testproc.Unlink(big), testproc.Unlink(rep))
+	sk := h.wait("rescue skipped", 1, msgPath("rescue skipped", big))
+	if r := field(sk[0], "reason"); r != policy.ReasonSize {
+		t.Errorf("reason = %v, want %s", r, policy.ReasonSize)
+	}
+	op := h.wait("deleted file open", 1, msgPath("deleted file open", rep))
+	if r := field(op[0], "rule"); r != "seen" {
+		t.Errorf("rule = %v, want seen", r)
+	}
+	h.fullSweeps(3)
+	for _, m := range []string{"rescue skipped", "deleted file open"} {
+		if n := len(h.logs.FilterMessage(m).All()); n != 1 {
+			t.Errorf("%d %q events, want 1", n, m)
+		}
+	}
+	if got := value(h.d.m.Skips.WithLabelValues(policy.ReasonSize)); got != 1 {
+		t.Errorf("skips{reason=size} = %v, want 1", got)
+	}
+	if n := len(h.logs.FilterMessage("file rescued").All()); n != 0 {
+		t.Errorf("%d files rescued, want 0", n)
+	}
+}
+
+// TestPinLimit: with room for one pin, three files are still all rescued,
+// one after the other.
+func TestPinLimit(t *testing.T) {
+	h := start(t, "tmpfs", func(w, r string) *policy.Config { return config(t, w, r, "", "") },
+		func(o *Options) {
+			o.MaxPins = 1
+			o.Config.Scan.Interval = policy.Duration(50 * time.Millisecond)
+		})
+	var steps []testproc.Step
+	var paths []string
+	for i := range 3 {
+		p := filepath.Join(h.watched, fmt.Sprintf("%d.log", i))
+		write(t, p, p)
+		paths = append(paths, p)
+		steps = append(steps, testproc.Open(p, "r"))
+	}
+	for _, p := range paths {
+		steps = append(steps, testproc.Unlink(p))
+	}
+	testproc.Start(t, steps...)
+	for _, p := range paths {
+		h.wait("rescue of "+p, 1, msgPath("file rescued", p))
+	}
+}
+
+// TestInodeReuse: on ext4 a freed inode number is handed to the next new
+// file; a new deleted file with a rescued file's number is rescued too.
+func TestInodeReuse(t *testing.T) {
+	h := start(t, "ext4", func(w, r string) *policy.Config { return config(t, w, r, "", "") },
+		func(o *Options) { o.Config.Scan.Interval = policy.Duration(time.Hour) })
+	first := filepath.Join(h.watched, "first.log")
+	write(t, first, "first\n")
+	var st syscall.Stat_t
+	if err := syscall.Stat(first, &st); err != nil {
+		t.Fatal(err)
+	}
+	ino := st.Ino
+	hold := testproc.Start(t, testproc.Open(first, "r"), testproc.Unlink(first))
+	h.wait("first rescue", 1, msgPath("file rescued", first))
+	hold.Exit(t)
+	// The rescued copy took a new inode; the first one is free now (its
+	// last holder exited, the pin is released). Find a file that gets it.
+	var second string
+	for i := range 50 {
+		p := filepath.Join(h.watched, fmt.Sprintf("second%d.log", i))
+		write(t, p, "second\n")
+		if err := syscall.Stat(p, &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Ino == ino {
+			second = p
+			break
+		}
+	}
+	if second == "" {
+		t.Skip("ext4 did not reuse the inode number here")
+	}
+	testproc.Start(t, testproc.Open(second, "r"), testproc.Unlink(second))
+	h.wait("rescue of the reused inode", 1, msgPath("file rescued", second))
+}
+
+// TestReloadAndStop: Reload swaps the rules; cancelling Run sends
+// STOPPING=1 and returns.
+func TestReloadAndStop(t *testing.T) {
+	var cfg2 *policy.Config
+	h := start(t, "tmpfs", func(w, r string) *policy.Config {
+		other := filepath.Join(filepath.Dir(w), "other")
+		cfg2 = config(t, other, r, "", "")
+		return config(t, w, r, "", "")
+	}, nil)
+	other := filepath.Join(h.mnt, "other")
+	if err := os.Mkdir(other, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.d.Reload(context.Background(), cfg2); err != nil {
+		t.Fatal(err)
+	}
+	h.wait("config reloaded", 1, func(e observer.LoggedEntry) bool { return e.Message == "config reloaded" })
+	p := filepath.Join(other, "o.log")
+	write(t, p, "other\n")
+	testproc.Start(t, testproc.Open(p, "r"), testproc.Unlink(p))
+	h.wait("rescue in the new rule's tree", 1, msgPath("file rescued", p))
+
+	h.stop()
+	h.note("STOPPING=1")
+	for _, m := range []string{"relinkd stopping", "relinkd stopped"} {
+		if n := len(h.logs.FilterMessage(m).All()); n != 1 {
+			t.Errorf("%d %q events, want 1", n, m)
+		}
+	}
+}
+
+// value reads a counter or gauge.
+func value(m prometheus.Metric) float64 {
+	var out dto.Metric
+	if err := m.Write(&out); err != nil {
+		panic(err)
+	}
+	if c := out.GetCounter(); c != nil {
+		return c.GetValue()
+	}
+	return out.GetGauge().GetValue()
+}
