@@ -297,9 +297,9 @@ func Rescued(path string) func(Event) bool {
 	return func(e Event) bool { return e.Msg() == "file rescued" && e.str("path") == path }
 }
 
-// About matches any event whose path field is path.
+// About matches any event above debug level whose path field is path.
 func About(path string) func(Event) bool {
-	return func(e Event) bool { return e.str("path") == path }
+	return func(e Event) bool { return e.str("level") != "debug" && e.str("path") == path }
 }
 
 // Msg matches events by message.

@@ -96,7 +96,13 @@ func TestRescueOnFilesystems(t *testing.T) {
 			if err := os.WriteFile(tailed, []byte("tail data\n"), 0o640); err != nil {
 				t.Fatal(err)
 			}
-			startShell(t, `tail -f "$1" >/dev/null & pid=$!; while [ ! -e /proc/$pid/fd/3 ]; do :; done; rm "$1"; echo ready; wait`, tailed)
+			// Delete the file once tail has it open (not merely once it
+			// has some descriptor: it opens locale files first).
+			startShell(t, `tail -f "$1" >/dev/null & pid=$!
+while :; do
+  for f in /proc/$pid/fd/*; do [ "$(readlink "$f")" = "$1" ] && break 2; done
+done
+rm "$1"; echo ready; wait`, tailed)
 
 			ev := d.Wait("rescue of "+target, 30*time.Second, Rescued(target))
 			if got := ev.str("method"); got != tc.method {

@@ -94,6 +94,7 @@ type Daemon struct {
 	pinned   int64
 	dirPIDs  map[string]map[int]time.Time // dir of a deleted file -> pids seen holding it
 	knownPID map[int]struct{}             // pids listed at the last full sweep
+	lastPID  int                          // the newest pid at the last look
 	watcher  *watch.Watcher
 }
 
@@ -345,22 +346,40 @@ const eventChunk = 24
 // instead of one full sweep the processes are swept in small chunks, the
 // likeliest holders first, pinning after each chunk:
 //
-//  1. the processes seen holding deleted files in the same directories,
-//     and those that appeared since the previous listing of /proc;
-//  2. every other process, newest first (a short-lived holder is a young
-//     process), re-checking for new events between chunks.
+//  1. the processes created since the last look (from /proc/loadavg) and
+//     those seen holding deleted files in the same directories;
+//  2. those that appeared in the listing of /proc since the previous one;
+//  3. every other process, newest first (a short-lived holder is a young
+//     process).
 //
-// Together the steps cover every process listed at the start, so the
-// round counts as a full sweep.
+// An event arriving during a round gets step 1 at once, between two
+// chunks, and another round after this one, since processes already swept
+// may hold the file it names. Each round covers every process listed at
+// its start, so it counts as a full sweep.
 func (d *Daemon) onEvents(ctx context.Context, first watch.Event, events <-chan watch.Event) {
+	pending := map[string]bool{first.Dir: true}
+	n := 1 + drainEvents(events, pending)
+	queued := time.Since(first.At)
+	for len(pending) > 0 && ctx.Err() == nil {
+		dirs := pending
+		pending = make(map[string]bool)
+		n += d.eventRound(ctx, dirs, events, pending, queued)
+		queued = 0
+	}
+	d.m.Events.Add(float64(n))
+}
+
+// eventRound is one round of onEvents; events arriving meanwhile go to
+// pending. It returns how many arrived.
+func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-chan watch.Event, pending map[string]bool, queued time.Duration) int {
 	start := time.Now()
-	dirs := map[string]bool{first.Dir: true}
-	n := 1 + drainEvents(events, dirs)
-	listed := listPIDs(d.opt.ProcRoot)
-	swept := make(map[int]bool, len(listed))
-	likely := d.likelyPIDs(dirs, listed, swept)
+	swept := make(map[int]bool)
+	likely := append(d.newPIDs(), d.likelyPIDs(dirs, nil, swept)...)
 	d.sweepPIDs(ctx, "event", likely, swept)
 	targeted := time.Since(start)
+	listed := listPIDs(d.opt.ProcRoot)
+	listedAt := time.Now()
+	d.sweepPIDs(ctx, "event", d.likelyPIDs(nil, listed, swept), swept)
 
 	rest := make([]int, 0, len(listed))
 	for _, pid := range listed {
@@ -370,23 +389,66 @@ func (d *Daemon) onEvents(ctx context.Context, first watch.Event, events <-chan 
 	}
 	slices.Sort(rest)
 	slices.Reverse(rest)
+	arrived := 0
 	for len(rest) > 0 && ctx.Err() == nil {
-		if more := make(map[string]bool); drainEvents(events, more) > 0 {
-			n += len(more)
-			now := listPIDs(d.opt.ProcRoot)
-			d.sweepPIDs(ctx, "event", d.likelyPIDs(more, now, swept), swept)
+		more := make(map[string]bool)
+		if got := drainEvents(events, more); got > 0 {
+			arrived += got
+			quick := append(d.newPIDs(), d.likelyPIDs(more, nil, nil)...)
+			d.sweepPIDs(ctx, "event", quick, nil)
+			for _, pid := range quick {
+				swept[pid] = true
+			}
+			for dir := range more {
+				pending[dir] = true
+			}
 		}
 		k := min(eventChunk, len(rest))
 		d.sweepPIDs(ctx, "event", rest[:k], swept)
 		rest = rest[k:]
 	}
-	d.m.Events.Add(float64(n))
 	d.forget(start, listed)
-	d.log.Debug("removal events handled", zap.Int("events", n), zap.Int("dirs", len(dirs)), zap.Int("likely_pids", len(likely)),
-		zap.Int("procs", len(listed)), zap.Duration("targeted", targeted), zap.Duration("total", time.Since(start)))
+	d.log.Debug("removal events handled", zap.Int("dirs", len(dirs)), zap.Int("likely_pids", len(likely)),
+		zap.Int("procs", len(listed)), zap.Duration("queued", queued), zap.Duration("listed", listedAt.Sub(start)),
+		zap.Duration("targeted", targeted), zap.Duration("total", time.Since(start)), zap.Int("arrived", arrived))
+	return arrived
 }
 
-// drainEvents moves the queued events' directories into dirs.
+// maxNewPIDs bounds the range of pids probed from /proc/loadavg; past it
+// (a fork storm, or pid numbers wrapping) the listing of /proc decides.
+const maxNewPIDs = 128
+
+// newPIDs returns the pids allocated since the previous call: proc(5)
+// /proc/loadavg ends with the pid most recently created, and pids are
+// handed out in increasing order until they wrap at pid_max. Pids in the
+// range that do not exist (threads, exited processes) cost one failed open
+// each in the sweep.
+func (d *Daemon) newPIDs() []int {
+	last, ok := lastPID(d.opt.ProcRoot)
+	if !ok {
+		return nil
+	}
+	d.mu.Lock()
+	prev := d.lastPID
+	d.lastPID = last
+	d.mu.Unlock()
+	if prev == 0 || last <= prev || last-prev > maxNewPIDs {
+		return nil
+	}
+	// The range holds thread ids too; /proc/TID/fd of one of the
+	// daemon's own threads would show its own pins.
+	own := ownTIDs(d.opt.ProcRoot)
+	pids := make([]int, 0, last-prev)
+	for pid := last; pid > prev; pid-- {
+		if !own[pid] {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// drainEvents moves the queued events' directories into dirs and returns
+// how many events it took.
 func drainEvents(events <-chan watch.Event, dirs map[string]bool) int {
 	n := 0
 	for {
@@ -402,7 +464,7 @@ func drainEvents(events <-chan watch.Event, dirs map[string]bool) int {
 
 // likelyPIDs returns, newest first and not yet swept, the pids last seen
 // under dirs plus those in listed that the previous listing did not have;
-// listed becomes the new reference.
+// listed becomes the new reference. A nil listed only adds dirs' pids.
 func (d *Daemon) likelyPIDs(dirs map[string]bool, listed []int, swept map[int]bool) []int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -417,9 +479,11 @@ func (d *Daemon) likelyPIDs(dirs map[string]bool, listed []int, swept map[int]bo
 			set[pid] = struct{}{}
 		}
 	}
-	clear(d.knownPID)
-	for _, pid := range listed {
-		d.knownPID[pid] = struct{}{}
+	if listed != nil {
+		clear(d.knownPID)
+		for _, pid := range listed {
+			d.knownPID[pid] = struct{}{}
+		}
 	}
 	pids := make([]int, 0, len(set))
 	for pid := range set {
@@ -432,15 +496,20 @@ func (d *Daemon) likelyPIDs(dirs map[string]bool, listed []int, swept map[int]bo
 	return pids
 }
 
-// sweepPIDs sweeps pids (skipping those already swept) and feeds the
-// candidates.
+// sweepPIDs sweeps pids and feeds the candidates. With swept non-nil,
+// pids already in it are skipped and the others are added.
 func (d *Daemon) sweepPIDs(ctx context.Context, kind string, pids []int, swept map[int]bool) {
 	todo := pids[:0:0]
+	seen := make(map[int]bool, len(pids))
 	for _, pid := range pids {
-		if !swept[pid] {
-			swept[pid] = true
-			todo = append(todo, pid)
+		if swept[pid] || seen[pid] {
+			continue
 		}
+		seen[pid] = true
+		if swept != nil {
+			swept[pid] = true
+		}
+		todo = append(todo, pid)
 	}
 	if len(todo) == 0 {
 		return
@@ -463,6 +532,11 @@ func (d *Daemon) sweepPIDs(ctx context.Context, kind string, pids []int, swept m
 
 // sweep runs one full sweep and feeds its candidates.
 func (d *Daemon) sweep(ctx context.Context) {
+	if last, ok := lastPID(d.opt.ProcRoot); ok {
+		d.mu.Lock()
+		d.lastPID = last
+		d.mu.Unlock()
+	}
 	listed := listPIDs(d.opt.ProcRoot)
 	start := time.Now()
 	res, err := d.sweeper.Sweep(ctx)
@@ -504,6 +578,9 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 		if same || in.st == stQueued {
 			// A pinned inode cannot be freed, so its number cannot
 			// have been reused: another descriptor of the same file.
+			if !same {
+				d.log.Debug("pinned inode, new holder", zap.ByteString("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD))
+			}
 			in.holders[hid] = struct{}{}
 			d.mu.Unlock()
 			return
@@ -511,16 +588,18 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 	}
 	d.mu.Unlock()
 
-	// First sight of this inode, or a holder not seen with it before:
-	// inode numbers are reused once a file is freed, so tell a new file
-	// from the same one by its birth time (statx(2) STATX_BTIME).
-	bt, alive := birthTime(d.opt.ProcRoot, c.PID, c.FD)
-	if !alive {
-		return
-	}
+	// A holder not seen with this inode before: inode numbers are reused
+	// once a file is freed, so tell a new file from the same one by its
+	// birth time (statx(2) STATX_BTIME).
 	if known {
+		bt, alive := birthTime(d.opt.ProcRoot, c.PID, c.FD)
+		if !alive {
+			return
+		}
 		d.mu.Lock()
 		if cur := d.inodes[key]; cur == in {
+			d.log.Debug("known inode, new holder", zap.ByteString("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
+				zap.Bool("same_file", in.btime == bt), zap.Int("state", int(in.st)))
 			if in.btime == bt {
 				in.holders[hid] = struct{}{}
 				d.mu.Unlock()
@@ -530,15 +609,23 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 		}
 		d.mu.Unlock()
 	}
+	// First sight: the birth time is read after the pin (through the
+	// daemon's own descriptor) for rescues, so that nothing stands
+	// between detection and pin; for the rest it is read now.
+	bt := func() int64 {
+		t, _ := birthTime(d.opt.ProcRoot, c.PID, c.FD)
+		return t
+	}
 
 	pol := d.pol.Load()
 	rule, ok := pol.Match(c)
 	if !ok {
-		d.record(c, stIgnored, now, bt)
+		d.log.Debug("no watch rule matches", zap.ByteString("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD))
+		d.record(c, stIgnored, now, bt())
 		return
 	}
 	if rule.Action == policy.ActionReport {
-		d.record(c, stReported, now, bt)
+		d.record(c, stReported, now, bt())
 		d.reportOpen(c, rule.Name)
 		return
 	}
@@ -562,16 +649,17 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 			// later sweep decides. Nothing to report.
 			d.log.Debug("pin: candidate gone", zap.Int("pid", c.PID), zap.Int("fd", c.FD), zap.Error(err))
 		case errors.Is(err, relink.ErrNotRegular):
-			d.record(c, stIgnored, now, bt)
+			d.record(c, stIgnored, now, bt())
 		default:
-			d.record(c, stFailed, now, bt)
+			d.record(c, stFailed, now, bt())
 			d.m.Failures.Inc()
 			d.log.Error("rescue failed", zap.ByteString("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
 				zap.Error(err))
 		}
 		return
 	}
-	d.record(c, stQueued, now, bt)
+	pbt, _ := birthTimeFD(pin.FD())
+	d.record(c, stQueued, now, pbt)
 	d.mu.Lock()
 	d.pins++
 	d.pinned += size

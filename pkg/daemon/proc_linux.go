@@ -3,6 +3,7 @@ package daemon
 import (
 	"os"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -51,4 +52,53 @@ func birthTime(procRoot string, pid, fd int) (int64, bool) {
 		return 0, true
 	}
 	return stx.Btime.Sec*1_000_000_000 + int64(stx.Btime.Nsec), true
+}
+
+// birthTimeFD is birthTime for a descriptor of the daemon's own.
+func birthTimeFD(fd int) (int64, bool) {
+	var stx unix.Statx_t
+	for {
+		err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_SYNC_AS_STAT, unix.STATX_BTIME, &stx)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return 0, false
+		}
+		break
+	}
+	if stx.Mask&unix.STATX_BTIME == 0 {
+		return 0, true
+	}
+	return stx.Btime.Sec*1_000_000_000 + int64(stx.Btime.Nsec), true
+}
+
+// lastPID returns the pid most recently created on the host: the last
+// field of /proc/loadavg (proc(5)).
+func lastPID(procRoot string) (int, bool) {
+	b, err := os.ReadFile(procRoot + "/loadavg")
+	if err != nil {
+		return 0, false
+	}
+	s := strings.TrimSpace(string(b))
+	i := strings.LastIndexByte(s, ' ')
+	pid, err := strconv.Atoi(s[i+1:])
+	return pid, err == nil && pid > 0
+}
+
+// ownTIDs returns the thread ids of the daemon itself.
+func ownTIDs(procRoot string) map[int]bool {
+	f, err := os.Open(procRoot + "/self/task")
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	names, _ := f.Readdirnames(-1)
+	tids := make(map[int]bool, len(names))
+	for _, n := range names {
+		if tid, err := strconv.Atoi(n); err == nil {
+			tids[tid] = true
+		}
+	}
+	return tids
 }

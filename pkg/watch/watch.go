@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 	"unsafe"
 
 	"go.uber.org/zap"
@@ -42,6 +43,7 @@ type Options struct {
 type Event struct {
 	Dir  string
 	Name string
+	At   time.Time // when the event was read from the kernel
 }
 
 // Watcher watches directory trees for removals.
@@ -126,6 +128,7 @@ func (w *Watcher) Run(ctx context.Context, out chan<- Event) error {
 	buf := make([]byte, 64<<10)
 	for {
 		n, err := w.in.Read(buf)
+		at := time.Now()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, os.ErrClosed) {
 				return nil
@@ -148,6 +151,7 @@ func (w *Watcher) Run(ctx context.Context, out chan<- Event) error {
 			if !ok {
 				continue
 			}
+			ev.At = at
 			select {
 			case out <- ev:
 			case <-ctx.Done():
