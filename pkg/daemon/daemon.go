@@ -632,11 +632,11 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 
 	size := max(c.Size, 0)
 	d.mu.Lock()
-	if d.pins >= d.opt.MaxPins || d.pinned+size > d.opt.MaxPinnedBytes {
+	if pins, pinned := d.pins, d.pinned; pins >= d.opt.MaxPins || pinned+size > d.opt.MaxPinnedBytes {
 		d.mu.Unlock()
 		// Not recorded: the next sweep offers it again, when pins are free.
 		d.log.Debug("pin limit reached, deferring", zap.ByteString("path", c.Path), zap.Int("pid", c.PID),
-			zap.Int("fd", c.FD), zap.Int("pins", d.pins), zap.Int64("pinned_bytes", d.pinned))
+			zap.Int("fd", c.FD), zap.Int("pins", pins), zap.Int64("pinned_bytes", pinned))
 		return
 	}
 	d.mu.Unlock()
