@@ -44,6 +44,7 @@ test: test-deps vet
 bench: build test-deps
 	$(GO) run ./bench/scan
 	$(GO) run ./bench/relink
+	$(GO) run ./bench/daemon
 
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/relinkd
