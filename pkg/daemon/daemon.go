@@ -17,6 +17,7 @@ package daemon
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"os"
 	"runtime"
@@ -25,6 +26,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"go.uber.org/zap"
 
@@ -653,7 +655,7 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 		default:
 			d.record(c, stFailed, now, bt())
 			d.m.Failures.Inc()
-			d.log.Error("rescue failed", zap.ByteString("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
+			d.log.Error("rescue failed", pathField(c.Path), pathBase64(c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
 				zap.Error(err))
 		}
 		return
@@ -672,7 +674,7 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 
 func (d *Daemon) reportOpen(c *scanner.Candidate, rule string) {
 	d.m.Reports.Inc()
-	d.log.Info("deleted file open", zap.ByteString("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
+	d.log.Info("deleted file open", pathField(c.Path), pathBase64(c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
 		zap.String("comm", c.Comm), zap.Uint32("uid", c.UID), zap.Int64("size", c.Size), zap.String("rule", rule))
 }
 
@@ -702,7 +704,7 @@ func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup) {
 		return
 	case policy.Skip:
 		d.m.Skips.WithLabelValues(dec.Reason).Inc()
-		d.log.Info("rescue skipped", zap.ByteString("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
+		d.log.Info("rescue skipped", pathField(c.Path), pathBase64(c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
 			zap.String("reason", dec.Reason), zap.String("rule", dec.Rule), zap.String("detail", dec.Detail))
 		d.unpin(j, stSkipped)
 		return
@@ -896,6 +898,18 @@ func watchRoots(cfg *policy.Config) []string {
 		globs = append(globs, r.Paths...)
 	}
 	return watch.Roots(globs)
+}
+
+// pathField logs a raw path. JSON cannot carry arbitrary bytes: zap
+// writes each byte that is not valid UTF-8 as U+FFFD, so pathBase64 adds
+// the exact bytes (as `relinkd scan --json` does) when that happens.
+func pathField(p []byte) zap.Field { return zap.ByteString("path", p) }
+
+func pathBase64(p []byte) zap.Field {
+	if utf8.Valid(p) {
+		return zap.Skip()
+	}
+	return zap.String("path_base64", base64.StdEncoding.EncodeToString(p))
 }
 
 func parentDir(p []byte) string {

@@ -2,12 +2,16 @@ package daemon
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -226,10 +230,33 @@ func TestReportAndSkip(t *testing.T) {
 	if r := field(op[0], "rule"); r != "seen" {
 		t.Errorf("rule = %v, want seen", r)
 	}
+	// A name that is not UTF-8: path carries U+FFFD, path_base64 the bytes.
+	bad := filepath.Join(rdir, "bad\xff\xfe.log")
+	write(t, bad, "y")
+	testproc.Start(t, testproc.Open(bad, "r"), testproc.Unlink(bad))
+	be := h.wait("deleted file open for a non-UTF-8 name", 1, func(e observer.LoggedEntry) bool {
+		return e.Message == "deleted file open" && field(e, "path_base64") != nil
+	})
+	if got := field(be[0], "path_base64"); got != base64.StdEncoding.EncodeToString([]byte(bad)) {
+		t.Errorf("path_base64 = %v, want the bytes of %q", got, bad)
+	}
+	// As the JSON encoder writes it.
+	buf, err := zapcore.NewJSONEncoder(zapcore.EncoderConfig{MessageKey: "msg"}).EncodeEntry(be[0].Entry, be[0].Context)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var line map[string]any
+	if err := json.Unmarshal(buf.Bytes(), &line); err != nil {
+		t.Fatalf("%v: %s", err, buf.Bytes())
+	}
+	if got, _ := line["path"].(string); !utf8.ValidString(got) || !strings.Contains(got, "\ufffd") {
+		t.Errorf("JSON path = %q, want valid UTF-8 with U+FFFD", got)
+	}
+
 	h.fullSweeps(3)
-	for _, m := range []string{"rescue skipped", "deleted file open"} {
-		if n := len(h.logs.FilterMessage(m).All()); n != 1 {
-			t.Errorf("%d %q events, want 1", n, m)
+	for m, want := range map[string]int{"rescue skipped": 1, "deleted file open": 2} {
+		if n := len(h.logs.FilterMessage(m).All()); n != want {
+			t.Errorf("%d %q events, want %d", n, m, want)
 		}
 	}
 	if got := value(h.d.m.Skips.WithLabelValues(policy.ReasonSize)); got != 1 {
