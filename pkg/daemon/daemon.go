@@ -97,7 +97,11 @@ type Daemon struct {
 	dirPIDs  map[string]map[int]time.Time // dir of a deleted file -> pids seen holding it
 	knownPID map[int]struct{}             // pids listed at the last full sweep
 	lastPID  int                          // the newest pid at the last look
-	watcher  *watch.Watcher
+
+	// Main loop only.
+	lastFull     time.Time // start of the last pass over every process
+	fullDeferred bool      // an event round skipped its full pass
+	watcher      *watch.Watcher
 }
 
 type reloadReq struct {
@@ -207,6 +211,13 @@ func (d *Daemon) Reload(ctx context.Context, cfg *policy.Config) error {
 }
 
 func (d *Daemon) config() *policy.Config { return d.pol.Load().Config() }
+
+func (d *Daemon) interval() time.Duration {
+	if iv := time.Duration(d.config().Scan.Interval); iv > 0 {
+		return iv
+	}
+	return 30 * time.Second
+}
 
 // Run runs the daemon until ctx ends, then stops within StopTimeout:
 // in-flight copies are cancelled (the engine publishes atomically, so no
@@ -318,14 +329,28 @@ func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event) error {
 		wd = t.C
 		d.opt.Notify("WATCHDOG=1")
 	}
+	// A full pass that an event round had to defer (see fullGap).
+	full := time.NewTimer(time.Hour)
+	full.Stop()
+	defer full.Stop()
+	fullArmed := false
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
 			d.sweep(ctx)
+		case <-full.C:
+			fullArmed = false
+			if d.fullDeferred {
+				d.sweep(ctx)
+			}
 		case ev := <-events:
 			d.onEvents(ctx, ev, events)
+			if d.fullDeferred && !fullArmed {
+				full.Reset(max(time.Millisecond, d.fullGap(interval)-time.Since(d.lastFull)))
+				fullArmed = true
+			}
 		case <-wd:
 			d.opt.Notify("WATCHDOG=1")
 		case r := <-d.reload:
@@ -343,6 +368,16 @@ func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event) error {
 // reads before its candidates are pinned.
 const eventChunk = 24
 
+// fullGap is the least time between two full passes over every process
+// that events trigger: a tenth of scan.interval, within 1 to 5 seconds. A
+// directory with constant churn would otherwise cost one full sweep per
+// event; within the gap an event round sweeps only the likely holders
+// (new processes and those seen in the same directories) and the full pass
+// follows when the gap has passed.
+func (d *Daemon) fullGap(interval time.Duration) time.Duration {
+	return min(max(time.Second, interval/10), 5*time.Second)
+}
+
 // onEvents handles a removal event and every other one already queued.
 // The scanner returns its candidates only at the end of a sweep, so
 // instead of one full sweep the processes are swept in small chunks, the
@@ -357,12 +392,21 @@ const eventChunk = 24
 // An event arriving during a round gets step 1 at once, between two
 // chunks, and another round after this one, since processes already swept
 // may hold the file it names. Each round covers every process listed at
-// its start, so it counts as a full sweep.
+// its start, so it counts as a full sweep. Steps 2 and 3 run at most once
+// per fullGap; within it a round is step 1 alone and the full pass is
+// deferred to the end of the gap.
 func (d *Daemon) onEvents(ctx context.Context, first watch.Event, events <-chan watch.Event) {
 	pending := map[string]bool{first.Dir: true}
 	n := 1 + drainEvents(events, pending)
 	queued := time.Since(first.At)
-	for len(pending) > 0 && ctx.Err() == nil {
+	// Rounds continue while events arrive during them, a few times at
+	// most so that the main loop is not starved; what is left is covered
+	// by the deferred full pass.
+	for round := 0; len(pending) > 0 && ctx.Err() == nil; round++ {
+		if round == 3 {
+			d.fullDeferred = true
+			break
+		}
 		dirs := pending
 		pending = make(map[string]bool)
 		n += d.eventRound(ctx, dirs, events, pending, queued)
@@ -379,6 +423,14 @@ func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-
 	likely := append(d.newPIDs(), d.likelyPIDs(dirs, nil, swept)...)
 	d.sweepPIDs(ctx, "event", likely, swept)
 	targeted := time.Since(start)
+	if time.Since(d.lastFull) < d.fullGap(d.interval()) {
+		// Events still queued are left to the main loop, which keeps
+		// serving ticks, reloads and the watchdog between them.
+		d.fullDeferred = true
+		d.log.Debug("removal events handled", zap.Int("dirs", len(dirs)), zap.Int("likely_pids", len(likely)),
+			zap.Duration("queued", queued), zap.Duration("targeted", targeted), zap.Bool("full_deferred", true))
+		return 0
+	}
 	listed := listPIDs(d.opt.ProcRoot)
 	listedAt := time.Now()
 	d.sweepPIDs(ctx, "event", d.likelyPIDs(nil, listed, swept), swept)
@@ -410,6 +462,7 @@ func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-
 		rest = rest[k:]
 	}
 	d.forget(start, listed)
+	d.lastFull, d.fullDeferred = start, false
 	d.log.Debug("removal events handled", zap.Int("dirs", len(dirs)), zap.Int("likely_pids", len(likely)),
 		zap.Int("procs", len(listed)), zap.Duration("queued", queued), zap.Duration("listed", listedAt.Sub(start)),
 		zap.Duration("targeted", targeted), zap.Duration("total", time.Since(start)), zap.Int("arrived", arrived))
@@ -555,6 +608,7 @@ func (d *Daemon) sweep(ctx context.Context) {
 		d.consider(&res.Candidates[i], start)
 	}
 	d.forget(start, listed)
+	d.lastFull, d.fullDeferred = start, false
 	if w := d.getWatcher(); w != nil {
 		d.m.Watches.Set(float64(w.Watches()))
 	}
@@ -891,11 +945,14 @@ func (d *Daemon) getWatcher() *watch.Watcher {
 	return d.watcher
 }
 
-// watchRoots returns the directory trees the watch rules cover.
+// watchRoots returns the directory trees the rescue rules cover. Report
+// rules are left to sweeps: there is no race to win for a report.
 func watchRoots(cfg *policy.Config) []string {
 	var globs []string
 	for _, r := range cfg.Watch {
-		globs = append(globs, r.Paths...)
+		if r.Action == policy.ActionRescue {
+			globs = append(globs, r.Paths...)
+		}
 	}
 	return watch.Roots(globs)
 }
