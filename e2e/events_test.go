@@ -76,13 +76,24 @@ func TestDirectoryCreatedAfterStart(t *testing.T) {
 	}
 }
 
-// TestSweepOnly: with events off, the periodic sweep still rescues.
+// TestSweepOnly: with events off, the periodic sweep still rescues. The
+// daemon also runs under a systemd watchdog here (WATCHDOG_USEC).
 func TestSweepOnly(t *testing.T) {
 	testfs.RequireRoot(t)
 	mnt := testfs.Mount(t, "tmpfs", 64)
 	watched, rescued := filepath.Join(mnt, "w"), filepath.Join(mnt, "rescued")
 	mkdirs(t, watched)
-	d := startDaemon(t, writeConfig(t, baseConfig("1s", false, rule("w", "rescue", []string{watched + "/**"}), rescued)))
+	d := startDaemon(t, writeConfig(t, baseConfig("1s", false, rule("w", "rescue", []string{watched + "/**"}), rescued)),
+		"WATCHDOG_USEC=200000")
+	d.waitFor("3 watchdog pings", 10*time.Second, func() bool {
+		n := 0
+		for _, s := range d.notes {
+			if s == "WATCHDOG=1" {
+				n++
+			}
+		}
+		return n >= 3
+	})
 	if evs := d.Events(Msg("watching new directory")); len(evs) > 0 {
 		t.Errorf("events are off, yet: %v", evs)
 	}

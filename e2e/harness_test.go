@@ -95,7 +95,7 @@ func writeConfig(t *testing.T, yaml string) string {
 
 // startDaemon runs `relinkd run --config cfg` and waits for READY=1 on a
 // notification socket of its own (so sd_notify is exercised too).
-func startDaemon(t *testing.T, cfg string) *Daemon {
+func startDaemon(t *testing.T, cfg string, env ...string) *Daemon {
 	t.Helper()
 	d := &Daemon{t: t, config: cfg, wake: make(chan struct{}), exited: make(chan struct{})}
 	sock := filepath.Join(t.TempDir(), "notify.sock")
@@ -121,7 +121,7 @@ func startDaemon(t *testing.T, cfg string) *Daemon {
 	}()
 
 	d.cmd = exec.Command(binary, "run", "--config", cfg)
-	d.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
+	d.cmd.Env = append(append(os.Environ(), "NOTIFY_SOCKET="+sock), env...)
 	stderr, err := d.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
