@@ -473,11 +473,9 @@ func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-
 // (a fork storm, or pid numbers wrapping) the listing of /proc decides.
 const maxNewPIDs = 128
 
-// newPIDs returns the pids allocated since the previous call: proc(5)
-// /proc/loadavg ends with the pid most recently created, and pids are
-// handed out in increasing order until they wrap at pid_max. Pids in the
-// range that do not exist (threads, exited processes) cost one failed open
-// each in the sweep.
+// newPIDs returns, newest first, the processes created since the previous
+// call: proc(5) /proc/loadavg ends with the pid most recently allocated,
+// and pids are handed out in increasing order until they wrap at pid_max.
 func (d *Daemon) newPIDs() []int {
 	last, ok := lastPID(d.opt.ProcRoot)
 	if !ok {
@@ -490,16 +488,7 @@ func (d *Daemon) newPIDs() []int {
 	if prev == 0 || last <= prev || last-prev > maxNewPIDs {
 		return nil
 	}
-	// The range holds thread ids too; /proc/TID/fd of one of the
-	// daemon's own threads would show its own pins.
-	own := ownTIDs(d.opt.ProcRoot)
-	pids := make([]int, 0, last-prev)
-	for pid := last; pid > prev; pid-- {
-		if !own[pid] {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
+	return newLeaders(d.opt.ProcRoot, prev, last)
 }
 
 // drainEvents moves the queued events' directories into dirs and returns

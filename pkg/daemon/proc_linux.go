@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -86,19 +87,42 @@ func lastPID(procRoot string) (int, bool) {
 	return pid, err == nil && pid > 0
 }
 
-// ownTIDs returns the thread ids of the daemon itself.
-func ownTIDs(procRoot string) map[int]bool {
-	f, err := os.Open(procRoot + "/self/task")
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	names, _ := f.Readdirnames(-1)
-	tids := make(map[int]bool, len(names))
-	for _, n := range names {
-		if tid, err := strconv.Atoi(n); err == nil {
-			tids[tid] = true
+// newLeaders returns, newest first, the processes (thread-group leaders)
+// whose pid is in (prev, last]. The pid counter hands out thread ids too,
+// and /proc/TID/fd of a thread shows its whole process again: sweeping
+// every id in the range would read a multi-threaded newcomer once per
+// thread, and the daemon's own threads would show its own pins. So each
+// id's thread group is read once (/proc/TID/task lists all of it) and only
+// leaders born in the range are kept; ids that are gone are skipped.
+func newLeaders(procRoot string, prev, last int) []int {
+	seen := make(map[int]bool)
+	var out []int
+	for tid := prev + 1; tid <= last; tid++ {
+		if seen[tid] {
+			continue
+		}
+		f, err := os.Open(procRoot + "/" + strconv.Itoa(tid) + "/task")
+		if err != nil {
+			continue
+		}
+		names, _ := f.Readdirnames(-1)
+		f.Close()
+		leader := 0
+		for _, n := range names {
+			id, err := strconv.Atoi(n)
+			if err != nil {
+				continue
+			}
+			seen[id] = true
+			if leader == 0 || id < leader {
+				leader = id
+			}
+		}
+		if leader > prev && leader <= last {
+			out = append(out, leader)
 		}
 	}
-	return tids
+	slices.Sort(out)
+	slices.Reverse(out)
+	return slices.Compact(out)
 }
