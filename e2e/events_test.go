@@ -1,8 +1,11 @@
 package e2e
 
 import (
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -83,8 +86,8 @@ func TestSweepOnly(t *testing.T) {
 	mnt := testfs.Mount(t, "tmpfs", 64)
 	watched, rescued := filepath.Join(mnt, "w"), filepath.Join(mnt, "rescued")
 	mkdirs(t, watched)
-	d := startDaemon(t, writeConfig(t, baseConfig("1s", false, rule("w", "rescue", []string{watched + "/**"}), rescued)),
-		"WATCHDOG_USEC=200000")
+	cfg := baseConfig("1s", false, rule("w", "rescue", []string{watched + "/**"}), rescued) + "metrics:\n  listen: \"127.0.0.1:0\"\n"
+	d := startDaemon(t, writeConfig(t, cfg), "WATCHDOG_USEC=200000")
 	d.waitFor("3 watchdog pings", 10*time.Second, func() bool {
 		n := 0
 		for _, s := range d.notes {
@@ -102,6 +105,27 @@ func TestSweepOnly(t *testing.T) {
 	ev := d.Wait("rescue of "+p, 15*time.Second, Rescued(p))
 	if got := sha(t, ev.str("rescued_to")); got != shaBytes([]byte("swept\n")) {
 		t.Error("rescued content differs")
+	}
+	// The metrics endpoint counts it (the counter moves just after the
+	// event is logged, so poll briefly).
+	addr := d.Wait("metrics listening", 5*time.Second, Msg("metrics listening")).str("listen")
+	var body []byte
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(body), `relinkd_rescues_total{method="copy"} 1`) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, want := range []string{`relinkd_rescues_total{method="copy"} 1`, `relinkd_sweeps_total{kind="full"}`, "relinkd_pins_held"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %q", want)
+		}
 	}
 	// The sweep that found it was a full one: no event triggered it.
 	if evs := d.Events(func(e Event) bool { return e.Msg() == "removal events handled" }); len(evs) > 0 {
