@@ -421,7 +421,7 @@ func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-
 	start := time.Now()
 	swept := make(map[int]bool)
 	likely := append(d.newPIDs(), d.likelyPIDs(dirs, nil, swept)...)
-	d.sweepPIDs(ctx, "event", likely, swept)
+	likelyOK := d.sweepPIDs(ctx, "event", likely, swept)
 	targeted := time.Since(start)
 	if time.Since(d.lastFull) < d.fullGap(d.interval()) {
 		// Events still queued are left to the main loop, which keeps
@@ -433,7 +433,10 @@ func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-
 	}
 	listed := listPIDs(d.opt.ProcRoot)
 	listedAt := time.Now()
-	d.sweepPIDs(ctx, "event", d.likelyPIDs(nil, listed, swept), swept)
+	// Forgetting what this round did not see is right only if it saw
+	// every process.
+	complete := likelyOK && listed != nil
+	complete = d.sweepPIDs(ctx, "event", d.likelyPIDs(nil, listed, swept), swept) && complete
 
 	rest := make([]int, 0, len(listed))
 	for _, pid := range listed {
@@ -449,7 +452,7 @@ func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-
 		if got := drainEvents(events, more); got > 0 {
 			arrived += got
 			quick := append(d.newPIDs(), d.likelyPIDs(more, nil, nil)...)
-			d.sweepPIDs(ctx, "event", quick, nil)
+			complete = d.sweepPIDs(ctx, "event", quick, nil) && complete
 			for _, pid := range quick {
 				swept[pid] = true
 			}
@@ -458,10 +461,12 @@ func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-
 			}
 		}
 		k := min(eventChunk, len(rest))
-		d.sweepPIDs(ctx, "event", rest[:k], swept)
+		complete = d.sweepPIDs(ctx, "event", rest[:k], swept) && complete
 		rest = rest[k:]
 	}
-	d.forget(start, listed)
+	if complete && ctx.Err() == nil {
+		d.forget(start, listed)
+	}
 	d.lastFull, d.fullDeferred = start, false
 	d.log.Debug("removal events handled", zap.Int("dirs", len(dirs)), zap.Int("likely_pids", len(likely)),
 		zap.Int("procs", len(listed)), zap.Duration("queued", queued), zap.Duration("listed", listedAt.Sub(start)),
@@ -541,8 +546,9 @@ func (d *Daemon) likelyPIDs(dirs map[string]bool, listed []int, swept map[int]bo
 }
 
 // sweepPIDs sweeps pids and feeds the candidates. With swept non-nil,
-// pids already in it are skipped and the others are added.
-func (d *Daemon) sweepPIDs(ctx context.Context, kind string, pids []int, swept map[int]bool) {
+// pids already in it are skipped and the others are added. It reports
+// whether the sweep ran.
+func (d *Daemon) sweepPIDs(ctx context.Context, kind string, pids []int, swept map[int]bool) bool {
 	todo := pids[:0:0]
 	seen := make(map[int]bool, len(pids))
 	for _, pid := range pids {
@@ -556,7 +562,7 @@ func (d *Daemon) sweepPIDs(ctx context.Context, kind string, pids []int, swept m
 		todo = append(todo, pid)
 	}
 	if len(todo) == 0 {
-		return
+		return true
 	}
 	start := time.Now()
 	res, err := d.sweeper.SweepPIDs(ctx, todo)
@@ -566,12 +572,13 @@ func (d *Daemon) sweepPIDs(ctx context.Context, kind string, pids []int, swept m
 		if ctx.Err() == nil {
 			d.log.Error("sweep failed", zap.String("kind", kind), zap.Error(err))
 		}
-		return
+		return false
 	}
 	d.m.Candidates.Add(float64(len(res.Candidates)))
 	for i := range res.Candidates {
 		d.consider(&res.Candidates[i], start)
 	}
+	return true
 }
 
 // sweep runs one full sweep and feeds its candidates.
