@@ -322,7 +322,7 @@ func TestInodeReuse(t *testing.T) {
 		}
 	}
 	if second == "" {
-		t.Skip("ext4 did not reuse the inode number here")
+		testfs.Skip(t, "ext4 did not reuse the inode number here")
 	}
 	testproc.Start(t, testproc.Open(second, "r"), testproc.Unlink(second))
 	h.wait("rescue of the reused inode", 1, msgPath("file rescued", second))
