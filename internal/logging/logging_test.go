@@ -46,3 +46,29 @@ func TestBadInput(t *testing.T) {
 		})
 	}
 }
+
+func TestPath(t *testing.T) {
+	for _, tc := range []struct {
+		name, in, want, wantB64 string
+	}{
+		{"utf8", "/var/log/a\nb.log", "/var/log/a\nb.log", ""},
+		{"invalid", "/tmp/\xffx", "/tmp/\ufffdx", "L3RtcC//eA=="},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			log, _ := New(&buf, "info", "json")
+			log.Info("file rescued", Path("path", []byte(tc.in)))
+			var ev map[string]any
+			if err := json.Unmarshal(buf.Bytes(), &ev); err != nil {
+				t.Fatalf("%s: %v", buf.Bytes(), err)
+			}
+			if ev["path"] != tc.want {
+				t.Errorf("path = %q, want %q", ev["path"], tc.want)
+			}
+			got, _ := ev["path_base64"].(string)
+			if got != tc.wantB64 {
+				t.Errorf("path_base64 = %q, want %q", got, tc.wantB64)
+			}
+		})
+	}
+}

@@ -17,7 +17,6 @@ package daemon
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"os"
 	"runtime"
@@ -26,10 +25,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"go.uber.org/zap"
 
+	"github.com/relinkd/relinkd/internal/logging"
 	"github.com/relinkd/relinkd/pkg/metrics"
 	"github.com/relinkd/relinkd/pkg/policy"
 	"github.com/relinkd/relinkd/pkg/relink"
@@ -631,7 +630,7 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 			// A pinned inode cannot be freed, so its number cannot
 			// have been reused: another descriptor of the same file.
 			if !same {
-				d.log.Debug("pinned inode, new holder", zap.ByteString("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD))
+				d.log.Debug("pinned inode, new holder", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD))
 			}
 			in.holders[hid] = struct{}{}
 			d.mu.Unlock()
@@ -650,7 +649,7 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 		}
 		d.mu.Lock()
 		if cur := d.inodes[key]; cur == in {
-			d.log.Debug("known inode, new holder", zap.ByteString("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
+			d.log.Debug("known inode, new holder", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
 				zap.Bool("same_file", in.btime == bt), zap.Int("state", int(in.st)))
 			if in.btime == bt {
 				in.holders[hid] = struct{}{}
@@ -672,7 +671,7 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 	pol := d.pol.Load()
 	rule, ok := pol.Match(c)
 	if !ok {
-		d.log.Debug("no watch rule matches", zap.ByteString("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD))
+		d.log.Debug("no watch rule matches", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD))
 		d.record(c, stIgnored, now, bt())
 		return
 	}
@@ -687,7 +686,7 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 	if pins, pinned := d.pins, d.pinned; pins >= d.opt.MaxPins || pinned+size > d.opt.MaxPinnedBytes {
 		d.mu.Unlock()
 		// Not recorded: the next sweep offers it again, when pins are free.
-		d.log.Debug("pin limit reached, deferring", zap.ByteString("path", c.Path), zap.Int("pid", c.PID),
+		d.log.Debug("pin limit reached, deferring", logging.Path("path", c.Path), zap.Int("pid", c.PID),
 			zap.Int("fd", c.FD), zap.Int("pins", pins), zap.Int64("pinned_bytes", pinned))
 		return
 	}
@@ -705,7 +704,7 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 		default:
 			d.record(c, stFailed, now, bt())
 			d.m.Failures.Inc()
-			d.log.Error("rescue failed", pathField(c.Path), pathBase64(c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
+			d.log.Error("rescue failed", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
 				zap.Error(err))
 		}
 		return
@@ -724,7 +723,7 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 
 func (d *Daemon) reportOpen(c *scanner.Candidate, rule string) {
 	d.m.Reports.Inc()
-	d.log.Info("deleted file open", pathField(c.Path), pathBase64(c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
+	d.log.Info("deleted file open", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
 		zap.String("comm", c.Comm), zap.Uint32("uid", c.UID), zap.Int64("size", c.Size), zap.String("rule", rule))
 }
 
@@ -754,7 +753,7 @@ func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup) {
 		return
 	case policy.Skip:
 		d.m.Skips.WithLabelValues(dec.Reason).Inc()
-		d.log.Info("rescue skipped", pathField(c.Path), pathBase64(c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
+		d.log.Info("rescue skipped", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
 			zap.String("reason", dec.Reason), zap.String("rule", dec.Rule), zap.String("detail", dec.Detail))
 		d.unpin(j, stSkipped)
 		return
@@ -953,18 +952,7 @@ func watchRoots(cfg *policy.Config) []string {
 	return watch.Roots(globs)
 }
 
-// pathField logs a raw path. JSON cannot carry arbitrary bytes: zap
-// writes each byte that is not valid UTF-8 as U+FFFD, so pathBase64 adds
-// the exact bytes (as `relinkd scan --json` does) when that happens.
-func pathField(p []byte) zap.Field { return zap.ByteString("path", p) }
-
-func pathBase64(p []byte) zap.Field {
-	if utf8.Valid(p) {
-		return zap.Skip()
-	}
-	return zap.String("path_base64", base64.StdEncoding.EncodeToString(p))
-}
-
+// parentDir returns the directory part of a holder-view path.
 func parentDir(p []byte) string {
 	s := string(p)
 	if i := strings.LastIndexByte(s, '/'); i > 0 {

@@ -147,12 +147,7 @@ func msgPath(msg, path string) func(observer.LoggedEntry) bool {
 		if e.Message != msg {
 			return false
 		}
-		for _, f := range e.Context {
-			if f.Key == "path" && (f.String == path || string(f.Interface.([]byte)) == path) {
-				return true
-			}
-		}
-		return false
+		return e.ContextMap()["path"] == path
 	}
 }
 

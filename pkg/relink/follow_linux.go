@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/relinkd/relinkd/internal/eintr"
+	"github.com/relinkd/relinkd/internal/logging"
 )
 
 // Follow keeps the rescued copy in step with a file that is still being
@@ -36,8 +37,8 @@ func (e *Engine) Follow(ctx context.Context, p *Pin) (Result, error) {
 	res, dst, rule := p.res, p.dst, p.rule
 	p.mu.Unlock()
 	fail := func(err error) (Result, error) {
-		e.log.Error("rescue failed", zap.ByteString("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-			zap.String("rescued_to", res.Path), zap.String("op", "follow"), zap.Error(err))
+		e.log.Error("rescue failed", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
+			logging.Path("rescued_to", []byte(res.Path)), zap.String("op", "follow"), zap.Error(err))
 		return res, &RescueError{Op: "follow", Method: res.Method, PID: c.PID, FD: c.FD, Path: res.Path, Err: err}
 	}
 	if res.Path == "" || p.fd < 0 {
@@ -69,7 +70,7 @@ loop:
 			e.hookPoll(st.Size)
 		}
 		if st.Size < done {
-			e.log.Info("follow: source shrank, stopping", zap.String("rescued_to", res.Path),
+			e.log.Info("follow: source shrank, stopping", logging.Path("rescued_to", []byte(res.Path)),
 				zap.Int64("had", done), zap.Int64("now", st.Size))
 			break loop
 		}
@@ -116,18 +117,18 @@ loop:
 	}
 	if res.Sidecar != "" {
 		if _, err := e.writeSidecar(p, Destination{Rule: rule}, res, true); err != nil {
-			e.log.Warn("sidecar not updated", zap.String("rescued_to", res.Path), zap.Error(err))
+			e.log.Warn("sidecar not updated", logging.Path("rescued_to", []byte(res.Path)), zap.Error(err))
 		}
 	}
 	p.mu.Lock()
 	p.res = res
 	p.mu.Unlock()
 	if stopped != nil {
-		e.log.Info("follow stopped", zap.ByteString("path", c.Path), zap.String("rescued_to", res.Path),
+		e.log.Info("follow stopped", logging.Path("path", c.Path), logging.Path("rescued_to", []byte(res.Path)),
 			zap.Int64("bytes", res.Bytes), zap.String("reason", stopped.Error()))
 		return res, &RescueError{Op: "follow", Method: res.Method, PID: c.PID, FD: c.FD, Path: res.Path, Err: stopped}
 	}
-	e.log.Info("follow finished", zap.ByteString("path", c.Path), zap.String("rescued_to", res.Path),
+	e.log.Info("follow finished", logging.Path("path", c.Path), logging.Path("rescued_to", []byte(res.Path)),
 		zap.Int64("bytes", res.Bytes))
 	return res, nil
 }

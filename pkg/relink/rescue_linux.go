@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/relinkd/relinkd/internal/eintr"
+	"github.com/relinkd/relinkd/internal/logging"
 )
 
 // errNotHere marks a method that does not work for this file or
@@ -46,12 +47,12 @@ func (e *Engine) Rescue(ctx context.Context, p *Pin, d Destination) (Result, err
 		if !errors.As(err, &re) {
 			re = &RescueError{Op: "rescue", PID: c.PID, FD: c.FD, Path: string(c.Path), Err: err}
 		}
-		e.log.Error("rescue failed", zap.ByteString("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
+		e.log.Error("rescue failed", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
 			zap.String("method", string(re.Method)), zap.Error(re.Err))
 		return Result{}, re
 	}
 	e.log.Info("file rescued",
-		zap.ByteString("path", c.Path), zap.String("rescued_to", res.Path), zap.String("method", string(res.Method)),
+		logging.Path("path", c.Path), logging.Path("rescued_to", []byte(res.Path)), zap.String("method", string(res.Method)),
 		zap.Int64("bytes", res.Bytes), zap.Int("pid", c.PID), zap.Int("fd", c.FD), zap.String("comm", c.Comm),
 		zap.Uint32("uid", c.UID), ruleField(d.Rule), zap.Duration("duration", res.Duration))
 	return res, nil
@@ -126,7 +127,7 @@ func (e *Engine) rescue(ctx context.Context, p *Pin, d Destination, start time.T
 		if e.sidecar {
 			if res.Sidecar, err = e.writeSidecar(p, d, res, false); err != nil {
 				// The data is safe; a missing sidecar is worth a warning only.
-				e.log.Warn("sidecar not written", zap.String("rescued_to", res.Path), zap.Error(err))
+				e.log.Warn("sidecar not written", logging.Path("rescued_to", []byte(res.Path)), zap.Error(err))
 			}
 			p.mu.Lock()
 			p.res = res
