@@ -69,3 +69,17 @@ func BenchmarkSweepPerFD(b *testing.B) {
 		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*fds), "ns/fd")
 	})
 }
+
+// BenchmarkSweepOnePID is the daemon's event path: a targeted sweep of one
+// holder, holder identity included.
+func BenchmarkSweepOnePID(b *testing.B) {
+	dir := b.TempDir()
+	h := testproc.Start(b, testproc.Open(filepath.Join(dir, "a"), "rw"), testproc.Unlink(filepath.Join(dir, "a")))
+	s := New(Options{}, nil)
+	for b.Loop() {
+		res, err := s.SweepPIDs(context.Background(), []int{h.PID})
+		if err != nil || len(res.Candidates) != 1 {
+			b.Fatal(err, res)
+		}
+	}
+}

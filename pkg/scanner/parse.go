@@ -103,3 +103,52 @@ func mountIDs(b []byte) map[int]bool {
 	}
 	return ids
 }
+
+// procStat is the part of /proc/PID/stat the scanner keeps.
+type procStat struct {
+	Comm      string
+	StartTime uint64
+}
+
+// parseStat parses /proc/PID/stat (proc(5)): the command sits in
+// parentheses and may itself contain spaces and parentheses, so fields are
+// counted from the last ')'; starttime is field 22.
+func parseStat(b []byte) (procStat, error) {
+	open, end := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
+	if open < 0 || end < open {
+		return procStat{}, fmt.Errorf("%w: stat %q", ErrParse, b)
+	}
+	fields := bytes.Fields(b[end+1:])
+	const startTime = 22 - 3 // fields[0] is field 3 (state)
+	if len(fields) <= startTime {
+		return procStat{}, fmt.Errorf("%w: stat has %d fields", ErrParse, len(fields)+2)
+	}
+	st, err := strconv.ParseUint(string(fields[startTime]), 10, 64)
+	if err != nil {
+		return procStat{}, fmt.Errorf("%w: stat starttime %q: %w", ErrParse, fields[startTime], err)
+	}
+	return procStat{Comm: string(b[open+1 : end]), StartTime: st}, nil
+}
+
+// parseStatusUID returns the real uid from /proc/PID/status ("Uid:" is
+// followed by the real, effective, saved and filesystem uids).
+func parseStatusUID(b []byte) (uint32, error) {
+	for len(b) > 0 {
+		var line []byte
+		line, b, _ = bytes.Cut(b, []byte{'\n'})
+		rest, ok := bytes.CutPrefix(line, []byte("Uid:"))
+		if !ok {
+			continue
+		}
+		f := bytes.Fields(rest)
+		if len(f) == 0 {
+			break
+		}
+		uid, err := strconv.ParseUint(string(f[0]), 10, 32)
+		if err != nil {
+			return 0, fmt.Errorf("%w: status Uid %q: %w", ErrParse, f[0], err)
+		}
+		return uint32(uid), nil
+	}
+	return 0, fmt.Errorf("%w: status has no Uid line", ErrParse)
+}

@@ -152,3 +152,46 @@ func TestRecordPathEncoding(t *testing.T) {
 		t.Errorf("rule without a match = %v (present %v), want null", v, ok)
 	}
 }
+
+func TestParseStat(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		in      string
+		want    procStat
+		wantErr bool
+	}{
+		{"plain", "42 (sleep) S 1 42 42 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 12345 2285568 130 18446744073709551615", procStat{"sleep", 12345}, false},
+		{"parens and spaces", "7 (a) b (c)) R 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 99 0 0", procStat{"a) b (c)", 99}, false},
+		{"short", "7 (x) R 1 2", procStat{}, true},
+		{"no parens", "7 x R", procStat{}, true},
+		{"bad starttime", "7 (x) R 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 zz 0", procStat{}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseStat([]byte(tc.in))
+			if (err != nil) != tc.wantErr || got != tc.want {
+				t.Errorf("parseStat = %+v, %v; want %+v, error %v", got, err, tc.want, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestParseStatusUID(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		in      string
+		want    uint32
+		wantErr bool
+	}{
+		{"root", "Name:\tx\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\n", 0, false},
+		{"setuid", "Name:\tx\nUid:\t1000\t0\t0\t0\n", 1000, false},
+		{"missing", "Name:\tx\n", 0, true},
+		{"bad", "Uid:\tx\t0\n", 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseStatusUID([]byte(tc.in))
+			if (err != nil) != tc.wantErr || got != tc.want {
+				t.Errorf("parseStatusUID = %d, %v; want %d, error %v", got, err, tc.want, tc.wantErr)
+			}
+		})
+	}
+}

@@ -39,9 +39,9 @@ func sweepPIDs(t *testing.T, pids ...int) (Result, map[[2]int]Candidate) {
 	return res, byFD
 }
 
-// procStat returns the start time and comm of pid, read independently of
+// statOf returns the start time and comm of pid, read independently of
 // the scanner (proc(5): comm is in parentheses, starttime is field 22).
-func procStat(t *testing.T, pid int) (uint64, string) {
+func statOf(t *testing.T, pid int) (uint64, string) {
 	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
@@ -130,7 +130,7 @@ func TestSweepExactSet(t *testing.T) {
 			if res.Procs != 1 || res.FDs < 12 {
 				t.Errorf("Procs = %d, FDs = %d; want 1 and >= 12", res.Procs, res.FDs)
 			}
-			startTime, comm := procStat(t, h.PID)
+			startTime, comm := statOf(t, h.PID)
 			exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", h.PID))
 			type want struct {
 				idx      int
