@@ -811,9 +811,10 @@ func (d *Daemon) pruner(ctx context.Context) {
 				d.log.Warn("prune failed", zap.String("root", root), zap.Error(err))
 				continue
 			}
-			if res.Removed > 0 {
+			if res.Removed > 0 || res.StaleTemps > 0 {
 				d.log.Info("rescued files pruned", zap.String("root", root), zap.Int("removed", res.Removed),
-					zap.Uint64("removed_bytes", res.RemovedBytes), zap.Uint64("kept_bytes", res.Kept))
+					zap.Uint64("removed_bytes", res.RemovedBytes), zap.Uint64("kept_bytes", res.Kept),
+					zap.Int("stale_temps", res.StaleTemps))
 			}
 		}
 		select {

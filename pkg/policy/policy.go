@@ -12,6 +12,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/relinkd/relinkd/internal/layout"
 	"github.com/relinkd/relinkd/pkg/scanner"
 )
 
@@ -322,7 +323,7 @@ func (p *Policy) Prune(root string) (PruneResult, error) {
 const maxName = 255
 
 // SidecarSuffix is appended to a rescued file's name for its metadata file.
-const SidecarSuffix = ".relinkd.json"
+const SidecarSuffix = layout.SidecarSuffix
 
 // RelName returns where c goes inside a rescue root: the holder's path
 // without its leading "/", with "." and ".." dropped and control bytes

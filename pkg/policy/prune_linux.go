@@ -9,12 +9,19 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/relinkd/relinkd/internal/layout"
 )
 
 var errNotExist = os.ErrNotExist
 
+// staleTemp is how long an engine temporary may stay unchanged before
+// retention treats it as crash debris. A live copy changes it constantly.
+const staleTemp = time.Hour
+
 // PruneResult says what a prune did.
 type PruneResult struct {
+	StaleTemps   int    // engine temporaries a crash left behind, removed
 	Removed      int    // rescued files removed (sidecars not counted)
 	RemovedBytes uint64 // their sizes
 	Kept         uint64 // bytes of rescued files left in the root
@@ -120,9 +127,13 @@ func DiskUsage(root string) (uint64, error) {
 // followed and nothing outside root is touched. Directories left empty are
 // removed, root itself is kept.
 func Prune(root string, maxAge time.Duration, maxTotal uint64, now time.Time) (PruneResult, error) {
-	var files []rescued
+	var files, temps []rescued
 	sidecars := map[string]rescued{} // by rel of the file they describe
 	done, err := walkRoot(root, func(f rescued) {
+		if layout.IsTemp(f.name) {
+			temps = append(temps, f)
+			return
+		}
 		if base, ok := strings.CutSuffix(f.rel, SidecarSuffix); ok {
 			sidecars[base] = f
 			return
@@ -143,6 +154,9 @@ func Prune(root string, maxAge time.Duration, maxTotal uint64, now time.Time) (P
 	for _, s := range sidecars {
 		res.Kept += s.size
 	}
+	for _, f := range temps {
+		res.Kept += f.size
+	}
 	remove := func(f rescued) error {
 		if err := unix.Unlinkat(f.dirfd, f.name, 0); err != nil && !errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("prune %s/%s: %w", root, f.rel, err)
@@ -158,6 +172,19 @@ func Prune(root string, maxAge time.Duration, maxTotal uint64, now time.Time) (P
 		return strings.Compare(a.rel, b.rel)
 	})
 	var errs []error
+	// A hidden temporary is only ever half-written: the engine publishes
+	// by linking it into place. One that has not changed for staleTemp was
+	// left by a crash (O_TMPFILE files never need this).
+	for _, f := range temps {
+		if now.Sub(f.ctime) <= staleTemp {
+			continue
+		}
+		if err := remove(f); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		res.StaleTemps++
+	}
 	for _, f := range files {
 		old := maxAge > 0 && now.Sub(f.ctime) > maxAge
 		over := maxTotal > 0 && res.Kept > maxTotal

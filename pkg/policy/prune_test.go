@@ -11,6 +11,8 @@ import (
 
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
+
+	"github.com/relinkd/relinkd/internal/layout"
 )
 
 func ctime(t *testing.T, path string) time.Time {
@@ -209,5 +211,34 @@ func TestPolicyPruneRefreshesUsage(t *testing.T) {
 	}
 	if got := p.Roots(); !slices.Equal(got, []string{root}) {
 		t.Errorf("Roots %v", got)
+	}
+}
+
+// TestPruneStaleTemps: an engine temporary that a crash left behind is
+// removed once it has not changed for staleTemp; a younger one (a copy in
+// progress) and rescued files are left alone.
+func TestPruneStaleTemps(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "rescued")
+	mustMkdir(t, filepath.Join(root, "var/log"))
+	stale := filepath.Join(root, "var/log/.app.log"+layout.TempMarker+"0a0b0c0d0e0f")
+	fresh := filepath.Join(root, "var/log/.other.log"+layout.TempMarker+"010203040506")
+	kept := filepath.Join(root, "var/log/app.log.20261121T203000Z.pid1.fd3")
+	writeFile(t, stale, "half")
+	writeFile(t, kept, "whole")
+	writeFile(t, fresh, "in progress")
+	// fresh changed strictly after stale; at now, fresh is exactly
+	// staleTemp old (kept) and stale is older than that (removed).
+	now := newerThan(t, fresh, ctime(t, stale)).Add(staleTemp)
+	res, err := Prune(root, 0, 0, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.StaleTemps != 1 || res.Removed != 0 {
+		t.Errorf("StaleTemps %d, Removed %d; want 1, 0", res.StaleTemps, res.Removed)
+	}
+	want := []string{"var/log/" + filepath.Base(fresh), "var/log/" + filepath.Base(kept)}
+	slices.Sort(want)
+	if got := files(t, root); !slices.Equal(got, want) {
+		t.Errorf("-want %q\n+got  %q", want, got)
 	}
 }

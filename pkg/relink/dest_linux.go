@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/relinkd/relinkd/internal/eintr"
+	"github.com/relinkd/relinkd/internal/layout"
 )
 
 // maxLeaf leaves room in a 255-byte name for a collision suffix (".999")
@@ -199,9 +200,9 @@ func (e *Engine) createTemp(dir destDir, leaf string) (*tmpFile, error) {
 	var rnd [6]byte
 	for i := 0; i < 100; i++ {
 		_, _ = rand.Read(rnd[:])
-		name := "." + leaf + ".relinkd-tmp-" + hex.EncodeToString(rnd[:])
+		name := "." + leaf + layout.TempMarker + hex.EncodeToString(rnd[:])
 		if len(name) > 255 {
-			name = ".relinkd-tmp-" + hex.EncodeToString(rnd[:])
+			name = layout.TempMarker + hex.EncodeToString(rnd[:])
 		}
 		fd, err := createExcl(dir.fd, name)
 		if errors.Is(err, unix.EEXIST) {

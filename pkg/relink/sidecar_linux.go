@@ -11,9 +11,10 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/relinkd/relinkd/internal/eintr"
+	"github.com/relinkd/relinkd/internal/layout"
 )
 
-const sidecarSuffix = ".relinkd.json"
+const sidecarSuffix = layout.SidecarSuffix
 
 // Sidecar is the content of NAME.relinkd.json: the fields of the
 // "file rescued" log event (DESIGN.md), plus identity and hash.
@@ -83,7 +84,7 @@ func (e *Engine) writeSidecar(p *Pin, d Destination, r Result, replace bool) (st
 	}
 	var rnd [6]byte
 	_, _ = rand.Read(rnd[:])
-	tmp := ".relinkd-tmp-" + hex.EncodeToString(rnd[:])
+	tmp := layout.TempMarker + hex.EncodeToString(rnd[:])
 	fd, err := createExcl(dir.fd, tmp)
 	if err != nil {
 		return "", spaceErr(fmt.Errorf("create %s/%s: %w", dir.path, tmp, err))
