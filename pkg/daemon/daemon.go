@@ -60,7 +60,7 @@ type Options struct {
 	Workers        int           // rescue workers; 0 means max(2, NumCPU)
 	MaxPins        int           // inodes pinned at once; 0 means DefaultMaxPins
 	MaxPinnedBytes int64         // their total size; 0 means DefaultMaxPinnedBytes
-	MaxWatches     int           // inotify watches; 0 means watch.DefaultMaxWatches
+	MaxWatches     int           // inotify watches; 0 means scan.max_watches
 	StopTimeout    time.Duration // how long shutdown waits for workers; 0 means DefaultStopTimeout
 	PruneInterval  time.Duration // how often rescue.retention is applied; 0 means DefaultPruneInterval
 
@@ -255,7 +255,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	events := make(chan watch.Event, 256)
 	var watchDone chan error
 	if cfg.Scan.Events {
-		w, err := watch.New(watch.Options{Roots: watchRoots(cfg), MaxWatches: d.opt.MaxWatches}, d.log)
+		maxWatches := d.opt.MaxWatches
+		if maxWatches <= 0 {
+			maxWatches = cfg.Scan.MaxWatches
+		}
+		w, err := watch.New(watch.Options{Roots: watchRoots(cfg), MaxWatches: maxWatches}, d.log)
 		if err != nil {
 			// No inotify instance (fs.inotify.max_user_instances): the
 			// sweeps still work.

@@ -43,6 +43,9 @@ type Config struct {
 type ScanConfig struct {
 	Interval Duration `yaml:"interval"` // period of the full /proc sweep
 	Events   bool     `yaml:"events"`   // also react to deletions in watched directories at once
+	// MaxWatches bounds the inotify watches of the event path; directories
+	// beyond it are left to the sweeps.
+	MaxWatches int `yaml:"max_watches"`
 }
 
 // Rule is one watch rule. The first rule that matches a file decides.
@@ -100,9 +103,14 @@ const (
 
 // Defaults returns the configuration used for every key a file leaves out.
 // It equals the embedded configs/relinkd.yaml (a test checks that).
+// DefaultMaxWatches is scan.max_watches when the configuration omits it:
+// enough for large log trees, small beside the kernel's default
+// fs.inotify.max_user_watches.
+const DefaultMaxWatches = 8192
+
 func Defaults() *Config {
 	return &Config{
-		Scan: ScanConfig{Interval: Duration(30 * time.Second), Events: true},
+		Scan: ScanConfig{Interval: Duration(30 * time.Second), Events: true, MaxWatches: DefaultMaxWatches},
 		Watch: []Rule{
 			{
 				Name:    "logs",

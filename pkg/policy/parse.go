@@ -301,6 +301,12 @@ func (p *parser) config(n *yaml.Node, c *Config) {
 					}
 				},
 				"events": func(v *yaml.Node, f string) { p.boolean(v, f, &c.Scan.Events) },
+				"max_watches": func(v *yaml.Node, f string) {
+					p.count(v, f, &c.Scan.MaxWatches)
+					if c.Scan.MaxWatches == 0 {
+						p.errf(v, f, "must be at least 1 (set events: false to watch nothing)")
+					}
+				},
 			})
 		},
 		"watch":  func(v *yaml.Node, f string) { p.watch(v, f, c) },
