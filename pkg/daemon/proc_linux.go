@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/relinkd/relinkd/internal/eintr"
 )
 
 // listPIDs returns the process ids under procRoot (one getdents pass; no
@@ -37,36 +39,22 @@ func listPIDs(procRoot string) []int {
 // file open as fd in pid, 0 where the filesystem does not record one, and
 // false when the descriptor is gone.
 func birthTime(procRoot string, pid, fd int) (int64, bool) {
-	var stx unix.Statx_t
 	path := procRoot + "/" + strconv.Itoa(pid) + "/fd/" + strconv.Itoa(fd)
-	for {
-		err := unix.Statx(unix.AT_FDCWD, path, unix.AT_STATX_SYNC_AS_STAT, unix.STATX_BTIME, &stx)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return 0, false
-		}
-		break
-	}
-	if stx.Mask&unix.STATX_BTIME == 0 {
-		return 0, true
-	}
-	return stx.Btime.Sec*1_000_000_000 + int64(stx.Btime.Nsec), true
+	return statxBirth(unix.AT_FDCWD, path, 0)
 }
 
 // birthTimeFD is birthTime for a descriptor of the daemon's own.
 func birthTimeFD(fd int) (int64, bool) {
+	return statxBirth(fd, "", unix.AT_EMPTY_PATH)
+}
+
+func statxBirth(dirfd int, path string, flags int) (int64, bool) {
 	var stx unix.Statx_t
-	for {
-		err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_SYNC_AS_STAT, unix.STATX_BTIME, &stx)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return 0, false
-		}
-		break
+	err := eintr.Retry0(func() error {
+		return unix.Statx(dirfd, path, flags|unix.AT_STATX_SYNC_AS_STAT, unix.STATX_BTIME, &stx)
+	})
+	if err != nil {
+		return 0, false
 	}
 	if stx.Mask&unix.STATX_BTIME == 0 {
 		return 0, true
