@@ -4,7 +4,14 @@
 // (target: time ratio at most 1.1). It needs root: it creates loop-mounted
 // images under a temporary directory and removes them when it ends.
 //
-//	go run ./bench/relink [-runs 7] [-size MiB] [-dir /var/tmp] [-fs xfs,btrfs,ext4]
+// Every case runs on two kinds of loop device. "dio" opens the image with
+// O_DIRECT, so the writes a filesystem submits reach the disk when they
+// are submitted, as on a real block device; the targets are read off
+// these rows. "buffered" goes through the host's page cache, which holds
+// every write back until the final flush: an fsync then pays for the
+// whole file at once, however early its writeback was started.
+//
+//	go run ./bench/relink [-runs 7] [-size MiB] [-dir /var/tmp] [-fs xfs,btrfs,ext4] [-loop dio,buffered]
 package main
 
 import (
@@ -43,13 +50,14 @@ func main() {
 	sizeMiB := flag.Int("size", 1024, "size of the deleted file in MiB")
 	base := flag.String("dir", "/var/tmp", "where the loop images go")
 	fss := flag.String("fs", "xfs,btrfs,ext4", "filesystems to run, comma-separated")
+	loops := flag.String("loop", "dio,buffered", "loop device modes to run, comma-separated: dio (image opened with O_DIRECT, as a disk) or buffered (through the host's page cache)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "bench/relink: needs root (it mounts loop images)")
 		os.Exit(1)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	err := run(ctx, *runs, int64(*sizeMiB)<<20, *base, strings.Split(*fss, ","))
+	err := run(ctx, *runs, int64(*sizeMiB)<<20, *base, strings.Split(*fss, ","), strings.Split(*loops, ","))
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench/relink:", err)
@@ -79,22 +87,27 @@ type row struct {
 	note     string
 }
 
-func run(ctx context.Context, runs int, size int64, base string, fss []string) error {
+func run(ctx context.Context, runs int, size int64, base string, fss, loops []string) error {
 	work, err := os.MkdirTemp(base, "relinkd-bench-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(work)
 	var rows []row
-	for _, fs := range fss {
-		if err := ctx.Err(); err != nil {
-			return err
+	for _, loop := range loops {
+		if loop != "dio" && loop != "buffered" {
+			return fmt.Errorf("loop mode %q: want dio or buffered", loop)
 		}
-		r, err := benchFS(ctx, work, fs, runs, size)
-		if err != nil {
-			return fmt.Errorf("%s: %w", fs, err)
+		for _, fs := range fss {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			r, err := benchFS(ctx, work, fs, loop, runs, size)
+			if err != nil {
+				return fmt.Errorf("%s (%s loop): %w", fs, loop, err)
+			}
+			rows = append(rows, r...)
 		}
-		rows = append(rows, r...)
 	}
 	printTable(rows, size)
 	return nil
@@ -103,8 +116,12 @@ func run(ctx context.Context, runs int, size int64, base string, fss []string) e
 // benchFS mounts a fresh fstype image, writes a file of size bytes of
 // non-zero data, has a holder process open and unlink it, and times the
 // rescues.
-func benchFS(ctx context.Context, work, fstype string, runs int, size int64) ([]row, error) {
-	mnt, cleanup, err := mount(work, fstype, 2*size+(512<<20))
+func benchFS(ctx context.Context, work, fstype, loop string, runs int, size int64) ([]row, error) {
+	// Room to spare: once free space falls below twice the dirty data,
+	// ext4 forces writeback of delayed allocations and cp waits for it
+	// (ext4_nonda_switch), which would slow cp for a reason a server with
+	// room to spare does not have.
+	mnt, cleanup, err := mount(work, fstype, loop == "dio", 4*size+(1<<30))
 	if err != nil {
 		return nil, err
 	}
@@ -143,9 +160,12 @@ func benchFS(ctx context.Context, work, fstype string, runs int, size int64) ([]
 		return os.Remove(res.Path)
 	}
 	procPath := "/proc/" + strconv.Itoa(c.PID) + "/fd/" + strconv.Itoa(c.FD)
-	var cps, cpSyncs []time.Duration
+	var cps, cpSyncs, fsyncs []time.Duration
 	cpOnce := func(i int) error {
-		dst := filepath.Join(mnt, "cp."+strconv.Itoa(i))
+		// Into the engine's directory: ext4 places a new top-level
+		// directory in its own block group, so another directory would
+		// write to another region of the image.
+		dst := filepath.Join(root, "cp."+strconv.Itoa(i))
 		unix.Sync()
 		t0 := time.Now()
 		if out, err := exec.CommandContext(ctx, "cp", "--sparse=auto", procPath, dst).CombinedOutput(); err != nil {
@@ -158,7 +178,7 @@ func benchFS(ctx context.Context, work, fstype string, runs int, size int64) ([]
 			return fmt.Errorf("sync: %v: %s", err, out)
 		}
 		t2 := time.Now()
-		cps, cpSyncs = append(cps, t1.Sub(t0)), append(cpSyncs, t2.Sub(t0))
+		cps, cpSyncs, fsyncs = append(cps, t1.Sub(t0)), append(cpSyncs, t2.Sub(t0)), append(fsyncs, t2.Sub(t1))
 		return os.Remove(dst)
 	}
 	// One warm-up of each, unmeasured, so that both start from the same
@@ -172,7 +192,7 @@ func benchFS(ctx context.Context, work, fstype string, runs int, size int64) ([]
 		if err := cpOnce(-1); err != nil {
 			return nil, err
 		}
-		cps, cpSyncs = nil, nil
+		cps, cpSyncs, fsyncs = nil, nil, nil
 	}
 	for i := 0; i < runs; i++ {
 		if err := ctx.Err(); err != nil {
@@ -187,16 +207,18 @@ func benchFS(ctx context.Context, work, fstype string, runs int, size int64) ([]
 			}
 		}
 	}
+	label := fstype + " (" + loop + " loop)"
 	rows := []row{
-		{fs: fstype, what: "pin", times: pins},
-		{fs: fstype, what: "rescue (" + string(method) + ")", times: rescues},
+		{fs: label, what: "pin", times: pins},
+		{fs: label, what: "rescue (" + string(method) + ")", times: rescues},
 	}
 	if withCP {
 		r := float64(median(rescues)) / float64(median(cpSyncs))
 		rows[1].note = fmt.Sprintf("ratio to cp+fsync %.2f", r)
 		rows = append(rows,
-			row{fs: fstype, what: "cp --sparse=auto + fsync", times: cpSyncs},
-			row{fs: fstype, what: "cp --sparse=auto (no fsync)", times: cps,
+			row{fs: label, what: "cp --sparse=auto + fsync", times: cpSyncs,
+				note: fmt.Sprintf("of which fsync %s", round(median(fsyncs)))},
+			row{fs: label, what: "cp --sparse=auto (no fsync)", times: cps,
 				note: fmt.Sprintf("rescue / cp %.2f", float64(median(rescues))/float64(median(cps)))})
 	} else {
 		rows[1].note = "target < 20ms"
@@ -204,9 +226,10 @@ func benchFS(ctx context.Context, work, fstype string, runs int, size int64) ([]
 	return rows, nil
 }
 
-// mount creates a sparse image of size bytes, formats it as fstype and
-// mounts it; cleanup unmounts and removes it.
-func mount(work, fstype string, size int64) (string, func(), error) {
+// mount creates an allocated image of size bytes, formats it as fstype, attaches
+// it to a loop device (with O_DIRECT if directIO) and mounts it; cleanup
+// unmounts, detaches and removes it.
+func mount(work, fstype string, directIO bool, size int64) (string, func(), error) {
 	img := filepath.Join(work, fstype+".img")
 	mnt := filepath.Join(work, fstype)
 	if err := os.Mkdir(mnt, 0o755); err != nil {
@@ -214,7 +237,9 @@ func mount(work, fstype string, size int64) (string, func(), error) {
 	}
 	f, err := os.Create(img)
 	if err == nil {
-		err = f.Truncate(size)
+		// Allocated, not sparse: writes into a hole of the image would
+		// add the host filesystem's block allocation to every fsync.
+		err = unix.Fallocate(int(f.Fd()), 0, 0, size)
 		f.Close()
 	}
 	if err != nil {
@@ -226,14 +251,34 @@ func mount(work, fstype string, size int64) (string, func(), error) {
 		mkfs = exec.Command("mkfs.xfs", "-q", "-f", "-m", "reflink=1", img)
 	case "btrfs":
 		mkfs = exec.Command("mkfs.btrfs", "-q", "-f", img)
-	default:
+	case "ext4":
 		mkfs = exec.Command("mkfs.ext4", "-q", "-F", img)
+	default:
+		os.Remove(img)
+		return "", nil, fmt.Errorf("no image for filesystem %q: want xfs, btrfs or ext4", fstype)
 	}
 	if out, err := mkfs.CombinedOutput(); err != nil {
 		os.Remove(img)
 		return "", nil, fmt.Errorf("%v: %v: %s", mkfs.Args, err, out)
 	}
-	if out, err := exec.Command("mount", "-o", "loop", img, mnt).CombinedOutput(); err != nil {
+	dio := "--direct-io=off"
+	if directIO {
+		dio = "--direct-io=on"
+	}
+	out, err := exec.Command("losetup", "--find", "--show", dio, img).Output()
+	if err != nil {
+		os.Remove(img)
+		return "", nil, fmt.Errorf("losetup %s: %v", img, err)
+	}
+	dev := strings.TrimSpace(string(out))
+	args := []string{dev, mnt}
+	if fstype == "ext4" {
+		// No background zeroing of inode tables competing with the
+		// measured writes.
+		args = append(args, "-o", "noinit_itable")
+	}
+	if out, err := exec.Command("mount", args...).CombinedOutput(); err != nil {
+		_ = exec.Command("losetup", "-d", dev).Run()
 		os.Remove(img)
 		return "", nil, fmt.Errorf("mount %s: %v: %s", img, err, out)
 	}
@@ -249,6 +294,7 @@ func mount(work, fstype string, size int64) (string, func(), error) {
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
+		_ = exec.Command("losetup", "-d", dev).Run()
 		os.Remove(img)
 		os.Remove(mnt)
 	}

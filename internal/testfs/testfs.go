@@ -47,6 +47,9 @@ func mkfs(fstype, image string) *exec.Cmd {
 	switch fstype {
 	case "ext4":
 		return exec.Command("mkfs.ext4", "-q", "-F", image)
+	case "ext2":
+		// Block-mapped files: no extents, so no fallocate(2).
+		return exec.Command("mkfs.ext2", "-q", "-F", image)
 	case "xfs":
 		return exec.Command("mkfs.xfs", "-q", "-f", "-m", "reflink=1", image)
 	case "btrfs":
@@ -55,8 +58,8 @@ func mkfs(fstype, image string) *exec.Cmd {
 	return nil
 }
 
-// Mount creates and mounts a filesystem of type fstype ("ext4", "xfs",
-// "btrfs" or "tmpfs") of sizeMiB and returns its mount point. The image is
+// Mount creates and mounts a filesystem of type fstype ("ext4", "ext2",
+// "xfs", "btrfs" or "tmpfs") of sizeMiB and returns its mount point. The image is
 // sparse; it is unmounted and removed when the test ends. XFS needs at least
 // 300 MiB and btrfs 120 MiB; smaller sizes are raised to those.
 func Mount(t testing.TB, fstype string, sizeMiB int) string {

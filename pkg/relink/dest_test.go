@@ -8,6 +8,10 @@ import (
 	"testing"
 
 	"github.com/relinkd/relinkd/internal/testfs"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+	"golang.org/x/sys/unix"
 )
 
 // TestPlantedSymlinks: a symlink anywhere on the way to the destination
@@ -101,8 +105,9 @@ func TestSplitRel(t *testing.T) {
 }
 
 // TestFullDestination: a destination that fills up gives ErrNoSpace, no
-// visible partial file and no stray temp; a MinFreeBytes guard refuses
-// before writing.
+// visible partial file and no stray temp, whether the preallocation or
+// (on ext2, which has none) the copy runs out of room; a MinFreeBytes
+// guard refuses before writing.
 func TestFullDestination(t *testing.T) {
 	testfs.RequireRoot(t)
 	srcMnt := testfs.Mount(t, "tmpfs", 64)
@@ -119,6 +124,9 @@ func TestFullDestination(t *testing.T) {
 		{"tmpfs 8m hidden temp", "tmpfs", 8, false, 0},
 		{"ext4 20m", "ext4", 20, true, 0},
 		{"ext4 20m hidden temp", "ext4", 20, false, 0},
+		// No fallocate on ext2: the copy itself runs out of room.
+		{"ext2 20m", "ext2", 20, true, 0},
+		{"ext2 20m hidden temp", "ext2", 20, false, 0},
 		{"guard refuses up front", "tmpfs", 48, true, 30 << 20},
 		{"guard stops during the copy", "tmpfs", 48, true, 8 << 20},
 	}
@@ -129,11 +137,15 @@ func TestFullDestination(t *testing.T) {
 			e.noTmpfile = !tt.tmpfile
 			e.chunk = 1 << 20
 			if tt.name == "guard stops during the copy" {
-				// Something else fills the disk while we copy.
+				// Something else fills the disk while we copy, down to
+				// 4 MiB free, below the 8 MiB guard. (The copy's own
+				// blocks are reserved already.)
 				filler := filepath.Join(dst, "filler")
 				e.hookChunk = func(off int64) {
 					if off == 4<<20 {
-						writeFile(t, filler, make([]byte, 30<<20))
+						var fs unix.Statfs_t
+						must(t, unix.Statfs(dst, &fs))
+						writeFile(t, filler, make([]byte, fs.Bavail*uint64(fs.Bsize)-4<<20))
 					}
 				}
 			}
@@ -148,6 +160,68 @@ func TestFullDestination(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestPreallocation: the copy reserves each data range before it copies
+// it, so a destination that runs out of room between two ranges fails
+// there, cleanly; a filesystem that cannot preallocate still gets a copy.
+func TestPreallocation(t *testing.T) {
+	testfs.RequireRoot(t)
+	t.Run("room gone before the second data range", func(t *testing.T) {
+		srcMnt := testfs.Mount(t, "tmpfs", 64)
+		src := filepath.Join(srcMnt, "sparse")
+		f, err := os.Create(src)
+		must(t, err)
+		_, err = f.WriteAt(randomBytes(4<<20, 21), 0)
+		must(t, err)
+		_, err = f.WriteAt(randomBytes(16<<20, 22), 20<<20)
+		must(t, err)
+		must(t, f.Close())
+		_, c := holdDeleted(t, src, "r")
+		dst := testfs.Mount(t, "tmpfs", 48)
+		e := newEngine(t, Options{})
+		e.chunk = 1 << 20
+		e.hookChunk = func(off int64) {
+			if off == 4<<20 {
+				// The first range is copied; something else takes
+				// the room the second one needs.
+				writeFile(t, filepath.Join(dst, "filler"), make([]byte, 40<<20))
+			}
+		}
+		root := filepath.Join(dst, ".relinkd")
+		_, err = e.Rescue(ctx(t), pin(t, e, c), Destination{Root: root, Rel: "sparse"})
+		if !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), "preallocate") {
+			t.Fatalf("want ErrNoSpace from the preallocation, got %v", err)
+		}
+		if files := regularFiles(t, root); len(files) != 0 {
+			t.Errorf("left behind: %v", files)
+		}
+		var fs unix.Statfs_t
+		must(t, unix.Statfs(dst, &fs))
+		if free := fs.Bavail * uint64(fs.Bsize); free < 7<<20 {
+			t.Errorf("after the failed rescue %d bytes are free, want the first range's 4 MiB back (at least 7 MiB)", free)
+		}
+	})
+	t.Run("filesystem without fallocate", func(t *testing.T) {
+		mnt := testfs.Mount(t, "ext2", 64)
+		data := randomBytes(6<<20+123, 23)
+		src := filepath.Join(mnt, "app.log")
+		writeFile(t, src, data)
+		_, c := holdDeleted(t, src, "r")
+		core, logs := observer.New(zapcore.DebugLevel)
+		e := New(Options{}, zap.New(core))
+		res, err := e.Rescue(ctx(t), pin(t, e, c), Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: "app.log"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Method != MethodCopy {
+			t.Errorf("method %s, want copy", res.Method)
+		}
+		mustEqualBytes(t, "rescued", data, readAll(t, res.Path))
+		if logs.FilterMessage("preallocation unsupported, copying without").Len() != 1 {
+			t.Errorf("no single \"preallocation unsupported\" debug event; logged: %v", logs.All())
+		}
+	})
 }
 
 // TestParse covers the /proc parsers on fixed input.

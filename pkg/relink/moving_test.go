@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/relinkd/relinkd/internal/testfs"
 	"github.com/relinkd/relinkd/internal/testproc"
 )
@@ -66,6 +68,13 @@ func TestMovingTargets(t *testing.T) {
 				t.Errorf("bytes: want %d, got %d", len(tt.want), res.Bytes)
 			}
 			mustEqualBytes(t, "rescued", tt.want, readAll(t, res.Path))
+			// The copy reserved the blocks of the whole source up front;
+			// what the truncation left past the end must be freed.
+			var st unix.Stat_t
+			must(t, unix.Stat(res.Path, &st))
+			if alloc, limit := st.Blocks*512, int64(len(tt.want))+64<<10; alloc > limit {
+				t.Errorf("copy of %d bytes allocates %d bytes, want at most %d", len(tt.want), alloc, limit)
+			}
 		})
 	}
 }

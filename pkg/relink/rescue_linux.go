@@ -231,6 +231,7 @@ func (e *Engine) copy(ctx context.Context, p *Pin, dir destDir, leaf string, d D
 		return Result{}, err
 	}
 	c := e.newCopier(t.fd(), p.fd, spaceGuard(dir, d.MinFreeBytes))
+	c.prealloc = true // ftruncate below frees what a shrinking source leaves
 	if _, err := c.copySparse(ctx, 0, st.Size); err != nil {
 		t.discard()
 		return Result{}, err

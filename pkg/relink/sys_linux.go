@@ -196,6 +196,12 @@ func splitNUL(b []byte) [][]byte {
 	return out
 }
 
+// preallocate reserves the blocks of [off, off+n) of fd without changing
+// its size (fallocate(2), FALLOC_FL_KEEP_SIZE).
+func preallocate(fd int, off, n int64) error {
+	return eintr.Retry0(func() error { return unix.Fallocate(fd, unix.FALLOC_FL_KEEP_SIZE, off, n) })
+}
+
 // startWriteback starts writing the n bytes at off of fd to disk without
 // waiting (sync_file_range(2) with SYNC_FILE_RANGE_WRITE). A rescue ends
 // with fsync; starting writeback chunk by chunk overlaps the disk writes
