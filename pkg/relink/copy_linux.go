@@ -95,11 +95,11 @@ func (c *copier) copySparse(ctx context.Context, from, to int64) (int64, error) 
 // reserve preallocates n bytes at off of dst when c.prealloc is set. The
 // blocks then exist before the copy fills them: writeback allocates
 // nothing, the extents come out contiguous, and a destination without the
-// room fails here, before anything is copied (ENOSPC, EDQUOT). On ext4 over
-// a disk this took the durable copy of 1 GiB from about 1.3 to 1.0 times
-// plain cp, which does not fsync (bench/relink). A filesystem that cannot preallocate just
-// copies. Blocks reserved past a source truncated meanwhile are freed by
-// the final ftruncate(2) of the copy.
+// room fails before the range is copied (ENOSPC, EDQUOT). On ext4 over a
+// disk this took the durable copy of 1 GiB from about 1.3 to 1.0 times
+// plain cp, which does not fsync (bench/relink). A filesystem that cannot
+// preallocate just copies. Blocks reserved past the end of a source
+// truncated meanwhile are freed by the copy's final ftruncate(2).
 func (c *copier) reserve(off, n int64) error {
 	if !c.prealloc || n <= 0 {
 		return nil
