@@ -21,13 +21,13 @@ const defaultChunk = 8 << 20
 type copier struct {
 	e        *Engine
 	src, dst int
-	guard    func() error // checked after every chunk; may be nil
-	kernel   bool         // copy_file_range still worth trying
-	prealloc bool         // reserve each data range before copying it
+	guard    func(need uint64) error // room for need more bytes? before each reservation and after every chunk; may be nil
+	kernel   bool                    // copy_file_range still worth trying
+	prealloc bool                    // reserve each data range before copying it
 	buf      []byte
 }
 
-func (e *Engine) newCopier(dst, src int, guard func() error) *copier {
+func (e *Engine) newCopier(dst, src int, guard func(need uint64) error) *copier {
 	return &copier{e: e, src: src, dst: dst, guard: guard, kernel: true}
 }
 
@@ -46,8 +46,15 @@ func (c *copier) copySparse(ctx context.Context, from, to int64) (int64, error) 
 		data, err := seekData(c.src, off)
 		switch {
 		case errors.Is(err, unix.ENXIO):
-			// Only a hole is left up to EOF (or EOF moved below off).
-			return to, nil
+			// No data at or after off: a hole up to EOF, or EOF moved
+			// below off (truncated meanwhile). Never report more than
+			// the source now has, or a follow would append zeros the
+			// file never held.
+			st, serr := fstat(c.src)
+			if serr != nil {
+				return off, fmt.Errorf("fstat source: %w", serr)
+			}
+			return max(off, min(to, st.Size)), nil
 		case err != nil:
 			// SEEK_DATA unsupported: treat everything as data.
 			data = off
@@ -82,7 +89,7 @@ func (c *copier) copySparse(ctx context.Context, from, to int64) (int64, error) 
 				c.e.hookChunk(data)
 			}
 			if c.guard != nil {
-				if err := c.guard(); err != nil {
+				if err := c.guard(0); err != nil {
 					return data, err
 				}
 			}
@@ -103,6 +110,13 @@ func (c *copier) copySparse(ctx context.Context, from, to int64) (int64, error) 
 func (c *copier) reserve(off, n int64) error {
 	if !c.prealloc || n <= 0 {
 		return nil
+	}
+	// Not past the free-space floor, not even for a moment: the whole
+	// range is taken at once, and as root it could eat the reserved blocks.
+	if c.guard != nil {
+		if err := c.guard(uint64(n)); err != nil {
+			return err
+		}
 	}
 	err := preallocate(c.dst, off, n)
 	switch {

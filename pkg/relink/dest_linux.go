@@ -103,7 +103,7 @@ func mkdirOpen(dirfd int, name string) (int, error) {
 	fd, err := openBeneath(dirfd, name)
 	if errors.Is(err, unix.ENOENT) {
 		if err := eintr.Retry0(func() error { return unix.Mkdirat(dirfd, name, 0o700) }); err != nil && !errors.Is(err, unix.EEXIST) {
-			return -1, fmt.Errorf("mkdir %q: %w", name, err)
+			return -1, spaceErr(fmt.Errorf("mkdir %q: %w", name, err))
 		}
 		fd, err = openBeneath(dirfd, name)
 	}

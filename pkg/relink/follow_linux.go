@@ -53,6 +53,7 @@ func (e *Engine) Follow(ctx context.Context, p *Pin) (Result, error) {
 	tick := time.NewTicker(e.poll)
 	defer tick.Stop()
 	var stopped error // ctx's error when ctx ended before the last writer
+	reason := ""      // why the follow stopped early: shutdown or truncation
 loop:
 	for {
 		// Look for writers before reading the size: a writer that has
@@ -70,13 +71,18 @@ loop:
 			e.hookPoll(st.Size)
 		}
 		if st.Size < done {
-			e.log.Info("follow: source shrank, stopping", logging.Path("rescued_to", []byte(res.Path)),
-				zap.Int64("had", done), zap.Int64("now", st.Size))
+			// Truncated (copytruncate rotation): what was copied is
+			// kept; the writer goes on into a file we no longer mirror.
+			reason = "truncation"
 			break loop
 		}
 		if st.Size > done {
 			if cp != nil {
 				if done, err = e.appendRange(ctx, cp, res.Method, done, st.Size); err != nil {
+					if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+						stopped, reason = ctx.Err(), "shutdown"
+						break loop
+					}
 					return fail(err)
 				}
 			} else {
@@ -90,7 +96,7 @@ loop:
 		case <-ctx.Done():
 			// Shutting down: keep what was appended so far, durable
 			// and described by the sidecar, and say so.
-			stopped = ctx.Err()
+			stopped, reason = ctx.Err(), "shutdown"
 			break loop
 		case <-tick.C:
 		}
@@ -108,7 +114,7 @@ loop:
 		}
 	}
 	res.Bytes = done
-	res.Followed = stopped == nil
+	res.Followed = reason == ""
 	if e.hash {
 		var err error
 		if res.SHA256, err = e.hashOf(p, res); err != nil {
@@ -123,10 +129,15 @@ loop:
 	p.mu.Lock()
 	p.res = res
 	p.mu.Unlock()
-	if stopped != nil {
+	if reason != "" {
 		e.log.Info("follow stopped", logging.Path("path", c.Path), logging.Path("rescued_to", []byte(res.Path)),
-			zap.Int64("bytes", res.Bytes), zap.String("reason", stopped.Error()))
+			zap.Int64("bytes", res.Bytes), zap.String("reason", reason))
+	}
+	if stopped != nil {
 		return res, &RescueError{Op: "follow", Method: res.Method, PID: c.PID, FD: c.FD, Path: res.Path, Err: stopped}
+	}
+	if reason != "" {
+		return res, nil
 	}
 	e.log.Info("follow finished", logging.Path("path", c.Path), logging.Path("rescued_to", []byte(res.Path)),
 		zap.Int64("bytes", res.Bytes))
@@ -155,21 +166,21 @@ func (e *Engine) appendRange(ctx context.Context, cp *copier, m Method, done, si
 		}
 	}
 	end, err := cp.copySparse(ctx, done, size)
-	if err != nil {
+	if err != nil && !(ctx.Err() != nil && errors.Is(err, ctx.Err())) {
 		return done, err
 	}
-	if end > done {
-		// Extend over a trailing hole, if any.
-		var st unix.Stat_t
-		if st, err = fstat(cp.dst); err == nil && st.Size < end {
-			err = unix.Ftruncate(cp.dst, end)
-		}
-		if err != nil {
-			return done, spaceErr(fmt.Errorf("extend copy to %d: %w", end, err))
-		}
-		return end, nil
+	// Cancelled part way: keep what was copied, sized to exactly that, so
+	// that the file, the result and the sidecar agree. The size also
+	// covers a trailing hole of the source.
+	end = max(end, done)
+	st, serr := fstat(cp.dst)
+	if serr == nil && st.Size != end {
+		serr = unix.Ftruncate(cp.dst, end)
 	}
-	return done, nil
+	if serr != nil {
+		return done, spaceErr(fmt.Errorf("size copy to %d: %w", end, serr))
+	}
+	return end, err
 }
 
 // writers finds processes that hold an inode open for writing. It first

@@ -12,22 +12,23 @@ import (
 
 // copyMeta carries the source's owner, group, extended attributes, mode
 // and timestamps over to dst. The order matters:
-//   - fchown first, because chown(2) clears security.capability and the
-//     set-id bits;
+//   - fchown first, because chown(2) clears the set-id bits;
 //   - then the extended attributes, including system.posix_acl_access,
 //     whose mask the kernel mirrors into the group mode bits;
 //   - then fchmod with the source's permission bits, so the result is
 //     never more readable than the source whatever the ACL said;
 //   - futimens last, since writing data and attributes moves mtime.
 //
-// Set-user-ID and set-group-ID bits are dropped: a rescued copy is data to
-// inspect, not a program to run with someone else's privileges.
+// Set-user-ID and set-group-ID bits and file capabilities
+// (security.capability) are dropped: a rescued copy is data to inspect, not
+// a program to run with someone else's privileges.
 // What the destination or our privileges do not allow (EPERM, ENOTSUP …)
 // is skipped and logged at debug level.
 func (e *Engine) copyMeta(src, dst int, st unix.Stat_t) error {
 	if err := eintr.Retry0(func() error { return unix.Fchown(dst, int(st.Uid), int(st.Gid)) }); err != nil {
 		if !errors.Is(err, unix.EPERM) {
-			return fmt.Errorf("fchown %d:%d: %w", st.Uid, st.Gid, err)
+			// EDQUOT: the owner's quota cannot take the copy.
+			return spaceErr(fmt.Errorf("fchown %d:%d: %w", st.Uid, st.Gid, err))
 		}
 		e.log.Debug("cannot keep owner", zap.Uint32("uid", st.Uid), zap.Uint32("gid", st.Gid), zap.Error(err))
 	}
@@ -43,7 +44,11 @@ func (e *Engine) copyMeta(src, dst int, st unix.Stat_t) error {
 	return nil
 }
 
-// copyXattrs copies every extended attribute that can be read and set.
+// capabilityXattr holds a file's capabilities (capabilities(7)).
+const capabilityXattr = "security.capability"
+
+// copyXattrs copies every extended attribute that can be read and set,
+// except file capabilities.
 func (e *Engine) copyXattrs(src, dst int) error {
 	names, err := xattrNames(src)
 	if err != nil {
@@ -53,6 +58,10 @@ func (e *Engine) copyXattrs(src, dst int) error {
 		return fmt.Errorf("list xattrs: %w", err)
 	}
 	for _, name := range names {
+		if name == capabilityXattr {
+			e.log.Debug("file capabilities not copied", zap.String("name", name))
+			continue
+		}
 		val, err := xattrValue(src, name)
 		if err == nil {
 			err = eintr.Retry0(func() error { return unix.Fsetxattr(dst, name, val, 0) })

@@ -47,6 +47,13 @@ func (e *Engine) Rescue(ctx context.Context, p *Pin, d Destination) (Result, err
 		if !errors.As(err, &re) {
 			re = &RescueError{Op: "rescue", PID: c.PID, FD: c.FD, Path: string(c.Path), Err: err}
 		}
+		if errors.Is(re.Err, context.Canceled) {
+			// Shutdown or an interrupted command: abandoned by the
+			// caller, nothing published, not a failure to alert on.
+			e.log.Info("rescue cancelled", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
+				zap.String("method", string(re.Method)))
+			return Result{}, re
+		}
 		e.log.Error("rescue failed", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
 			zap.String("method", string(re.Method)), zap.Error(re.Err))
 		return Result{}, re
@@ -161,22 +168,13 @@ func (e *Engine) link(p *Pin, dir destDir, leaf string) (Result, error) {
 	return Result{Path: dir.path + "/" + name, Bytes: st.Size}, nil
 }
 
-// spaceGuard returns a check that fails with ErrNoSpace once the
-// destination has less than minFree bytes available; nil when minFree is 0.
-func spaceGuard(dir destDir, minFree uint64) func() error {
+// spaceGuard checks, during a copy, that need more bytes still leave
+// minFree free (nil without a minimum).
+func spaceGuard(dir destDir, minFree uint64) func(need uint64) error {
 	if minFree == 0 {
 		return nil
 	}
-	return func() error {
-		free, err := freeBytes(dir.fd)
-		if err != nil {
-			return fmt.Errorf("statfs %s: %w", dir.path, err)
-		}
-		if free < minFree {
-			return fmt.Errorf("%w: %d bytes free in %s, minimum %d", ErrNoSpace, free, dir.path, minFree)
-		}
-		return nil
-	}
+	return func(need uint64) error { return checkSpace(dir, need, minFree) }
 }
 
 // checkSpace refuses up front a rescue that needs need bytes when that
@@ -197,10 +195,9 @@ func checkSpace(dir destDir, need, minFree uint64) error {
 
 // reflink clones the source's extents into a new file (ioctl_ficlone(2)).
 // The clone is a consistent snapshot of the whole file at that instant.
+// It takes no data blocks, so min_free does not hold it back (README: link
+// and reflink still run below min_free); a real ENOSPC is still reported.
 func (e *Engine) reflink(ctx context.Context, p *Pin, dir destDir, leaf string, d Destination) (Result, error) {
-	if err := checkSpace(dir, 0, d.MinFreeBytes); err != nil {
-		return Result{}, err
-	}
 	t, err := e.createTemp(dir, leaf)
 	if err != nil {
 		return Result{}, err

@@ -2,11 +2,13 @@ package relink
 
 import (
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 
@@ -19,21 +21,25 @@ const sidecarSuffix = layout.SidecarSuffix
 // Sidecar is the content of NAME.relinkd.json: the fields of the
 // "file rescued" log event (DESIGN.md), plus identity and hash.
 type Sidecar struct {
-	Path      string    `json:"path"`       // the holder's name for the file
-	RescuedTo string    `json:"rescued_to"` // where the data is now
-	Method    Method    `json:"method"`
-	Bytes     int64     `json:"bytes"`
-	PID       int       `json:"pid"`
-	FD        int       `json:"fd"`
-	Comm      string    `json:"comm"`
-	UID       uint32    `json:"uid"`
-	Rule      *string   `json:"rule"` // null when no rule chose the file
-	Duration  string    `json:"duration"`
-	Dev       uint64    `json:"dev"`
-	Ino       uint64    `json:"ino"`
-	SHA256    string    `json:"sha256,omitempty"`
-	Followed  bool      `json:"followed,omitempty"`
-	Time      time.Time `json:"ts"`
+	Path      string `json:"path"`       // the holder's name for the file
+	RescuedTo string `json:"rescued_to"` // where the data is now
+	// The exact bytes of a name that is not valid UTF-8 (where JSON
+	// shows U+FFFD), as in the log events.
+	PathBase64      string    `json:"path_base64,omitempty"`
+	RescuedToBase64 string    `json:"rescued_to_base64,omitempty"`
+	Method          Method    `json:"method"`
+	Bytes           int64     `json:"bytes"`
+	PID             int       `json:"pid"`
+	FD              int       `json:"fd"`
+	Comm            string    `json:"comm"`
+	UID             uint32    `json:"uid"`
+	Rule            *string   `json:"rule"` // null when no rule chose the file
+	Duration        string    `json:"duration"`
+	Dev             uint64    `json:"dev"`
+	Ino             uint64    `json:"ino"`
+	SHA256          string    `json:"sha256,omitempty"`
+	Followed        bool      `json:"followed,omitempty"`
+	Time            time.Time `json:"ts"`
 }
 
 func sidecarOf(p *Pin, d Destination, r Result) Sidecar {
@@ -43,11 +49,20 @@ func sidecarOf(p *Pin, d Destination, r Result) Sidecar {
 		PID: c.PID, FD: c.FD, Comm: c.Comm, UID: c.UID, Duration: r.Duration.String(),
 		Dev: c.Dev, Ino: c.Ino, SHA256: r.SHA256, Followed: r.Followed, Time: time.Now().UTC(),
 	}
+	s.PathBase64, s.RescuedToBase64 = base64IfInvalid(c.Path), base64IfInvalid([]byte(r.Path))
 	if d.Rule != "" {
 		rule := d.Rule
 		s.Rule = &rule
 	}
 	return s
+}
+
+// base64IfInvalid returns b in base64 when it is not valid UTF-8, else "".
+func base64IfInvalid(b []byte) string {
+	if utf8.Valid(b) {
+		return ""
+	}
+	return base64.StdEncoding.EncodeToString(b)
 }
 
 // writeSidecar writes NAME.relinkd.json beside the rescued file, mode 0600.
