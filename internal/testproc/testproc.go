@@ -47,6 +47,10 @@ func TmpFile(dir string, excl bool) Step { return Step{Op: "tmpfile", Path: dir,
 // Memfd creates a memfd named name.
 func Memfd(name string) Step { return Step{Op: "memfd", Path: name} }
 
+// SecretMem creates a memfd_secret(2) file of one page: a regular file on
+// the kernel's internal secretmem mount, named "/secretmem (deleted)".
+func SecretMem() Step { return Step{Op: "secretmem"} }
+
 // Pipe creates a pipe (two descriptors: read end, write end).
 func Pipe() Step { return Step{Op: "pipe"} }
 
@@ -336,6 +340,15 @@ func do(s Step, fds *[]int) error {
 			return err
 		}
 		*fds = append(*fds, n)
+	case "secretmem":
+		r, _, errno := unix.Syscall(unix.SYS_MEMFD_SECRET, unix.O_CLOEXEC, 0, 0)
+		if errno != 0 {
+			return fmt.Errorf("memfd_secret: %w", errno)
+		}
+		if err := unix.Ftruncate(int(r), 4096); err != nil {
+			return err
+		}
+		*fds = append(*fds, int(r))
 	case "pipe":
 		p := make([]int, 2)
 		if err := unix.Pipe(p); err != nil {

@@ -17,6 +17,17 @@ var deletedSuffix = []byte(" (deleted)")
 // memfdPrefix is how memfd_create(2) files read back through readlink.
 var memfdPrefix = []byte("/memfd:")
 
+// secretmemName is how memfd_secret(2) files read back through readlink.
+var secretmemName = []byte("/secretmem")
+
+// onInternalMount reports whether path is how an anonymous in-kernel file
+// reads back: a memfd or a secretmem file, both regular files on a mount
+// that no mountinfo lists. A real file of that name is on a listed mount,
+// which the caller checks.
+func onInternalMount(path []byte) bool {
+	return bytes.HasPrefix(path, memfdPrefix) || bytes.Equal(path, secretmemName)
+}
+
 // trimDeleted returns the link text without the " (deleted)" suffix and
 // whether the suffix was there. Only absolute paths qualify: pipes, sockets
 // and anonymous inodes read back as "pipe:[N]", "socket:[N]",

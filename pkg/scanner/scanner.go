@@ -226,10 +226,12 @@ func (w *worker) process(pid int, res *Result) {
 			w.s.log.Debug("skip descriptor", zap.Int("pid", pid), zap.Int("fd", fd), zap.Error(err))
 			return
 		}
-		if bytes.HasPrefix(path, memfdPrefix) {
-			// memfd_create(2) files live on the kernel's internal shm
-			// mount, which no mountinfo lists; a real file under a
-			// directory named "/memfd:x" is on a listed mount.
+		if onInternalMount(path) {
+			// memfd_create(2) and memfd_secret(2) files live on the
+			// kernel's internal mounts, which no mountinfo lists (and
+			// secretmem cannot even be opened through /proc); a real
+			// file named "/secretmem" or under "/memfd:x" is on a
+			// listed mount.
 			if mounts == nil {
 				mounts = w.mountIDs(pidDir)
 			}

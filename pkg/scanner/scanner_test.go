@@ -117,6 +117,7 @@ func TestSweepExactSet(t *testing.T) {
 				testproc.Memfd("decoy"),                      // 7: memfd
 				testproc.Pipe(),                              // 8, 9
 				testproc.SocketPair(),                        // 10, 11
+				testproc.SecretMem(),                         // 12: memfd_secret
 				testproc.Write(0, "hello world"),
 				testproc.Write(6, "tmp"),
 				testproc.Write(7, "memfd data"),
