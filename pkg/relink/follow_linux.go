@@ -112,6 +112,10 @@ loop:
 		if err != nil {
 			return fail(spaceErr(fmt.Errorf("finish %s: %w", res.Path, err)))
 		}
+	} else if err := eintr.Retry0(func() error { return unix.Fsync(p.fd) }); err != nil {
+		// After a link the name is the inode itself: make what the
+		// writer added durable before reporting its final size.
+		return fail(spaceErr(fmt.Errorf("finish %s: %w", res.Path, err)))
 	}
 	res.Bytes = done
 	res.Followed = reason == ""
