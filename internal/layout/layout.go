@@ -1,8 +1,14 @@
 // Package layout names what relinkd writes inside a rescue root, so the
-// engine that writes it and the retention that prunes it agree.
+// engine that writes it and the retention that prunes it agree. Retention
+// removes only names that match these predicates: a rescue root may be a
+// directory that also holds other people's files.
 package layout
 
-import "strings"
+import (
+	"strconv"
+	"strings"
+	"time"
+)
 
 // SidecarSuffix ends the name of the JSON file beside each rescued file.
 const SidecarSuffix = ".relinkd.json"
@@ -12,8 +18,104 @@ const SidecarSuffix = ".relinkd.json"
 // ".relinkd-tmp-HEX".
 const TempMarker = ".relinkd-tmp-"
 
+// TempRandBytes is how many random bytes the engine puts in a temporary
+// name, hex-encoded after TempMarker (2×TempRandBytes characters).
+const TempRandBytes = 6
+
+// TimeFormat is the layout of the UTC time in a rescued file's name.
+const TimeFormat = "20060102T150405Z"
+
+// MaxUnique is the highest ".K" the engine appends to a rescued name that
+// already exists.
+const MaxUnique = 999
+
+// Suffix is what the engine appends to a file's base name when it rescues
+// it: ".TIME.pidPID.fdFD", the time in UTC.
+func Suffix(t time.Time, pid, fd int) string {
+	return "." + t.UTC().Format(TimeFormat) + ".pid" + strconv.Itoa(pid) + ".fd" + strconv.Itoa(fd)
+}
+
 // IsTemp reports whether name (a base name) is one of the engine's
-// hidden temporary files, which a crash can leave behind.
+// hidden temporary files, which a crash can leave behind. The marker must
+// be followed by exactly the engine's random hex and end the name, so a
+// rescued file whose own name contains the marker is not mistaken for one.
 func IsTemp(name string) bool {
-	return strings.HasPrefix(name, ".") && strings.Contains(name, TempMarker)
+	n := len(name) - 2*TempRandBytes
+	if n < len(TempMarker) || !strings.HasPrefix(name, ".") {
+		return false
+	}
+	return strings.HasSuffix(name[:n], TempMarker) && isLowerHex(name[n:])
+}
+
+// IsRescued reports whether name (a base name) is one the engine gives a
+// rescued file: LEAF+Suffix, possibly followed by ".K" (1 ≤ K ≤ MaxUnique)
+// when that name was taken.
+func IsRescued(name string) bool {
+	if hasSuffix(name) {
+		return true
+	}
+	i := strings.LastIndexByte(name, '.')
+	if i < 0 {
+		return false
+	}
+	k, err := strconv.Atoi(name[i+1:])
+	return err == nil && isCanonical(name[i+1:]) && k >= 1 && k <= MaxUnique && hasSuffix(name[:i])
+}
+
+// IsSidecar reports whether name (a base name) is the sidecar of a
+// rescued file: a rescued name followed by SidecarSuffix.
+func IsSidecar(name string) bool {
+	base, ok := strings.CutSuffix(name, SidecarSuffix)
+	return ok && IsRescued(base)
+}
+
+// hasSuffix reports whether name ends with a Suffix: ".TIME.pidN.fdN".
+func hasSuffix(name string) bool {
+	rest, fd, ok := cutLast(name, ".fd")
+	if !ok || !isCanonical(fd) {
+		return false
+	}
+	rest, pid, ok := cutLast(rest, ".pid")
+	if !ok || !isCanonical(pid) {
+		return false
+	}
+	n := len(rest) - len(TimeFormat)
+	if n < 1 || rest[n-1] != '.' {
+		return false
+	}
+	// Format must give the text back: Parse alone also takes a one-digit hour.
+	t, err := time.Parse(TimeFormat, rest[n:])
+	return err == nil && t.Format(TimeFormat) == rest[n:]
+}
+
+// cutLast splits s around the last sep.
+func cutLast(s, sep string) (before, after string, found bool) {
+	i := strings.LastIndex(s, sep)
+	if i < 0 {
+		return s, "", false
+	}
+	return s[:i], s[i+len(sep):], true
+}
+
+// isCanonical reports whether s is a non-negative decimal as
+// strconv.Itoa writes it: digits, no sign, no leading zero, at most 19.
+func isCanonical(s string) bool {
+	if s == "" || len(s) > 19 || (len(s) > 1 && s[0] == '0') {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+func isLowerHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if !('0' <= s[i] && s[i] <= '9' || 'a' <= s[i] && s[i] <= 'f') {
+			return false
+		}
+	}
+	return true
 }

@@ -19,6 +19,10 @@ func FuzzParse(f *testing.F) {
 		"log: &a {level: info}\nmetrics: *a\n",
 		"watch: [{name: b, paths: \"/[\", users: [0, root], commands: [\"*\"]}]\n",
 		"- 1\n- 2\n", "a: b: c", "\t", "rescue: {max_file_size: 1.5GiB, retention: 1w2d}\n",
+		"log: {level: info}\n---\nlog: {level: debug}\n", "scan: {}\n...\n",
+		"watch: [{name: \"\", paths: [/x]}]\n", "watch: [{name: a, paths: [/x], min_size: 18000000TB}]\n",
+		"rescue: {max_file_size: 1.5, max_total_size: 9223372036854775807, methods: [copy, copy]}\n",
+		"metrics: {listen: \"localhost:abc\"}\n", "metrics: {listen: \":0\"}\n",
 	} {
 		f.Add([]byte(s))
 	}

@@ -1,8 +1,10 @@
 package policy
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"path/filepath"
 	"regexp"
@@ -64,16 +66,27 @@ func (es Errors) Unwrap() []error {
 
 // Parse decodes and validates the YAML configuration data read from name
 // (used in messages; only its base name is shown). Keys it leaves out take
-// their defaults. Unknown keys, wrong types and bad values are errors; all
-// of them are returned at once as Errors, sorted by line.
+// their defaults. Unknown keys, wrong types, bad values and a second YAML
+// document are errors; all of them are returned at once as Errors, sorted
+// by line.
 func Parse(name string, data []byte) (*Config, error) {
 	p := &parser{file: filepath.Base(name)}
 	cfg := Defaults()
 	cfg.File = name
-	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
+	// A Decoder, not Unmarshal: Unmarshal reads the first document of a
+	// stream and silently drops the rest, settings and all.
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc, next yaml.Node
+	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
 		p.syntax(err)
 		return nil, p.errs
+	}
+	switch err := dec.Decode(&next); {
+	case errors.Is(err, io.EOF):
+	case err != nil:
+		p.syntax(err)
+	default:
+		p.errf(&next, "", "a second YAML document starts here (---): a configuration file holds one")
 	}
 	if doc.Kind == yaml.DocumentNode && len(doc.Content) == 1 {
 		root := doc.Content[0]
@@ -222,10 +235,22 @@ func (p *parser) size(n *yaml.Node, field string, dst *Size) {
 	}
 	s, err := ParseSize(v)
 	if err != nil {
-		p.errf(n, field, "%q is not a size (e.g. 500MB, 10GiB)", v)
+		p.errf(n, field, "%q %s", v, sizeMsg(err, "is not a size (e.g. 500MB, 10GiB)"))
 		return
 	}
 	*dst = s
+}
+
+// sizeMsg says why ParseSize refused a value, or notSize when it is not
+// a size at all.
+func sizeMsg(err error, notSize string) string {
+	switch {
+	case errors.Is(err, errTooLarge):
+		return fmt.Sprintf("is too large (at most %d bytes, the largest file size)", uint64(maxSize))
+	case errors.Is(err, errFraction):
+		return "is a fraction of a byte (a fraction needs a unit, e.g. 1.5GiB)"
+	}
+	return notSize
 }
 
 func (p *parser) duration(n *yaml.Node, field string, dst *Duration) {
@@ -324,11 +349,9 @@ func (p *parser) config(n *yaml.Node, c *Config) {
 				"listen": func(v *yaml.Node, f string) {
 					var s string
 					p.str(v, f, &s)
-					if s != "" {
-						if _, port, err := net.SplitHostPort(s); err != nil || port == "" {
-							p.errf(v, f, "%q is not a listen address (host:port, e.g. 127.0.0.1:9847)", s)
-							return
-						}
+					if msg := checkListen(s); msg != "" {
+						p.errf(v, f, "%q %s", s, msg)
+						return
 					}
 					c.Metrics.Listen = s
 				},
@@ -347,6 +370,23 @@ func (p *parser) enum(n *yaml.Node, field string, dst *string, allowed ...string
 		return
 	}
 	*dst = v
+}
+
+// checkListen validates a listen address: empty, or host:port with a
+// numeric port. net.Listen would also look up a service name ("http"),
+// and fail only at start or reload.
+func checkListen(s string) string {
+	if s == "" {
+		return ""
+	}
+	_, port, err := net.SplitHostPort(s)
+	if err != nil || port == "" {
+		return "is not a listen address (host:port, e.g. 127.0.0.1:9847)"
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Sprintf("is not a listen address (port %q is not a number 0-65535)", port)
+	}
+	return ""
 }
 
 // checkGlob validates an absolute path glob.
@@ -402,7 +442,14 @@ func (p *parser) watch(n *yaml.Node, field string, c *Config) {
 		var minNode, maxNode, nameNode *yaml.Node
 		hasPaths := false
 		if !p.mapping(rn, f, map[string]func(*yaml.Node, string){
-			"name": func(v *yaml.Node, f string) { nameNode = v; p.str(v, f, &r.Name) },
+			"name": func(v *yaml.Node, f string) {
+				nameNode = v
+				s, ok := p.scalar(v, f, "a string")
+				if ok && s == "" {
+					p.errf(v, f, "must not be empty (it names the rule in logs)")
+				}
+				r.Name = s
+			},
 			"paths": func(v *yaml.Node, f string) {
 				hasPaths = true
 				if v.Kind == yaml.SequenceNode && len(v.Content) == 0 {
@@ -429,7 +476,7 @@ func (p *parser) watch(n *yaml.Node, field string, c *Config) {
 		switch {
 		case nameNode == nil:
 			p.errf(rn, f+".name", "missing (every rule needs a name; it appears in logs)")
-		case r.Name == "":
+		case r.Name == "": // reported where it was read
 		default:
 			if j, dup := names[r.Name]; dup {
 				p.errf(nameNode, f+".name", "%q is already the name of watch[%d]", r.Name, j)
@@ -466,10 +513,15 @@ func (p *parser) rescue(n *yaml.Node, field string, r *RescueConfig) {
 		"cross_fs": func(v *yaml.Node, f string) { p.boolean(v, f, &r.CrossFS) },
 		"methods": func(v *yaml.Node, f string) {
 			var ms []string
+			seen := map[string]bool{}
 			p.list(v, f, &ms, func(m string) string {
 				if m != MethodLink && m != MethodReflink && m != MethodCopy {
 					return "is not one of link, reflink, copy"
 				}
+				if seen[m] {
+					return "is listed twice"
+				}
+				seen[m] = true
 				return ""
 			})
 			if ms != nil {
@@ -487,7 +539,7 @@ func (p *parser) rescue(n *yaml.Node, field string, r *RescueConfig) {
 			}
 			t, err := ParseThreshold(s)
 			if err != nil {
-				p.errf(v, f, "%q is not a percentage (0-99.9%%) or a size", s)
+				p.errf(v, f, "%q %s", s, sizeMsg(err, "is not a percentage (0-99.9%) or a size"))
 				return
 			}
 			r.MinFree = t

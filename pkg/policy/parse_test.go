@@ -141,6 +141,22 @@ func TestParseErrors(t *testing.T) {
 		{"not a mapping", "just text\n", `c.yaml:1: expected a mapping, got a string`},
 		{"syntax error", "scan:\n  interval: 30s\n events: true\n", `c.yaml:2: syntax: did not find expected key`},
 		{"tab indentation", "scan:\n\tinterval: 30s\n", `c.yaml:2: syntax: found character that cannot start any token`},
+		{"second document", "log: {level: info}\n---\nlog: {level: debug}\n", `c.yaml:2: a second YAML document starts here (---): a configuration file holds one`},
+		{"empty second document", "log: {level: info}\n\n---\n", `c.yaml:3: a second YAML document starts here (---): a configuration file holds one`},
+		{"second document after an end marker", "log: {level: info}\n...\n--- {}\n", `c.yaml:3: a second YAML document starts here (---): a configuration file holds one`},
+		{"empty name", "watch:\n  - name: \"\"\n    paths: [/x]\n", `c.yaml:2: watch[0].name: must not be empty (it names the rule in logs)`},
+		{"null name", "watch:\n  - name:\n    paths: [/x]\n", `c.yaml:2: watch[0].name: expected a string, got null`},
+		{"size too large", "watch:\n  - name: a\n    paths: [/x]\n    min_size: 18000000TB\n", `c.yaml:4: watch[0].min_size: "18000000TB" is too large (at most 9223372036854775807 bytes, the largest file size)`},
+		{"size too large in bytes", "rescue:\n  max_total_size: 9223372036854775808\n", `c.yaml:2: rescue.max_total_size: "9223372036854775808" is too large (at most 9223372036854775807 bytes, the largest file size)`},
+		{"size beyond 64 bits", "rescue:\n  max_total_size: 18446744073709551616\n", `c.yaml:2: rescue.max_total_size: "18446744073709551616" is too large (at most 9223372036854775807 bytes, the largest file size)`},
+		{"fractional size too large", "rescue:\n  max_file_size: 8388608.5TiB\n", `c.yaml:2: rescue.max_file_size: "8388608.5TiB" is too large (at most 9223372036854775807 bytes, the largest file size)`},
+		{"min_free too large", "rescue:\n  min_free: 10000000TiB\n", `c.yaml:2: rescue.min_free: "10000000TiB" is too large (at most 9223372036854775807 bytes, the largest file size)`},
+		{"fraction without unit", "rescue:\n  max_file_size: 1.5\n", `c.yaml:2: rescue.max_file_size: "1.5" is a fraction of a byte (a fraction needs a unit, e.g. 1.5GiB)`},
+		{"fraction of a byte", "rescue:\n  per_user:\n    max_bytes: 0.5B\n", `c.yaml:3: rescue.per_user.max_bytes: "0.5B" is a fraction of a byte (a fraction needs a unit, e.g. 1.5GiB)`},
+		{"port not a number", "metrics:\n  listen: \"localhost:abc\"\n", `c.yaml:2: metrics.listen: "localhost:abc" is not a listen address (port "abc" is not a number 0-65535)`},
+		{"port out of range", "metrics:\n  listen: \"127.0.0.1:65536\"\n", `c.yaml:2: metrics.listen: "127.0.0.1:65536" is not a listen address (port "65536" is not a number 0-65535)`},
+		{"service name port", "metrics:\n  listen: \"[::1]:http\"\n", `c.yaml:2: metrics.listen: "[::1]:http" is not a listen address (port "http" is not a number 0-65535)`},
+		{"duplicate method", "rescue:\n  methods: [copy, link, copy]\n", `c.yaml:2: rescue.methods[2]: "copy" is listed twice`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

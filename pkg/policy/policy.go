@@ -350,7 +350,7 @@ func RelName(c *scanner.Candidate, now time.Time) string {
 	if len(parts) == 0 {
 		parts = []string{"unnamed"}
 	}
-	suffix := "." + now.UTC().Format("20060102T150405Z") + ".pid" + strconv.Itoa(c.PID) + ".fd" + strconv.Itoa(c.FD)
+	suffix := layout.Suffix(now, c.PID, c.FD)
 	last := len(parts) - 1
 	parts[last] = truncName(parts[last], maxName-len(SidecarSuffix)-len(suffix)) + suffix
 	return strings.Join(parts, "/")

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
 
+	"github.com/relinkd/relinkd/internal/layout"
 	"github.com/relinkd/relinkd/internal/testfs"
 	"github.com/relinkd/relinkd/internal/testproc"
 	"github.com/relinkd/relinkd/pkg/scanner"
@@ -66,6 +67,7 @@ func TestMatchRules(t *testing.T) {
 		{Name: "logs", Paths: []string{"/var/log/**"}, Users: []string{"root", "1000"}, MaxSize: 100, Action: ActionRescue},
 		{Name: "one-level", Paths: []string{"/data/*/db"}, Action: ActionRescue},
 		{Name: "by-exe", Paths: []string{"/opt/**"}, Commands: []string{"postgres"}, Action: ActionRescue},
+		{Name: "huge", Paths: []string{"/huge/**"}, MinSize: 1<<63 + 1, Action: ActionRescue}, // beyond int64: Parse refuses it, code may not
 	}
 	tests := []struct {
 		name string
@@ -87,6 +89,7 @@ func TestMatchRules(t *testing.T) {
 		{"single star not two levels", scanner.Candidate{Path: []byte("/data/a/b/db")}, ""},
 		{"prefix is not a match", scanner.Candidate{Path: []byte("/var/logs/x")}, ""},
 		{"newline in name", scanner.Candidate{Path: []byte("/var/log/a\nb")}, "logs"},
+		{"min size beyond int64", scanner.Candidate{Path: []byte("/huge/x"), Size: 1 << 40}, ""},
 	}
 	p := New(&Config{Watch: rules}, zaptest.NewLogger(t))
 	for _, tt := range tests {
@@ -147,11 +150,18 @@ func TestRelName(t *testing.T) {
 		if got != tt.want {
 			t.Errorf("RelName(%q) = %q, want %q", tt.path, got, tt.want)
 		}
+		// Retention removes only what it recognises as written here.
+		if b := filepath.Base(got); !layout.IsRescued(b) || !layout.IsSidecar(b+SidecarSuffix) {
+			t.Errorf("RelName(%q) = %q: not recognised as a rescued name by layout", tt.path, got)
+		}
 	}
 	got := RelName(&scanner.Candidate{Path: []byte("/d/" + long), PID: 1, FD: 1}, now)
 	base := filepath.Base(got)
 	if len(base)+len(SidecarSuffix) > 255 || !strings.HasSuffix(base, ".pid1.fd1") || !strings.HasPrefix(got, "d/é") {
 		t.Errorf("long name: %q (%d bytes)", got, len(base))
+	}
+	if !layout.IsRescued(base) {
+		t.Errorf("long name %q not recognised as a rescued name by layout", base)
 	}
 }
 
@@ -301,7 +311,9 @@ func TestSizeTotalAndQuota(t *testing.T) {
 	testfs.RequireRoot(t)
 	a := testfs.Mount(t, "ext4", 32)
 	mustMkdir(t, a+"/rescue")
-	writeFile(t, a+"/rescue/old", strings.Repeat("x", 3000))
+	// An earlier rescue (only names the engine writes count toward the
+	// root's usage).
+	writeFile(t, a+"/rescue/old.20261121T203000Z.pid1.fd3", strings.Repeat("x", 3000))
 	var hs []*testproc.Holder
 	for i := range 4 {
 		hs = append(hs, holdDeleted(t, fmt.Sprintf("%s/d/f%d", a, i), 1000))

@@ -24,7 +24,31 @@ type PruneResult struct {
 	StaleTemps   int    // engine temporaries a crash left behind, removed
 	Removed      int    // rescued files removed (sidecars not counted)
 	RemovedBytes uint64 // their sizes
-	Kept         uint64 // bytes of rescued files left in the root
+	Kept         uint64 // bytes of relinkd's files left in the root
+}
+
+// kind is what retention makes of a file's name. A rescue root may be a
+// directory that also holds other files (rescue.dirs: [/srv/backup]), so
+// only the names the engine writes are ever removed or counted.
+type kind int
+
+const (
+	foreign kind = iota // not written by relinkd: left alone, not counted
+	rescuedFile
+	sidecar
+	temp
+)
+
+func kindOf(name string) kind {
+	switch {
+	case layout.IsTemp(name):
+		return temp
+	case layout.IsSidecar(name):
+		return sidecar
+	case layout.IsRescued(name):
+		return rescuedFile
+	}
+	return foreign
 }
 
 // rescued is one regular file found under a rescue root.
@@ -32,29 +56,50 @@ type rescued struct {
 	dirfd int    // open directory holding it (owned by the walk)
 	name  string // name in that directory
 	rel   string // path relative to the root, for ordering and logs
+	kind  kind
 	size  uint64
 	ctime time.Time
+}
+
+// dir is a directory found under a rescue root, as it was when the walk
+// passed it.
+type dir struct {
+	fd     int // the directory, open (owned by the walk)
+	parent int // the open directory holding it
+	name   string
+	dev    uint64
+	ino    uint64
+	perm   uint32 // permission bits
+	mtime  time.Time
+}
+
+// tree holds the directories a walk opened; close releases them.
+type tree struct {
+	fds  []int
+	dirs []dir // every directory below the root, each before its children
+}
+
+func (t *tree) close() {
+	for _, fd := range t.fds {
+		unix.Close(fd)
+	}
 }
 
 // walkRoot visits every regular file under root. It opens root with
 // O_NOFOLLOW and descends with openat(O_NOFOLLOW|O_DIRECTORY), never
 // following a symlink and never leaving root whatever is renamed meanwhile.
-// The directory descriptors stay open until done is called.
-func walkRoot(root string, fn func(f rescued)) (done func(), err error) {
-	var fds []int
-	done = func() {
-		for _, fd := range fds {
-			unix.Close(fd)
-		}
-	}
+// The directory descriptors stay open until the tree is closed; the tree
+// is never nil.
+func walkRoot(root string, fn func(f rescued)) (*tree, error) {
+	t := &tree{}
 	rfd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) {
-			return done, fmt.Errorf("open rescue root %s: %w", root, errNotExist)
+			return t, fmt.Errorf("open rescue root %s: %w", root, errNotExist)
 		}
-		return done, fmt.Errorf("open rescue root %s: %w", root, err)
+		return t, fmt.Errorf("open rescue root %s: %w", root, err)
 	}
-	fds = append(fds, rfd)
+	t.fds = append(t.fds, rfd)
 	var walk func(dfd int, rel string, depth int) error
 	walk = func(dfd int, rel string, depth int) error {
 		if depth > 256 {
@@ -82,7 +127,7 @@ func walkRoot(root string, fn func(f rescued)) (done func(), err error) {
 			}
 			switch st.Mode & unix.S_IFMT {
 			case unix.S_IFREG:
-				fn(rescued{dirfd: dfd, name: name, rel: join(rel, name), size: uint64(st.Size),
+				fn(rescued{dirfd: dfd, name: name, rel: join(rel, name), kind: kindOf(name), size: uint64(st.Size),
 					ctime: time.Unix(st.Ctim.Sec, st.Ctim.Nsec)})
 			case unix.S_IFDIR:
 				sub, err := unix.Openat(dfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
@@ -92,7 +137,9 @@ func walkRoot(root string, fn func(f rescued)) (done func(), err error) {
 					}
 					return fmt.Errorf("open %s/%s: %w", root, join(rel, name), err)
 				}
-				fds = append(fds, sub)
+				t.fds = append(t.fds, sub)
+				t.dirs = append(t.dirs, dir{fd: sub, parent: dfd, name: name, dev: st.Dev, ino: st.Ino,
+					perm: st.Mode & 0o7777, mtime: time.Unix(st.Mtim.Sec, st.Mtim.Nsec)})
 				if err := walk(sub, join(rel, name), depth+1); err != nil {
 					return err
 				}
@@ -100,7 +147,7 @@ func walkRoot(root string, fn func(f rescued)) (done func(), err error) {
 		}
 		return nil
 	}
-	return done, walk(rfd, "", 0)
+	return t, walk(rfd, "", 0)
 }
 
 func join(dir, name string) string {
@@ -110,12 +157,17 @@ func join(dir, name string) string {
 	return dir + "/" + name
 }
 
-// DiskUsage returns the total size of the rescued files under root
-// (sidecars included), without following symlinks.
+// DiskUsage returns the total size of relinkd's files under root (rescued
+// files, sidecars and temporaries; other files are not counted), without
+// following symlinks.
 func DiskUsage(root string) (uint64, error) {
 	var n uint64
-	done, err := walkRoot(root, func(f rescued) { n += f.size })
-	done()
+	t, err := walkRoot(root, func(f rescued) {
+		if f.kind != foreign {
+			n += f.size
+		}
+	})
+	t.close()
 	return n, err
 }
 
@@ -123,24 +175,25 @@ func DiskUsage(root string) (uint64, error) {
 // it was rescued; link, clone and metadata copy all set it) is older than
 // maxAge (0: no age limit), then the oldest until the rest take at most
 // maxTotal bytes (0: no limit). A file's sidecar (NAME+SidecarSuffix)
-// goes with it, and an orphaned sidecar is removed too. Symlinks are never
-// followed and nothing outside root is touched. Directories left empty are
-// removed, root itself is kept.
+// goes with it, and an orphaned sidecar is removed too. Only names the
+// engine writes (see layout) are touched or counted: any other file is
+// left alone. Symlinks are never followed and nothing outside root is
+// touched. Directories the prune leaves empty are removed, root itself is
+// kept.
 func Prune(root string, maxAge time.Duration, maxTotal uint64, now time.Time) (PruneResult, error) {
 	var files, temps []rescued
 	sidecars := map[string]rescued{} // by rel of the file they describe
-	done, err := walkRoot(root, func(f rescued) {
-		if layout.IsTemp(f.name) {
+	t, err := walkRoot(root, func(f rescued) {
+		switch f.kind {
+		case temp:
 			temps = append(temps, f)
-			return
+		case sidecar:
+			sidecars[strings.TrimSuffix(f.rel, SidecarSuffix)] = f
+		case rescuedFile:
+			files = append(files, f)
 		}
-		if base, ok := strings.CutSuffix(f.rel, SidecarSuffix); ok {
-			sidecars[base] = f
-			return
-		}
-		files = append(files, f)
 	})
-	defer done()
+	defer t.close()
 	if err != nil {
 		if errors.Is(err, errNotExist) {
 			return PruneResult{}, nil
@@ -157,10 +210,12 @@ func Prune(root string, maxAge time.Duration, maxTotal uint64, now time.Time) (P
 	for _, f := range temps {
 		res.Kept += f.size
 	}
+	touched := map[int]bool{} // directories this prune removed something from, by fd
 	remove := func(f rescued) error {
 		if err := unix.Unlinkat(f.dirfd, f.name, 0); err != nil && !errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("prune %s/%s: %w", root, f.rel, err)
 		}
+		touched[f.dirfd] = true
 		res.Kept -= min(res.Kept, f.size)
 		return nil
 	}
@@ -216,47 +271,40 @@ func Prune(root string, maxAge time.Duration, maxTotal uint64, now time.Time) (P
 			}
 		}
 	}
-	removeEmptyDirs(root)
+	removeEmptyDirs(t, touched, now)
 	return res, errors.Join(errs...)
 }
 
-// removeEmptyDirs removes empty directories below root, deepest first,
-// without following symlinks. Failures (a directory not empty, one that
-// was just reused) are fine and ignored.
-func removeEmptyDirs(root string) {
-	rfd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return
-	}
-	defer unix.Close(rfd)
-	var sweep func(dfd int, depth int)
-	sweep = func(dfd int, depth int) {
-		if depth > 256 {
-			return
+// removeEmptyDirs removes empty directories of t, deepest first, without
+// following symlinks: those this prune emptied (touched holds the ones it
+// removed something from), and those left empty earlier that have the
+// mode the engine creates (0700). Any other empty directory may belong to
+// someone else sharing the root (a mount point, a drop directory) and is
+// kept. Failures (a directory not empty, one that was just reused) are
+// fine and ignored.
+//
+// A directory whose mtime was younger than staleTemp when the walk passed
+// it is kept: the engine may have just created it for a rescue in
+// progress, whose O_TMPFILE file (open(2)) has no name yet, so the
+// directory looks empty; removing it would make the final linkat(2) fail
+// with ENOENT. The mtime read before anything was removed is the one
+// that counts, since this prune's own unlinks refresh it.
+func removeEmptyDirs(t *tree, touched map[int]bool, now time.Time) {
+	for i := len(t.dirs) - 1; i >= 0; i-- {
+		d := t.dirs[i]
+		mine := touched[d.fd] || d.perm == 0o700
+		if !mine || now.Sub(d.mtime) <= staleTemp {
+			continue
 		}
-		dup, err := unix.FcntlInt(uintptr(dfd), unix.F_DUPFD_CLOEXEC, 0)
-		if err != nil {
-			return
+		// Remove only the directory the walk saw, not one renamed into
+		// its place since.
+		var st unix.Stat_t
+		if unix.Fstatat(d.parent, d.name, &st, unix.AT_SYMLINK_NOFOLLOW) != nil || st.Dev != d.dev || st.Ino != d.ino {
+			continue
 		}
-		f := os.NewFile(uintptr(dup), "dir")
-		ents, err := f.ReadDir(-1)
-		f.Close()
-		if err != nil {
-			return
-		}
-		for _, e := range ents {
-			if !e.IsDir() { // DirEntry types come from lstat: a symlink is not a dir
-				continue
-			}
-			sub, err := unix.Openat(dfd, e.Name(), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-			if err != nil {
-				continue
-			}
-			sweep(sub, depth+1)
-			unix.Close(sub)
-			// rmdir fails with ENOTEMPTY unless the sweep emptied it.
-			_ = unix.Unlinkat(dfd, e.Name(), unix.AT_REMOVEDIR)
+		// rmdir fails with ENOTEMPTY unless the directory is empty.
+		if unix.Unlinkat(d.parent, d.name, unix.AT_REMOVEDIR) == nil {
+			touched[d.parent] = true
 		}
 	}
-	sweep(rfd, 0)
 }

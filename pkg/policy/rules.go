@@ -79,7 +79,9 @@ func (r *rule) matches(c *scanner.Candidate) bool {
 	if r.uids != nil && !r.uids[c.UID] {
 		return false
 	}
-	if c.Size < int64(r.MinSize) {
+	// Compared as unsigned: a MinSize above math.MaxInt64 (Parse refuses
+	// one, a Config built in code may not) must not turn negative.
+	if c.Size < 0 || uint64(c.Size) < uint64(r.MinSize) {
 		return false
 	}
 	if r.MaxSize != 0 && c.Size > 0 && uint64(c.Size) > uint64(r.MaxSize) {

@@ -26,7 +26,20 @@ var sizeUnits = []struct {
 
 var errSyntax = errors.New("syntax")
 
-// ParseSize parses "10GiB", "500MB", "4096" or "4096B".
+// Errors for sizes that are well formed but not accepted.
+var (
+	// errTooLarge: sizes are compared with file sizes and offsets, which
+	// are int64 (off_t), so a larger one would turn negative there.
+	errTooLarge = errors.New("too large")
+	// errFraction: "1.5" or "1.5B" is a fraction of a byte.
+	errFraction = errors.New("fraction of a byte")
+)
+
+// maxSize is the largest size accepted, the largest file size (off_t).
+const maxSize = Size(math.MaxInt64)
+
+// ParseSize parses "10GiB", "500MB", "1.5GiB", "4096" or "4096B", up to
+// maxSize.
 func ParseSize(s string) (Size, error) {
 	num, mult := s, uint64(1)
 	for _, u := range sizeUnits {
@@ -44,18 +57,26 @@ func ParseSize(s string) (Size, error) {
 		if err != nil || math.IsNaN(f) || math.IsInf(f, 0) || f < 0 {
 			return 0, fmt.Errorf("size %q: %w", s, errSyntax)
 		}
+		if mult == 1 {
+			return 0, fmt.Errorf("size %q: %w", s, errFraction)
+		}
+		// 2^63 is exact in a float64; anything below it converts to at
+		// most math.MaxInt64.
 		v := f * float64(mult)
-		if v >= math.MaxUint64 {
-			return 0, fmt.Errorf("size %q: %w", s, errSyntax)
+		if v >= 1<<63 {
+			return 0, fmt.Errorf("size %q: %w", s, errTooLarge)
 		}
 		return Size(v), nil
 	}
 	n, err := strconv.ParseUint(num, 10, 64)
+	if errors.Is(err, strconv.ErrRange) {
+		return 0, fmt.Errorf("size %q: %w", s, errTooLarge)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("size %q: %w", s, errSyntax)
 	}
-	if n != 0 && mult > math.MaxUint64/n {
-		return 0, fmt.Errorf("size %q: %w", s, errSyntax)
+	if n != 0 && mult > uint64(maxSize)/n {
+		return 0, fmt.Errorf("size %q: %w", s, errTooLarge)
 	}
 	return Size(n * mult), nil
 }

@@ -16,6 +16,12 @@ func TestParseSize(t *testing.T) {
 		{"2kB", 2000, true}, {"1.5GiB", 3 << 29, true}, {"1TiB", 1 << 40, true},
 		{"10 GB", 0, false}, {"GB", 0, false}, {"-1", 0, false}, {"1XB", 0, false},
 		{"", 0, false}, {"99999999999TiB", 0, false}, {"1e3", 0, false}, {"+5", 0, false},
+		// Sizes are compared with int64 file sizes: at most math.MaxInt64.
+		{"9223372036854775807", 1<<63 - 1, true}, {"9223372036854775808", 0, false},
+		{"8388607TiB", 8388607 << 40, true}, {"8388608TiB", 0, false}, {"18000000TB", 0, false},
+		{"8388607.5TiB", 8388607<<40 + 1<<39, true}, {"8388608.5TiB", 0, false},
+		// A fraction needs a unit larger than a byte.
+		{"1.5", 0, false}, {"1.5B", 0, false}, {"0.5kB", 500, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
