@@ -197,7 +197,7 @@ func (e *Engine) createTemp(dir destDir, leaf string) (*tmpFile, error) {
 			return nil, spaceErr(fmt.Errorf("create O_TMPFILE in %s: %w", dir.path, err))
 		}
 	}
-	var rnd [6]byte
+	var rnd [layout.TempRandBytes]byte
 	for i := 0; i < 100; i++ {
 		_, _ = rand.Read(rnd[:])
 		name := "." + leaf + layout.TempMarker + hex.EncodeToString(rnd[:])

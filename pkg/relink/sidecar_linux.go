@@ -97,7 +97,7 @@ func (e *Engine) writeSidecar(p *Pin, d Destination, r Result, replace bool) (st
 		t.f.Close()
 		return dir.path + "/" + name, nil
 	}
-	var rnd [6]byte
+	var rnd [layout.TempRandBytes]byte
 	_, _ = rand.Read(rnd[:])
 	tmp := layout.TempMarker + hex.EncodeToString(rnd[:])
 	fd, err := createExcl(dir.fd, tmp)
