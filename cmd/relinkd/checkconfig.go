@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 
 	"github.com/relinkd/relinkd/pkg/policy"
@@ -13,15 +12,15 @@ import (
 // effective configuration (every default filled in) on stdout, or every
 // error, one "FILE:LINE: FIELD: message" per line, on stderr and fails.
 func cmdCheckConfig(ctx context.Context, e env, args []string) error {
-	fl := flag.NewFlagSet("check-config", flag.ContinueOnError)
-	fl.SetOutput(e.stderr)
-	if err := fl.Parse(args); err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
+	fl := newFlagSet("check-config")
+	pos, err := parseArgs(e.stdout, fl, "FILE", args)
+	if err != nil {
+		return err
 	}
-	if fl.NArg() != 1 {
+	if len(pos) != 1 {
 		return fmt.Errorf("%w: check-config takes one FILE", errUsage)
 	}
-	file := fl.Arg(0)
+	file := pos[0]
 	cfg, err := policy.Load(file)
 	var es policy.Errors
 	if errors.As(err, &es) {

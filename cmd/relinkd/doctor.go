@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -24,13 +23,13 @@ import (
 // policy would rescue files. It fails only when the configuration or the
 // mount table cannot be read; missing features are reported, not errors.
 func cmdDoctor(ctx context.Context, e env, args []string) error {
-	fl := flag.NewFlagSet("doctor", flag.ContinueOnError)
-	fl.SetOutput(e.stderr)
+	fl := newFlagSet("doctor")
 	configPath := fl.String("config", "", "configuration `file` (default /etc/relinkd/relinkd.yaml, else embedded)")
-	if err := fl.Parse(args); err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
+	pos, err := parseArgs(e.stdout, fl, "[FLAGS]", args)
+	if err != nil {
+		return err
 	}
-	if fl.NArg() > 0 {
+	if len(pos) > 0 {
 		return fmt.Errorf("%w: doctor takes no arguments", errUsage)
 	}
 	cfg, source, err := policy.Resolve(*configPath)

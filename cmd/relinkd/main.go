@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -23,11 +24,13 @@ const usage = `usage: relinkd COMMAND [FLAGS]
 commands:
   run          [--config FILE]                      the daemon (foreground)
   scan         [--config FILE] [--all] [--json]     list deleted-but-open files
-  rescue       [--config FILE] [--to DIR] [--pid PID] [--fd N] [--json] [GLOB…]
-                                                    rescue matching files now
+  rescue       [--config FILE] [--to DIR] [--pid PID] [--fd N] [--json]
+               [--follow] [--] [GLOB…]              rescue matching files now
   check-config FILE                                 validate a configuration
   doctor       [--config FILE]                      what will work on this host
   version                                           version, commit, Go version
+
+Flags may come before or after positional arguments; COMMAND -h shows them.
 `
 
 // errUsage marks a command-line mistake: main prints the usage and exits 2.
@@ -53,7 +56,17 @@ func main() {
 	}
 }
 
+// dispatch runs the command args name. Help asked for with -h is not an
+// error: the command printed it and main exits 0.
 func dispatch(ctx context.Context, e env, args []string) error {
+	err := command(ctx, e, args)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	return err
+}
+
+func command(ctx context.Context, e env, args []string) error {
 	if len(args) == 0 {
 		return fmt.Errorf("%w: no command", errUsage)
 	}
@@ -70,7 +83,7 @@ func dispatch(ctx context.Context, e env, args []string) error {
 	case "doctor":
 		return cmdDoctor(ctx, e, rest)
 	case "version":
-		return cmdVersion(e)
+		return cmdVersion(e, rest)
 	case "help", "-h", "--help":
 		fmt.Fprint(e.stdout, usage)
 		return nil

@@ -2,15 +2,18 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/bmatcuk/doublestar/v4"
 	"go.uber.org/zap"
@@ -22,45 +25,27 @@ import (
 )
 
 // cmdRescue sweeps once and rescues the selected deleted-but-open files
-// now: those matching PATH_GLOBs, --pid or --fd when given (no rule or
-// size limit applies to an explicit selection, only min_free), else what
-// the daemon would rescue now (a watch rule with action "rescue", within
-// the configured limits). Each inode is rescued once, to --to DIR or to the
-// location the configuration chooses (a rescue dir on the same filesystem,
-// else fs_dir at the root of the file's mount). It prints one line per file
-// (one JSON object with --json) and fails when any rescue failed.
+// now: those matching GLOBs, --pid or --fd when given (no rule or size
+// limit applies to an explicit selection, only min_free), else what the
+// daemon would rescue now (a watch rule with action "rescue", within every
+// configured limit; --to only replaces the location). Each inode is
+// rescued once, to --to DIR or to the location the configuration chooses
+// (a rescue dir on the same filesystem, else fs_dir at the root of the
+// file's mount). It prints one line per file (one JSON object with --json)
+// and fails when any rescue failed, or when an explicit selection matches
+// no deleted-open file.
 func cmdRescue(ctx context.Context, e env, args []string) error {
-	fl := flag.NewFlagSet("rescue", flag.ContinueOnError)
-	fl.SetOutput(e.stderr)
-	configPath := fl.String("config", "", "configuration `file` (default /etc/relinkd/relinkd.yaml, else embedded)")
-	to := fl.String("to", "", "rescue into `DIR` (created 0700) instead of the configured location")
-	pid := fl.Int("pid", 0, "only files held by process `PID`")
-	fd := fl.Int("fd", -1, "only descriptor `N` (with --pid)")
-	asJSON := fl.Bool("json", false, "print one JSON object per line")
-	follow := fl.Bool("follow", false, "keep appending what writers add until the last one closes the file")
-	procRoot := fl.String("proc", "/proc", "procfs mount `point`")
-	logLevel := fl.String("log-level", "", "also log events as JSON on stderr at `LEVEL` (debug, info, warn, error)")
-	if err := fl.Parse(args); err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
-	}
-	globs := fl.Args()
-	for _, g := range globs {
-		if !doublestar.ValidatePattern(g) {
-			return fmt.Errorf("%w: bad glob %q", errUsage, g)
-		}
-	}
-	if *fd >= 0 && *pid <= 0 {
-		return fmt.Errorf("%w: --fd needs --pid", errUsage)
+	o, err := parseRescueArgs(e, args)
+	if err != nil {
+		return err
 	}
 	log := zap.NewNop()
-	if *logLevel != "" {
-		l, err := logging.New(e.stderr, *logLevel, "json")
-		if err != nil {
+	if o.logLevel != "" {
+		if log, err = logging.New(e.stderr, o.logLevel, "json"); err != nil {
 			return fmt.Errorf("%w: %v", errUsage, err)
 		}
-		log = l
 	}
-	cfg, _, err := policy.Resolve(*configPath)
+	cfg, _, err := policy.Resolve(o.configPath)
 	if err != nil {
 		return err
 	}
@@ -68,110 +53,290 @@ func cmdRescue(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	pol := policy.New(cfg, log)
-
-	sc := scanner.New(scanner.Options{ProcRoot: *procRoot}, log)
+	sc := scanner.New(scanner.Options{ProcRoot: o.procRoot}, log)
 	var res scanner.Result
-	if *pid > 0 {
-		res, err = sc.SweepPIDs(ctx, []int{*pid})
+	if o.pid > 0 {
+		res, err = sc.SweepPIDs(ctx, []int{o.pid})
 	} else {
 		res, err = sc.Sweep(ctx)
 	}
 	if err != nil {
 		return err
 	}
-	explicit := len(globs) > 0 || *pid > 0
-	eng := relink.New(relink.Options{ProcRoot: *procRoot, Methods: methods, Sidecar: true}, log)
-	out := &reporter{w: e.stdout, json: *asJSON}
-	seen := map[scanner.Key]bool{}
-	var follows sync.WaitGroup
+	r := &rescuer{
+		o: o, cfg: cfg, log: log,
+		pol:  policy.New(cfg, log),
+		eng:  relink.New(relink.Options{ProcRoot: o.procRoot, Methods: methods, Sidecar: true}, log),
+		out:  &reporter{w: e.stdout, json: o.asJSON},
+		seen: map[scanner.Key]bool{},
+	}
+	r.decider = r.pol
+	if o.to != "" {
+		r.decider = policyTo(cfg, o.to, log)
+	}
 	for i := range res.Candidates {
-		c := &res.Candidates[i]
-		if (*pid > 0 && c.PID != *pid) || (*fd >= 0 && c.FD != *fd) || !matchAny(globs, string(c.Path)) {
-			continue
+		if err := r.consider(ctx, &res.Candidates[i]); err != nil {
+			return err
 		}
-		if seen[c.Key()] {
-			continue
-		}
-		if err := ctx.Err(); err != nil {
-			out.failed(c, err)
-			continue
-		}
-		var dest relink.Destination
-		engine := eng
-		if explicit || *to != "" {
-			// --to alone takes what the rescue rules match; an
-			// explicit selection takes what it names.
-			rule := ""
-			r, ok := pol.Match(c)
-			if ok {
-				rule = r.Name
-			}
-			if !explicit && (!ok || r.Action != policy.ActionRescue) {
-				continue
-			}
-			if dest, err = destination(c, *to, rule, cfg, pol); err != nil {
-				seen[c.Key()] = true
-				out.failed(c, err)
-				continue
-			}
-		} else {
-			// No selection: do what the daemon would do now, limits
-			// included.
-			d := pol.Decide(c)
-			switch d.Action {
-			case policy.Skip:
-				seen[c.Key()] = true
-				out.skipped(c, d.Reason+": "+d.Detail)
-				continue
-			case policy.Rescue:
-			default:
-				continue
-			}
-			ms, err := parseMethods(d.Methods)
-			if err != nil {
-				return err
-			}
-			engine = relink.New(relink.Options{ProcRoot: *procRoot, Methods: ms, Sidecar: true}, log)
-			dest = relink.Destination{Root: d.Root, Rel: d.Rel, MinFreeBytes: d.MinFreeBytes, Rule: d.Rule}
-		}
-		seen[c.Key()] = true
-		p, err := engine.Pin(*c)
-		if errors.Is(err, relink.ErrVanished) {
-			out.skipped(c, "vanished")
-			continue
-		}
-		if err != nil {
-			out.failed(c, err)
-			continue
-		}
-		r, err := engine.Rescue(ctx, p, dest)
-		if err != nil || !*follow {
-			p.Close()
-			out.result(c, r, err)
-			continue
-		}
-		follows.Add(1)
-		go func() {
-			defer follows.Done()
-			defer p.Close()
-			if fr, err := engine.Follow(ctx, p); err == nil {
-				r = fr
-			} else {
-				out.failed(c, err)
-				return
-			}
-			out.result(c, r, nil)
-		}()
 	}
-	follows.Wait()
-	if out.nfailed > 0 {
+	r.follows.Wait()
+	return r.verdict(e.stderr)
+}
+
+// rescueOptions are the flags and globs of `relinkd rescue`.
+type rescueOptions struct {
+	configPath, to, procRoot, logLevel string
+	pid, fd                            int
+	asJSON, follow                     bool
+	globs                              []string
+}
+
+// explicit reports whether files were selected by glob, --pid or --fd.
+func (o *rescueOptions) explicit() bool { return len(o.globs) > 0 || o.pid > 0 }
+
+// selects reports whether c is within the selection (everything when
+// there is none).
+func (o *rescueOptions) selects(c *scanner.Candidate) bool {
+	if (o.pid > 0 && c.PID != o.pid) || (o.fd >= 0 && c.FD != o.fd) {
+		return false
+	}
+	return matchAny(o.globs, string(c.Path))
+}
+
+// selection describes the selection for a message, as it was given.
+func (o *rescueOptions) selection() string {
+	var parts []string
+	if o.pid > 0 {
+		parts = append(parts, "--pid "+strconv.Itoa(o.pid))
+	}
+	if o.fd >= 0 {
+		parts = append(parts, "--fd "+strconv.Itoa(o.fd))
+	}
+	for _, g := range o.globs {
+		parts = append(parts, strconv.Quote(g))
+	}
+	return strings.Join(parts, " ")
+}
+
+const rescueSynopsis = "[FLAGS] [--] [GLOB…]"
+
+func parseRescueArgs(e env, args []string) (rescueOptions, error) {
+	var o rescueOptions
+	fl := newFlagSet("rescue")
+	fl.StringVar(&o.configPath, "config", "", "configuration `file` (default /etc/relinkd/relinkd.yaml, else embedded)")
+	fl.StringVar(&o.to, "to", "", "rescue into `DIR` (created 0700) instead of the configured location")
+	fl.IntVar(&o.pid, "pid", 0, "only files held by process `PID`")
+	fl.IntVar(&o.fd, "fd", -1, "only descriptor `N` (with --pid)")
+	fl.BoolVar(&o.asJSON, "json", false, "print one JSON object per line")
+	fl.BoolVar(&o.follow, "follow", false, "keep appending what writers add until the last one closes the file")
+	fl.StringVar(&o.procRoot, "proc", "/proc", "procfs mount `point`")
+	fl.StringVar(&o.logLevel, "log-level", "", "also log events as JSON on stderr at `LEVEL` (debug, info, warn, error)")
+	globs, err := parseArgs(e.stdout, fl, rescueSynopsis, args)
+	if err != nil {
+		return o, err
+	}
+	o.globs = globs
+	for _, g := range globs {
+		if !doublestar.ValidatePattern(g) {
+			return o, fmt.Errorf("%w: bad glob %q", errUsage, g)
+		}
+	}
+	// The defaults (0, -1) mean "not given": a value given must be valid.
+	given := map[string]bool{}
+	fl.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	switch {
+	case given["pid"] && o.pid <= 0:
+		return o, fmt.Errorf("%w: --pid %d: not a process id", errUsage, o.pid)
+	case given["fd"] && o.fd < 0:
+		return o, fmt.Errorf("%w: --fd %d: not a descriptor", errUsage, o.fd)
+	case o.fd >= 0 && o.pid <= 0:
+		return o, fmt.Errorf("%w: --fd needs --pid", errUsage)
+	}
+	if o.to != "" {
+		// Rescue roots are absolute, as in the configuration.
+		if o.to, err = filepath.Abs(o.to); err != nil {
+			return o, fmt.Errorf("--to: %w", err)
+		}
+	}
+	return o, nil
+}
+
+// rescuer carries one `relinkd rescue` run across its candidates.
+type rescuer struct {
+	o   rescueOptions
+	cfg *policy.Config
+	log *zap.Logger
+	pol *policy.Policy // the configuration's policy
+	// decider decides without an explicit selection: pol, or with --to
+	// a policy whose only location is --to.
+	decider *policy.Policy
+	eng     *relink.Engine // for an explicit selection
+	out     *reporter
+	seen    map[scanner.Key]bool
+	follows sync.WaitGroup
+}
+
+// verdict fails the run when a rescue failed or an explicit selection
+// matched no deleted-open file; nothing to do otherwise is only said.
+func (r *rescuer) verdict(stderr io.Writer) error {
+	out := r.out
+	switch {
+	case out.nfailed > 0:
 		return fmt.Errorf("%d of %d rescues failed", out.nfailed, out.nfailed+out.nok)
+	case out.nok+out.nskipped > 0:
+		return nil
+	case r.o.explicit():
+		return fmt.Errorf("no deleted-open file matches %s", r.o.selection())
 	}
-	if out.nok == 0 && out.nskipped == 0 {
-		fmt.Fprintln(e.stderr, "no matching deleted-but-open file")
-	}
+	fmt.Fprintln(stderr, "no matching deleted-but-open file")
 	return nil
+}
+
+// plan is how one file is rescued.
+type plan struct {
+	eng  *relink.Engine
+	dest relink.Destination
+	// release gives back what the policy reserved for the file when it
+	// is not rescued after all.
+	release func()
+}
+
+// consider rescues c if it is selected and not rescued yet. Only a
+// configuration error stops the run; everything else is reported per file.
+func (r *rescuer) consider(ctx context.Context, c *scanner.Candidate) error {
+	if !r.o.selects(c) || r.seen[c.Key()] {
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		r.out.failed(c, err)
+		return nil
+	}
+	var pl plan
+	var ok bool
+	var err error
+	if r.o.explicit() {
+		pl, ok = r.planExplicit(c)
+	} else {
+		pl, ok, err = r.planDecided(c)
+	}
+	if !ok || err != nil {
+		return err
+	}
+	r.seen[c.Key()] = true
+	r.rescue(ctx, c, pl)
+	return nil
+}
+
+// planExplicit rescues what the selection names, to --to or the
+// configured location, with only min_free as a limit.
+func (r *rescuer) planExplicit(c *scanner.Candidate) (plan, bool) {
+	rule := ""
+	if rl, ok := r.pol.Match(c); ok {
+		rule = rl.Name
+	}
+	dest, err := destination(c, r.o.to, rule, r.cfg, r.pol)
+	if err != nil {
+		r.seen[c.Key()] = true
+		r.out.failed(c, err)
+		return plan{}, false
+	}
+	return plan{eng: r.eng, dest: dest, release: func() {}}, true
+}
+
+// planDecided does what the daemon would do now: its policy decides
+// (rules, max_file_size, max_total_size, per_user, min_free, methods),
+// with --to as the only location when given. It reports skips itself.
+func (r *rescuer) planDecided(c *scanner.Candidate) (plan, bool, error) {
+	// The configured policy still keeps its own rescue directories out
+	// when --to replaces them.
+	if _, ok := r.pol.Match(c); !ok {
+		return plan{}, false, nil
+	}
+	d := r.decider.Decide(c)
+	switch d.Action {
+	case policy.Rescue:
+	case policy.Skip:
+		r.seen[c.Key()] = true
+		if r.o.to != "" && d.Reason == policy.ReasonLocation {
+			// Not a limit: the directory asked for cannot be used. The
+			// policy logs why ("rescue dir refused"); its detail speaks
+			// of the configuration policyTo made, which would mislead.
+			r.out.failed(c, fmt.Errorf("--to %s refused as a rescue root: it must be absent or a directory owned by root, "+
+				"not writable by group or others, on a writable mount (--log-level warn says why): %w", r.o.to, policy.ErrNoLocation))
+		} else {
+			r.out.skipped(c, d.Reason+": "+d.Detail)
+		}
+		return plan{}, false, nil
+	default:
+		return plan{}, false, nil
+	}
+	ms, err := parseMethods(d.Methods)
+	if err != nil {
+		return plan{}, false, err
+	}
+	return plan{
+		eng:     relink.New(relink.Options{ProcRoot: r.o.procRoot, Methods: ms, Sidecar: true}, r.log),
+		dest:    relink.Destination{Root: d.Root, Rel: d.Rel, MinFreeBytes: d.MinFreeBytes, Rule: d.Rule},
+		release: func() { r.decider.Release(c, d) },
+	}, true, nil
+}
+
+// rescue pins and rescues c by pl, then follows it in the background with
+// --follow.
+func (r *rescuer) rescue(ctx context.Context, c *scanner.Candidate, pl plan) {
+	p, err := pl.eng.Pin(*c)
+	if err != nil {
+		pl.release()
+		if errors.Is(err, relink.ErrVanished) {
+			r.out.skipped(c, "vanished")
+		} else {
+			r.out.failed(c, err)
+		}
+		return
+	}
+	res, err := pl.eng.Rescue(ctx, p, pl.dest)
+	if err != nil {
+		pl.release()
+	}
+	if err != nil || !r.o.follow {
+		p.Close()
+		r.out.result(c, res, err)
+		return
+	}
+	r.follows.Add(1)
+	go func() {
+		defer r.follows.Done()
+		defer p.Close()
+		r.follow(ctx, c, pl.eng, p)
+	}()
+}
+
+// follow appends what writers add to the rescued c until the last one
+// closes it, and reports the result.
+func (r *rescuer) follow(ctx context.Context, c *scanner.Candidate, eng *relink.Engine, p *relink.Pin) {
+	res, err := eng.Follow(ctx, p)
+	switch {
+	case err == nil:
+		r.out.result(c, res, nil)
+	case ctx.Err() != nil && errors.Is(err, ctx.Err()):
+		// SIGINT or SIGTERM: the file is rescued, and Follow made what it
+		// had appended durable; only the follow ended early.
+		r.out.stopped(c, res)
+	default:
+		r.out.failed(c, err)
+	}
+}
+
+// policyTo returns a policy that decides as cfg does but whose only rescue
+// location is dir, on any filesystem: the rules, max_file_size, per_user
+// and the methods that can work there still apply, and min_free and
+// max_total_size are measured on dir.
+func policyTo(cfg *policy.Config, dir string, log *zap.Logger) *policy.Policy {
+	c := *cfg
+	c.Rescue.Dirs = []string{dir}
+	c.Rescue.FSDir = ""
+	c.Rescue.CrossFS = true
+	return policy.New(&c, log)
 }
 
 func parseMethods(names []string) ([]relink.Method, error) {
@@ -229,17 +394,26 @@ type reporter struct {
 	nok, nfailed, nskipped int
 }
 
+// rescueLine is one file's outcome, the JSON object of --json. Names that
+// are not valid UTF-8 cannot be JSON strings exactly: as in `scan --json`
+// and the log events, the name then has each invalid byte as U+FFFD and
+// the _base64 field (present only then) holds the exact bytes.
 type rescueLine struct {
-	Path      string `json:"path"`
-	PID       int    `json:"pid"`
-	FD        int    `json:"fd"`
-	RescuedTo string `json:"rescued_to,omitempty"`
-	Method    string `json:"method,omitempty"`
-	Bytes     int64  `json:"bytes,omitempty"`
-	Duration  string `json:"duration,omitempty"`
-	Followed  bool   `json:"followed,omitempty"`
-	Skipped   string `json:"skipped,omitempty"`
-	Error     string `json:"error,omitempty"`
+	Path            string `json:"path"`
+	PathBase64      string `json:"path_base64,omitempty"`
+	PID             int    `json:"pid"`
+	FD              int    `json:"fd"`
+	RescuedTo       string `json:"rescued_to,omitempty"`
+	RescuedToBase64 string `json:"rescued_to_base64,omitempty"`
+	Method          string `json:"method,omitempty"`
+	Bytes           int64  `json:"bytes,omitempty"`
+	Duration        string `json:"duration,omitempty"`
+	Followed        bool   `json:"followed,omitempty"`
+	// FollowStopped: --follow was interrupted before the last writer
+	// closed the file; what was appended so far is durable.
+	FollowStopped bool   `json:"follow_stopped,omitempty"`
+	Skipped       string `json:"skipped,omitempty"`
+	Error         string `json:"error,omitempty"`
 }
 
 func (o *reporter) result(c *scanner.Candidate, r relink.Result, err error) {
@@ -247,8 +421,19 @@ func (o *reporter) result(c *scanner.Candidate, r relink.Result, err error) {
 		o.failed(c, err)
 		return
 	}
-	o.print(rescueLine{Path: string(c.Path), PID: c.PID, FD: c.FD, RescuedTo: r.Path, Method: string(r.Method),
-		Bytes: r.Bytes, Duration: r.Duration.String(), Followed: r.Followed}, &o.nok)
+	o.print(rescued(c, r), &o.nok)
+}
+
+// stopped reports a file rescued whose follow was interrupted: a success.
+func (o *reporter) stopped(c *scanner.Candidate, r relink.Result) {
+	l := rescued(c, r)
+	l.FollowStopped = true
+	o.print(l, &o.nok)
+}
+
+func rescued(c *scanner.Candidate, r relink.Result) rescueLine {
+	return rescueLine{Path: string(c.Path), PID: c.PID, FD: c.FD, RescuedTo: r.Path, Method: string(r.Method),
+		Bytes: r.Bytes, Duration: r.Duration.String(), Followed: r.Followed}
 }
 
 func (o *reporter) failed(c *scanner.Candidate, err error) {
@@ -259,13 +444,17 @@ func (o *reporter) skipped(c *scanner.Candidate, why string) {
 	o.print(rescueLine{Path: string(c.Path), PID: c.PID, FD: c.FD, Skipped: why}, &o.nskipped)
 }
 
+// print writes l, whose names hold the raw bytes.
 func (o *reporter) print(l rescueLine, count *int) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	*count++
 	if o.json {
-		b, _ := json.Marshal(l)
-		fmt.Fprintf(o.w, "%s\n", b)
+		l.Path, l.PathBase64 = jsonName(l.Path)
+		l.RescuedTo, l.RescuedToBase64 = jsonName(l.RescuedTo)
+		enc := json.NewEncoder(o.w)
+		enc.SetEscapeHTML(false)
+		_ = enc.Encode(l)
 		return
 	}
 	path := quoteIfNeeded(l.Path)
@@ -274,9 +463,21 @@ func (o *reporter) print(l rescueLine, count *int) {
 		fmt.Fprintf(o.w, "%s (pid %d fd %d): not rescued: %s\n", path, l.PID, l.FD, l.Error)
 	case l.Skipped != "":
 		fmt.Fprintf(o.w, "%s (pid %d fd %d): skipped: %s\n", path, l.PID, l.FD, l.Skipped)
+	case l.FollowStopped:
+		fmt.Fprintf(o.w, "%s -> %s (%s, %d bytes; follow stopped early)\n", path, quoteIfNeeded(l.RescuedTo), l.Method, l.Bytes)
 	default:
 		fmt.Fprintf(o.w, "%s -> %s (%s, %d bytes)\n", path, quoteIfNeeded(l.RescuedTo), l.Method, l.Bytes)
 	}
+}
+
+// jsonName returns name as a JSON string carries it (each invalid byte as
+// U+FFFD) and, only when name is not valid UTF-8, its exact bytes in
+// standard base64, as scanner.Record does for `scan --json`.
+func jsonName(name string) (s, b64 string) {
+	if utf8.ValidString(name) {
+		return name, ""
+	}
+	return string([]rune(name)), base64.StdEncoding.EncodeToString([]byte(name))
 }
 
 // quoteIfNeeded quotes a path that holds spaces, quotes or control bytes

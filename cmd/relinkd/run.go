@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"os/signal"
@@ -20,14 +19,14 @@ import (
 // cmdRun is `relinkd run [--config FILE]`: the daemon, in the foreground.
 // SIGINT/SIGTERM (ctx) stop it; SIGHUP reloads the configuration.
 func cmdRun(ctx context.Context, e env, args []string) error {
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	configPath := fs.String("config", "", "configuration file (default "+policy.DefaultPath+" if present, else the embedded default)")
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
+	fl := newFlagSet("run")
+	configPath := fl.String("config", "", "configuration `file` (default "+policy.DefaultPath+" if present, else the embedded default)")
+	pos, err := parseArgs(e.stdout, fl, "[FLAGS]", args)
+	if err != nil {
+		return err
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("%w: run takes no arguments (got %q)", errUsage, fs.Args())
+	if len(pos) > 0 {
+		return fmt.Errorf("%w: run takes no arguments (got %q)", errUsage, pos)
 	}
 
 	// Subscribe to SIGHUP before anything else, so that a reload sent

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"strconv"
@@ -20,16 +19,16 @@ import (
 // one JSON object per line for tools. It fails only when the sweep itself
 // cannot run (no /proc); unreadable processes are counted, not fatal.
 func cmdScan(ctx context.Context, e env, args []string) error {
-	fl := flag.NewFlagSet("scan", flag.ContinueOnError)
-	fl.SetOutput(e.stderr)
+	fl := newFlagSet("scan")
 	configPath := fl.String("config", "", "configuration `file` (default /etc/relinkd/relinkd.yaml, else embedded)")
 	all := fl.Bool("all", false, "list every deleted-but-open file, ignoring the watch rules")
 	asJSON := fl.Bool("json", false, "print one JSON object per line")
 	procRoot := fl.String("proc", "/proc", "procfs mount `point`")
-	if err := fl.Parse(args); err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
+	pos, err := parseArgs(e.stdout, fl, "[FLAGS]", args)
+	if err != nil {
+		return err
 	}
-	if fl.NArg() > 0 {
+	if len(pos) > 0 {
 		return fmt.Errorf("%w: scan takes no arguments", errUsage)
 	}
 	match, err := ruleMatcher(*configPath, *all)
@@ -85,13 +84,16 @@ func printTable(w io.Writer, rows []row) error {
 		if rule == "" {
 			rule = "-"
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%d\t%d\t%d\t%d\t%s\t%s\n", c.PID, c.Comm, c.UID, c.FD, c.Size, c.Nlink, rule, displayPath(c.Path))
+		// A process sets its own comm (prctl PR_SET_NAME), so it is quoted
+		// like a path: a newline in it must not forge a row.
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%d\t%d\t%d\t%s\t%s\n", c.PID, displayPath([]byte(c.Comm)), c.UID, c.FD, c.Size, c.Nlink, rule, displayPath(c.Path))
 	}
 	return tw.Flush()
 }
 
-// displayPath prints a path as is when it is printable UTF-8, else Go-quoted
-// so that a newline or a stray byte cannot forge a table row.
+// displayPath prints a path (or another name a process chose) as is when
+// it is printable UTF-8, else Go-quoted so that a newline or a stray byte
+// cannot forge a table row.
 func displayPath(p []byte) string {
 	if utf8.Valid(p) {
 		printable := true

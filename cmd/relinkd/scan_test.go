@@ -145,3 +145,65 @@ func TestVersionAndUsage(t *testing.T) {
 		t.Errorf("unknown command: %v, want exit status 2", err)
 	}
 }
+
+// TestScanTableQuotesComm: a process chooses its own name, so a newline in
+// it must not forge a row of the table.
+func TestScanTableQuotesComm(t *testing.T) {
+	testfs.RequireRoot(t)
+	dir := testfs.Mount(t, "tmpfs", 16)
+	const comm = "x\n999 evil"
+	pid, fd := startCommHolder(t, comm, filepath.Join(dir, "held.log"))
+
+	out, errOut, code := runBinary(t, "scan", "--all")
+	if code != 0 {
+		t.Fatalf("scan: exit %d: %s", code, errOut)
+	}
+	var rows []string
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, "999 ") {
+			t.Errorf("forged row %q:\n%s", line, out)
+		}
+		if strings.HasPrefix(line, strconv.Itoa(pid)+" ") {
+			rows = append(rows, line)
+		}
+	}
+	if len(rows) != 1 || !strings.Contains(rows[0], strconv.Quote(comm)) {
+		t.Errorf("want one row for pid %d with comm %s, got %q:\n%s", pid, strconv.Quote(comm), rows, out)
+	}
+	// JSON carries the name exactly.
+	if r := scanRecords(t, pid, "--all")[fd]; r["comm"] != comm {
+		t.Errorf("scan --json comm = %q, want %q", r["comm"], comm)
+	}
+}
+
+// TestHelp: -h and --help print the command's usage on stdout and exit 0.
+func TestHelp(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string // in stdout
+	}{
+		{"scan -h", []string{"scan", "-h"}, "-json"},
+		{"scan --help", []string{"scan", "--help"}, "-all"},
+		{"rescue -h", []string{"rescue", "-h"}, "-to DIR"},
+		{"rescue --help after a glob", []string{"rescue", "/x/**", "--help"}, "GLOB"},
+		{"run -h", []string{"run", "-h"}, "-config"},
+		{"doctor --help", []string{"doctor", "--help"}, "-config"},
+		{"check-config -h", []string{"check-config", "-h"}, "FILE"},
+		{"version -h", []string{"version", "-h"}, "usage: relinkd version"},
+		{"help", []string{"help"}, "commands:"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, errOut, code := runBinary(t, tc.args...)
+			if code != 0 || !strings.HasPrefix(out, "usage: relinkd") || !strings.Contains(out, tc.want) {
+				t.Errorf("exit %d, want 0; stdout lacks %q:\n%s\nstderr:\n%s", code, tc.want, out, errOut)
+			}
+		})
+	}
+	t.Run("unknown flag", func(t *testing.T) {
+		_, errOut, code := runBinary(t, "scan", "--bogus")
+		if code != 2 || !strings.Contains(errOut, "-bogus") {
+			t.Errorf("exit %d, want 2, stderr naming the flag:\n%s", code, errOut)
+		}
+	})
+}
