@@ -197,7 +197,12 @@ type writers struct {
 	known    []fdRef
 }
 
-type fdRef struct{ pid, fd int }
+// fdRef is a descriptor below the proc root: dir is "PID", or
+// "PID/task/TID" for a process whose main thread has exited.
+type fdRef struct {
+	dir string
+	fd  int
+}
 
 func (w *writers) any() (bool, error) {
 	for _, r := range w.known {
@@ -216,20 +221,30 @@ func (w *writers) any() (bool, error) {
 		return false, fmt.Errorf("list processes: %w", err)
 	}
 	for _, name := range names {
-		pid, err := strconv.Atoi(name)
-		if err != nil {
+		if _, err := strconv.Atoi(name); err != nil {
 			continue
 		}
-		fds, err := readDirNames(w.e.procRoot + "/" + name + "/fd")
+		dir := name
+		fds, err := readDirNames(w.e.procRoot + "/" + dir + "/fd")
 		if err != nil {
 			continue // gone, or not ours to look at
+		}
+		if len(fds) == 0 {
+			// A leader that has exited leaves the table to its
+			// threads (see scanner.Candidate.TID).
+			if dir = w.liveThread(name); dir == "" {
+				continue
+			}
+			if fds, err = readDirNames(w.e.procRoot + "/" + dir + "/fd"); err != nil {
+				continue
+			}
 		}
 		for _, f := range fds {
 			fd, err := strconv.Atoi(f)
 			if err != nil {
 				continue
 			}
-			if r := (fdRef{pid, fd}); w.writes(r) {
+			if r := (fdRef{dir, fd}); w.writes(r) {
 				w.known = append(w.known, r)
 			}
 		}
@@ -237,10 +252,25 @@ func (w *writers) any() (bool, error) {
 	return len(w.known) > 0, nil
 }
 
-// writes reports whether pid's fd refers to the inode and was opened for
-// writing (flags in /proc/PID/fdinfo/FD, proc(5)).
+// liveThread returns "PID/task/TID" for a thread of pid other than its
+// leader, "" if there is none.
+func (w *writers) liveThread(pid string) string {
+	tids, err := readDirNames(w.e.procRoot + "/" + pid + "/task")
+	if err != nil {
+		return ""
+	}
+	for _, tid := range tids {
+		if tid != pid {
+			return pid + "/task/" + tid
+		}
+	}
+	return ""
+}
+
+// writes reports whether r refers to the inode and was opened for writing
+// (flags in /proc/PID/fdinfo/FD, proc(5)).
 func (w *writers) writes(r fdRef) bool {
-	base := w.e.procRoot + "/" + strconv.Itoa(r.pid)
+	base := w.e.procRoot + "/" + r.dir
 	var st unix.Stat_t
 	if unix.Stat(base+"/fd/"+strconv.Itoa(r.fd), &st) != nil || uint64(st.Dev) != w.dev || st.Ino != w.ino {
 		return false

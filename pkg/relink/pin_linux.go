@@ -89,7 +89,7 @@ func (e *Engine) Pin(c scanner.Candidate) (*Pin, error) {
 	if c.StartTime != 0 && start != c.StartTime {
 		return fail(fmt.Errorf("%w: pid %d start time %d, candidate had %d", ErrIdentity, c.PID, start, c.StartTime))
 	}
-	link := e.procRoot + "/" + strconv.Itoa(c.PID) + "/fd/" + strconv.Itoa(c.FD)
+	link := e.procRoot + "/" + c.ProcDir() + "/fd/" + strconv.Itoa(c.FD)
 	// Look before opening: opening a FIFO or a device has side effects.
 	var st unix.Stat_t
 	if err := eintr.Retry0(func() error { return unix.Stat(link, &st) }); err != nil {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
 
 	"github.com/relinkd/relinkd/internal/testfs"
@@ -360,4 +361,25 @@ func TestPinRefuses(t *testing.T) {
 	if _, err := e.Pin(good); !errors.Is(err, ErrIdentity) {
 		t.Fatalf("swapped descriptor: want ErrIdentity, got %v", err)
 	}
+}
+
+// TestRescueExitedLeader: a holder whose main thread has exited is reached
+// through one of its live threads (/proc/PID/task/TID/fd), and rescued.
+func TestRescueExitedLeader(t *testing.T) {
+	testfs.RequireRoot(t)
+	testfs.RequireTool(t, "python3")
+	mnt := testfs.Mount(t, "tmpfs", 16)
+	src := filepath.Join(mnt, "orphan.log")
+	writeFile(t, src, []byte("still here"))
+	pid := testproc.StartExitedLeader(t, src)
+	res, err := scanner.New(scanner.Options{}, zaptest.NewLogger(t)).SweepPIDs(ctx(t), []int{pid})
+	if err != nil || len(res.Candidates) != 1 || res.Candidates[0].TID == 0 {
+		t.Fatalf("sweep: want one candidate reached through a thread, got %+v, %v", res.Candidates, err)
+	}
+	e := newEngine(t, Options{})
+	r, err := e.Rescue(ctx(t), pin(t, e, res.Candidates[0]), Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: "orphan.log"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustEqualBytes(t, "rescued", []byte("still here"), readAll(t, r.Path))
 }

@@ -4,6 +4,7 @@ package scanner
 
 import (
 	"io/fs"
+	"strconv"
 	"time"
 )
 
@@ -17,6 +18,11 @@ type Candidate struct {
 	Comm      string // /proc/PID/comm
 	Exe       string // /proc/PID/exe target, "" when unreadable
 	UID       uint32 // real uid of the holder
+	// TID is a live thread of the holder through which its descriptors
+	// are reached, when the thread-group leader has exited (pthread_exit
+	// from main): the leader's /proc/PID/fd is then empty while the other
+	// threads still share the table. 0 means the leader itself.
+	TID int
 
 	// Descriptor, from /proc/PID/fdinfo/FD.
 	FD    int
@@ -44,6 +50,15 @@ type Candidate struct {
 	// it still has another link (Nlink > 0), or it is an O_TMPFILE file
 	// (which the kernel refuses only if it was opened with O_EXCL).
 	Linkable bool
+}
+
+// ProcDir is the directory below /proc that holds c's descriptor table:
+// "PID", or "PID/task/TID" when the leader has exited.
+func (c *Candidate) ProcDir() string {
+	if c.TID != 0 {
+		return strconv.Itoa(c.PID) + "/task/" + strconv.Itoa(c.TID)
+	}
+	return strconv.Itoa(c.PID)
 }
 
 // Key identifies an inode across processes and descriptors.

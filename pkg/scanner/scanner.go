@@ -159,12 +159,58 @@ func newWorker(s *Scanner, rootfd int) *worker {
 // process reads the descriptors of one process into res.
 func (w *worker) process(pid int, res *Result) {
 	pidDir := strconv.Itoa(pid)
-	fdDir, err := openDirAt(w.rootfd, pidDir+"/fd")
+	found, nfds, err := w.descriptors(pid, pidDir, res)
+	if err == nil && nfds == 0 {
+		// An empty table: a kernel thread, or a leader that has exited
+		// while other threads live on with the table (pthread_exit from
+		// main). Those threads still show it under task/TID.
+		if tid := w.liveThread(pidDir, pid); tid != 0 {
+			found, _, err = w.descriptors(pid, pidDir+"/task/"+strconv.Itoa(tid), res)
+			for i := range found {
+				found[i].TID = tid
+			}
+		}
+	}
 	if err != nil {
-		w.countErr(pid, "open fd dir", err, res)
+		w.countErr(pid, "read fd dir", err, res)
 		return
 	}
+	res.Procs++
+	if len(found) == 0 {
+		return
+	}
+	if err := w.holder(pidDir, found); err != nil {
+		w.countErr(pid, "read holder", err, res)
+		return
+	}
+	res.Candidates = append(res.Candidates, found...)
+}
+
+// liveThread returns a thread of pid other than the leader, 0 if none.
+func (w *worker) liveThread(pidDir string, pid int) int {
+	d, err := openDirAt(w.rootfd, pidDir+"/task")
+	if err != nil {
+		return 0
+	}
+	defer unix.Close(d)
+	tid := 0
+	_ = eachDirent(d, w.dirent, func(name []byte) {
+		if n, ok := parseFDName(name); ok && n != pid && tid == 0 {
+			tid = n
+		}
+	})
+	return tid
+}
+
+// descriptors reads the descriptor table in dir (below the proc root) and
+// returns the deleted regular files in it and how many descriptors it saw.
+func (w *worker) descriptors(pid int, dir string, res *Result) ([]Candidate, int, error) {
+	fdDir, err := openDirAt(w.rootfd, dir+"/fd")
+	if err != nil {
+		return nil, 0, err
+	}
 	defer unix.Close(fdDir)
+	nfds := 0
 
 	var found []Candidate
 	fdinfoDir := -1
@@ -183,6 +229,7 @@ func (w *worker) process(pid int, res *Result) {
 		if !ok || refused != nil {
 			return
 		}
+		nfds++
 		res.FDs++
 		n := string(name)
 		link, err := readlinkAt(fdDir, n, &w.link)
@@ -207,11 +254,11 @@ func (w *worker) process(pid int, res *Result) {
 		if st.Mode&unix.S_IFMT != unix.S_IFREG {
 			return
 		}
-		if st.Nlink > 0 && w.liveName(pidDir, link, &st) {
+		if st.Nlink > 0 && w.liveName(dir, link, &st) {
 			return // a live file literally named "… (deleted)"
 		}
 		if fdinfoDir < 0 {
-			if fdinfoDir, err = openDirAt(w.rootfd, pidDir+"/fdinfo"); err != nil {
+			if fdinfoDir, err = openDirAt(w.rootfd, dir+"/fdinfo"); err != nil {
 				w.countFDErr(err, res)
 				return
 			}
@@ -233,7 +280,7 @@ func (w *worker) process(pid int, res *Result) {
 			// file named "/secretmem" or under "/memfd:x" is on a
 			// listed mount.
 			if mounts == nil {
-				mounts = w.mountIDs(pidDir)
+				mounts = w.mountIDs(dir)
 			}
 			if !mounts[info.MntID] {
 				return
@@ -254,19 +301,7 @@ func (w *worker) process(pid int, res *Result) {
 	if err == nil && refused != nil {
 		err = refused
 	}
-	if err != nil {
-		w.countErr(pid, "read fd dir", err, res)
-		return
-	}
-	res.Procs++
-	if len(found) == 0 {
-		return
-	}
-	if err := w.holder(pidDir, found); err != nil {
-		w.countErr(pid, "read holder", err, res)
-		return
-	}
-	res.Candidates = append(res.Candidates, found...)
+	return found, nfds, err
 }
 
 // holder fills in the holder's identity on the candidates of pid. It reads
@@ -304,15 +339,15 @@ func (w *worker) holder(pidDir string, cs []Candidate) error {
 }
 
 // liveName reports whether link, read verbatim, names the same inode in the
-// holder's root: then the file was never deleted, it is merely called
+// holder's root (dir/root): then the file was never deleted, it is merely called
 // "x (deleted)". A deleted name whose inode has another link fails this.
-func (w *worker) liveName(pidDir string, link []byte, st *unix.Stat_t) bool {
-	cur, err := statAt(w.rootfd, pidDir+"/root"+string(link), unix.AT_SYMLINK_NOFOLLOW)
+func (w *worker) liveName(dir string, link []byte, st *unix.Stat_t) bool {
+	cur, err := statAt(w.rootfd, dir+"/root"+string(link), unix.AT_SYMLINK_NOFOLLOW)
 	return err == nil && cur.Dev == st.Dev && cur.Ino == st.Ino
 }
 
-func (w *worker) mountIDs(pidDir string) map[int]bool {
-	raw, err := readFileAt(w.rootfd, pidDir+"/mountinfo", &w.file)
+func (w *worker) mountIDs(dir string) map[int]bool {
+	raw, err := readFileAt(w.rootfd, dir+"/mountinfo", &w.file)
 	if err != nil {
 		return map[int]bool{}
 	}

@@ -499,3 +499,32 @@ func TestLsofParity(t *testing.T) {
 		}
 	}
 }
+
+// TestSweepExitedLeader: a process whose main thread has exited
+// (pthread_exit from main) keeps its descriptors in its other threads;
+// the leader's /proc/PID/fd is empty, so the sweep reads them through
+// /proc/PID/task/TID. lsof +L1 misses these.
+func TestSweepExitedLeader(t *testing.T) {
+	testfs.RequireRoot(t)
+	testfs.RequireTool(t, "python3")
+	dir := testfs.Mount(t, "tmpfs", 16)
+	path := filepath.Join(dir, "orphan.log")
+	if err := os.WriteFile(path, []byte("still here"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pid := testproc.StartExitedLeader(t, path)
+	res, err := New(Options{}, zaptest.NewLogger(t)).SweepPIDs(context.Background(), []int{pid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Candidates) != 1 {
+		t.Fatalf("want the one deleted file, got %+v", res.Candidates)
+	}
+	c := res.Candidates[0]
+	if c.PID != pid || c.TID == 0 || c.TID == pid || string(c.Path) != path || c.Size != 10 || c.StartTime == 0 {
+		t.Errorf("candidate %+v: want pid %d, a live thread's TID, path %q, size 10, a start time", c, pid, path)
+	}
+	if want := fmt.Sprintf("%d/task/%d", pid, c.TID); c.ProcDir() != want {
+		t.Errorf("ProcDir %q, want %q", c.ProcDir(), want)
+	}
+}
