@@ -18,11 +18,16 @@ func TestReload(t *testing.T) {
 	testfs.RequireRoot(t)
 	mnt := testfs.Mount(t, "tmpfs", 64)
 	a, b, rescued := filepath.Join(mnt, "a"), filepath.Join(mnt, "b"), filepath.Join(mnt, "rescued")
-	mkdirs(t, a, b)
-	cfgA := baseConfig("1h", true, rule("a", "rescue", []string{a + "/**"}), rescued)
-	cfgB := baseConfig("1h", true, rule("b", "rescue", []string{b + "/**"}), rescued)
+	mkdirs(t, filepath.Join(a, "x"), filepath.Join(a, "y"), filepath.Join(b, "z"))
+	const listen = "metrics:\n  listen: \"127.0.0.1:0\"\n"
+	cfgA := baseConfig("1h", true, rule("a", "rescue", []string{a + "/**"}), rescued) + listen
+	cfgB := baseConfig("1h", true, rule("b", "rescue", []string{b + "/**"}), rescued) + listen
 	cfg := writeConfig(t, cfgA)
 	d := startDaemon(t, cfg)
+	addr := d.Wait("metrics listening", 5*time.Second, Msg("metrics listening")).str("listen")
+	if got := metricValue(t, addr, "relinkd_inotify_watches"); got != 3 {
+		t.Errorf("relinkd_inotify_watches = %v before the reload, want 3 (a, a/x, a/y)", got)
+	}
 
 	pa := filepath.Join(a, "1.log")
 	holdFile(t, pa, []byte("a1"))
@@ -33,13 +38,18 @@ func TestReload(t *testing.T) {
 	}
 	d.Signal(syscall.SIGHUP)
 	d.Wait("config reloaded", 10*time.Second, Msg("config reloaded"))
+	// The watches are swapped before the event is logged: a's three are
+	// gone, b's two are in place (five would mean a's were kept).
+	if got := metricValue(t, addr, "relinkd_inotify_watches"); got != 2 {
+		t.Errorf("relinkd_inotify_watches = %v after the reload, want 2 (b, b/z)", got)
+	}
 	pb := filepath.Join(b, "1.log")
 	holdFile(t, pb, []byte("b1"))
 	ev := d.Wait("rescue in b", 10*time.Second, Rescued(pb))
 	if ev.str("rule") != "b" {
 		t.Errorf("rule = %q, want b", ev.str("rule"))
 	}
-	// a is no longer watched: a file deleted there now, then one in b;
+	// a is no longer covered: a file deleted there now, then one in b;
 	// once the b one is rescued the sweep that found it also saw a's.
 	pa2 := filepath.Join(a, "2.log")
 	holdFile(t, pa2, []byte("a2"))
@@ -154,6 +164,10 @@ func TestSIGTERMDuringCopy(t *testing.T) {
 	}
 	if evs := d.Events(Msg("file rescued")); len(evs) > 0 {
 		t.Errorf("rescued although stopped during the copy: %v", evs)
+	}
+	// Cancelled by design: not a failure.
+	if evs := d.Events(Msg("rescue failed")); len(evs) > 0 {
+		t.Errorf("a copy cancelled by shutdown was reported as failed: %v", evs)
 	}
 	if files := regularFiles(t, rescued); len(files) > 0 {
 		t.Errorf("partial files left: %q", files)

@@ -13,6 +13,9 @@
 // The pin comes before the expensive decision on purpose: once the daemon
 // holds its own descriptor on the inode, the data outlives the holder, so a
 // process that exits milliseconds after the unlink still loses nothing.
+//
+// A failed rescue is the one exception to "seen before: nothing": its
+// cause may pass, so later sweeps try again, with a backoff.
 package daemon
 
 import (
@@ -42,6 +45,13 @@ const (
 	DefaultMaxPinnedBytes = 256 << 30
 	DefaultStopTimeout    = 4 * time.Second
 	DefaultPruneInterval  = 10 * time.Minute
+	// DefaultMaxWorkers caps the default worker count: a worker blocked
+	// in copy_file_range holds an OS thread, and the unit's TasksMax
+	// bounds the threads; more workers than disks gain nothing.
+	DefaultMaxWorkers = 8
+	// MaxRetryBackoff is the longest wait between two attempts at a
+	// failed rescue (see retryBackoff).
+	MaxRetryBackoff = time.Hour
 )
 
 // Sweeper finds deleted-but-open files; *scanner.Scanner is one.
@@ -57,7 +67,7 @@ type Options struct {
 	Version    string // for the start-up event
 
 	ProcRoot       string        // "" means /proc
-	Workers        int           // rescue workers; 0 means max(2, NumCPU)
+	Workers        int           // rescue workers; 0 means NumCPU, within 2 to DefaultMaxWorkers
 	MaxPins        int           // inodes pinned at once; 0 means DefaultMaxPins
 	MaxPinnedBytes int64         // their total size; 0 means DefaultMaxPinnedBytes
 	MaxWatches     int           // inotify watches; 0 means scan.max_watches
@@ -100,6 +110,7 @@ type Daemon struct {
 	// Main loop only.
 	lastFull     time.Time // start of the last pass over every process
 	fullDeferred bool      // an event round skipped its full pass
+	overflows    int       // inotify queue overflows not yet handled
 	watcher      *watch.Watcher
 }
 
@@ -116,15 +127,47 @@ const (
 	stRescued               // rescued; never again while it stays open
 	stReported              // report rule: logged once
 	stSkipped               // policy said no: logged once
-	stFailed                // rescue failed: logged once
+	stFailed                // rescue failed: retried with a backoff (see retryBackoff)
 	stIgnored               // no rule matches
 )
 
 type inode struct {
-	st      state
-	seen    time.Time // last sweep that showed it
-	btime   int64     // birth time (ns), 0 where the filesystem has none
-	holders map[holderID]struct{}
+	st       state
+	seen     time.Time              // last sweep that showed it
+	btime    int64                  // birth time (ns), 0 where the filesystem has none
+	holders  map[holderID]time.Time // when each was last seen
+	failures int                    // failed attempts so far
+	retryAt  time.Time              // stFailed: sweeps from then on try again
+}
+
+// retryDue reports whether a failed rescue of in may be tried again by a
+// sweep that started at now.
+func (in *inode) retryDue(now time.Time) bool {
+	return in.st == stFailed && !now.Before(in.retryAt)
+}
+
+// failed records a failed attempt made for the sweep that started at
+// found. The next is due a backoff after that sweep, less half an
+// interval so that the periodic sweep due then is not missed by a hair.
+func (in *inode) failed(found time.Time, interval time.Duration) {
+	in.st = stFailed
+	in.failures++
+	in.retryAt = found.Add(retryBackoff(in.failures, interval) - interval/2)
+}
+
+// retryBackoff is the wait before the attempt after the nth failure: one
+// sweep interval, doubling with each failure up to MaxRetryBackoff (or the
+// interval, if longer). A failure may be transient (ENOSPC, a destination
+// being repaired) and the data lives only as long as its holder, so
+// retrying is worth it; the backoff keeps a lasting cause from costing a
+// rescue attempt and an error event on every sweep.
+func retryBackoff(n int, interval time.Duration) time.Duration {
+	limit := max(MaxRetryBackoff, interval)
+	b := interval
+	for i := 1; i < n && b < limit; i++ {
+		b *= 2
+	}
+	return min(b, limit)
 }
 
 // holderID names a process across pid reuse.
@@ -134,8 +177,9 @@ type holderID struct {
 }
 
 type job struct {
-	c   scanner.Candidate
-	pin *relink.Pin
+	c     scanner.Candidate
+	pin   *relink.Pin
+	found time.Time // start of the sweep that found it
 }
 
 // New builds a daemon for opt.Config. Nothing runs until Run.
@@ -150,7 +194,7 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 		opt.ProcRoot = "/proc"
 	}
 	if opt.Workers <= 0 {
-		opt.Workers = max(2, runtime.NumCPU())
+		opt.Workers = max(2, min(runtime.NumCPU(), DefaultMaxWorkers))
 	}
 	if opt.MaxPins <= 0 {
 		opt.MaxPins = DefaultMaxPins
@@ -259,7 +303,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 		if maxWatches <= 0 {
 			maxWatches = cfg.Scan.MaxWatches
 		}
-		w, err := watch.New(watch.Options{Roots: watchRoots(cfg), MaxWatches: maxWatches}, d.log)
+		w, err := watch.New(watch.Options{
+			Roots: watchRoots(cfg), MaxWatches: maxWatches,
+			OnChange: func(n int) { d.m.Watches.Set(float64(n)) },
+		}, d.log)
 		if err != nil {
 			// No inotify instance (fs.inotify.max_user_instances): the
 			// sweeps still work.
@@ -296,7 +343,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	for {
 		select {
 		case j := <-d.jobs:
-			d.unpin(j, stQueued)
+			d.abandon(j)
 			continue
 		default:
 		}
@@ -350,6 +397,9 @@ func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event) error {
 			}
 		case ev := <-events:
 			d.onEvents(ctx, ev, events)
+			if d.overflows > 0 {
+				d.recoverOverflow(ctx)
+			}
 			if d.fullDeferred && !fullArmed {
 				full.Reset(max(time.Millisecond, d.fullGap(interval)-time.Since(d.lastFull)))
 				fullArmed = true
@@ -398,14 +448,17 @@ func (d *Daemon) fullGap(interval time.Duration) time.Duration {
 // its start, so it counts as a full sweep. Steps 2 and 3 run at most once
 // per fullGap; within it a round is step 1 alone and the full pass is
 // deferred to the end of the gap.
+//
+// An overflow among the events ends the rounds: the main loop then
+// rescans and sweeps everything (recoverOverflow).
 func (d *Daemon) onEvents(ctx context.Context, first watch.Event, events <-chan watch.Event) {
-	pending := map[string]bool{first.Dir: true}
-	n := 1 + drainEvents(events, pending)
+	pending := make(map[string]bool)
+	n := d.note(first, pending) + d.drainEvents(events, pending)
 	queued := time.Since(first.At)
 	// Rounds continue while events arrive during them, a few times at
 	// most so that the main loop is not starved; what is left is covered
 	// by the deferred full pass.
-	for round := 0; len(pending) > 0 && ctx.Err() == nil; round++ {
+	for round := 0; len(pending) > 0 && d.overflows == 0 && ctx.Err() == nil; round++ {
 		if round == 3 {
 			d.fullDeferred = true
 			break
@@ -450,9 +503,9 @@ func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-
 	slices.Sort(rest)
 	slices.Reverse(rest)
 	arrived := 0
-	for len(rest) > 0 && ctx.Err() == nil {
+	for len(rest) > 0 && d.overflows == 0 && ctx.Err() == nil {
 		more := make(map[string]bool)
-		if got := drainEvents(events, more); got > 0 {
+		if got := d.drainEvents(events, more); got > 0 {
 			arrived += got
 			quick := append(d.newPIDs(), d.likelyPIDs(more, nil, nil)...)
 			complete = d.sweepPIDs(ctx, "event", quick, nil) && complete
@@ -467,6 +520,7 @@ func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-
 		complete = d.sweepPIDs(ctx, "event", rest[:k], swept) && complete
 		rest = rest[k:]
 	}
+	complete = complete && len(rest) == 0
 	if complete && ctx.Err() == nil {
 		d.forget(start, listed)
 	}
@@ -499,19 +553,49 @@ func (d *Daemon) newPIDs() []int {
 	return newLeaders(d.opt.ProcRoot, prev, last)
 }
 
-// drainEvents moves the queued events' directories into dirs and returns
-// how many events it took.
-func drainEvents(events <-chan watch.Event, dirs map[string]bool) int {
+// drainEvents notes every queued event (see note) and returns how many
+// were removals.
+func (d *Daemon) drainEvents(events <-chan watch.Event, dirs map[string]bool) int {
 	n := 0
 	for {
 		select {
 		case ev := <-events:
-			dirs[ev.Dir] = true
-			n++
+			n += d.note(ev, dirs)
 		default:
 			return n
 		}
 	}
+}
+
+// note adds a removal's directory to dirs and returns 1, or counts an
+// overflow, which is no removal, and returns 0.
+func (d *Daemon) note(ev watch.Event, dirs map[string]bool) int {
+	if ev.Overflow {
+		d.overflows++
+		return 0
+	}
+	dirs[ev.Dir] = true
+	return 1
+}
+
+// recoverOverflow makes up for lost events. Past fs.inotify.max_queued_events
+// the kernel drops events and queues one IN_Q_OVERFLOW (inotify(7)): any
+// removal may have gone unseen, and a directory created meanwhile is not
+// watched, its IN_CREATE lost with the rest. So every root is walked again
+// and every process swept at once, without waiting for fullGap: the
+// overflow is the sign of a burst, the very time holders come and go.
+func (d *Daemon) recoverOverflow(ctx context.Context) {
+	n := d.overflows
+	d.overflows = 0
+	d.m.Overflows.Add(float64(n))
+	d.log.Warn("inotify queue overflowed; rescanning watched trees", zap.Int("overflows", n))
+	if w := d.getWatcher(); w != nil {
+		start := time.Now()
+		added := w.Rescan()
+		d.log.Debug("watched trees rescanned", zap.Int("added", added), zap.Int("watches", w.Watches()),
+			zap.Duration("duration", time.Since(start)))
+	}
+	d.sweep(ctx)
 }
 
 // likelyPIDs returns, newest first and not yet swept, the pids last seen
@@ -584,8 +668,13 @@ func (d *Daemon) sweepPIDs(ctx context.Context, kind string, pids []int, swept m
 	return true
 }
 
-// sweep runs one full sweep and feeds its candidates.
+// sweep runs one full sweep and feeds its candidates. Roots missing from
+// the watches are restored first, so that a removal after that is an
+// event and one before it is found by the sweep.
 func (d *Daemon) sweep(ctx context.Context) {
+	if w := d.getWatcher(); w != nil {
+		w.RestoreRoots()
+	}
 	if last, ok := lastPID(d.opt.ProcRoot); ok {
 		d.mu.Lock()
 		d.lastPID = last
@@ -608,67 +697,25 @@ func (d *Daemon) sweep(ctx context.Context) {
 	}
 	d.forget(start, listed)
 	d.lastFull, d.fullDeferred = start, false
-	if w := d.getWatcher(); w != nil {
-		d.m.Watches.Set(float64(w.Watches()))
-	}
 	d.log.Debug("sweep", zap.String("kind", "full"), zap.Int("procs", res.Procs), zap.Int("fds", res.FDs),
 		zap.Int("candidates", len(res.Candidates)), zap.Int("vanished", res.Vanished), zap.Int("denied", res.Denied),
 		zap.Duration("duration", res.Duration))
 }
 
 // consider is the fast path for one candidate: dedupe by inode, match the
-// rules, pin at once, queue.
+// rules, pin at once, queue. now is the start of the sweep that found it.
 func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 	if c.PID == d.self {
 		return // our own pins
 	}
-	key := c.Key()
-	hid := holderID{pid: c.PID, start: c.StartTime}
-	d.mu.Lock()
-	d.notePID(c, now)
-	in, known := d.inodes[key]
-	if known {
-		in.seen = now
-		_, same := in.holders[hid]
-		if same || in.st == stQueued {
-			// A pinned inode cannot be freed, so its number cannot
-			// have been reused: another descriptor of the same file.
-			if !same {
-				d.log.Debug("pinned inode, new holder", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD))
-			}
-			in.holders[hid] = struct{}{}
-			d.mu.Unlock()
-			return
-		}
+	if !d.fresh(c, now) {
+		return
 	}
-	d.mu.Unlock()
-
-	// A holder not seen with this inode before: inode numbers are reused
-	// once a file is freed, so tell a new file from the same one by its
-	// birth time (statx(2) STATX_BTIME).
-	if known {
-		bt, alive := birthTime(d.opt.ProcRoot, c.PID, c.FD)
-		if !alive {
-			return
-		}
-		d.mu.Lock()
-		if cur := d.inodes[key]; cur == in {
-			d.log.Debug("known inode, new holder", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-				zap.Bool("same_file", in.btime == bt), zap.Int("state", int(in.st)))
-			if in.btime == bt {
-				in.holders[hid] = struct{}{}
-				d.mu.Unlock()
-				return
-			}
-			delete(d.inodes, key)
-		}
-		d.mu.Unlock()
-	}
-	// First sight: the birth time is read after the pin (through the
-	// daemon's own descriptor) for rescues, so that nothing stands
-	// between detection and pin; for the rest it is read now.
+	// First sight (or a retry): the birth time is read after the pin
+	// (through the daemon's own descriptor) for rescues, so that nothing
+	// stands between detection and pin; for the rest it is read now.
 	bt := func() int64 {
-		t, _ := birthTime(d.opt.ProcRoot, c.PID, c.FD)
+		t, _ := birthTime(d.opt.ProcRoot, c)
 		return t
 	}
 
@@ -706,7 +753,7 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 		case errors.Is(err, relink.ErrNotRegular):
 			d.record(c, stIgnored, now, bt())
 		default:
-			d.record(c, stFailed, now, bt())
+			d.recordFailure(c, now, bt())
 			d.m.Failures.Inc()
 			d.log.Error("rescue failed", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
 				zap.Error(err))
@@ -722,7 +769,69 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 	d.m.PinnedBytes.Set(float64(d.pinned))
 	d.mu.Unlock()
 	// Never blocks: the queue has room for MaxPins jobs.
-	d.jobs <- &job{c: *c, pin: pin}
+	d.jobs <- &job{c: *c, pin: pin, found: now}
+}
+
+// fresh reports whether c needs handling: its inode was not seen before,
+// its number now belongs to another file, or its rescue failed and the
+// retry is due. Otherwise c only joins the inode's holders.
+func (d *Daemon) fresh(c *scanner.Candidate, now time.Time) bool {
+	key := c.Key()
+	hid := holderID{pid: c.PID, start: c.StartTime}
+	d.mu.Lock()
+	d.notePID(c, now)
+	in, known := d.inodes[key]
+	if !known {
+		d.mu.Unlock()
+		return true
+	}
+	in.seen = now
+	_, same := in.holders[hid]
+	if same || in.st == stQueued {
+		// A pinned inode cannot be freed, so its number cannot have
+		// been reused: another descriptor of the same file.
+		if !same {
+			d.log.Debug("pinned inode, new holder", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD))
+		}
+		in.holders[hid] = now
+		retry, failures := in.retryDue(now), in.failures
+		d.mu.Unlock()
+		if retry {
+			d.logRetry(c, failures)
+		}
+		return retry
+	}
+	d.mu.Unlock()
+
+	// A holder not seen with this inode before: inode numbers are reused
+	// once a file is freed, so tell a new file from the same one by its
+	// birth time (statx(2) STATX_BTIME).
+	bt, alive := birthTime(d.opt.ProcRoot, c)
+	if !alive {
+		return false
+	}
+	d.mu.Lock()
+	if cur := d.inodes[key]; cur == in {
+		d.log.Debug("known inode, new holder", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
+			zap.Bool("same_file", in.btime == bt), zap.Int("state", int(in.st)))
+		if in.btime == bt {
+			in.holders[hid] = now
+			retry, failures := in.retryDue(now), in.failures
+			d.mu.Unlock()
+			if retry {
+				d.logRetry(c, failures)
+			}
+			return retry
+		}
+		delete(d.inodes, key)
+	}
+	d.mu.Unlock()
+	return true
+}
+
+func (d *Daemon) logRetry(c *scanner.Candidate, failures int) {
+	d.log.Debug("retrying failed rescue", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
+		zap.Int("failures", failures))
 }
 
 func (d *Daemon) reportOpen(c *scanner.Candidate, rule string) {
@@ -738,6 +847,13 @@ func (d *Daemon) worker(ctx context.Context, wg *sync.WaitGroup) {
 		case <-ctx.Done():
 			return
 		case j := <-d.jobs:
+			// select picks at random among ready cases: a job taken
+			// after shutdown began is released, not started only to
+			// be cancelled.
+			if ctx.Err() != nil {
+				d.abandon(j)
+				return
+			}
 			d.rescue(ctx, j, wg)
 		}
 	}
@@ -771,8 +887,14 @@ func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup) {
 		Root: dec.Root, Rel: dec.Rel, MinFreeBytes: dec.MinFreeBytes, Rule: dec.Rule,
 	})
 	if err != nil {
-		// The engine logged "rescue failed".
 		pol.Release(c, dec)
+		if errors.Is(err, context.Canceled) {
+			// Shutdown cancelled it by design (the engine logged
+			// "rescue cancelled" and left nothing behind): no failure.
+			d.abandon(j)
+			return
+		}
+		// The engine logged "rescue failed"; a later sweep retries.
 		d.m.Failures.Inc()
 		d.unpin(j, stFailed)
 		return
@@ -792,7 +914,7 @@ func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup) {
 		if err == nil && fres.Bytes > res.Bytes {
 			d.m.RescuedBytes.Add(float64(fres.Bytes - res.Bytes))
 		}
-		if err != nil && ctx.Err() == nil {
+		if err != nil && !errors.Is(err, context.Canceled) {
 			d.m.Failures.Inc()
 		}
 		d.unpin(j, stRescued)
@@ -831,6 +953,32 @@ func (d *Daemon) pruner(ctx context.Context) {
 
 // unpin releases a job's pin and records the inode's final state.
 func (d *Daemon) unpin(j *job, st state) {
+	d.release(j)
+	interval := d.interval()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if in, ok := d.inodes[j.c.Key()]; ok {
+		if st == stFailed {
+			in.failed(j.found, interval)
+		} else {
+			in.st = st
+		}
+	}
+}
+
+// abandon releases the pin of a job given up at shutdown and forgets its
+// inode, so that nothing about it holds if it is looked at again.
+func (d *Daemon) abandon(j *job) {
+	d.release(j)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if in, ok := d.inodes[j.c.Key()]; ok && in.st == stQueued {
+		delete(d.inodes, j.c.Key())
+	}
+}
+
+// release closes a job's pin and takes it off the pin counts.
+func (d *Daemon) release(j *job) {
 	if err := j.pin.Close(); err != nil {
 		d.log.Warn("release pin", zap.Int("pid", j.c.PID), zap.Int("fd", j.c.FD), zap.Error(err))
 	}
@@ -840,22 +988,32 @@ func (d *Daemon) unpin(j *job, st state) {
 	d.pinned -= max(j.c.Size, 0)
 	d.m.PinsHeld.Set(float64(d.pins))
 	d.m.PinnedBytes.Set(float64(d.pinned))
-	if in, ok := d.inodes[j.c.Key()]; ok {
-		in.st = st
-	}
 }
 
 // record sets the state of c's inode, creating its entry.
 func (d *Daemon) record(c *scanner.Candidate, st state, now time.Time, btime int64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.recordLocked(c, st, now, btime)
+}
+
+// recordFailure records a failed attempt at c's inode (see inode.failed).
+func (d *Daemon) recordFailure(c *scanner.Candidate, now time.Time, btime int64) {
+	interval := d.interval()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.recordLocked(c, stFailed, now, btime).failed(now, interval)
+}
+
+func (d *Daemon) recordLocked(c *scanner.Candidate, st state, now time.Time, btime int64) *inode {
 	in, ok := d.inodes[c.Key()]
 	if !ok {
-		in = &inode{holders: make(map[holderID]struct{}), btime: btime}
+		in = &inode{holders: make(map[holderID]time.Time), btime: btime}
 		d.inodes[c.Key()] = in
 	}
 	in.st, in.seen = st, now
-	in.holders[holderID{pid: c.PID, start: c.StartTime}] = struct{}{}
+	in.holders[holderID{pid: c.PID, start: c.StartTime}] = now
+	return in
 }
 
 // notePID remembers that c's holder had a deleted file in its directory.
@@ -870,7 +1028,8 @@ func (d *Daemon) notePID(c *scanner.Candidate, now time.Time) {
 }
 
 // forget drops what the full sweep that started at start no longer
-// showed: inodes closed by every holder (their numbers may be reused), and
+// showed: inodes closed by every holder (their numbers may be reused),
+// holders that closed theirs or exited (their pids may be reused), and
 // stale pid hints. Inodes still queued keep their entry.
 func (d *Daemon) forget(start time.Time, listed []int) {
 	d.mu.Lock()
@@ -878,6 +1037,12 @@ func (d *Daemon) forget(start time.Time, listed []int) {
 	for k, in := range d.inodes {
 		if in.st != stQueued && in.seen.Before(start) {
 			delete(d.inodes, k)
+			continue
+		}
+		for h, t := range in.holders {
+			if t.Before(start) {
+				delete(in.holders, h)
+			}
 		}
 	}
 	for dir, m := range d.dirPIDs {
@@ -918,7 +1083,6 @@ func (d *Daemon) apply(cfg *policy.Config) {
 		} else {
 			w.SetRoots(nil)
 		}
-		d.m.Watches.Set(float64(w.Watches()))
 	}
 	fields := []zap.Field{zap.String("config", cfg.File), zap.Int("rules", len(cfg.Watch))}
 	if old.Log != cfg.Log {

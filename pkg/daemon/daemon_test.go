@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -64,7 +65,18 @@ rescue:
 	return cfg
 }
 
+// hooks run at points of start; either may be nil.
+type hooks struct {
+	beforeRun func(*Daemon) // after New, before Run (to swap a metric)
+	running   func(*Daemon) // once Run was started, before READY=1
+}
+
 func start(t *testing.T, fstype string, mk func(watched, rescued string) *policy.Config, tweak func(*Options)) *harness {
+	t.Helper()
+	return startHooked(t, fstype, mk, tweak, hooks{})
+}
+
+func startHooked(t *testing.T, fstype string, mk func(watched, rescued string) *policy.Config, tweak func(*Options), hk hooks) *harness {
 	t.Helper()
 	testfs.RequireRoot(t)
 	mnt := testfs.Mount(t, fstype, 64)
@@ -87,10 +99,17 @@ func start(t *testing.T, fstype string, mk func(watched, rescued string) *policy
 		t.Fatal(err)
 	}
 	h.d = d
+	if hk.beforeRun != nil {
+		hk.beforeRun(d)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	go func() { h.done <- d.Run(ctx) }()
 	t.Cleanup(h.stop)
+	t.Cleanup(h.dump)
+	if hk.running != nil {
+		hk.running(d)
+	}
 	h.note("READY=1")
 	return h
 }
@@ -107,6 +126,16 @@ func (h *harness) note(want string) {
 		case <-deadline:
 			h.t.Fatalf("no %s notification", want)
 		}
+	}
+}
+
+// dump logs the daemon's events when the test failed.
+func (h *harness) dump() {
+	if !h.t.Failed() {
+		return
+	}
+	for _, e := range h.logs.All() {
+		h.t.Logf("%s %s %v", e.Level, e.Message, e.ContextMap())
 	}
 }
 
@@ -262,14 +291,40 @@ func TestReportAndSkip(t *testing.T) {
 	}
 }
 
+// maxGauge is a gauge that remembers the highest value it was set to.
+// The daemon sets pins_held under its lock at every pin and release, so
+// this sees every value the pin count takes, not samples of it.
+type maxGauge struct {
+	prometheus.Gauge
+	mu  sync.Mutex
+	max float64
+}
+
+func (g *maxGauge) Set(v float64) {
+	g.mu.Lock()
+	g.max = max(g.max, v)
+	g.mu.Unlock()
+	g.Gauge.Set(v)
+}
+
+func (g *maxGauge) highest() float64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.max
+}
+
 // TestPinLimit: with room for one pin, three files are still all rescued,
-// one after the other.
+// one after the other, and never more than one is pinned at a time.
 func TestPinLimit(t *testing.T) {
-	h := start(t, "tmpfs", func(w, r string) *policy.Config { return config(t, w, r, "", "") },
+	pins := &maxGauge{}
+	h := startHooked(t, "tmpfs", func(w, r string) *policy.Config { return config(t, w, r, "", "") },
 		func(o *Options) {
 			o.MaxPins = 1
 			o.Config.Scan.Interval = policy.Duration(50 * time.Millisecond)
-		})
+		}, hooks{beforeRun: func(d *Daemon) {
+			pins.Gauge = d.m.PinsHeld
+			d.m.PinsHeld = pins
+		}})
 	var steps []testproc.Step
 	var paths []string
 	for i := range 3 {
@@ -284,6 +339,14 @@ func TestPinLimit(t *testing.T) {
 	testproc.Start(t, steps...)
 	for _, p := range paths {
 		h.wait("rescue of "+p, 1, msgPath("file rescued", p))
+	}
+	if got := pins.highest(); got != 1 {
+		t.Errorf("at most %v pins held at once, want 1 (MaxPins)", got)
+	}
+	for _, e := range h.logs.FilterMessage("pin limit reached, deferring").All() {
+		if n, _ := field(e, "pins").(int64); n > 1 {
+			t.Errorf("deferred with %d pins held, above MaxPins 1", n)
+		}
 	}
 }
 
@@ -302,22 +365,28 @@ func TestInodeReuse(t *testing.T) {
 	hold := testproc.Start(t, testproc.Open(first, "r"), testproc.Unlink(first))
 	h.wait("first rescue", 1, msgPath("file rescued", first))
 	hold.Exit(t)
-	// The rescued copy took a new inode; the first one is free now (its
-	// last holder exited, the pin is released). Find a file that gets it.
+	// The inode is freed once its last descriptor closes: the holder's
+	// (it exited) and the daemon's pin, released just after the event.
+	waitFor(t, "the pin's release", func() bool { return value(h.d.m.PinsHeld) == 0 })
+	// ext4 gives a new file the lowest free inode of its directory's
+	// group (find_inode_bit), which is now the freed one unless a
+	// lower one was freed too; the files made meanwhile are kept, so
+	// each attempt gets a different number.
 	var second string
-	for i := range 50 {
+	var got []uint64
+	for i := 0; i < 200 && second == ""; i++ {
 		p := filepath.Join(h.watched, fmt.Sprintf("second%d.log", i))
 		write(t, p, "second\n")
 		if err := syscall.Stat(p, &st); err != nil {
 			t.Fatal(err)
 		}
+		got = append(got, st.Ino)
 		if st.Ino == ino {
 			second = p
-			break
 		}
 	}
 	if second == "" {
-		testfs.Skip(t, "ext4 did not reuse the inode number here")
+		t.Fatalf("ext4 did not hand out the freed inode %d again in %d new files (got %v): the test cannot check reuse", ino, len(got), got)
 	}
 	testproc.Start(t, testproc.Open(second, "r"), testproc.Unlink(second))
 	h.wait("rescue of the reused inode", 1, msgPath("file rescued", second))

@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/relinkd/relinkd/internal/eintr"
+	"github.com/relinkd/relinkd/pkg/scanner"
 )
 
 // listPIDs returns the process ids under procRoot (one getdents pass; no
@@ -36,10 +37,10 @@ func listPIDs(procRoot string) []int {
 }
 
 // birthTime returns the birth time (statx(2) STATX_BTIME, in ns) of the
-// file open as fd in pid, 0 where the filesystem does not record one, and
-// false when the descriptor is gone.
-func birthTime(procRoot string, pid, fd int) (int64, bool) {
-	path := procRoot + "/" + strconv.Itoa(pid) + "/fd/" + strconv.Itoa(fd)
+// file open as c's descriptor, 0 where the filesystem does not record one,
+// and false when the descriptor is gone.
+func birthTime(procRoot string, c *scanner.Candidate) (int64, bool) {
+	path := procRoot + "/" + c.ProcDir() + "/fd/" + strconv.Itoa(c.FD)
 	return statxBirth(unix.AT_FDCWD, path, 0)
 }
 

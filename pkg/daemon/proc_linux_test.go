@@ -7,16 +7,30 @@ import (
 	"testing"
 
 	"github.com/relinkd/relinkd/internal/testproc"
+	"github.com/relinkd/relinkd/pkg/scanner"
 )
 
 func TestNewLeaders(t *testing.T) {
-	last, ok := lastPID("/proc")
-	if !ok {
-		t.Fatal("no last pid in /proc/loadavg")
+	// A Go holder is multi-threaded: its thread ids follow its pid. The
+	// pid counter wraps at kernel.pid_max (32768 by default); when it did
+	// during the start, (last, now] is no range, so start another.
+	var last, now int
+	var h *testproc.Holder
+	for try := 0; ; try++ {
+		var ok bool
+		if last, ok = lastPID("/proc"); !ok {
+			t.Fatal("no last pid in /proc/loadavg")
+		}
+		h = testproc.Start(t, testproc.Sleep(0))
+		now, _ = lastPID("/proc")
+		if last < h.PID && h.PID <= now {
+			break
+		}
+		if try == 5 {
+			t.Fatalf("holder pid %d never inside (%d, %d]: the pid counter keeps wrapping", h.PID, last, now)
+		}
+		h.Kill()
 	}
-	// A Go holder is multi-threaded: its thread ids follow its pid.
-	h := testproc.Start(t, testproc.Sleep(0))
-	now, _ := lastPID("/proc")
 	tasks, err := os.ReadDir("/proc/" + strconv.Itoa(h.PID) + "/task")
 	if err != nil {
 		t.Fatal(err)
@@ -65,11 +79,11 @@ func TestLastPIDAndBirthTime(t *testing.T) {
 	if !ok {
 		t.Fatal("birthTimeFD failed")
 	}
-	b, ok := birthTime("/proc", os.Getpid(), int(f.Fd()))
+	b, ok := birthTime("/proc", &scanner.Candidate{PID: os.Getpid(), FD: int(f.Fd())})
 	if !ok || a != b {
 		t.Errorf("birth time through the fd %d, through /proc %d (%v)", a, b, ok)
 	}
-	if _, ok := birthTime("/proc", os.Getpid(), 1<<20); ok {
+	if _, ok := birthTime("/proc", &scanner.Candidate{PID: os.Getpid(), FD: 1 << 20}); ok {
 		t.Error("birth time of a missing descriptor")
 	}
 }

@@ -31,8 +31,9 @@ type Metrics struct {
 	Reports       prometheus.Counter     // report-only rules: deleted file open
 	PinsHeld      prometheus.Gauge
 	PinnedBytes   prometheus.Gauge
-	Watches       prometheus.Gauge
+	Watches       prometheus.Gauge   // updated whenever a watch is added or dropped
 	Events        prometheus.Counter // directory removal events received
+	Overflows     prometheus.Counter // inotify queue overflows (events lost)
 }
 
 // New returns a fresh set of metrics in their own registry, with the Go
@@ -89,10 +90,14 @@ func New() *Metrics {
 			Namespace: namespace, Name: "removal_events_total",
 			Help: "Removals reported by inotify in watched directories.",
 		}),
+		Overflows: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "inotify_overflows_total",
+			Help: "inotify event queue overflows (fs.inotify.max_queued_events reached, events lost); each triggers a rescan of the watched trees and a full sweep.",
+		}),
 	}
 	m.Registry.MustRegister(
 		m.Sweeps, m.SweepDuration, m.Candidates, m.Rescues, m.RescuedBytes, m.Failures,
-		m.Skips, m.Reports, m.PinsHeld, m.PinnedBytes, m.Watches, m.Events,
+		m.Skips, m.Reports, m.PinsHeld, m.PinnedBytes, m.Watches, m.Events, m.Overflows,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

@@ -16,6 +16,7 @@ func TestServe(t *testing.T) {
 	m.Skips.WithLabelValues("size").Inc()
 	m.SweepDuration.WithLabelValues("full").Observe(0.003)
 	m.Watches.Set(7)
+	m.Overflows.Inc()
 
 	s, err := Listen("127.0.0.1:0", m.Registry, zaptest.NewLogger(t))
 	if err != nil {
@@ -42,6 +43,8 @@ func TestServe(t *testing.T) {
 		`relinkd_rescue_skips_total{reason="size"} 1`,
 		`relinkd_sweep_duration_seconds_count{kind="full"} 1`,
 		`relinkd_inotify_watches 7`,
+		`relinkd_inotify_overflows_total 1`,
+		`relinkd_removal_events_total 0`,
 		`relinkd_pins_held 0`,
 		"go_goroutines",
 	} {

@@ -35,27 +35,35 @@ type Options struct {
 	// MaxWatches bounds the number of directories watched; 0 means
 	// DefaultMaxWatches.
 	MaxWatches int
+	// OnChange, when set, is called with the number of watches each time
+	// it changes, so that a gauge never lags behind. It runs with the
+	// Watcher's lock held: it must be quick and must not call the Watcher.
+	OnChange func(watches int)
 }
 
-// Event says that a name went away in Dir: unlinked or renamed out.
-// Dir is "" after an event-queue overflow, meaning "anything may have
-// happened".
+// Event says that a name went away in Dir: unlinked or renamed out. An
+// Overflow event (Dir and Name empty) says instead that the kernel's queue
+// overflowed and events were lost: removals, and new directories that are
+// therefore not watched (see Rescan).
 type Event struct {
-	Dir  string
-	Name string
-	At   time.Time // when the event was read from the kernel
+	Dir      string
+	Name     string
+	Overflow bool
+	At       time.Time // when the event was read from the kernel
 }
 
 // Watcher watches directory trees for removals.
 type Watcher struct {
-	log *zap.Logger
-	max int
-	in  *os.File
+	log      *zap.Logger
+	max      int
+	in       *os.File
+	onChange func(int)
 
 	mu      sync.Mutex
 	roots   []string
 	byWd    map[int]string
 	byPath  map[string]int
+	added   int  // watches added so far (for Rescan's count)
 	limited bool // the max or the kernel limit was hit (logged once)
 }
 
@@ -69,11 +77,12 @@ func New(opt Options, log *zap.Logger) (*Watcher, error) {
 		return nil, err
 	}
 	w := &Watcher{
-		log:    log,
-		max:    opt.MaxWatches,
-		in:     in,
-		byWd:   make(map[int]string),
-		byPath: make(map[string]int),
+		log:      log,
+		max:      opt.MaxWatches,
+		in:       in,
+		onChange: opt.OnChange,
+		byWd:     make(map[int]string),
+		byPath:   make(map[string]int),
 	}
 	if w.max <= 0 {
 		w.max = DefaultMaxWatches
@@ -111,7 +120,87 @@ func (w *Watcher) SetRoots(roots []string) {
 	w.limited = false
 	w.mu.Unlock()
 	for _, r := range roots {
-		w.addTree(r)
+		if _, ok := devOf(r); !ok {
+			w.log.Info("watched root does not exist; watched once it appears, from the next full sweep", zap.String("dir", r))
+			continue
+		}
+		w.addTree(r, false)
+	}
+}
+
+// RestoreRoots watches again every root that is not watched: one that was
+// missing at start-up, or removed (and maybe re-created) since. The kernel
+// drops a watch whose directory is removed (IN_IGNORED), and nothing
+// reports a directory appearing outside the watched trees, so the daemon
+// calls this on each full sweep. A root that exists is added again, one
+// inotify_add_watch(2) each: a new watch descriptor means the directory
+// was replaced, and its tree is walked. It returns the roots restored.
+func (w *Watcher) RestoreRoots() []string {
+	w.mu.Lock()
+	roots := slices.Clone(w.roots)
+	w.mu.Unlock()
+	var restored []string
+	for _, r := range roots {
+		if _, ok := devOf(r); !ok {
+			continue
+		}
+		w.mu.Lock()
+		old, watched := w.byPath[r]
+		w.mu.Unlock()
+		w.add(r, true)
+		w.mu.Lock()
+		cur, ok := w.byPath[r]
+		w.mu.Unlock()
+		if !ok || (watched && cur == old) {
+			continue
+		}
+		w.rescanTree(r)
+		w.log.Info("watching root", zap.String("dir", r))
+		restored = append(restored, r)
+	}
+	return restored
+}
+
+// Rescan walks every root again after events were lost (IN_Q_OVERFLOW):
+// directories created meanwhile get their watch, and directories removed
+// or replaced lose their stale one (their IN_IGNORED may have been lost
+// too). It returns the number of watches added.
+func (w *Watcher) Rescan() int {
+	w.mu.Lock()
+	roots := slices.Clone(w.roots)
+	before := w.added
+	w.mu.Unlock()
+	for _, r := range roots {
+		w.rescanTree(r)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.added - before
+}
+
+// rescanTree adds every directory of root's tree again (see add) and drops
+// the watches of directories under it that are gone.
+func (w *Watcher) rescanTree(root string) {
+	w.addTree(root, true)
+	w.mu.Lock()
+	under := make(map[string]int)
+	for path, wd := range w.byPath {
+		if underAny(path, []string{root}) {
+			under[path] = wd
+		}
+	}
+	w.mu.Unlock()
+	for path, wd := range under {
+		// Only what is gone is dropped: a directory the walk did not
+		// reach (watch maximum, no permission) keeps a watch that works.
+		if st, err := os.Lstat(path); err == nil && st.IsDir() {
+			continue
+		}
+		w.mu.Lock()
+		if w.byPath[path] == wd {
+			w.dropLocked(path, wd)
+		}
+		w.mu.Unlock()
 	}
 }
 
@@ -119,7 +208,8 @@ func (w *Watcher) SetRoots(roots []string) {
 func (w *Watcher) Close() error { return w.in.Close() }
 
 // Run reads events until ctx is done or the watcher is closed, sending
-// removals to out. New subdirectories are watched as they appear.
+// removals and queue overflows to out. New subdirectories are watched as
+// they appear.
 func (w *Watcher) Run(ctx context.Context, out chan<- Event) error {
 	stop := context.AfterFunc(ctx, func() { w.in.Close() })
 	defer stop()
@@ -165,7 +255,9 @@ func (w *Watcher) Run(ctx context.Context, out chan<- Event) error {
 // a removal to report.
 func (w *Watcher) handle(wd int, mask uint32, name string) (Event, bool) {
 	if mask&unix.IN_Q_OVERFLOW != 0 {
-		return Event{}, true
+		// inotify(7): the queue held fs.inotify.max_queued_events and
+		// later events were dropped; the event's wd is -1.
+		return Event{Overflow: true}, true
 	}
 	w.mu.Lock()
 	dir, known := w.byWd[wd]
@@ -176,6 +268,10 @@ func (w *Watcher) handle(wd int, mask uint32, name string) (Event, bool) {
 			delete(w.byWd, wd)
 			if w.byPath[dir] == wd {
 				delete(w.byPath, dir)
+			}
+			w.changedLocked()
+			if slices.Contains(w.roots, dir) {
+				w.log.Warn("watched root removed; watched again once it exists, from the next full sweep", zap.String("dir", dir))
 			}
 		}
 		w.mu.Unlock()
@@ -189,7 +285,7 @@ func (w *Watcher) handle(wd int, mask uint32, name string) (Event, bool) {
 	isDir := mask&unix.IN_ISDIR != 0
 	switch {
 	case isDir && mask&(unix.IN_CREATE|unix.IN_MOVED_TO) != 0:
-		w.addTree(path)
+		w.addTree(path, false)
 		w.log.Debug("watching new directory", zap.String("dir", path))
 		return Event{}, false
 	case isDir && mask&unix.IN_MOVED_FROM != 0:
@@ -210,8 +306,9 @@ func (w *Watcher) handle(wd int, mask uint32, name string) (Event, bool) {
 }
 
 // addTree watches dir and every directory below it, within the bound.
-// Symlinks are not followed; pseudo filesystems are not entered.
-func (w *Watcher) addTree(root string) {
+// Symlinks are not followed; pseudo filesystems are not entered. With
+// recheck, directories already watched are added again (see add).
+func (w *Watcher) addTree(root string, recheck bool) {
 	rootDev, ok := devOf(root)
 	if !ok {
 		return
@@ -231,7 +328,7 @@ func (w *Watcher) addTree(root string) {
 		if dev, ok := devOf(path); ok && dev != rootDev && pseudoFS(path) {
 			return fs.SkipDir
 		}
-		if !w.add(path) {
+		if !w.add(path, recheck) {
 			return fs.SkipAll
 		}
 		return nil
@@ -239,16 +336,21 @@ func (w *Watcher) addTree(root string) {
 }
 
 // add watches one directory; false means no more watches may be added.
-func (w *Watcher) add(dir string) bool {
+// A directory already watched is skipped unless recheck is set: then it is
+// added again, which for the same inode returns the same descriptor
+// (inotify_add_watch(2) updates the existing watch), and for a directory
+// replaced under the same name a new one, superseding the stale watch.
+func (w *Watcher) add(dir string, recheck bool) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if !underAny(dir, w.roots) {
 		return true
 	}
-	if _, ok := w.byPath[dir]; ok {
+	old, watched := w.byPath[dir]
+	if watched && !recheck {
 		return true
 	}
-	if len(w.byWd) >= w.max {
+	if !watched && len(w.byWd) >= w.max {
 		w.limitLocked(dir, nil)
 		return false
 	}
@@ -263,13 +365,30 @@ func (w *Watcher) add(dir string) bool {
 		w.log.Debug("cannot watch directory", zap.String("dir", dir), zap.Error(err))
 		return true
 	}
-	if old, ok := w.byWd[wd]; ok && old != dir {
+	if watched && old == wd {
+		return true
+	}
+	if watched {
+		// Replaced while its IN_IGNORED was lost: the old watch is on
+		// a removed inode.
+		w.dropLocked(dir, old)
+	}
+	if other, ok := w.byWd[wd]; ok && other != dir {
 		// The same inode under a second name (bind mount): one watch.
-		delete(w.byPath, old)
+		delete(w.byPath, other)
 	}
 	w.byWd[wd] = dir
 	w.byPath[dir] = wd
+	w.added++
+	w.changedLocked()
 	return true
+}
+
+// changedLocked reports the number of watches to Options.OnChange.
+func (w *Watcher) changedLocked() {
+	if w.onChange != nil {
+		w.onChange(len(w.byWd))
+	}
 }
 
 func (w *Watcher) limitLocked(dir string, err error) {
@@ -292,6 +411,7 @@ func (w *Watcher) dropLocked(path string, wd int) {
 	if w.byWd[wd] == path {
 		delete(w.byWd, wd)
 	}
+	w.changedLocked()
 }
 
 // StaticPrefix returns the directory part of glob before its first

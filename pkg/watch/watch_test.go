@@ -2,13 +2,17 @@ package watch
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/zap/zaptest"
+
+	"github.com/relinkd/relinkd/pkg/watch/watchtest"
 )
 
 func TestStaticPrefix(t *testing.T) {
@@ -62,6 +66,12 @@ func start(t *testing.T, opt Options) (*Watcher, <-chan Event) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return w, run(t, w)
+}
+
+// run runs w until the test ends and returns its event channel.
+func run(t *testing.T, w *Watcher) <-chan Event {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ch := make(chan Event, 64)
 	done := make(chan error, 1)
@@ -77,7 +87,7 @@ func start(t *testing.T, opt Options) (*Watcher, <-chan Event) {
 			t.Error("Run did not return after cancel")
 		}
 	})
-	return w, ch
+	return ch
 }
 
 // expect waits for an event for dir/name, ignoring others.
@@ -220,13 +230,223 @@ func TestSetRoots(t *testing.T) {
 	}
 }
 
+// TestMissingRoot: a root missing at start-up is watched by the first
+// RestoreRoots after it appears.
 func TestMissingRoot(t *testing.T) {
-	w, err := New(Options{Roots: []string{filepath.Join(t.TempDir(), "absent")}}, zaptest.NewLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
+	root := filepath.Join(t.TempDir(), "absent")
+	w, ch := start(t, Options{Roots: []string{root}})
 	if got := w.Watches(); got != 0 {
 		t.Errorf("watches = %d, want 0", got)
 	}
+	if err := os.Mkdir(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.RestoreRoots(); !slices.Equal(got, []string{root}) {
+		t.Errorf("RestoreRoots = %q, want [%s]", got, root)
+	}
+	p := filepath.Join(root, "f")
+	mkfile(t, p)
+	if err := os.Remove(p); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, ch, root, "f")
+}
+
+// counter records what Options.OnChange reports.
+type counter struct {
+	mu   sync.Mutex
+	last int
+	n    int // calls
+}
+
+func (c *counter) set(v int) {
+	c.mu.Lock()
+	c.last, c.n = v, c.n+1
+	c.mu.Unlock()
+}
+
+func (c *counter) get() (last, calls int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.last, c.n
+}
+
+// TestOnChange: the count is reported as soon as a watch is added or
+// dropped, by events as well as by SetRoots.
+func TestOnChange(t *testing.T) {
+	root := t.TempDir()
+	var c counter
+	w, _ := start(t, Options{Roots: []string{root}, OnChange: c.set})
+	if last, _ := c.get(); last != 1 {
+		t.Fatalf("OnChange reported %d after New, want 1", last)
+	}
+	sub := filepath.Join(root, "sub")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	waitWatches(t, w, 2)
+	if last, _ := c.get(); last != 2 {
+		t.Errorf("OnChange reported %d after a new directory, want 2", last)
+	}
+	if err := os.Remove(sub); err != nil {
+		t.Fatal(err)
+	}
+	waitWatches(t, w, 1)
+	if last, _ := c.get(); last != 1 {
+		t.Errorf("OnChange reported %d after the directory was removed, want 1", last)
+	}
+	w.SetRoots(nil)
+	if last, _ := c.get(); last != 0 {
+		t.Errorf("OnChange reported %d after SetRoots(nil), want 0", last)
+	}
+}
+
+// TestOverflow: with a queue of 4 events and nobody reading, creating 50
+// directories overflows it for sure. The overflow arrives as its own event
+// (not as a removal), the directories whose IN_CREATE was dropped are not
+// watched until Rescan, and then they all are.
+func TestOverflow(t *testing.T) {
+	root := t.TempDir()
+	var c counter
+	restore := watchtest.LowQueue(t, 4)
+	w, err := New(Options{Roots: []string{root}, OnChange: c.set}, zaptest.NewLogger(t))
+	restore()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 50
+	var dirs []string
+	for i := range n {
+		d := filepath.Join(root, fmt.Sprintf("d%02d", i))
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		dirs = append(dirs, d)
+	}
+	ch := run(t, w)
+	deadline := time.After(5 * time.Second)
+	for overflow := false; !overflow; {
+		select {
+		case ev := <-ch:
+			if !ev.Overflow {
+				t.Fatalf("event %+v before the overflow, want only the overflow (no removal happened)", ev)
+			}
+			if ev.Dir != "" || ev.Name != "" {
+				t.Errorf("overflow event %+v names a file", ev)
+			}
+			overflow = true
+		case <-deadline:
+			t.Fatal("no overflow event")
+		}
+	}
+	// The 4 queued IN_CREATE events were handled before the overflow.
+	if got := w.Watches(); got >= n+1 {
+		t.Fatalf("watches = %d before Rescan, want fewer than %d (events were dropped)", got, n+1)
+	}
+	before := w.Watches()
+	if added := w.Rescan(); added != n+1-before {
+		t.Errorf("Rescan added %d watches, want %d", added, n+1-before)
+	}
+	if got := w.Watches(); got != n+1 {
+		t.Fatalf("watches = %d after Rescan, want %d", got, n+1)
+	}
+	if last, _ := c.get(); last != n+1 {
+		t.Errorf("OnChange reported %d, want %d", last, n+1)
+	}
+	// The last directory's watch works.
+	p := filepath.Join(dirs[n-1], "f")
+	mkfile(t, p)
+	if err := os.Remove(p); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, ch, dirs[n-1], "f")
+}
+
+// TestRescanReplaced: a directory removed and re-created under the same
+// name while its events were lost keeps a stale watch until Rescan, which
+// replaces it; a directory that is gone loses its watch.
+func TestRescanReplaced(t *testing.T) {
+	root := t.TempDir()
+	a, b := filepath.Join(root, "a"), filepath.Join(root, "b")
+	for _, d := range []string{a, b} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	restore := watchtest.LowQueue(t, 0) // every event becomes an overflow
+	w, err := New(Options{Roots: []string{root}}, zaptest.NewLogger(t))
+	restore()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := run(t, w)
+	for _, d := range []string{a, b} {
+		if err := os.Remove(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(a, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ev := <-ch:
+		if !ev.Overflow {
+			t.Fatalf("event %+v, want an overflow", ev)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no overflow event")
+	}
+	if got := w.Watches(); got != 3 {
+		t.Fatalf("watches = %d with the IN_IGNORED events lost, want 3 (stale)", got)
+	}
+	if added := w.Rescan(); added != 1 {
+		t.Errorf("Rescan added %d watches, want 1 (the new a)", added)
+	}
+	if got := w.Watches(); got != 2 {
+		t.Errorf("watches = %d after Rescan, want 2 (root, new a)", got)
+	}
+}
+
+// TestRootRecreated: a root that is removed loses its watch (the kernel
+// drops it, IN_IGNORED); once re-created, RestoreRoots watches it and its
+// tree again, and removals there are reported.
+func TestRootRecreated(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "root")
+	if err := os.MkdirAll(filepath.Join(root, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var c counter
+	w, ch := start(t, Options{Roots: []string{root}, OnChange: c.set})
+	if got := w.RestoreRoots(); got != nil {
+		t.Errorf("RestoreRoots = %q with the root watched, want none", got)
+	}
+	if err := os.RemoveAll(root); err != nil {
+		t.Fatal(err)
+	}
+	waitWatches(t, w, 0)
+	if last, _ := c.get(); last != 0 {
+		t.Errorf("OnChange reported %d after the root was removed, want 0", last)
+	}
+	if got := w.RestoreRoots(); got != nil {
+		t.Errorf("RestoreRoots = %q with the root absent, want none", got)
+	}
+	sub := filepath.Join(root, "sub")
+	if err := os.MkdirAll(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.RestoreRoots(); !slices.Equal(got, []string{root}) {
+		t.Errorf("RestoreRoots = %q, want [%s]", got, root)
+	}
+	if got := w.Watches(); got != 2 {
+		t.Fatalf("watches = %d after RestoreRoots, want 2 (root, sub)", got)
+	}
+	if got := w.RestoreRoots(); got != nil {
+		t.Errorf("second RestoreRoots = %q, want none", got)
+	}
+	p := filepath.Join(sub, "f")
+	mkfile(t, p)
+	if err := os.Remove(p); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, ch, sub, "f")
 }
