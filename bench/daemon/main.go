@@ -25,6 +25,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/relinkd/relinkd/internal/benchbin"
 )
 
 const holderEnv = "RELINKD_BENCH_HOLDER"
@@ -76,11 +78,8 @@ func run() error {
 	}
 	defer os.RemoveAll(tmp)
 	if *bin == "" {
-		*bin = filepath.Join(tmp, "relinkd")
-		build := exec.Command("go", "build", "-o", *bin, "./cmd/relinkd")
-		build.Stderr = os.Stderr
-		if err := build.Run(); err != nil {
-			return fmt.Errorf("go build ./cmd/relinkd (run from the repository root): %w", err)
+		if *bin, err = benchbin.Build(tmp); err != nil {
+			return err
 		}
 	}
 	if *trials > 0 {

@@ -16,6 +16,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/relinkd/relinkd/internal/benchbin"
 )
 
 func main() {
@@ -30,17 +32,21 @@ func run() error {
 	fds := flag.Int("fds", 100, "descriptors per holder")
 	pct := flag.Int("deleted", 5, "percent of descriptors whose file is deleted")
 	rounds := flag.Int("rounds", 7, "timed rounds per tool (alternating)")
-	bin := flag.String("bin", "bin/relinkd", "relinkd binary")
+	bin := flag.String("bin", "", "relinkd binary (default: go build ./cmd/relinkd into a temp dir)")
 	flag.Parse()
-	if _, err := os.Stat(*bin); err != nil {
-		return fmt.Errorf("%s: %w (run make build first)", *bin, err)
-	}
 
 	dir, err := os.MkdirTemp("", "relinkd-bench-scan-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
+	if *bin == "" {
+		if *bin, err = benchbin.Build(dir); err != nil {
+			return err
+		}
+	} else if _, err := os.Stat(*bin); err != nil {
+		return fmt.Errorf("-bin %s: %w", *bin, err)
+	}
 	holders, err := startHolders(dir, *procs, *fds, *pct)
 	defer func() {
 		for _, h := range holders {
