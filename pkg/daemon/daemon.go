@@ -99,6 +99,11 @@ type Daemon struct {
 	reload chan reloadReq
 	jobs   chan *job
 
+	// publishing is held shared by every rescue and exclusively by each
+	// prune of a root: a directory a rescue is about to link its
+	// O_TMPFILE into looks empty, and the pruner removes empty ones.
+	publishing sync.RWMutex
+
 	mu       sync.Mutex
 	inodes   map[scanner.Key]*inode
 	pins     int
@@ -883,9 +888,11 @@ func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup) {
 		methods = append(methods, relink.Method(m))
 	}
 	eng := relink.New(relink.Options{ProcRoot: d.opt.ProcRoot, Methods: methods, Sidecar: true}, d.log)
+	d.publishing.RLock()
 	res, err := eng.Rescue(ctx, j.pin, relink.Destination{
 		Root: dec.Root, Rel: dec.Rel, MinFreeBytes: dec.MinFreeBytes, Rule: dec.Rule,
 	})
+	d.publishing.RUnlock()
 	if err != nil {
 		pol.Release(c, dec)
 		if errors.Is(err, context.Canceled) {
@@ -927,26 +934,34 @@ func (d *Daemon) pruner(ctx context.Context) {
 	t := time.NewTicker(d.opt.PruneInterval)
 	defer t.Stop()
 	for {
-		pol := d.pol.Load()
-		for _, root := range pol.Roots() {
-			if ctx.Err() != nil {
-				return
-			}
-			res, err := pol.Prune(root)
-			if err != nil {
-				d.log.Warn("prune failed", zap.String("root", root), zap.Error(err))
-				continue
-			}
-			if res.Removed > 0 || res.StaleTemps > 0 {
-				d.log.Info("rescued files pruned", zap.String("root", root), zap.Int("removed", res.Removed),
-					zap.Uint64("removed_bytes", res.RemovedBytes), zap.Uint64("kept_bytes", res.Kept),
-					zap.Int("stale_temps", res.StaleTemps))
-			}
-		}
+		d.pruneAll(ctx)
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+	}
+}
+
+// pruneAll prunes every rescue root once, each while no rescue runs (see
+// Daemon.publishing).
+func (d *Daemon) pruneAll(ctx context.Context) {
+	pol := d.pol.Load()
+	for _, root := range pol.Roots() {
+		if ctx.Err() != nil {
+			return
+		}
+		d.publishing.Lock()
+		res, err := pol.Prune(root)
+		d.publishing.Unlock()
+		if err != nil {
+			d.log.Warn("prune failed", zap.String("root", root), zap.Error(err))
+			continue
+		}
+		if res.Removed > 0 || res.StaleTemps > 0 {
+			d.log.Info("rescued files pruned", zap.String("root", root), zap.Int("removed", res.Removed),
+				zap.Uint64("removed_bytes", res.RemovedBytes), zap.Uint64("kept_bytes", res.Kept),
+				zap.Int("stale_temps", res.StaleTemps))
 		}
 	}
 }

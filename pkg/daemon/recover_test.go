@@ -400,3 +400,48 @@ func TestDefaultWorkers(t *testing.T) {
 		t.Errorf("workers = %d with %d CPUs, want %d", d.opt.Workers, runtime.NumCPU(), want)
 	}
 }
+
+// TestPruneWaitsForRescue: a prune never runs while a rescue is in flight,
+// since the directory a rescue links into looks empty until the link.
+func TestPruneWaitsForRescue(t *testing.T) {
+	testfs.RequireRoot(t)
+	mnt := testfs.Mount(t, "tmpfs", 16)
+	rescued := filepath.Join(mnt, "rescued")
+	dir := filepath.Join(rescued, "var", "log")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-2 * time.Hour)
+	for _, p := range []string{dir, filepath.Dir(dir)} {
+		if err := os.Chtimes(p, old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d, err := New(Options{Config: config(t, filepath.Join(mnt, "w"), rescued, "", "")}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.publishing.RLock() // a rescue in flight
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		d.pruneAll(context.Background())
+	}()
+	select {
+	case <-done:
+		t.Fatal("prune ran during a rescue")
+	case <-time.After(300 * time.Millisecond):
+	}
+	if _, err := os.Stat(dir); err != nil {
+		t.Fatalf("the rescue's directory went during the rescue: %v", err)
+	}
+	d.publishing.RUnlock()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("prune did not run once the rescue ended")
+	}
+	if _, err := os.Stat(filepath.Dir(dir)); !os.IsNotExist(err) {
+		t.Errorf("old empty directories should go once no rescue runs: %v", err)
+	}
+}
