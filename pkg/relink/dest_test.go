@@ -168,16 +168,7 @@ func TestFullDestination(t *testing.T) {
 func TestPreallocation(t *testing.T) {
 	testfs.RequireRoot(t)
 	t.Run("room gone before the second data range", func(t *testing.T) {
-		srcMnt := testfs.Mount(t, "tmpfs", 64)
-		src := filepath.Join(srcMnt, "sparse")
-		f, err := os.Create(src)
-		must(t, err)
-		_, err = f.WriteAt(randomBytes(4<<20, 21), 0)
-		must(t, err)
-		_, err = f.WriteAt(randomBytes(16<<20, 22), 20<<20)
-		must(t, err)
-		must(t, f.Close())
-		_, c := holdDeleted(t, src, "r")
+		c := holdTwoRanges(t)
 		dst := testfs.Mount(t, "tmpfs", 48)
 		e := newEngine(t, Options{})
 		e.chunk = 1 << 20
@@ -189,7 +180,7 @@ func TestPreallocation(t *testing.T) {
 			}
 		}
 		root := filepath.Join(dst, ".relinkd")
-		_, err = e.Rescue(ctx(t), pin(t, e, c), Destination{Root: root, Rel: "sparse"})
+		_, err := e.Rescue(ctx(t), pin(t, e, c), Destination{Root: root, Rel: "sparse"})
 		if !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), "preallocate") {
 			t.Fatalf("want ErrNoSpace from the preallocation, got %v", err)
 		}

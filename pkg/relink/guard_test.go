@@ -18,7 +18,41 @@ import (
 
 	"github.com/relinkd/relinkd/internal/testfs"
 	"github.com/relinkd/relinkd/internal/testproc"
+	"github.com/relinkd/relinkd/pkg/scanner"
 )
+
+// holdTwoRanges holds deleted a sparse file on tmpfs: 4 MiB of data, a
+// 16 MiB hole, 16 MiB of data.
+func holdTwoRanges(t *testing.T) scanner.Candidate {
+	t.Helper()
+	src := filepath.Join(testfs.Mount(t, "tmpfs", 64), "sparse")
+	f, err := os.Create(src)
+	must(t, err)
+	_, err = f.WriteAt(randomBytes(4<<20, 21), 0)
+	must(t, err)
+	_, err = f.WriteAt(randomBytes(16<<20, 22), 20<<20)
+	must(t, err)
+	must(t, f.Close())
+	_, c := holdDeleted(t, src, "r")
+	return c
+}
+
+// rescuedWriter rescues "hello" held deleted for appending on ext4, with
+// an engine that polls every 20 ms, writes sidecars and logs to logs.
+func rescuedWriter(t *testing.T) (*testproc.Holder, *Engine, *Pin, Result, *observer.ObservedLogs) {
+	t.Helper()
+	testfs.RequireRoot(t)
+	mnt := testfs.Mount(t, "ext4", 64)
+	src := filepath.Join(mnt, "f")
+	writeFile(t, src, []byte("hello"))
+	h, c := holdDeleted(t, src, "a")
+	core, logs := observer.New(zapcore.DebugLevel)
+	e := New(Options{FollowPoll: 20 * time.Millisecond, Sidecar: true}, zap.New(core))
+	p := pin(t, e, c)
+	res, err := e.Rescue(ctx(t), p, Destination{Root: filepath.Join(mnt, "r"), Rel: "f"})
+	must(t, err)
+	return h, e, p, res, logs
+}
 
 func freeOf(t *testing.T, dir string) uint64 {
 	t.Helper()
@@ -56,16 +90,7 @@ func TestReflinkBelowMinFree(t *testing.T) {
 // copy never takes the filesystem below the floor.
 func TestPreallocationKeepsMinFree(t *testing.T) {
 	testfs.RequireRoot(t)
-	srcMnt := testfs.Mount(t, "tmpfs", 64)
-	src := filepath.Join(srcMnt, "sparse")
-	f, err := os.Create(src)
-	must(t, err)
-	_, err = f.WriteAt(randomBytes(4<<20, 21), 0)
-	must(t, err)
-	_, err = f.WriteAt(randomBytes(16<<20, 22), 20<<20)
-	must(t, err)
-	must(t, f.Close())
-	_, c := holdDeleted(t, src, "r")
+	c := holdTwoRanges(t)
 	dst := testfs.Mount(t, "ext4", 64)
 	const minFree = 10 << 20
 	e := newEngine(t, Options{})
@@ -80,7 +105,7 @@ func TestPreallocationKeepsMinFree(t *testing.T) {
 		}
 	}
 	root := filepath.Join(dst, ".relinkd")
-	_, err = e.Rescue(ctx(t), pin(t, e, c), Destination{Root: root, Rel: "sparse", MinFreeBytes: minFree})
+	_, err := e.Rescue(ctx(t), pin(t, e, c), Destination{Root: root, Rel: "sparse", MinFreeBytes: minFree})
 	if !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), "must leave") {
 		t.Fatalf("want ErrNoSpace from the min_free check, got %v", err)
 	}
@@ -95,16 +120,7 @@ func TestPreallocationKeepsMinFree(t *testing.T) {
 // TestFollowTruncatedBeforeCopy: a copytruncate between Follow's fstat and
 // its copy must not append zeros the source never held.
 func TestFollowTruncatedBeforeCopy(t *testing.T) {
-	testfs.RequireRoot(t)
-	mnt := testfs.Mount(t, "ext4", 64)
-	src := filepath.Join(mnt, "f")
-	writeFile(t, src, []byte("hello"))
-	h, c := holdDeleted(t, src, "a")
-	core, logs := observer.New(zapcore.DebugLevel)
-	e := New(Options{FollowPoll: 20 * time.Millisecond, Sidecar: true}, zap.New(core))
-	p := pin(t, e, c)
-	res, err := e.Rescue(ctx(t), p, Destination{Root: filepath.Join(mnt, "r"), Rel: "f"})
-	must(t, err)
+	h, e, p, res, logs := rescuedWriter(t)
 	h.Do(t, testproc.Append(0, 100_000, 1, 0))
 	truncated := false
 	e.hookPoll = func(size int64) {
@@ -139,16 +155,7 @@ func TestFollowTruncatedBeforeCopy(t *testing.T) {
 // TestFollowCancelledMidAppend: a follow cancelled inside an append keeps
 // what it copied, and the file, the result and the sidecar agree.
 func TestFollowCancelledMidAppend(t *testing.T) {
-	testfs.RequireRoot(t)
-	mnt := testfs.Mount(t, "ext4", 64)
-	src := filepath.Join(mnt, "f")
-	writeFile(t, src, []byte("hello"))
-	h, c := holdDeleted(t, src, "a")
-	core, logs := observer.New(zapcore.DebugLevel)
-	e := New(Options{FollowPoll: 20 * time.Millisecond, Sidecar: true}, zap.New(core))
-	p := pin(t, e, c)
-	res, err := e.Rescue(ctx(t), p, Destination{Root: filepath.Join(mnt, "r"), Rel: "f"})
-	must(t, err)
+	h, e, p, res, logs := rescuedWriter(t)
 	h.Do(t, testproc.Append(0, 1<<20, 4, 0))
 	e.chunk = 1 << 20
 	cx, cancel := context.WithCancel(context.Background())
