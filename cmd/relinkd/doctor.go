@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/relinkd/relinkd/pkg/policy"
+	"github.com/relinkd/relinkd/pkg/relink"
 	"github.com/relinkd/relinkd/pkg/scanner"
 )
 
@@ -70,7 +71,7 @@ func cmdDoctor(ctx context.Context, e env, args []string) error {
 		err       error
 	}{
 		{"O_TMPFILE", "unnamed temp file, published atomically (in " + probeDir + ")", policy.ProbeTmpFile(probeDir)},
-		{"openat2", "RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS in rescue directories", policy.ProbeOpenat2("/")},
+		{"openat2", "RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS in rescue directories", relink.ProbeOpenat2()},
 		{"pidfd_open", "holder identity without PID reuse races", policy.ProbePidfd()},
 	} {
 		fmt.Fprintf(tw, "  %s\t%s\t%s\n", f.name, verdict(f.err), f.why)

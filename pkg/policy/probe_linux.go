@@ -64,27 +64,6 @@ func ProbeTmpFile(dir string) error {
 	return unix.Close(fd)
 }
 
-// ProbeOpenat2 calls openat2(2) (Linux 5.6) with RESOLVE_BENEATH and
-// RESOLVE_NO_SYMLINKS on dir.
-func ProbeOpenat2(dir string) error {
-	fd, err := unix.Openat2(unix.AT_FDCWD, dir, &unix.OpenHow{
-		Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC,
-		Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
-	})
-	if err != nil {
-		return fmt.Errorf("openat2 %s: %w", dir, err)
-	}
-	defer unix.Close(fd)
-	sub, err := unix.Openat2(fd, ".", &unix.OpenHow{
-		Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC,
-		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS,
-	})
-	if err != nil {
-		return fmt.Errorf("openat2 RESOLVE_BENEATH in %s: %w", dir, err)
-	}
-	return unix.Close(sub)
-}
-
 // ProbePidfd opens a pidfd on this process (pidfd_open(2), Linux 5.3).
 func ProbePidfd() error {
 	fd, err := unix.PidfdOpen(os.Getpid(), 0)

@@ -54,33 +54,81 @@ func splitRel(rel string) (dirs []string, leaf string) {
 	return dirs, leaf
 }
 
-// openRoot opens (creating 0700 if absent) the rescue root. Its parent is
-// trusted configuration and resolved normally; the root itself is created
-// with mkdirat and opened with openat2 so that a symlink planted in its
-// place (say in a world-writable mount root) is refused, and it must be a
-// directory owned by us that nobody else can write into.
-func openRoot(root string) (destDir, error) {
-	if !filepath.IsAbs(root) {
-		return destDir{}, fmt.Errorf("%w: rescue root %q is not absolute", ErrUnsafePath, root)
+// walker resolves paths below a rescue root one component at a time,
+// never following a symlink and never leaving the directory it starts
+// from. It uses openat2(2) where the kernel and the seccomp filter allow
+// it, else openat(O_NOFOLLOW|O_DIRECTORY) with an fstat of each level:
+// the same guarantees for single components, which is all it is given.
+type walker struct {
+	openat2 bool
+}
+
+// newWalker probes openat2 once; the engine keeps the result.
+func newWalker() walker { return walker{openat2: ProbeOpenat2() == nil} }
+
+// String names the resolution in use, for the start-up event and doctor.
+func (w walker) String() string {
+	if w.openat2 {
+		return "openat2"
+	}
+	return "component walk"
+}
+
+// beneath opens the directory name, a single path component, below dirfd.
+func (w walker) beneath(dirfd int, name string) (int, error) {
+	if name == "" || name == "." || name == ".." || strings.ContainsRune(name, '/') {
+		return -1, fmt.Errorf("%w: %q is not a single path component", ErrUnsafePath, name)
+	}
+	if w.openat2 {
+		return openat2Beneath(dirfd, name)
+	}
+	fd, err := openatNoFollow(dirfd, name)
+	if err != nil {
+		return -1, err
+	}
+	// O_DIRECTORY already refused anything else; the fstat makes the
+	// check explicit and costs one call per level.
+	st, err := fstat(fd)
+	if err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		unix.Close(fd)
+		return -1, unix.ENOTDIR
+	}
+	return fd, nil
+}
+
+// openRoot opens (creating 0700 if absent) the rescue root d.Root, reached
+// through d.Via. Its parent is trusted configuration and resolved
+// normally; the root itself is created with mkdirat and opened without
+// following a symlink, so that one planted in its place (say in a
+// world-writable mount root) is refused, and it must be a directory owned
+// by us that nobody else can write into.
+func (w walker) openRoot(d Destination) (destDir, error) {
+	root := d.Root
+	if !filepath.IsAbs(root) || d.Via != "" && !filepath.IsAbs(d.Via) {
+		return destDir{}, fmt.Errorf("%w: rescue root %q (via %q) is not absolute", ErrUnsafePath, root, d.Via)
 	}
 	root = filepath.Clean(root)
 	parent, base := filepath.Dir(root), filepath.Base(root)
 	var fd int
 	if root == "/" {
 		var err error
-		if fd, err = openDir(root); err != nil {
+		if fd, err = openDir(d.Via + root); err != nil {
 			return destDir{}, fmt.Errorf("open rescue root %s: %w", root, err)
 		}
 	} else {
-		if err := os.MkdirAll(parent, 0o700); err != nil {
-			return destDir{}, fmt.Errorf("create parent of rescue root: %w", err)
+		if err := os.MkdirAll(d.Via+parent, 0o700); err != nil {
+			return destDir{}, spaceErr(fmt.Errorf("create parent of rescue root %s: %w", root, err))
 		}
-		pfd, err := openDir(parent)
+		pfd, err := openDir(d.Via + parent)
 		if err != nil {
 			return destDir{}, fmt.Errorf("open parent of rescue root %s: %w", parent, err)
 		}
 		defer unix.Close(pfd)
-		if fd, err = mkdirOpen(pfd, base); err != nil {
+		if fd, err = w.mkdirOpen(pfd, base); err != nil {
 			return destDir{}, fmt.Errorf("rescue root %s: %w", root, err)
 		}
 	}
@@ -99,21 +147,23 @@ func openRoot(root string) (destDir, error) {
 
 // mkdirOpen opens the directory name in dirfd, creating it 0700 first if
 // it does not exist, without following any symlink.
-func mkdirOpen(dirfd int, name string) (int, error) {
-	fd, err := openBeneath(dirfd, name)
+func (w walker) mkdirOpen(dirfd int, name string) (int, error) {
+	fd, err := w.beneath(dirfd, name)
 	if errors.Is(err, unix.ENOENT) {
 		if err := eintr.Retry0(func() error { return unix.Mkdirat(dirfd, name, 0o700) }); err != nil && !errors.Is(err, unix.EEXIST) {
 			return -1, spaceErr(fmt.Errorf("mkdir %q: %w", name, err))
 		}
-		fd, err = openBeneath(dirfd, name)
+		fd, err = w.beneath(dirfd, name)
 	}
 	var st unix.Stat_t
 	switch {
 	case err == nil:
+	case errors.Is(err, ErrUnsafePath):
+		return -1, err
 	case errors.Is(err, unix.ELOOP), errors.Is(err, unix.EXDEV),
 		errors.Is(err, unix.ENOTDIR) && unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK:
-		// With O_NOFOLLOW|O_DIRECTORY a symlink answers ENOTDIR;
-		// RESOLVE_NO_SYMLINKS answers ELOOP, RESOLVE_BENEATH EXDEV.
+		// With O_NOFOLLOW|O_DIRECTORY a symlink answers ELOOP or
+		// ENOTDIR; RESOLVE_NO_SYMLINKS answers ELOOP, RESOLVE_BENEATH EXDEV.
 		return -1, fmt.Errorf("%w: %q is a symlink (refused, nothing written): %w", ErrUnsafePath, name, err)
 	case errors.Is(err, unix.ENOTDIR):
 		return -1, fmt.Errorf("%w: %q is not a directory: %w", ErrUnsafePath, name, err)
@@ -126,14 +176,14 @@ func mkdirOpen(dirfd int, name string) (int, error) {
 // openDest opens the directory where d's file goes and returns it with the
 // leaf name. Every level is created 0700 and opened beneath the previous
 // one, so nothing can redirect the walk outside the root.
-func openDest(d Destination) (destDir, string, error) {
+func (w walker) openDest(d Destination) (destDir, string, error) {
 	dirs, leaf := splitRel(d.Rel)
-	cur, err := openRoot(d.Root)
+	cur, err := w.openRoot(d)
 	if err != nil {
 		return destDir{}, "", err
 	}
 	for _, name := range dirs {
-		fd, err := mkdirOpen(cur.fd, name)
+		fd, err := w.mkdirOpen(cur.fd, name)
 		unix.Close(cur.fd)
 		if err != nil {
 			return destDir{}, "", fmt.Errorf("under %s: %w", cur.path, err)

@@ -56,26 +56,58 @@ func TestPlantedSymlinks(t *testing.T) {
 			must(t, os.Chown(root, 1000, 1000))
 		}},
 	}
-	e := newEngine(t, Options{Sidecar: true})
-	for i, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			outside := t.TempDir()
-			root := filepath.Join(mnt, "rescue"+strings.Repeat("x", i))
-			tt.plant(t, root, outside)
-			p := pin(t, e, c)
-			_, err := e.Rescue(ctx(t), p, Destination{Root: root, Rel: "var/log/app.log"})
-			if !errors.Is(err, ErrUnsafePath) {
-				t.Fatalf("want ErrUnsafePath, got %v", err)
+	eachWalk(t, func(t *testing.T, w walker) {
+		e := newEngine(t, Options{Sidecar: true})
+		e.walk = w
+		for i, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				outside := t.TempDir()
+				root := filepath.Join(mnt, w.String()[:1]+"rescue"+strings.Repeat("x", i))
+				tt.plant(t, root, outside)
+				p := pin(t, e, c)
+				_, err := e.Rescue(ctx(t), p, Destination{Root: root, Rel: "var/log/app.log"})
+				if !errors.Is(err, ErrUnsafePath) {
+					t.Fatalf("want ErrUnsafePath, got %v", err)
+				}
+				t.Log(err)
+				if files := regularFiles(t, outside); len(files) != 0 {
+					t.Errorf("written outside the rescue root: %v", files)
+				}
+				if ents, _ := os.ReadDir(outside); len(ents) != 0 {
+					t.Errorf("created outside the rescue root: %v", ents)
+				}
+			})
+		}
+	})
+}
+
+// TestBeneathComponents: the walk takes single components only; anything
+// that could climb or name several levels is refused before a syscall.
+func TestBeneathComponents(t *testing.T) {
+	dir := t.TempDir()
+	dfd, err := openDir(dir)
+	must(t, err)
+	defer unix.Close(dfd)
+	must(t, os.Mkdir(filepath.Join(dir, "sub"), 0o700))
+	eachWalk(t, func(t *testing.T, w walker) {
+		for _, name := range []string{"", ".", "..", "a/b", "/etc", "sub/.."} {
+			if fd, err := w.beneath(dfd, name); !errors.Is(err, ErrUnsafePath) {
+				if err == nil {
+					unix.Close(fd)
+				}
+				t.Errorf("beneath(%q): want ErrUnsafePath, got %v", name, err)
 			}
-			t.Log(err)
-			if files := regularFiles(t, outside); len(files) != 0 {
-				t.Errorf("written outside the rescue root: %v", files)
-			}
-			if ents, _ := os.ReadDir(outside); len(ents) != 0 {
-				t.Errorf("created outside the rescue root: %v", ents)
-			}
-		})
-	}
+		}
+		fd, err := w.beneath(dfd, "sub")
+		if err != nil {
+			t.Fatalf("beneath(sub): %v", err)
+		}
+		unix.Close(fd)
+		must(t, os.WriteFile(filepath.Join(dir, "file"), nil, 0o600))
+		if _, err := w.beneath(dfd, "file"); !errors.Is(err, unix.ENOTDIR) {
+			t.Errorf("beneath(file): want ENOTDIR, got %v", err)
+		}
+	})
 }
 
 // TestSplitRel: hostile relative paths stay below the root.
@@ -130,36 +162,39 @@ func TestFullDestination(t *testing.T) {
 		{"guard refuses up front", "tmpfs", 48, true, 30 << 20},
 		{"guard stops during the copy", "tmpfs", 48, true, 8 << 20},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			dst := testfs.Mount(t, tt.fstype, tt.sizeMiB)
-			e := newEngine(t, Options{Sidecar: true})
-			e.noTmpfile = !tt.tmpfile
-			e.chunk = 1 << 20
-			if tt.name == "guard stops during the copy" {
-				// Something else fills the disk while we copy, down to
-				// 4 MiB free, below the 8 MiB guard. (The copy's own
-				// blocks are reserved already.)
-				filler := filepath.Join(dst, "filler")
-				e.hookChunk = func(off int64) {
-					if off == 4<<20 {
-						var fs unix.Statfs_t
-						must(t, unix.Statfs(dst, &fs))
-						writeFile(t, filler, make([]byte, fs.Bavail*uint64(fs.Bsize)-4<<20))
+	eachWalk(t, func(t *testing.T, w walker) {
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				dst := testfs.Mount(t, tt.fstype, tt.sizeMiB)
+				e := newEngine(t, Options{Sidecar: true})
+				e.walk = w
+				e.noTmpfile = !tt.tmpfile
+				e.chunk = 1 << 20
+				if tt.name == "guard stops during the copy" {
+					// Something else fills the disk while we copy, down to
+					// 4 MiB free, below the 8 MiB guard. (The copy's own
+					// blocks are reserved already.)
+					filler := filepath.Join(dst, "filler")
+					e.hookChunk = func(off int64) {
+						if off == 4<<20 {
+							var fs unix.Statfs_t
+							must(t, unix.Statfs(dst, &fs))
+							writeFile(t, filler, make([]byte, fs.Bavail*uint64(fs.Bsize)-4<<20))
+						}
 					}
 				}
-			}
-			root := filepath.Join(dst, ".relinkd")
-			_, err := e.Rescue(ctx(t), pin(t, e, c), Destination{Root: root, Rel: "srv/big", MinFreeBytes: tt.minFree})
-			if !errors.Is(err, ErrNoSpace) {
-				t.Fatalf("want ErrNoSpace, got %v", err)
-			}
-			t.Log(err)
-			if files := regularFiles(t, root); len(files) != 0 {
-				t.Errorf("left behind: %v", files)
-			}
-		})
-	}
+				root := filepath.Join(dst, ".relinkd")
+				_, err := e.Rescue(ctx(t), pin(t, e, c), Destination{Root: root, Rel: "srv/big", MinFreeBytes: tt.minFree})
+				if !errors.Is(err, ErrNoSpace) {
+					t.Fatalf("want ErrNoSpace, got %v", err)
+				}
+				t.Log(err)
+				if files := regularFiles(t, root); len(files) != 0 {
+					t.Errorf("left behind: %v", files)
+				}
+			})
+		}
+	})
 }
 
 // TestPreallocation: the copy reserves each data range before it copies

@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
 
+	"github.com/relinkd/relinkd/internal/testfs"
 	"github.com/relinkd/relinkd/internal/testproc"
 	"github.com/relinkd/relinkd/pkg/scanner"
 )
@@ -107,6 +108,23 @@ func holdDeleted(t *testing.T, path, flag string) (*testproc.Holder, scanner.Can
 	t.Helper()
 	h := testproc.Start(t, testproc.Open(path, flag), testproc.Unlink(path))
 	return h, candidateOf(t, h.PID, h.FDs[0])
+}
+
+// eachWalk runs f with each way of resolving destinations: openat2, and
+// the component walk the engine falls back to where a sandbox refuses it.
+// Each engine f makes must use w (e.walk = w).
+func eachWalk(t *testing.T, f func(t *testing.T, w walker)) {
+	t.Helper()
+	for _, w := range []walker{{openat2: true}, {openat2: false}} {
+		t.Run(strings.ReplaceAll(w.String(), " ", "_"), func(t *testing.T) {
+			if w.openat2 {
+				if err := ProbeOpenat2(); err != nil {
+					testfs.Skip(t, "openat2 refused here: "+err.Error())
+				}
+			}
+			f(t, w)
+		})
+	}
 }
 
 // pin pins c, failing the test on error, and closes the pin at cleanup.

@@ -205,30 +205,33 @@ func TestHiddenTempFallback(t *testing.T) {
 // is untouched.
 func TestNoOverwrite(t *testing.T) {
 	testfs.RequireRoot(t)
-	mnt := testfs.Mount(t, "tmpfs", 16)
-	root := filepath.Join(mnt, ".relinkd")
-	writeFile(t, filepath.Join(root, "logs/app.log"), []byte("already here"))
-	must(t, os.Chmod(root, 0o700))
-	e := newEngine(t, Options{})
-	var got []string
-	for i := 0; i < 3; i++ {
-		src := filepath.Join(mnt, "app.log")
-		data := randomBytes(1000+i, uint64(20+i))
-		writeFile(t, src, data)
-		_, c := holdDeleted(t, src, "r")
-		res, err := e.Rescue(ctx(t), pin(t, e, c), Destination{Root: root, Rel: "logs/app.log"})
-		if err != nil {
-			t.Fatal(err)
+	eachWalk(t, func(t *testing.T, w walker) {
+		mnt := testfs.Mount(t, "tmpfs", 16)
+		root := filepath.Join(mnt, ".relinkd")
+		writeFile(t, filepath.Join(root, "logs/app.log"), []byte("already here"))
+		must(t, os.Chmod(root, 0o700))
+		e := newEngine(t, Options{})
+		e.walk = w
+		var got []string
+		for i := 0; i < 3; i++ {
+			src := filepath.Join(mnt, "app.log")
+			data := randomBytes(1000+i, uint64(20+i))
+			writeFile(t, src, data)
+			_, c := holdDeleted(t, src, "r")
+			res, err := e.Rescue(ctx(t), pin(t, e, c), Destination{Root: root, Rel: "logs/app.log"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			mustEqualBytes(t, res.Path, data, readAll(t, res.Path))
+			got = append(got, filepath.Base(res.Path))
 		}
-		mustEqualBytes(t, res.Path, data, readAll(t, res.Path))
-		got = append(got, filepath.Base(res.Path))
-	}
-	if want := []string{"app.log.1", "app.log.2", "app.log.3"}; strings.Join(got, " ") != strings.Join(want, " ") {
-		t.Errorf("names: want %v, got %v", want, got)
-	}
-	if b := readAll(t, filepath.Join(root, "logs/app.log")); string(b) != "already here" {
-		t.Errorf("existing file changed: %q", b)
-	}
+		if want := []string{"app.log.1", "app.log.2", "app.log.3"}; strings.Join(got, " ") != strings.Join(want, " ") {
+			t.Errorf("names: want %v, got %v", want, got)
+		}
+		if b := readAll(t, filepath.Join(root, "logs/app.log")); string(b) != "already here" {
+			t.Errorf("existing file changed: %q", b)
+		}
+	})
 }
 
 // TestFollowLink: after a link the name is the inode itself; Follow only

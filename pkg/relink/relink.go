@@ -5,8 +5,9 @@
 // survives the holder's exit and a reused PID or a swapped file is refused.
 // Rescue then runs the method ladder (link, reflink, copy; cheapest first,
 // moving down only when a method is not supported here), publishes the result
-// atomically under a rescue root that it walks with openat2(2) without ever
-// following a symlink, carries over ownership, mode, timestamps and extended
+// atomically under a rescue root that it walks with openat2(2), or where a
+// sandbox refuses that one component at a time, without ever following a
+// symlink, carries over ownership, mode, timestamps and extended
 // attributes, and writes a NAME.relinkd.json sidecar. Follow keeps appending
 // what a writer adds until no process holds the file open for writing.
 package relink
@@ -115,6 +116,7 @@ type Engine struct {
 	hash     bool
 	sidecar  bool
 	log      *zap.Logger
+	walk     walker // how destinations are resolved, probed once
 
 	// Test hooks; nil and zero in production.
 	chunk     int64            // copy chunk size; 0 means defaultChunk
@@ -135,6 +137,7 @@ func New(opts Options, log *zap.Logger) *Engine {
 		hash:     opts.Hash,
 		sidecar:  opts.Sidecar,
 		log:      log,
+		walk:     newWalker(),
 	}
 	if e.procRoot == "" {
 		e.procRoot = "/proc"
@@ -154,10 +157,16 @@ type Destination struct {
 	// last component is created 0700 if absent and must be a directory
 	// owned by the engine's user and not writable by group or others.
 	Root string
+	// Via is the path through which the engine reaches Root from its own
+	// mount namespace: "" when Root is named in it, or a /proc/PID/root
+	// magic link (the host's namespace, as policy.Policy.Via gives it).
+	// Messages and Result.Path name Root without it.
+	Via string
 	// Rel is the path below Root, such as "var/log/app.log" (usually the
 	// original path). It is cleaned lexically ("..", "." and empty
 	// components dropped); every directory is created 0700 if absent and
-	// opened with openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS). The final
+	// opened with openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS), or where
+	// that is refused one component at a time with O_NOFOLLOW. The final
 	// name is made unique (NAME, NAME.1, NAME.2 …): nothing is overwritten.
 	Rel string
 	// MinFreeBytes: a reflink or copy that would leave less free space
@@ -179,3 +188,7 @@ type Result struct {
 	Followed bool          // set by Follow once the last writer closed the file
 	Sidecar  string        // path of the sidecar, "" if none was written
 }
+
+// Resolution names how the engine resolves destination paths: "openat2",
+// or "component walk" where openat2 is refused (see ProbeOpenat2).
+func (e *Engine) Resolution() string { return e.walk.String() }

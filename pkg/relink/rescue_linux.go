@@ -83,7 +83,7 @@ func (e *Engine) rescue(ctx context.Context, p *Pin, d Destination, start time.T
 	if closed || done {
 		return fail("", errors.New("pin is closed or already rescued"))
 	}
-	dir, leaf, err := openDest(d)
+	dir, leaf, err := e.walk.openDest(d)
 	if err != nil {
 		return fail("", err)
 	}

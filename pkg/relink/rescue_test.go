@@ -147,51 +147,54 @@ func xattrOf(path, name string) ([]byte, error) {
 // inode, zero bytes copied; one that cannot moves down the ladder.
 func TestLink(t *testing.T) {
 	testfs.RequireRoot(t)
-	mnt := testfs.Mount(t, "ext4", 32)
-	data := randomBytes(30_000, 3) // small: the holder gets it in its environment
-	tests := []struct {
-		name  string
-		setup func(t *testing.T) *testproc.Holder
-		want  Method
-	}{
-		{"deleted name with a second hard link", func(t *testing.T) *testproc.Holder {
-			p := filepath.Join(mnt, "hard/a.dat")
-			writeFile(t, p, data)
-			return testproc.Start(t, testproc.Link(p, p+".other"), testproc.Open(p, "r"), testproc.Unlink(p))
-		}, MethodLink},
-		{"O_TMPFILE without O_EXCL", func(t *testing.T) *testproc.Holder {
-			must(t, os.MkdirAll(filepath.Join(mnt, "tmp1"), 0o755))
-			return testproc.Start(t, testproc.TmpFile(filepath.Join(mnt, "tmp1"), false), testproc.Write(0, string(data)))
-		}, MethodLink},
-		{"O_TMPFILE with O_EXCL", func(t *testing.T) *testproc.Holder {
-			must(t, os.MkdirAll(filepath.Join(mnt, "tmp2"), 0o755))
-			return testproc.Start(t, testproc.TmpFile(filepath.Join(mnt, "tmp2"), true), testproc.Write(0, string(data)))
-		}, MethodCopy},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			h := tt.setup(t)
-			c := candidateOf(t, h.PID, h.FDs[0])
-			e := newEngine(t, Options{Sidecar: true})
-			p := pin(t, e, c)
-			res, err := e.Rescue(ctx(t), p, Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: string(c.Path)})
-			if err != nil {
-				t.Fatalf("rescue: %v", err)
-			}
-			if res.Method != tt.want {
-				t.Fatalf("method: want %s, got %s", tt.want, res.Method)
-			}
-			mustEqualBytes(t, "rescued", data, readAll(t, res.Path))
-			var st unix.Stat_t
-			must(t, unix.Stat(res.Path, &st))
-			if same := st.Ino == c.Ino; same != (tt.want == MethodLink) {
-				t.Errorf("inode %d, source %d: a link must be the same inode, a copy another", st.Ino, c.Ino)
-			}
-			if res.Bytes != int64(len(data)) {
-				t.Errorf("bytes: want %d, got %d", len(data), res.Bytes)
-			}
-		})
-	}
+	eachWalk(t, func(t *testing.T, w walker) {
+		mnt := testfs.Mount(t, "ext4", 32)
+		data := randomBytes(30_000, 3) // small: the holder gets it in its environment
+		tests := []struct {
+			name  string
+			setup func(t *testing.T) *testproc.Holder
+			want  Method
+		}{
+			{"deleted name with a second hard link", func(t *testing.T) *testproc.Holder {
+				p := filepath.Join(mnt, "hard/a.dat")
+				writeFile(t, p, data)
+				return testproc.Start(t, testproc.Link(p, p+".other"), testproc.Open(p, "r"), testproc.Unlink(p))
+			}, MethodLink},
+			{"O_TMPFILE without O_EXCL", func(t *testing.T) *testproc.Holder {
+				must(t, os.MkdirAll(filepath.Join(mnt, "tmp1"), 0o755))
+				return testproc.Start(t, testproc.TmpFile(filepath.Join(mnt, "tmp1"), false), testproc.Write(0, string(data)))
+			}, MethodLink},
+			{"O_TMPFILE with O_EXCL", func(t *testing.T) *testproc.Holder {
+				must(t, os.MkdirAll(filepath.Join(mnt, "tmp2"), 0o755))
+				return testproc.Start(t, testproc.TmpFile(filepath.Join(mnt, "tmp2"), true), testproc.Write(0, string(data)))
+			}, MethodCopy},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				h := tt.setup(t)
+				c := candidateOf(t, h.PID, h.FDs[0])
+				e := newEngine(t, Options{Sidecar: true})
+				e.walk = w
+				p := pin(t, e, c)
+				res, err := e.Rescue(ctx(t), p, Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: string(c.Path)})
+				if err != nil {
+					t.Fatalf("rescue: %v", err)
+				}
+				if res.Method != tt.want {
+					t.Fatalf("method: want %s, got %s", tt.want, res.Method)
+				}
+				mustEqualBytes(t, "rescued", data, readAll(t, res.Path))
+				var st unix.Stat_t
+				must(t, unix.Stat(res.Path, &st))
+				if same := st.Ino == c.Ino; same != (tt.want == MethodLink) {
+					t.Errorf("inode %d, source %d: a link must be the same inode, a copy another", st.Ino, c.Ino)
+				}
+				if res.Bytes != int64(len(data)) {
+					t.Errorf("bytes: want %d, got %d", len(data), res.Bytes)
+				}
+			})
+		}
+	})
 }
 
 // TestLinkOtherMount: a link cannot cross mounts (EXDEV); the ladder moves

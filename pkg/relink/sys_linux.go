@@ -2,6 +2,7 @@ package relink
 
 import (
 	"errors"
+	"fmt"
 	"strconv"
 	"unsafe"
 
@@ -13,15 +14,40 @@ import (
 // This file holds the thin syscall wrappers; everything above them is plain Go.
 // Every descriptor is opened close-on-exec and EINTR is retried.
 
-// openBeneath opens the directory name below dirfd with openat2(2), refusing
-// any symlink or magic link on the way (ELOOP) and any escape from dirfd
-// (EXDEV). O_NOFOLLOW is redundant with RESOLVE_NO_SYMLINKS but costs nothing.
-func openBeneath(dirfd int, name string) (int, error) {
+// openat2Beneath opens the directory name below dirfd with openat2(2),
+// refusing any symlink or magic link on the way (ELOOP) and any escape
+// from dirfd (EXDEV). O_NOFOLLOW is redundant with RESOLVE_NO_SYMLINKS but
+// costs nothing.
+func openat2Beneath(dirfd int, name string) (int, error) {
 	how := unix.OpenHow{
 		Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC | unix.O_NOFOLLOW,
 		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
 	}
 	return eintr.Retry(func() (int, error) { return unix.Openat2(dirfd, name, &how) })
+}
+
+// openatNoFollow opens the directory name in dirfd with openat(2) without
+// following a symlink in its place (O_NOFOLLOW: ELOOP, or ENOTDIR with
+// O_DIRECTORY). It is the fallback where openat2 is refused; the caller
+// passes one path component at a time, so nothing else needs resolving.
+func openatNoFollow(dirfd int, name string) (int, error) {
+	return eintr.Retry(func() (int, error) {
+		return unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	})
+}
+
+// ProbeOpenat2 reports whether openat2(2) with RESOLVE_BENEATH and
+// RESOLVE_NO_SYMLINKS works for this process. It fails with ENOSYS on
+// kernels before 5.6 and under seccomp filters that cannot inspect its
+// struct open_how (systemd's RestrictSUIDSGID=yes, some container
+// runtimes' defaults), which answer ENOSYS or EPERM.
+func ProbeOpenat2() error {
+	fd, err := openat2Beneath(unix.AT_FDCWD, ".")
+	if err != nil {
+		return fmt.Errorf("openat2 RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS: %w", err)
+	}
+	unix.Close(fd)
+	return nil
 }
 
 // openDir opens a trusted absolute directory path the ordinary way.
