@@ -276,7 +276,7 @@ func (r *rescuer) planDecided(c *scanner.Candidate) (plan, bool, error) {
 	}
 	return plan{
 		eng:     relink.New(relink.Options{ProcRoot: r.o.procRoot, Methods: ms, Sidecar: true}, r.log),
-		dest:    relink.Destination{Root: d.Root, Rel: d.Rel, MinFreeBytes: d.MinFreeBytes, Rule: d.Rule},
+		dest:    relink.Destination{Root: d.Root, Via: d.Via, Rel: d.Rel, MinFreeBytes: d.MinFreeBytes, Rule: d.Rule},
 		release: func() { r.decider.Release(c, d) },
 	}, true, nil
 }
@@ -366,20 +366,23 @@ func matchAny(globs []string, path string) bool {
 // destination is --to DIR, or the location the policy chooses for c, with
 // the configured min_free of that filesystem.
 func destination(c *scanner.Candidate, to, rule string, cfg *policy.Config, pol *policy.Policy) (relink.Destination, error) {
-	root := to
+	// --to is a path in the caller's own view; a located root is the
+	// host's, reached through the policy's view.
+	root, via, space := to, "", policy.FreeSpace
 	if root == "" {
 		loc, err := pol.Locate(c)
 		if err != nil {
 			return relink.Destination{}, err
 		}
-		root = loc.Root
+		root, via, space = loc.Root, pol.Via(), pol.FreeSpace
 	}
-	_, total, err := policy.FreeSpace(root)
+	_, total, err := space(root)
 	if err != nil {
 		return relink.Destination{}, err
 	}
 	return relink.Destination{
 		Root:         root,
+		Via:          via,
 		Rel:          policy.RelName(c, time.Now()),
 		MinFreeBytes: cfg.Rescue.MinFree.Floor(total),
 		Rule:         rule,

@@ -267,6 +267,15 @@ func (d *Daemon) interval() time.Duration {
 	return 30 * time.Second
 }
 
+// hostRoot names where the daemon reaches the host's paths, for the
+// start-up event: "/" (its own mount namespace is the host's) or via.
+func hostRoot(via string) string {
+	if via == "" {
+		return "/"
+	}
+	return via
+}
+
 // Run runs the daemon until ctx ends, then stops within StopTimeout:
 // in-flight copies are cancelled (the engine publishes atomically, so no
 // partial file is left) and every pin is released.
@@ -274,7 +283,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	cfg := d.config()
 	d.log.Info("relinkd started", zap.String("version", d.opt.Version), zap.String("config", d.opt.ConfigPath),
 		zap.Duration("interval", time.Duration(cfg.Scan.Interval)), zap.Bool("events", cfg.Scan.Events),
-		zap.Int("workers", d.opt.Workers), zap.Int("pid", d.self))
+		zap.Int("workers", d.opt.Workers), zap.Int("pid", d.self),
+		zap.String("path_resolution", d.engine.Resolution()), zap.String("host_root", hostRoot(d.pol.Load().Via())))
 
 	// Workers get their own context, cancelled only once the loop is done,
 	// so that shutdown can first stop detection, then abandon rescues.
@@ -890,7 +900,7 @@ func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup) {
 	eng := relink.New(relink.Options{ProcRoot: d.opt.ProcRoot, Methods: methods, Sidecar: true}, d.log)
 	d.publishing.RLock()
 	res, err := eng.Rescue(ctx, j.pin, relink.Destination{
-		Root: dec.Root, Rel: dec.Rel, MinFreeBytes: dec.MinFreeBytes, Rule: dec.Rule,
+		Root: dec.Root, Via: dec.Via, Rel: dec.Rel, MinFreeBytes: dec.MinFreeBytes, Rule: dec.Rule,
 	})
 	d.publishing.RUnlock()
 	if err != nil {

@@ -14,11 +14,14 @@ import (
 // daemon will create). statx(2) reports the mount id itself (STATX_MNT_ID,
 // Linux 5.8), so overmounts and bind mounts are told apart exactly instead
 // of guessed from path prefixes. It returns the path that was examined.
-func pathMount(path string) (mntID int, dev uint64, at string, err error) {
+//
+// via is the prefix through which path is reached (see hostView); it is
+// not part of the path that is climbed or returned.
+func pathMount(via, path string) (mntID int, dev uint64, at string, err error) {
 	p := filepath.Clean(path)
 	for {
 		var st unix.Statx_t
-		err := unix.Statx(unix.AT_FDCWD, p, unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_DONT_SYNC, unix.STATX_MNT_ID|unix.STATX_TYPE, &st)
+		err := unix.Statx(unix.AT_FDCWD, via+p, unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_DONT_SYNC, unix.STATX_MNT_ID|unix.STATX_TYPE, &st)
 		if err == nil {
 			if st.Mask&unix.STATX_MNT_ID == 0 {
 				return 0, 0, p, fmt.Errorf("statx %s: kernel gives no mount id: %w", p, errors.ErrUnsupported)
@@ -36,10 +39,15 @@ func pathMount(path string) (mntID int, dev uint64, at string, err error) {
 // total size of the filesystem holding path (statfs(2)), looking at the
 // nearest existing ancestor when path does not exist yet.
 func FreeSpace(path string) (avail, total uint64, err error) {
+	return freeSpace("", path)
+}
+
+// freeSpace is FreeSpace of path reached through via (see hostView).
+func freeSpace(via, path string) (avail, total uint64, err error) {
 	p := filepath.Clean(path)
 	for {
 		var st unix.Statfs_t
-		err := unix.Statfs(p, &st)
+		err := unix.Statfs(via+p, &st)
 		if err == nil {
 			return st.Bavail * uint64(st.Bsize), st.Blocks * uint64(st.Bsize), nil
 		}
@@ -60,6 +68,41 @@ func mountNS(procRoot, pid string) (string, error) {
 	return s, nil
 }
 
+// hostView is how relinkd reaches the host's mount namespace, the one
+// PID 1 runs in, where holders' files and the rescue roots of the
+// configuration live. Under the shipped unit the daemon has a namespace
+// of its own (ProtectSystem=, PrivateDevices= …) in which every mount is
+// a copy, read-only but for a few paths; linkat(2) refuses to link across
+// two copies (EXDEV), and a rescue root on a read-only copy cannot be
+// created. Through /proc/1/root the daemon reaches the host's own mounts:
+// writable where the host's are, the holder's vfsmount for link, and
+// filesystems mounted after start-up. Where the namespaces are the same,
+// or PID 1 cannot be inspected (not root, hidepid), via is "" and relinkd
+// uses its own view.
+type hostView struct {
+	via       string // "" or PROC/1/root: prefix of every host path relinkd opens
+	ns        string // the host's mount namespace ("mnt:[…]"); "" if unknown
+	mountinfo string // the host's mount table
+	note      string // why the own view is used although it may differ, for messages
+}
+
+func findHostView(procRoot string) hostView {
+	self, err := mountNS(procRoot, "self")
+	v := hostView{ns: self, mountinfo: filepath.Join(procRoot, "self", "mountinfo")}
+	if err != nil {
+		v.note = err.Error()
+		return v
+	}
+	init, err := mountNS(procRoot, "1")
+	switch {
+	case err != nil:
+		v.note = "host mount namespace not reachable (" + err.Error() + "): relinkd's own is used"
+	case init != self:
+		v = hostView{via: filepath.Join(procRoot, "1", "root"), ns: init, mountinfo: filepath.Join(procRoot, "1", "mountinfo")}
+	}
+	return v
+}
+
 // ErrUnsafeRoot is returned for a rescue root that exists but is not a
 // root-owned directory that only root can write to.
 var ErrUnsafeRoot = errors.New("unsafe rescue root")
@@ -69,9 +112,9 @@ var ErrUnsafeRoot = errors.New("unsafe rescue root")
 // world-writable filesystem (/tmp) anyone could plant "/tmp/.relinkd" to
 // read what relinkd rescues or to redirect its writes. A root that does not
 // exist yet is fine: the engine creates it 0700 root.
-func checkRoot(path string) error {
+func checkRoot(via, path string) error {
 	var st unix.Stat_t
-	err := unix.Lstat(path, &st)
+	err := unix.Lstat(via+path, &st)
 	if errors.Is(err, unix.ENOENT) {
 		return nil
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -39,24 +40,23 @@ var ErrNoLocation = errors.New("no rescue location")
 // fileMount is the file's mount as far as it can be known.
 type fileMount struct {
 	m      *Mount // the mount, from the holder's or the host's table
-	sameNS bool   // m.ID and m.MountPoint are valid in our namespace
+	sameNS bool   // the holder is in the host's mount namespace: m is a host mount
 }
 
 // resolveMount finds the mount of c: through its mnt_id in the holder's
-// mountinfo (proc(5)), which is the host table when the holder shares our
-// mount namespace. When the id is unknown it falls back to a host mount of
-// the same device number.
+// mountinfo (proc(5)), which is the host table when the holder shares the
+// host's mount namespace. When the id is unknown it falls back to a host
+// mount of the same device number.
 func (p *Policy) resolveMount(c *scanner.Candidate, host []Mount) (fileMount, error) {
 	pid := strconv.Itoa(c.PID)
-	self, err1 := mountNS(p.procRoot, "self")
-	theirs, err2 := mountNS(p.procRoot, pid)
-	same := err1 == nil && err2 == nil && self == theirs
+	theirs, err := mountNS(p.procRoot, pid)
+	same := err == nil && p.host.ns != "" && p.host.ns == theirs
 	if c.MntID != 0 {
 		if same {
 			if m := byID(host, c.MntID); m != nil {
 				return fileMount{m: m, sameNS: true}, nil
 			}
-		} else if err2 == nil {
+		} else if err == nil {
 			if ms, err := ReadMountInfo(filepath.Join(p.procRoot, pid, "mountinfo")); err == nil {
 				if m := byID(ms, c.MntID); m != nil {
 					return fileMount{m: m}, nil
@@ -75,7 +75,7 @@ func (p *Policy) resolveMount(c *scanner.Candidate, host []Mount) (fileMount, er
 		}
 	}
 	if best == nil {
-		return fileMount{}, fmt.Errorf("mount of pid %d fd %d (mnt_id %d, dev %d:%d): %w", c.PID, c.FD, c.MntID, maj, mnr, ErrNoLocation)
+		return fileMount{}, fmt.Errorf("mount of pid %d fd %d (mnt_id %d, dev %d:%d) not found: %w", c.PID, c.FD, c.MntID, maj, mnr, ErrNoLocation)
 	}
 	return fileMount{m: best}, nil
 }
@@ -86,25 +86,42 @@ func sameSuper(a, b *Mount) bool { return a.Major == b.Major && a.Minor == b.Min
 // directory on the file's filesystem (preferring a path through the file's
 // own mount, so that link works); else the per-filesystem directory at the
 // root of the file's mount; else, if cross_fs allows, the first writable
-// configured directory. It returns ErrNoLocation when none is allowed.
+// configured directory. Paths are the host's (see hostView) and are read
+// fresh each time, so a filesystem mounted after start-up is covered. It
+// returns ErrNoLocation, saying why each candidate root was refused, when
+// none is allowed.
 func (p *Policy) Locate(c *scanner.Candidate) (Location, error) {
-	host, err := ReadMountInfo(filepath.Join(p.procRoot, "self", "mountinfo"))
+	host, err := ReadMountInfo(p.host.mountinfo)
 	if err != nil {
 		return Location{}, err
 	}
+	var why []string
 	fm, ferr := p.resolveMount(c, host)
 	if ferr == nil {
-		if loc, ok := p.locateSameFS(fm, host); ok {
+		loc, ok, w := p.locateSameFS(fm, host)
+		if ok {
 			return loc, nil
 		}
+		why = w
 	}
 	if p.cfg.Rescue.CrossFS {
 		for _, d := range p.cfg.Rescue.Dirs {
-			id, _, _, err := pathMount(d)
+			id, _, _, err := pathMount(p.host.via, d)
 			if err != nil {
+				why = append(why, fmt.Sprintf("cross_fs %s: %v", d, err))
 				continue
 			}
-			if dm := byID(host, id); dm != nil && !dm.ReadOnly() && p.safeRoot(d) {
+			dm := byID(host, id)
+			switch {
+			case dm == nil:
+				why = append(why, fmt.Sprintf("cross_fs %s: not on a host mount", d))
+			case dm.ReadOnly():
+				why = append(why, fmt.Sprintf("cross_fs %s: %s", d, p.readOnly(dm)))
+			default:
+				if err := checkRoot(p.host.via, d); err != nil {
+					why = append(why, err.Error())
+					continue
+				}
 				loc := Location{Root: d, Kind: KindCrossFS}
 				if fm.m != nil {
 					loc.FSType = fm.m.FSType
@@ -116,51 +133,84 @@ func (p *Policy) Locate(c *scanner.Candidate) (Location, error) {
 	if ferr != nil {
 		return Location{}, ferr
 	}
-	return Location{FSType: fm.m.FSType}, fmt.Errorf("pid %d fd %d on %s (%s): no rescue directory on this filesystem, fs_dir %q, cross_fs %v: %w",
-		c.PID, c.FD, fm.m.MountPoint, fm.m.FSType, p.cfg.Rescue.FSDir, p.cfg.Rescue.CrossFS, ErrNoLocation)
+	if len(why) == 0 {
+		why = append(why, fmt.Sprintf("no rescue.dirs entry on this filesystem, fs_dir %q, cross_fs %v", p.cfg.Rescue.FSDir, p.cfg.Rescue.CrossFS))
+	}
+	return Location{FSType: fm.m.FSType}, fmt.Errorf("pid %d fd %d on %s (%s): %s: %w",
+		c.PID, c.FD, fm.m.MountPoint, fm.m.FSType, strings.Join(why, "; "), ErrNoLocation)
 }
 
-func (p *Policy) locateSameFS(fm fileMount, host []Mount) (Location, bool) {
+// readOnly says why m cannot take a rescue root.
+func (p *Policy) readOnly(m *Mount) string {
+	s := fmt.Sprintf("%s is mounted read-only (%s)", m.MountPoint, m.Options)
+	if p.host.note != "" {
+		s += "; " + p.host.note
+	}
+	return s
+}
+
+// locateSameFS finds a root on fm's filesystem, or says why there is none.
+func (p *Policy) locateSameFS(fm fileMount, host []Mount) (Location, bool, []string) {
 	cm := fm.m
+	via := p.host.via
+	var why []string
 	for _, d := range p.cfg.Rescue.Dirs {
-		id, _, _, err := pathMount(d)
+		id, _, _, err := pathMount(via, d)
 		if err != nil {
 			p.log.Debug("rescue dir not usable", zap.String("dir", d), zap.Error(err))
 			continue
 		}
 		dm := byID(host, id)
-		if dm == nil || !sameSuper(dm, cm) || dm.ReadOnly() {
+		if dm == nil || !sameSuper(dm, cm) {
 			continue
 		}
-		if err := checkRoot(d); err != nil {
+		if dm.ReadOnly() {
+			why = append(why, "rescue dir "+d+": "+p.readOnly(dm))
+			continue
+		}
+		if err := checkRoot(via, d); err != nil {
 			p.log.Warn("rescue dir refused", zap.String("dir", d), zap.Error(err))
+			why = append(why, err.Error())
 			continue
 		}
 		loc := Location{Root: d, Kind: KindDir, SameFS: true, FSType: cm.FSType}
 		if fm.sameNS {
 			if dm.ID == cm.ID {
 				loc.SameMount = true
-				return loc, true
+				return loc, true, nil
 			}
 			// The same directory may be reachable through the file's own
 			// mount (a bind mount of a parent): then link works there.
 			fsPath := filepath.Join(dm.Root, relTo(filepath.Clean(d), dm.MountPoint))
 			if isUnder(fsPath, cm.Root) {
 				alt := filepath.Join(cm.MountPoint, relTo(fsPath, cm.Root))
-				if aid, _, _, err := pathMount(alt); err == nil && aid == cm.ID {
+				if aid, _, _, err := pathMount(via, alt); err == nil && aid == cm.ID {
 					loc.Root, loc.SameMount = alt, true
 				}
 			}
 		}
-		return loc, true
+		return loc, true, nil
 	}
 	if p.cfg.Rescue.FSDir == "" {
-		return Location{}, false
+		return Location{}, false, why
 	}
-	if fm.sameNS && !cm.ReadOnly() {
+	if fm.sameNS {
 		root := filepath.Join(cm.MountPoint, p.cfg.Rescue.FSDir)
-		if id, _, _, err := pathMount(root); err == nil && id == cm.ID && p.safeRoot(root) {
-			return Location{Root: root, Kind: KindFSDir, SameMount: true, SameFS: true, FSType: cm.FSType}, true
+		if cm.ReadOnly() {
+			return Location{}, false, append(why, "fs_dir "+root+": "+p.readOnly(cm))
+		}
+		id, _, _, err := pathMount(via, root)
+		switch {
+		case err != nil:
+			why = append(why, fmt.Sprintf("fs_dir %s: %v", root, err))
+		case id != cm.ID:
+			why = append(why, fmt.Sprintf("fs_dir %s: another mount is in its place", root))
+		default:
+			if err := checkRoot(via, root); err != nil {
+				p.log.Warn("rescue dir refused", zap.String("dir", root), zap.Error(err))
+				return Location{}, false, append(why, err.Error())
+			}
+			return Location{Root: root, Kind: KindFSDir, SameMount: true, SameFS: true, FSType: cm.FSType}, true, nil
 		}
 	}
 	// The holder is in another mount namespace (a container), or its mount
@@ -175,20 +225,15 @@ func (p *Policy) locateSameFS(fm fileMount, host []Mount) (Location, bool) {
 		}
 	}
 	if best == nil {
-		return Location{}, false
+		return Location{}, false, append(why, "no writable host mount of this filesystem")
 	}
 	root := filepath.Join(best.MountPoint, p.cfg.Rescue.FSDir)
-	if id, _, _, err := pathMount(root); err != nil || id != best.ID || !p.safeRoot(root) {
-		return Location{}, false
+	if id, _, _, err := pathMount(via, root); err != nil || id != best.ID {
+		return Location{}, false, append(why, fmt.Sprintf("fs_dir %s: not on the host mount %s", root, best.MountPoint))
 	}
-	return Location{Root: root, Kind: KindFSDir, SameFS: true, FSType: cm.FSType}, true
-}
-
-// safeRoot reports whether root passes checkRoot, logging why not.
-func (p *Policy) safeRoot(root string) bool {
-	if err := checkRoot(root); err != nil {
+	if err := checkRoot(via, root); err != nil {
 		p.log.Warn("rescue dir refused", zap.String("dir", root), zap.Error(err))
-		return false
+		return Location{}, false, append(why, err.Error())
 	}
-	return true
+	return Location{Root: root, Kind: KindFSDir, SameFS: true, FSType: cm.FSType}, true, nil
 }

@@ -59,7 +59,8 @@ type Decision struct {
 	Detail string // human explanation for logs
 
 	// For Rescue only.
-	Root      string   // rescue root directory (to be created 0700 root if missing)
+	Root      string   // rescue root directory (to be created 0700 root if missing), a host path
+	Via       string   // how relinkd reaches host paths: relink.Destination.Via
 	Rel       string   // path of the rescued file relative to Root, see RelName
 	Kind      string   // KindDir, KindFSDir or KindCrossFS
 	SameMount bool     // Root is on the holder's mount: link may work
@@ -77,6 +78,7 @@ type Policy struct {
 	log      *zap.Logger
 	rules    []rule
 	procRoot string
+	host     hostView
 	now      func() time.Time
 
 	mu    sync.Mutex
@@ -107,6 +109,7 @@ func New(cfg *Config, log *zap.Logger) *Policy {
 		log:      log,
 		rules:    compileRules(cfg.Watch, log),
 		procRoot: "/proc",
+		host:     findHostView("/proc"),
 		now:      time.Now,
 		usage:    map[string]*rootUsage{},
 		users:    map[uint32][]grant{},
@@ -131,6 +134,16 @@ func (p *Policy) Inherit(old *Policy) {
 		c := *u
 		p.usage[root] = &c
 	}
+}
+
+// Via is the prefix through which relinkd reaches the host paths that
+// Decide and Roots return: "" when its mount namespace is the host's, else
+// /proc/1/root (see hostView).
+func (p *Policy) Via() string { return p.host.via }
+
+// FreeSpace is FreeSpace of a host path (see Via).
+func (p *Policy) FreeSpace(root string) (avail, total uint64, err error) {
+	return freeSpace(p.host.via, root)
 }
 
 // Config returns the configuration the policy was built from.
@@ -192,6 +205,7 @@ func (p *Policy) Decide(c *scanner.Candidate) Decision {
 		return skip(ReasonLocation, "%v", err)
 	}
 	d.Root, d.Kind, d.SameMount, d.SameFS = loc.Root, loc.Kind, loc.SameMount, loc.SameFS
+	d.Via = p.host.via
 	d.Rel = RelName(c, p.now())
 	for _, m := range rc.Methods {
 		switch {
@@ -206,7 +220,7 @@ func (p *Policy) Decide(c *scanner.Candidate) Decision {
 			rc.Methods, loc.FSType, loc.Root, loc.SameMount, loc.SameFS, c.Linkable)
 	}
 	// Space: a copy needs size bytes now; link and reflink need none.
-	avail, total, err := FreeSpace(loc.Root)
+	avail, total, err := freeSpace(p.host.via, loc.Root)
 	if err != nil {
 		return skip(ReasonSpace, "%v", err)
 	}
@@ -283,7 +297,7 @@ func (p *Policy) Release(c *scanner.Candidate, d Decision) {
 func (p *Policy) usedLocked(root string, now time.Time) uint64 {
 	u := p.usage[root]
 	if u == nil || now.Sub(u.at) > usageTTL {
-		n, err := DiskUsage(root)
+		n, err := DiskUsage(p.host.via + root)
 		if err != nil && !errors.Is(err, errNotExist) {
 			p.log.Warn("measure rescue root", zap.String("root", root), zap.Error(err))
 		}
@@ -312,7 +326,7 @@ func (p *Policy) Roots() []string {
 // rescue.retention go, then the oldest until root holds at most
 // rescue.max_total_size. The root's measured usage is refreshed.
 func (p *Policy) Prune(root string) (PruneResult, error) {
-	res, err := Prune(root, time.Duration(p.cfg.Rescue.Retention), uint64(p.cfg.Rescue.MaxTotalSize), p.now())
+	res, err := Prune(p.host.via+root, time.Duration(p.cfg.Rescue.Retention), uint64(p.cfg.Rescue.MaxTotalSize), p.now())
 	p.mu.Lock()
 	p.usage[root] = &rootUsage{bytes: res.Kept, at: p.now()}
 	p.mu.Unlock()

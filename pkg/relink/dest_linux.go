@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -63,8 +64,13 @@ type walker struct {
 	openat2 bool
 }
 
-// newWalker probes openat2 once; the engine keeps the result.
-func newWalker() walker { return walker{openat2: ProbeOpenat2() == nil} }
+// openat2Usable probes openat2 once per process: a seccomp filter can be
+// added but never removed, and every thread shares it (TSYNC), so the
+// answer does not change while relinkd runs (no new filter is installed).
+var openat2Usable = sync.OnceValue(func() bool { return ProbeOpenat2() == nil })
+
+// newWalker returns the walker for this process.
+func newWalker() walker { return walker{openat2: openat2Usable()} }
 
 // String names the resolution in use, for the start-up event and doctor.
 func (w walker) String() string {
