@@ -19,10 +19,10 @@ import (
 )
 
 // cmdDoctor tells an operator what will work on this host: capabilities,
-// kernel features, and per filesystem that a watch rule covers its type,
-// whether reflink works there (probed for real), free space and where the
-// policy would rescue files. It fails only when the configuration or the
-// mount table cannot be read; missing features are reported, not errors.
+// kernel features, how paths are resolved, and per filesystem that a watch
+// rule covers its type, whether reflink works there (probed for real), free
+// space, where the policy would rescue files and whether that root exists
+// and can be written. It exits non-zero when it finds a problem.
 func cmdDoctor(ctx context.Context, e env, args []string) error {
 	fl := newFlagSet("doctor")
 	configPath := fl.String("config", "", "configuration `file` (default /etc/relinkd/relinkd.yaml, else embedded)")
@@ -37,14 +37,15 @@ func cmdDoctor(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	host, err := policy.ReadMountInfo("/proc/self/mountinfo")
+	p := policy.New(cfg, zap.NewNop())
+	host, err := p.HostMounts()
 	if err != nil {
 		return err
 	}
-	p := policy.New(cfg, zap.NewNop())
 	w := e.stdout
 	problems := 0
-	fmt.Fprintf(w, "configuration: %s\n\n", source)
+	fmt.Fprintf(w, "configuration: %s\n", source)
+	fmt.Fprintf(w, "host paths:    %s\n\n", p.HostView())
 
 	fmt.Fprintln(w, "capabilities")
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -69,42 +70,64 @@ func cmdDoctor(ctx context.Context, e env, args []string) error {
 	for _, f := range []struct {
 		name, why string
 		err       error
+		problem   bool // a "no" here is a problem
 	}{
-		{"O_TMPFILE", "unnamed temp file, published atomically (in " + probeDir + ")", policy.ProbeTmpFile(probeDir)},
-		{"openat2", "RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS in rescue directories", relink.ProbeOpenat2()},
-		{"pidfd_open", "holder identity without PID reuse races", policy.ProbePidfd()},
+		{"O_TMPFILE", "unnamed temp file, published atomically (in " + probeDir + ")", policy.ProbeTmpFile(probeDir), true},
+		{"pidfd_open", "holder identity without PID reuse races", policy.ProbePidfd(), true},
 	} {
 		fmt.Fprintf(tw, "  %s\t%s\t%s\n", f.name, verdict(f.err), f.why)
-		if f.err != nil {
+		if f.err != nil && f.problem {
 			problems++
 		}
+	}
+	// A refused openat2 is no problem: the component walk gives the same
+	// guarantees. Under the shipped unit RestrictSUIDSGID=yes refuses it.
+	if err := relink.ProbeOpenat2(); err == nil {
+		fmt.Fprintf(tw, "  openat2\tyes\trescue paths resolved with RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS (refused under the shipped unit: the daemon then walks component by component)\n")
+	} else {
+		fmt.Fprintf(tw, "  openat2\t%s\trescue paths resolved one component at a time with O_NOFOLLOW (as safe; openat2 is refused here, e.g. by a seccomp filter)\n", verdict(err))
 	}
 	tw.Flush()
 
 	fmt.Fprintln(w, "\nfilesystems covered by watch rules")
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "  MOUNT\tTYPE\tFREE\tREFLINK\tRESCUE TO\tRULES")
+	fmt.Fprintln(tw, "  MOUNT\tTYPE\tFREE\tREFLINK\tRESCUE TO\tROOT\tRULES")
+	// The mounts are the host's: look them up as PID 1 sees them when
+	// relinkd's namespace is another.
+	pid := os.Getpid()
+	if p.Via() != "" {
+		pid = 1
+	}
 	for _, cm := range policy.CoveredMounts(cfg, host) {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		m := cm.Mount
 		free := "?"
-		if avail, total, err := policy.FreeSpace(m.MountPoint); err == nil && total > 0 {
+		if avail, total, err := p.FreeSpace(m.MountPoint); err == nil && total > 0 {
 			free = fmt.Sprintf("%s of %s (%d%%)", humanBytes(avail), humanBytes(total), avail*100/total)
 			if avail < cfg.Rescue.MinFree.Floor(total) {
 				free += " below min_free"
 				problems++
 			}
 		}
-		c := &scanner.Candidate{PID: os.Getpid(), MntID: m.ID, Dev: unix.Mkdev(m.Major, m.Minor),
+		c := &scanner.Candidate{PID: pid, MntID: m.ID, Dev: unix.Mkdev(m.Major, m.Minor),
 			Path: []byte(filepath.Join(m.MountPoint, "x"))}
 		loc, lerr := p.Locate(c)
-		var where string
+		var where, root string
 		if lerr == nil {
 			where = loc.Root + " (" + describe(loc) + ")"
+			switch exists, err := p.RootState(loc.Root); {
+			case err != nil:
+				root = "NOT WRITABLE: " + err.Error()
+				problems++
+			case exists:
+				root = "exists, writable"
+			default:
+				root = "created at first rescue"
+			}
 		} else {
-			where = "none: " + reasonOf(lerr)
+			where, root = "none: "+reasonOf(lerr), "-"
 			problems++
 		}
 		reflink := "n/a"
@@ -112,19 +135,28 @@ func cmdDoctor(ctx context.Context, e env, args []string) error {
 		case m.ReadOnly():
 			reflink = "read-only"
 		case lerr == nil && loc.SameFS:
-			reflink = verdict(policy.ProbeReflink(existingDir(loc.Root)))
+			reflink = verdict(p.ProbeReflinkIn(existingHostDir(p, loc.Root)))
 		case lerr != nil || !loc.SameFS:
-			reflink = verdict(policy.ProbeReflink(m.MountPoint))
+			reflink = verdict(p.ProbeReflinkIn(m.MountPoint))
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\n", m.MountPoint, m.FSType, free, reflink, where, strings.Join(cm.Rules, ", "))
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.MountPoint, m.FSType, free, reflink, where, root, strings.Join(cm.Rules, ", "))
 	}
 	tw.Flush()
 	if problems == 0 {
 		fmt.Fprintln(w, "\nno problems found")
-	} else {
-		fmt.Fprintf(w, "\n%d problem(s) found (MISSING, no, none, below min_free above)\n", problems)
+		return nil
 	}
-	return nil
+	fmt.Fprintf(w, "\n%d problem(s) found (MISSING, no, none, NOT WRITABLE, below min_free above)\n", problems)
+	return errReported
+}
+
+// existingHostDir is existingDir for a host path.
+func existingHostDir(p *policy.Policy, dir string) string {
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		if st, err := os.Stat(p.Via() + d); err == nil && st.IsDir() || d == "/" {
+			return d
+		}
+	}
 }
 
 func firstOr(xs []string, def string) string {
@@ -155,11 +187,14 @@ func verdict(err error) string {
 	return "no (" + err.Error() + ")"
 }
 
+// reasonOf is the part of a Locate error that says why, without the
+// made-up candidate's pid and fd.
 func reasonOf(err error) string {
-	if errors.Is(err, policy.ErrNoLocation) {
-		return "no rescue dir on this filesystem, fs_dir and cross_fs off"
+	msg := strings.TrimSuffix(err.Error(), ": "+policy.ErrNoLocation.Error())
+	if i := strings.Index(msg, "): "); i >= 0 && strings.HasPrefix(msg, "pid ") {
+		msg = msg[i+3:]
 	}
-	return err.Error()
+	return msg
 }
 
 func describe(l policy.Location) string {

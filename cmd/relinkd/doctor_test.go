@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/relinkd/relinkd/internal/testfs"
 )
 
@@ -72,4 +74,31 @@ func listDir(t *testing.T, dir string) string {
 		names = append(names, e.Name())
 	}
 	return strings.Join(names, ",")
+}
+
+// TestDoctorProblem: a covered filesystem where nothing can be rescued
+// (mounted read-only) is reported with the reason, and doctor exits 1.
+func TestDoctorProblem(t *testing.T) {
+	testfs.RequireRoot(t)
+	ro := testfs.Mount(t, "tmpfs", 8)
+	if err := unix.Mount("", ro, "", unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+		t.Fatal(err)
+	}
+	cfgFile := filepath.Join(t.TempDir(), "relinkd.yaml")
+	cfg := fmt.Sprintf("watch:\n  - name: ro\n    paths: [\"%s/**\"]\nrescue:\n  dirs: []\n", ro)
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := runBinary(t, "doctor", "--config", cfgFile)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1: %s\n%s", code, errOut, out)
+	}
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`(?m)^  ` + regexp.QuoteMeta(ro) + `\s+tmpfs\s.*none: .*fs_dir ` + regexp.QuoteMeta(ro+"/.relinkd") + `: ` + regexp.QuoteMeta(ro) + ` is mounted read-only`),
+		regexp.MustCompile(`(?m)^1 problem\(s\) found`),
+	} {
+		if !want.MatchString(out) {
+			t.Errorf("output lacks %s:\n%s", want, out)
+		}
+	}
 }

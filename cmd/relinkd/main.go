@@ -37,6 +37,10 @@ Flags may come before or after positional arguments; COMMAND -h shows them.
 // errUsage marks a command-line mistake: main prints the usage and exits 2.
 var errUsage = errors.New("usage")
 
+// errReported marks a failure the command has already explained on its
+// output (doctor's problems): main exits 1 without repeating it.
+var errReported = errors.New("problems reported")
+
 // env is what a command needs from the outside world; tests swap it.
 type env struct {
 	stdout, stderr io.Writer
@@ -48,6 +52,8 @@ func main() {
 	stop()
 	switch {
 	case err == nil:
+	case errors.Is(err, errReported):
+		os.Exit(1)
 	case errors.Is(err, errUsage):
 		fmt.Fprintf(os.Stderr, "relinkd: %v\n\n%s", err, usage)
 		os.Exit(2)

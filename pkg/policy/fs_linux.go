@@ -131,3 +131,57 @@ func checkRoot(via, path string) error {
 	}
 	return nil
 }
+
+// RootState says whether relinkd can write into the rescue root root, a
+// host path (see Policy.Via): exists tells whether root is there yet (it
+// is created 0700 at the first rescue otherwise); err is nil when a file
+// can be created in root, or in the nearest existing ancestor where root
+// would be created, and says why not (read-only, unsafe owner or mode …)
+// otherwise. The probe file is unnamed or removed at once.
+func (p *Policy) RootState(root string) (exists bool, err error) {
+	via := p.host.via
+	d := filepath.Clean(root)
+	for {
+		var st unix.Stat_t
+		err := unix.Lstat(via+d, &st)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.ENOENT) || d == "/" {
+			return false, fmt.Errorf("stat %s: %w", d, err)
+		}
+		d = filepath.Dir(d)
+	}
+	exists = d == filepath.Clean(root)
+	if exists {
+		if err := checkRoot(via, d); err != nil {
+			return true, err
+		}
+	}
+	fd, err := scratch(via + d)
+	if err != nil {
+		if errors.Is(err, unix.EROFS) {
+			return exists, fmt.Errorf("%s is on a read-only filesystem: %w", d, err)
+		}
+		return exists, fmt.Errorf("cannot create files in %s: %w", d, err)
+	}
+	unix.Close(fd)
+	return exists, nil
+}
+
+// HostMounts returns the host's mount table (see Policy.Via).
+func (p *Policy) HostMounts() ([]Mount, error) { return ReadMountInfo(p.host.mountinfo) }
+
+// HostView describes where relinkd reaches the host's paths, for doctor.
+func (p *Policy) HostView() string {
+	switch {
+	case p.host.via != "":
+		return p.host.via + " (relinkd's mount namespace is not PID 1's: rescue roots are reached in the host's)"
+	case p.host.note != "":
+		return "/ (" + p.host.note + ")"
+	}
+	return "/ (relinkd's mount namespace is the host's)"
+}
+
+// ProbeReflinkIn is ProbeReflink in a host path.
+func (p *Policy) ProbeReflinkIn(dir string) error { return ProbeReflink(p.host.via + dir) }
