@@ -111,6 +111,7 @@ type Daemon struct {
 	dirPIDs  map[string]map[int]time.Time // dir of a deleted file -> pids seen holding it
 	knownPID map[int]struct{}             // pids listed at the last full sweep
 	lastPID  int                          // the newest pid at the last look
+	young    map[int]time.Time            // new processes, when first seen (see youngTTL)
 
 	// Main loop only.
 	lastFull     time.Time // start of the last pass over every process
@@ -228,6 +229,7 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 		inodes:   make(map[scanner.Key]*inode),
 		dirPIDs:  make(map[string]map[int]time.Time),
 		knownPID: make(map[int]struct{}),
+		young:    make(map[int]time.Time),
 	}
 	if d.sweeper == nil {
 		d.sweeper = scanner.New(scanner.Options{ProcRoot: opt.ProcRoot}, log)
@@ -550,9 +552,21 @@ func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-
 // (a fork storm, or pid numbers wrapping) the listing of /proc decides.
 const maxNewPIDs = 128
 
-// newPIDs returns, newest first, the processes created since the previous
-// call: proc(5) /proc/loadavg ends with the pid most recently allocated,
-// and pids are handed out in increasing order until they wrap at pid_max.
+// A new process stays "young" for youngTTL after it is first seen: every
+// event round sweeps it again. A program spends its first milliseconds
+// starting up, and in a fork storm a sibling's unlink starts the round
+// that first sees it before it has deleted anything. At most maxYoung are
+// kept, the newest; older processes are left to the pids known to have
+// held files in the directory and to the full pass.
+const (
+	youngTTL = 2 * time.Second
+	maxYoung = 256
+)
+
+// newPIDs returns, newest first, the young processes: those created since
+// the previous call, found through /proc/loadavg, which ends with the pid
+// most recently allocated (proc(5)); pids are handed out in increasing
+// order until they wrap at pid_max. Then those found within youngTTL.
 func (d *Daemon) newPIDs() []int {
 	last, ok := lastPID(d.opt.ProcRoot)
 	if !ok {
@@ -562,10 +576,34 @@ func (d *Daemon) newPIDs() []int {
 	prev := d.lastPID
 	d.lastPID = last
 	d.mu.Unlock()
-	if prev == 0 || last <= prev || last-prev > maxNewPIDs {
-		return nil
+	var fresh []int
+	if prev != 0 && last > prev && last-prev <= maxNewPIDs {
+		fresh = newLeaders(d.opt.ProcRoot, prev, last)
 	}
-	return newLeaders(d.opt.ProcRoot, prev, last)
+	now := time.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, pid := range fresh {
+		d.young[pid] = now
+	}
+	out := make([]int, 0, len(d.young))
+	for pid, at := range d.young {
+		if now.Sub(at) > youngTTL {
+			delete(d.young, pid)
+			continue
+		}
+		out = append(out, pid)
+	}
+	slices.SortFunc(out, func(a, b int) int {
+		if c := d.young[b].Compare(d.young[a]); c != 0 {
+			return c
+		}
+		return b - a
+	})
+	for _, pid := range out[min(len(out), maxYoung):] {
+		delete(d.young, pid)
+	}
+	return out[:min(len(out), maxYoung)]
 }
 
 // drainEvents notes every queued event (see note) and returns how many
@@ -690,11 +728,10 @@ func (d *Daemon) sweep(ctx context.Context) {
 	if w := d.getWatcher(); w != nil {
 		w.RestoreRoots()
 	}
-	if last, ok := lastPID(d.opt.ProcRoot); ok {
-		d.mu.Lock()
-		d.lastPID = last
-		d.mu.Unlock()
-	}
+	// The sweep covers the processes that exist now, but those among
+	// them that are new may delete a file a moment later: they become
+	// young.
+	d.newPIDs()
 	listed := listPIDs(d.opt.ProcRoot)
 	start := time.Now()
 	res, err := d.sweeper.Sweep(ctx)
