@@ -55,6 +55,17 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// plainBinary returns relinkd built without the race detector (which
+// multiplies memory use), for tests that measure memory; built once.
+var plainBinary = sync.OnceValues(func() (string, error) {
+	bin := filepath.Join(filepath.Dir(binary), "relinkd-plain")
+	out, err := exec.Command("go", "build", "-o", bin, "../cmd/relinkd").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("build relinkd without -race: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
 // Event is one JSON log line of the daemon.
 type Event map[string]any
 
@@ -99,6 +110,12 @@ func writeConfig(t *testing.T, yaml string) string {
 // notification socket of its own (so sd_notify is exercised too).
 func startDaemon(t *testing.T, cfg string, env ...string) *Daemon {
 	t.Helper()
+	return startDaemonBinary(t, binary, cfg, env...)
+}
+
+// startDaemonBinary is startDaemon with another build of relinkd.
+func startDaemonBinary(t *testing.T, bin, cfg string, env ...string) *Daemon {
+	t.Helper()
 	d := &Daemon{t: t, config: cfg, wake: make(chan struct{}), exited: make(chan struct{})}
 	sock := filepath.Join(t.TempDir(), "notify.sock")
 	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
@@ -122,7 +139,7 @@ func startDaemon(t *testing.T, cfg string, env ...string) *Daemon {
 		}
 	}()
 
-	d.cmd = exec.Command(binary, "run", "--config", cfg)
+	d.cmd = exec.Command(bin, "run", "--config", cfg)
 	d.cmd.Env = append(append(os.Environ(), "NOTIFY_SOCKET="+sock), env...)
 	stderr, err := d.cmd.StderrPipe()
 	if err != nil {

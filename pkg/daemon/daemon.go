@@ -43,8 +43,12 @@ import (
 const (
 	DefaultMaxPins        = 4096
 	DefaultMaxPinnedBytes = 256 << 30
-	DefaultStopTimeout    = 4 * time.Second
-	DefaultPruneInterval  = 10 * time.Minute
+	// DefaultMaxFollows bounds the files followed at once: each follow
+	// holds a pin, a copy and a goroutine polling /proc for as long as
+	// its writer lives. Beyond it a rescue is a one-shot copy.
+	DefaultMaxFollows    = 256
+	DefaultStopTimeout   = 4 * time.Second
+	DefaultPruneInterval = 10 * time.Minute
 	// DefaultMaxWorkers caps the default worker count: a worker blocked
 	// in copy_file_range holds an OS thread, and the unit's TasksMax
 	// bounds the threads; more workers than disks gain nothing.
@@ -70,6 +74,7 @@ type Options struct {
 	Workers        int           // rescue workers; 0 means NumCPU, within 2 to DefaultMaxWorkers
 	MaxPins        int           // inodes pinned at once; 0 means DefaultMaxPins
 	MaxPinnedBytes int64         // their total size; 0 means DefaultMaxPinnedBytes
+	MaxFollows     int           // files followed at once; 0 means DefaultMaxFollows
 	MaxWatches     int           // inotify watches; 0 means scan.max_watches
 	StopTimeout    time.Duration // how long shutdown waits for workers; 0 means DefaultStopTimeout
 	PruneInterval  time.Duration // how often rescue.retention is applied; 0 means DefaultPruneInterval
@@ -104,14 +109,23 @@ type Daemon struct {
 	// O_TMPFILE into looks empty, and the pruner removes empty ones.
 	publishing sync.RWMutex
 
-	mu       sync.Mutex
-	inodes   map[scanner.Key]*inode
-	pins     int
-	pinned   int64
-	dirPIDs  map[string]map[int]time.Time // dir of a deleted file -> pids seen holding it
-	knownPID map[int]struct{}             // pids listed at the last full sweep
-	lastPID  int                          // the newest pid at the last look
-	young    map[int]time.Time            // new processes, when first seen (see youngTTL)
+	mu      sync.Mutex
+	inodes  map[scanner.Key]*inode
+	pins    int
+	pinned  int64
+	follows int             // follows running
+	writers *relink.Writers // shared by every follow's search for writers
+	// Budget bursts: deferred holds the pids whose files found no pin
+	// (swept again as soon as a pin is released, see room); each
+	// budget is said once per burst.
+	deferred      map[int]struct{}
+	pinsWarned    bool
+	followsWarned bool
+	room          chan struct{}                // a pin was released while files were deferred
+	dirPIDs       map[string]map[int]time.Time // dir of a deleted file -> pids seen holding it
+	knownPID      map[int]struct{}             // pids listed at the last full sweep
+	lastPID       int                          // the newest pid at the last look
+	young         map[int]time.Time            // new processes, when first seen (see youngTTL)
 
 	// Main loop only.
 	lastFull     time.Time // start of the last pass over every process
@@ -208,6 +222,9 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 	if opt.MaxPinnedBytes <= 0 {
 		opt.MaxPinnedBytes = DefaultMaxPinnedBytes
 	}
+	if opt.MaxFollows <= 0 {
+		opt.MaxFollows = DefaultMaxFollows
+	}
 	if opt.StopTimeout <= 0 {
 		opt.StopTimeout = DefaultStopTimeout
 	}
@@ -230,6 +247,9 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 		dirPIDs:  make(map[string]map[int]time.Time),
 		knownPID: make(map[int]struct{}),
 		young:    make(map[int]time.Time),
+		deferred: make(map[int]struct{}),
+		room:     make(chan struct{}, 1),
+		writers:  relink.NewWriters(opt.ProcRoot),
 	}
 	if d.sweeper == nil {
 		d.sweeper = scanner.New(scanner.Options{ProcRoot: opt.ProcRoot}, log)
@@ -420,6 +440,17 @@ func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event) error {
 			if d.fullDeferred && !fullArmed {
 				full.Reset(max(time.Millisecond, d.fullGap(interval)-time.Since(d.lastFull)))
 				fullArmed = true
+			}
+		case <-d.room:
+			// Pins were released while files waited for one: their
+			// holders may not live until the next sweep. A second
+			// signal with nothing deferred ends the burst.
+			if pids := d.takeDeferred(); len(pids) > 0 {
+				d.sweepPIDs(ctx, "deferred", pids, nil)
+				select {
+				case d.room <- struct{}{}:
+				default:
+				}
 			}
 		case <-wd:
 			d.opt.Notify("WATCHDOG=1")
@@ -787,10 +818,24 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 	size := max(c.Size, 0)
 	d.mu.Lock()
 	if pins, pinned := d.pins, d.pinned; pins >= d.opt.MaxPins || pinned+size > d.opt.MaxPinnedBytes {
+		// Not recorded: its holder is swept again as soon as a pin is
+		// released (see room), and by every later sweep.
+		d.deferred[c.PID] = struct{}{}
+		warn := !d.pinsWarned
+		d.pinsWarned = true
 		d.mu.Unlock()
-		// Not recorded: the next sweep offers it again, when pins are free.
-		d.log.Debug("pin limit reached, deferring", logging.Path("path", c.Path), zap.Int("pid", c.PID),
-			zap.Int("fd", c.FD), zap.Int("pins", pins), zap.Int64("pinned_bytes", pinned))
+		budget := "pins"
+		if pins < d.opt.MaxPins {
+			budget = "pinned_bytes"
+		}
+		d.m.Skips.WithLabelValues("budget").Inc()
+		if warn {
+			d.log.Warn("rescue budget reached", zap.String("budget", budget), zap.Int("pins", pins),
+				zap.Int("max_pins", d.opt.MaxPins), zap.Int64("pinned_bytes", pinned), zap.Int64("max_pinned_bytes", d.opt.MaxPinnedBytes),
+				zap.String("detail", "files beyond it are taken up as soon as a pin is released"))
+		}
+		d.log.Debug("rescue deferred", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
+			zap.String("reason", "budget"), zap.String("budget", budget))
 		return
 	}
 	d.mu.Unlock()
@@ -934,7 +979,7 @@ func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup) {
 	for _, m := range dec.Methods {
 		methods = append(methods, relink.Method(m))
 	}
-	eng := relink.New(relink.Options{ProcRoot: d.opt.ProcRoot, Methods: methods, Sidecar: true}, d.log)
+	eng := relink.New(relink.Options{ProcRoot: d.opt.ProcRoot, Methods: methods, Sidecar: true, Writers: d.writers}, d.log)
 	d.publishing.RLock()
 	res, err := eng.Rescue(ctx, j.pin, relink.Destination{
 		Root: dec.Root, Via: dec.Via, Rel: dec.Rel, MinFreeBytes: dec.MinFreeBytes, Rule: dec.Rule,
@@ -959,6 +1004,26 @@ func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup) {
 		d.unpin(j, stRescued)
 		return
 	}
+	d.mu.Lock()
+	over := d.follows >= d.opt.MaxFollows
+	warn := over && !d.followsWarned
+	if over {
+		d.followsWarned = true
+	} else {
+		d.follows++
+	}
+	d.mu.Unlock()
+	if over {
+		// The copy stands as it is: a one-shot rescue, not a loss.
+		if warn {
+			d.log.Warn("follow budget reached", zap.Int("max_follows", d.opt.MaxFollows),
+				zap.String("detail", "files rescued beyond it are kept as copied, without following their writers"))
+		}
+		d.log.Debug("follow skipped", logging.Path("path", c.Path), logging.Path("rescued_to", []byte(res.Path)),
+			zap.Int("pid", c.PID), zap.Int("fd", c.FD), zap.String("reason", "budget"), zap.String("budget", "follows"))
+		d.unpin(j, stRescued)
+		return
+	}
 	// Follow runs as long as the writer: off the worker pool, still
 	// holding the pin (which counts against MaxPins).
 	wg.Add(1)
@@ -971,6 +1036,12 @@ func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup) {
 		if err != nil && !errors.Is(err, context.Canceled) {
 			d.m.Failures.Inc()
 		}
+		d.mu.Lock()
+		d.follows--
+		if d.followsWarned && d.follows == 0 {
+			d.followsWarned = false
+		}
+		d.mu.Unlock()
 		d.unpin(j, stRescued)
 	}()
 }
@@ -1050,6 +1121,29 @@ func (d *Daemon) release(j *job) {
 	d.pinned -= max(j.c.Size, 0)
 	d.m.PinsHeld.Set(float64(d.pins))
 	d.m.PinnedBytes.Set(float64(d.pinned))
+	if len(d.deferred) > 0 {
+		select {
+		case d.room <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// takeDeferred returns the pids whose files waited for a pin, and ends
+// the budget burst when there are none.
+func (d *Daemon) takeDeferred() []int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	pids := make([]int, 0, len(d.deferred))
+	for pid := range d.deferred {
+		pids = append(pids, pid)
+	}
+	clear(d.deferred)
+	if len(pids) == 0 && d.pinsWarned {
+		d.pinsWarned = false
+		d.log.Info("rescue budget released", zap.Int("pins", d.pins))
+	}
+	return pids
 }
 
 // record sets the state of c's inode, creating its entry.

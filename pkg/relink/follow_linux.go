@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -49,7 +50,9 @@ func (e *Engine) Follow(ctx context.Context, p *Pin) (Result, error) {
 		cp = e.newCopier(int(dst.Fd()), p.fd, nil)
 	}
 	done := res.Bytes
-	w := &writers{e: e, dev: c.Dev, ino: c.Ino}
+	id := fileID{dev: c.Dev, ino: c.Ino}
+	var known []fdRef
+	var lost time.Time // when known was found to hold no writer
 	tick := time.NewTicker(e.poll)
 	defer tick.Stop()
 	var stopped error // ctx's error when ctx ended before the last writer
@@ -59,7 +62,11 @@ loop:
 		// Look for writers before reading the size: a writer that has
 		// closed the file has finished its writes, so the size read
 		// after seeing no writer is final.
-		busy, err := w.any()
+		busy, err := e.writers.busy(ctx, id, &known, &lost)
+		if ctx.Err() != nil {
+			stopped, reason = ctx.Err(), "shutdown"
+			break loop
+		}
 		if err != nil {
 			return fail(err)
 		}
@@ -187,15 +194,23 @@ func (e *Engine) appendRange(ctx context.Context, cp *copier, m Method, done, si
 	return end, err
 }
 
-// writers finds processes that hold an inode open for writing. It first
-// re-checks the descriptors where it found writers last time, which is the
-// steady state of a long follow; only when none of those is left does it
-// scan every /proc/PID/fd.
-type writers struct {
-	e        *Engine
-	dev, ino uint64
-	known    []fdRef
+// Writers tells whether some process holds an inode open for writing
+// (the flags in /proc/PID/fdinfo/FD, proc(5)). A follow first re-checks
+// the descriptors where a writer was found last time, the steady state of
+// a long follow. Only when none of those is left is every /proc/PID/fd
+// read, and that pass is shared by every follow of every engine given the
+// same Writers that asks while it runs, so that thousands of followed
+// files whose holders exit together cost a pass or two, not one each. It
+// is safe for concurrent use.
+type Writers struct {
+	procRoot string
+
+	mu    sync.Mutex
+	at    time.Time        // when the last pass started; zero: never
+	found map[fileID][]fdRef // from that pass: writable descriptors by inode
 }
+
+type fileID struct{ dev, ino uint64 }
 
 // fdRef is a descriptor below the proc root: dir is "PID", or
 // "PID/task/TID" for a process whose main thread has exited.
@@ -204,28 +219,76 @@ type fdRef struct {
 	fd  int
 }
 
-func (w *writers) any() (bool, error) {
-	for _, r := range w.known {
-		if w.writes(r) {
+// NewWriters returns a Writers for procfs at procRoot ("" means /proc).
+func NewWriters(procRoot string) *Writers {
+	if procRoot == "" {
+		procRoot = "/proc"
+	}
+	return &Writers{procRoot: procRoot}
+}
+
+// busy reports whether the inode is open for writing somewhere. It
+// re-checks the descriptors in known first, which it updates. When none of
+// them writes any more, only a pass over /proc that started after that was
+// noticed (at *lost) can tell that no other writer is left. Rather than
+// start one at once, busy answers true and waits for the next poll: by
+// then another follow may have run a pass that will do, so that follows
+// losing their writers together (a burst of holders exiting) share
+// passes, about one per poll interval.
+func (w *Writers) busy(ctx context.Context, id fileID, known *[]fdRef, lost *time.Time) (bool, error) {
+	for _, r := range *known {
+		if w.writes(r, id) {
+			*lost = time.Time{}
 			return true, nil
 		}
 	}
-	w.known = w.known[:0]
-	d, err := os.Open(w.e.procRoot)
+	if lost.IsZero() {
+		*lost = time.Now()
+		return true, nil
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.at.Before(*lost) {
+		if err := w.pass(ctx); err != nil {
+			return false, err
+		}
+	}
+	*known = (*known)[:0]
+	for _, r := range w.found[id] {
+		if w.writes(r, id) {
+			*known = append(*known, r)
+		}
+	}
+	if len(*known) == 0 {
+		return false, nil
+	}
+	*lost = time.Time{}
+	return true, nil
+}
+
+// pass reads every descriptor of every process once and keeps those
+// open for writing on regular files. Call with w.mu held.
+func (w *Writers) pass(ctx context.Context) error {
+	start := time.Now()
+	d, err := os.Open(w.procRoot)
 	if err != nil {
-		return false, fmt.Errorf("list processes: %w", err)
+		return fmt.Errorf("list processes: %w", err)
 	}
 	names, err := d.Readdirnames(-1)
 	d.Close()
 	if err != nil {
-		return false, fmt.Errorf("list processes: %w", err)
+		return fmt.Errorf("list processes: %w", err)
 	}
+	found := make(map[fileID][]fdRef)
 	for _, name := range names {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		if _, err := strconv.Atoi(name); err != nil {
 			continue
 		}
 		dir := name
-		fds, err := readDirNames(w.e.procRoot + "/" + dir + "/fd")
+		fds, err := readDirNames(w.procRoot + "/" + dir + "/fd")
 		if err != nil {
 			continue // gone, or not ours to look at
 		}
@@ -235,7 +298,7 @@ func (w *writers) any() (bool, error) {
 			if dir = w.liveThread(name); dir == "" {
 				continue
 			}
-			if fds, err = readDirNames(w.e.procRoot + "/" + dir + "/fd"); err != nil {
+			if fds, err = readDirNames(w.procRoot + "/" + dir + "/fd"); err != nil {
 				continue
 			}
 		}
@@ -244,18 +307,23 @@ func (w *writers) any() (bool, error) {
 			if err != nil {
 				continue
 			}
-			if r := (fdRef{dir, fd}); w.writes(r) {
-				w.known = append(w.known, r)
+			r := fdRef{dir, fd}
+			if !w.writable(r) {
+				continue
+			}
+			if id, ok := w.identity(r); ok {
+				found[id] = append(found[id], r)
 			}
 		}
 	}
-	return len(w.known) > 0, nil
+	w.found, w.at = found, start
+	return nil
 }
 
 // liveThread returns "PID/task/TID" for a thread of pid other than its
 // leader, "" if there is none.
-func (w *writers) liveThread(pid string) string {
-	tids, err := readDirNames(w.e.procRoot + "/" + pid + "/task")
+func (w *Writers) liveThread(pid string) string {
+	tids, err := readDirNames(w.procRoot + "/" + pid + "/task")
 	if err != nil {
 		return ""
 	}
@@ -267,20 +335,35 @@ func (w *writers) liveThread(pid string) string {
 	return ""
 }
 
-// writes reports whether r refers to the inode and was opened for writing
-// (flags in /proc/PID/fdinfo/FD, proc(5)).
-func (w *writers) writes(r fdRef) bool {
-	base := w.e.procRoot + "/" + r.dir
-	var st unix.Stat_t
-	if unix.Stat(base+"/fd/"+strconv.Itoa(r.fd), &st) != nil || uint64(st.Dev) != w.dev || st.Ino != w.ino {
-		return false
-	}
-	b, err := os.ReadFile(base + "/fdinfo/" + strconv.Itoa(r.fd))
+// writes reports whether r still refers to the inode id, opened for
+// writing.
+func (w *Writers) writes(r fdRef, id fileID) bool {
+	got, ok := w.identity(r)
+	return ok && got == id && w.writable(r)
+}
+
+// writable reports whether r was opened for writing. fdinfo is read
+// first: it costs no call into the file's filesystem.
+func (w *Writers) writable(r fdRef) bool {
+	b, err := os.ReadFile(w.procRoot + "/" + r.dir + "/fdinfo/" + strconv.Itoa(r.fd))
 	if err != nil {
 		return false
 	}
 	flags, err := parseFdinfoFlags(b)
 	return err == nil && flags&unix.O_ACCMODE != unix.O_RDONLY
+}
+
+// identity is the dev and ino of the regular file open as r. statx with
+// AT_STATX_DONT_SYNC answers from cached attributes where the filesystem
+// would otherwise ask a server (FUSE, NFS).
+func (w *Writers) identity(r fdRef) (fileID, bool) {
+	var stx unix.Statx_t
+	err := unix.Statx(unix.AT_FDCWD, w.procRoot+"/"+r.dir+"/fd/"+strconv.Itoa(r.fd),
+		unix.AT_STATX_DONT_SYNC, unix.STATX_TYPE|unix.STATX_INO, &stx)
+	if err != nil || stx.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fileID{}, false
+	}
+	return fileID{dev: unix.Mkdev(stx.Dev_major, stx.Dev_minor), ino: stx.Ino}, true
 }
 
 func readDirNames(path string) ([]string, error) {

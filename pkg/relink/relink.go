@@ -105,6 +105,10 @@ type Options struct {
 	Hash bool
 	// Sidecar writes NAME.relinkd.json beside each rescued file.
 	Sidecar bool
+	// Writers is shared by the follows of every engine given it, so that
+	// many follows share their passes over /proc; nil gives the engine
+	// one of its own.
+	Writers *Writers
 }
 
 // Engine pins and rescues files. It holds no per-file state and is safe for
@@ -117,6 +121,7 @@ type Engine struct {
 	sidecar  bool
 	log      *zap.Logger
 	walk     walker // how destinations are resolved, probed once
+	writers  *Writers
 
 	// Test hooks; nil and zero in production.
 	chunk     int64            // copy chunk size; 0 means defaultChunk
@@ -147,6 +152,9 @@ func New(opts Options, log *zap.Logger) *Engine {
 	}
 	if e.poll <= 0 {
 		e.poll = 250 * time.Millisecond
+	}
+	if e.writers = opts.Writers; e.writers == nil {
+		e.writers = NewWriters(e.procRoot)
 	}
 	return e
 }
