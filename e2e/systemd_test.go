@@ -78,7 +78,7 @@ func TestSystemd(t *testing.T) {
 		}
 		rootfsDone <- prepared{built, time.Since(start), err}
 	}()
-	buildOut, buildErr := exec.CommandContext(ctx, "make", "-C", repo, "build", "BIN="+bin).CombinedOutput()
+	buildOut, buildErr := makeCmd(ctx, repo, "build", "BIN="+bin).CombinedOutput()
 	rfs := <-rootfsDone
 	if buildErr != nil {
 		t.Fatalf("make build: %v\n%s", buildErr, buildOut)
@@ -89,7 +89,7 @@ func TestSystemd(t *testing.T) {
 	t.Logf("root filesystem ready in %v (cache %s, built now: %v); binary built in parallel",
 		rfs.took.Round(time.Millisecond), rootfsCache, rfs.built)
 	// The README's first step, into the container's root (DESTDIR= works).
-	if out, err := exec.CommandContext(ctx, "make", "-C", repo, "install", "DESTDIR="+root, "BIN="+bin).CombinedOutput(); err != nil {
+	if out, err := makeCmd(ctx, repo, "install", "DESTDIR="+root, "BIN="+bin).CombinedOutput(); err != nil {
 		t.Fatalf("make install DESTDIR=%s: %v\n%s", root, err, out)
 	}
 
@@ -147,6 +147,22 @@ func TestSystemd(t *testing.T) {
 	t.Run("Stop", s.stop)
 	t.Run("Security", s.security)
 	t.Logf("TestSystemd took %v", time.Since(began).Round(time.Millisecond))
+}
+
+// makeCmd runs make in the repository. Under `make test` the environment
+// carries the outer make's MAKEFLAGS (its command-line variables and
+// jobserver descriptors, which this process does not have): they are
+// dropped, so the inner make sees only the arguments given here.
+func makeCmd(ctx context.Context, repo string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, "make", append([]string{"-C", repo}, args...)...)
+	for _, kv := range os.Environ() {
+		switch k, _, _ := strings.Cut(kv, "="); k {
+		case "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES":
+		default:
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	return cmd
 }
 
 // systemdRun is the state the subtests of TestSystemd share: one booted
