@@ -8,9 +8,13 @@ COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 PREFIX  ?= /usr/local
 
-# Programs the tests drive: filesystems they create, lsof for parity, jq.
-TEST_TOOLS    := mkfs.ext4 mkfs.xfs mkfs.btrfs lsof jq unshare losetup python3 setfacl
-TEST_PACKAGES := e2fsprogs xfsprogs btrfs-progs lsof jq util-linux mount python3 acl attr
+# Programs the tests drive: filesystems they create, lsof for parity, jq;
+# mmdebstrap and systemd-nspawn boot the unit under a real systemd
+# (e2e/systemd_test.go), nsenter runs commands inside that container.
+TEST_TOOLS    := mkfs.ext4 mkfs.xfs mkfs.btrfs lsof jq unshare losetup python3 setfacl \
+                 mmdebstrap systemd-nspawn nsenter
+TEST_PACKAGES := e2fsprogs xfsprogs btrfs-progs lsof jq util-linux mount python3 acl attr \
+                 mmdebstrap systemd-container
 
 .PHONY: all build run test test-deps vet bench install clean
 
