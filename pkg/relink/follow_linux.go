@@ -206,7 +206,7 @@ type Writers struct {
 	procRoot string
 
 	mu    sync.Mutex
-	at    time.Time        // when the last pass started; zero: never
+	at    time.Time          // when the last pass started; zero: never
 	found map[fileID][]fdRef // from that pass: writable descriptors by inode
 }
 
