@@ -151,13 +151,16 @@ func (e *Engine) Pin(c scanner.Candidate) (*Pin, error) {
 }
 
 // sameFile checks that st is a regular file with the candidate's identity.
-// Candidate.Dev is st_dev as stat(2) reports it.
+// Candidate.Dev is st_dev as stat(2) reports it. Another inode is an
+// identity change even when it is not a regular file: the sweep saw a
+// regular one, so the descriptor was swapped, and callers must not record
+// the candidate's inode as a non-regular file.
 func sameFile(st unix.Stat_t, c scanner.Candidate) error {
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return fmt.Errorf("%w: mode %#o", ErrNotRegular, st.Mode)
-	}
 	if uint64(st.Dev) != c.Dev || st.Ino != c.Ino {
 		return fmt.Errorf("%w: now dev %d ino %d, candidate had dev %d ino %d", ErrIdentity, st.Dev, st.Ino, c.Dev, c.Ino)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fmt.Errorf("%w: mode %#o", ErrNotRegular, st.Mode)
 	}
 	return nil
 }
