@@ -854,11 +854,17 @@ func (d *Daemon) fresh(c *scanner.Candidate, now time.Time) bool {
 		if in.btime == bt {
 			in.holders[hid] = now
 			retry, failures := in.retryDue(now), in.failures
+			// No rule matched the inode for its other holders, but the
+			// rules may for this one (commands, users); and a sweep's
+			// look is no proof that no rule wants the inode: a holder
+			// flipping a descriptor can make a sweep pair this inode with
+			// another file's name. Matching again costs only the globs.
+			again := in.st == stIgnored
 			d.mu.Unlock()
 			if retry {
 				d.logRetry(c, failures)
 			}
-			return retry
+			return retry || again
 		}
 		delete(d.inodes, key)
 	}
