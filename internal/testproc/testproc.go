@@ -87,8 +87,9 @@ const SwapFD = 100
 
 // Swapper is the attack of a holder that swaps the file behind one
 // descriptor number. count times, it creates dir/x_K (K from 0) holding
-// "x_K\n", opens it, unlinks it, and then for each (at least once) makes
-// descriptor SwapFD refer in turn to that deleted file and to decoy
+// "x_K\n", opens it (as descriptor SwapFD+1), unlinks it, and then for
+// each (at least once) makes descriptor SwapFD refer in turn to that
+// deleted file and to decoy
 // (opened once, read-only) with dup2(2), waiting pause between two flips
 // (0: as fast as it can). Then it closes both and goes on with the next.
 // A scanner that takes the name from one look at /proc/PID/fd/SwapFD and
@@ -345,6 +346,13 @@ func swapper(s Step) error {
 		if err := unix.Unlink(name); err != nil {
 			return err
 		}
+		// Kept above SwapFD, so that a sweep (which orders by number)
+		// comes to the flipped number first.
+		if err := unix.Dup3(fd, SwapFD+1, unix.O_CLOEXEC); err != nil {
+			return err
+		}
+		unix.Close(fd)
+		fd = SwapFD + 1
 		end := time.Now().Add(each)
 		for i := 0; i < 2 || time.Now().Before(end); i++ {
 			from := fd
