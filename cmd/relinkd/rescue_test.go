@@ -474,7 +474,7 @@ func TestRescueExitCodes(t *testing.T) {
 // the rescue root is the decoy, by inode or by content.
 func TestRescueSwappedDescriptor(t *testing.T) {
 	testfs.RequireRoot(t)
-	mnt := testfs.Mount(t, "tmpfs", 128)
+	mnt := testfs.Mount(t, "tmpfs", 256)
 	testfs.Reachable(t, mnt)
 	watched, root := filepath.Join(mnt, "w"), filepath.Join(mnt, "rescued")
 	if err := os.Mkdir(watched, 0o777); err != nil {
@@ -502,7 +502,10 @@ func TestRescueSwappedDescriptor(t *testing.T) {
 		testproc.Ready(), testproc.Swapper(watched, decoy, 1500, 4*time.Millisecond, 0), testproc.Exit())
 	start := time.Now()
 	var runs, looks, refused, rescued int
-	for done := false; !done; runs++ {
+	// Each run rescues the x_K held then: at most maxRuns of them (and
+	// their sidecars) fill the tmpfs.
+	const maxRuns = 5000
+	for done := false; !done && runs < maxRuns; runs++ {
 		select {
 		case <-h.Done():
 			done = true
