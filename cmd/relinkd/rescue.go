@@ -203,28 +203,70 @@ type plan struct {
 
 // consider rescues c if it is selected and not rescued yet. Only a
 // configuration error stops the run; everything else is reported per file.
+//
+// The sweep's c is a first look only: its name and its inode come from
+// separate reads of /proc, between which the holder may have pointed the
+// descriptor at another file. So c is pinned first, and the selection,
+// the rules and the policy (limits, per_user quota, location) then apply
+// to the pinned file, whose name and inode the engine read through its
+// own descriptor (relink.Pin refuses one that is not c).
 func (r *rescuer) consider(ctx context.Context, c *scanner.Candidate) error {
-	if !r.o.selects(c) || r.seen[c.Key()] {
+	if !r.wants(c) {
 		return nil
 	}
 	if err := ctx.Err(); err != nil {
 		r.out.failed(c, err)
 		return nil
 	}
+	p, err := r.eng.Pin(*c)
+	if err != nil {
+		switch {
+		case errors.Is(err, relink.ErrVanished):
+			r.out.skipped(c, "vanished")
+		case errors.Is(err, relink.ErrIdentity):
+			// The descriptor now refers to another file (or the pid to
+			// another process): not the file that was selected.
+			r.out.skipped(c, err.Error())
+		default:
+			r.out.failed(c, err)
+		}
+		return nil
+	}
+	pc := p.Candidate()
+	if !r.wants(&pc) {
+		p.Close()
+		return nil
+	}
 	var pl plan
 	var ok bool
-	var err error
 	if r.o.explicit() {
-		pl, ok = r.planExplicit(c)
+		pl, ok = r.planExplicit(&pc)
 	} else {
-		pl, ok, err = r.planDecided(c)
+		pl, ok, err = r.planDecided(&pc)
 	}
 	if !ok || err != nil {
+		p.Close()
 		return err
 	}
-	r.seen[c.Key()] = true
-	r.rescue(ctx, c, pl)
+	r.seen[pc.Key()] = true
+	r.rescue(ctx, &pc, p, pl)
 	return nil
+}
+
+// wants reports whether c is selected, not seen yet and, without an
+// explicit selection, matched by a rule.
+func (r *rescuer) wants(c *scanner.Candidate) bool {
+	if !r.o.selects(c) || r.seen[c.Key()] {
+		return false
+	}
+	if !r.o.explicit() {
+		// The configured policy still keeps its own rescue directories
+		// out when --to replaces them.
+		if _, ok := r.pol.Match(c); !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // planExplicit rescues what the selection names, to --to or the
@@ -247,11 +289,6 @@ func (r *rescuer) planExplicit(c *scanner.Candidate) (plan, bool) {
 // (rules, max_file_size, max_total_size, per_user, min_free, methods),
 // with --to as the only location when given. It reports skips itself.
 func (r *rescuer) planDecided(c *scanner.Candidate) (plan, bool, error) {
-	// The configured policy still keeps its own rescue directories out
-	// when --to replaces them.
-	if _, ok := r.pol.Match(c); !ok {
-		return plan{}, false, nil
-	}
 	d := r.decider.Decide(c)
 	switch d.Action {
 	case policy.Rescue:
@@ -281,19 +318,9 @@ func (r *rescuer) planDecided(c *scanner.Candidate) (plan, bool, error) {
 	}, true, nil
 }
 
-// rescue pins and rescues c by pl, then follows it in the background with
-// --follow.
-func (r *rescuer) rescue(ctx context.Context, c *scanner.Candidate, pl plan) {
-	p, err := pl.eng.Pin(*c)
-	if err != nil {
-		pl.release()
-		if errors.Is(err, relink.ErrVanished) {
-			r.out.skipped(c, "vanished")
-		} else {
-			r.out.failed(c, err)
-		}
-		return
-	}
+// rescue rescues the pinned c by pl, then follows it in the background
+// with --follow. It closes p.
+func (r *rescuer) rescue(ctx context.Context, c *scanner.Candidate, p *relink.Pin, pl plan) {
 	res, err := pl.eng.Rescue(ctx, p, pl.dest)
 	if err != nil {
 		pl.release()

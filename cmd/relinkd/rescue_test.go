@@ -463,3 +463,128 @@ func TestRescueExitCodes(t *testing.T) {
 		})
 	}
 }
+
+// TestRescueSwappedDescriptor: `relinkd rescue`, run over and over while
+// an unprivileged holder (uid 65534) flips one descriptor number between
+// a deleted file in the watched directory and a root-owned file outside
+// every rule (testproc.Swapper), rescues x_K files only, whether the
+// rules choose (a full sweep) or a selection does (--pid and a glob, one
+// process swept, so many more runs): a look that paired the watched name
+// with the decoy's inode is skipped as an identity change, and nothing in
+// the rescue root is the decoy, by inode or by content.
+func TestRescueSwappedDescriptor(t *testing.T) {
+	testfs.RequireRoot(t)
+	mnt := testfs.Mount(t, "tmpfs", 256)
+	testfs.Reachable(t, mnt)
+	watched, root := filepath.Join(mnt, "w"), filepath.Join(mnt, "rescued")
+	if err := os.Mkdir(watched, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(watched, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	decoy := filepath.Join(mnt, "decoy")
+	secret := []byte("root's file, outside every rule\n")
+	if err := os.WriteFile(decoy, secret, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var dst syscall.Stat_t
+	if err := syscall.Stat(decoy, &dst); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(t.TempDir(), "relinkd.yaml")
+	yaml := "watch:\n  - name: w\n    paths: [\"" + watched + "/**\"]\n    action: rescue\n" +
+		"rescue:\n  dirs: [\"" + root + "\"]\n  min_free: 0%\n  per_user: {max_files: 0, max_bytes: 0}\n"
+	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h := testproc.StartWith(t, testproc.Options{UID: 65534, GID: 65534},
+		testproc.Ready(), testproc.Swapper(watched, decoy, 1500, 4*time.Millisecond, 0), testproc.Exit())
+	start := time.Now()
+	var runs, looks, refused, rescued int
+	// Each run rescues the x_K held then: at most maxRuns of them (and
+	// their sidecars) fill the tmpfs.
+	const maxRuns = 5000
+	for done := false; !done && runs < maxRuns; runs++ {
+		select {
+		case <-h.Done():
+			done = true
+		default:
+		}
+		args := []string{"--config", cfg, "--json", "--pid", strconv.Itoa(h.PID), watched + "/**"}
+		if runs%50 == 0 {
+			args = args[:3]
+		}
+		var out, errs bytes.Buffer
+		// A selection that matches nothing fails the run: between two
+		// files, or once the holder is gone.
+		if err := cmdRescue(t.Context(), env{stdout: &out, stderr: &errs}, args); err != nil && (out.Len() > 0 || len(args) == 3) {
+			t.Fatalf("run %d: %v\n%s%s", runs, err, out.Bytes(), errs.Bytes())
+		}
+		for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+			if l == "" {
+				continue
+			}
+			var r rescueLine
+			if err := json.Unmarshal([]byte(l), &r); err != nil {
+				t.Fatal(err)
+			}
+			if r.PID != h.PID {
+				continue
+			}
+			if !strings.HasPrefix(r.Path, watched+"/x_") {
+				t.Errorf("run %d: %+v", runs, r)
+			}
+			if r.RescuedTo != "" {
+				rescued++
+			}
+			if r.FD == testproc.SwapFD {
+				looks++
+				if strings.Contains(r.Skipped, "identity changed") {
+					refused++
+				}
+			}
+		}
+	}
+	files := rescueRoot(t, root)
+	for _, f := range files {
+		var st syscall.Stat_t
+		if err := syscall.Stat(f, &st); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Dev == dst.Dev && st.Ino == dst.Ino || bytes.Equal(b, secret) {
+			t.Errorf("%s is the decoy (ino %d, %q)", f, st.Ino, b)
+		}
+	}
+	if err := syscall.Stat(decoy, &dst); err != nil || dst.Nlink != 1 {
+		t.Errorf("the decoy has %d links, want 1 (%v)", dst.Nlink, err)
+	}
+	t.Logf("%d runs in %v: %d looks at the flipped descriptor, %d refused as identity changes; %d x_K rescued, 0 decoys among %d files",
+		runs, time.Since(start).Round(time.Millisecond), looks, refused, rescued, len(files))
+	if refused == 0 || rescued != len(files) {
+		t.Errorf("want refusals and one file per rescue: %d refused, %d rescued, %d files", refused, rescued, len(files))
+	}
+}
+
+// rescueRoot lists the rescued files under root, sidecars excluded.
+func rescueRoot(t *testing.T, root string) []string {
+	t.Helper()
+	var out []string
+	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() && !strings.HasSuffix(p, ".relinkd.json") {
+			out = append(out, p)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
+	return out
+}

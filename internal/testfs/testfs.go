@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -121,5 +122,29 @@ func Unmount(t testing.TB, mnt string) {
 	}
 	if out, err := exec.Command("umount", "-l", mnt).CombinedOutput(); err != nil {
 		t.Errorf("umount -l %s: %v\n%s", mnt, err, out)
+	}
+}
+
+// Reachable lets every user reach dir, for tests whose processes run as
+// another user: it adds search permission for others to dir and to each
+// directory above it up to the system's temporary directory (t.TempDir and
+// Mount create theirs 0700).
+func Reachable(t testing.TB, dir string) {
+	t.Helper()
+	top := filepath.Clean(os.TempDir())
+	if rel, err := filepath.Rel(top, dir); err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+		t.Fatalf("testfs.Reachable: %s is not below %s", dir, top)
+	}
+	for d := filepath.Clean(dir); d != top && d != "/" && d != "."; d = filepath.Dir(d) {
+		fi, err := os.Stat(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm()&0o001 != 0 {
+			continue
+		}
+		if err := os.Chmod(d, fi.Mode().Perm()|0o001); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -36,6 +37,8 @@ type Step struct {
 	Size  int    `json:"size,omitempty"`
 	Count int    `json:"count,omitempty"`
 	Ms    int    `json:"ms,omitempty"`
+	// Pause is the wait between two flips of a Swapper (0: none).
+	Pause time.Duration `json:"pause,omitempty"`
 }
 
 // Open opens (creating if needed, mode 0644) path with flag r, w, rw or a.
@@ -74,6 +77,26 @@ func Append(index, size, count int, every time.Duration) Step {
 
 // Truncate truncates FDs[index] to size bytes.
 func Truncate(index, size int) Step { return Step{Op: "truncate", Index: index, Size: size} }
+
+// Dup2 makes the descriptor FDs[to] refer to the open file of FDs[from]
+// (dup2(2)): the number stays, the file behind it changes.
+func Dup2(from, to int) Step { return Step{Op: "dup2", Index: from, Count: to} }
+
+// SwapFD is the descriptor number a Swapper flips.
+const SwapFD = 100
+
+// Swapper is the attack of a holder that swaps the file behind one
+// descriptor number. count times, it creates dir/x_K (K from 0) holding
+// "x_K\n", opens it (as descriptor SwapFD+1), unlinks it, and then for
+// each (at least once) makes descriptor SwapFD refer in turn to that
+// deleted file and to decoy
+// (opened once, read-only) with dup2(2), waiting pause between two flips
+// (0: as fast as it can). Then it closes both and goes on with the next.
+// A scanner that takes the name from one look at /proc/PID/fd/SwapFD and
+// the identity from another sees the deleted name with decoy's inode.
+func Swapper(dir, decoy string, count int, each, pause time.Duration) Step {
+	return Step{Op: "swapper", Path: dir, To: decoy, Count: count, Ms: int(each / time.Millisecond), Pause: pause}
+}
 
 // Close closes FDs[index].
 func Close(index int) Step { return Step{Op: "close", Index: index} }
@@ -121,6 +144,9 @@ func StartWith(t testing.TB, opt Options, steps ...Step) *Holder {
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
+	}
+	if opt.UID > 0 {
+		self = reachableCopy(t, self)
 	}
 	var cmd *exec.Cmd
 	if opt.Unshare {
@@ -184,6 +210,30 @@ func (h *Holder) Do(t testing.TB, steps ...Step) {
 			t.Fatalf("holder %d: step %s: %q %v", h.PID, s.Op, line, err)
 		}
 	}
+}
+
+// reachableCopy copies the executable bin into a new directory that
+// every user may enter, and returns the copy: go test builds its binaries
+// in a private (0700) directory, where another user cannot run them.
+func reachableCopy(t testing.TB, bin string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "relinkd-holder-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp := filepath.Join(dir, filepath.Base(bin))
+	if err := os.WriteFile(cp, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return cp
 }
 
 // Wait waits for the holder to exit.
@@ -274,6 +324,52 @@ func runHolder(script string) int {
 		fmt.Println("ok")
 	}
 	return 0
+}
+
+// swapper runs a Swapper step.
+func swapper(s Step) error {
+	decoy, err := unix.Open(s.To, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(decoy)
+	each := time.Duration(s.Ms) * time.Millisecond
+	for k := 0; k < s.Count; k++ {
+		name := s.Path + "/x_" + strconv.Itoa(k)
+		fd, err := unix.Open(name, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, 0o644)
+		if err != nil {
+			return err
+		}
+		if _, err := unix.Write(fd, []byte("x_"+strconv.Itoa(k)+"\n")); err != nil {
+			return err
+		}
+		if err := unix.Unlink(name); err != nil {
+			return err
+		}
+		// Kept above SwapFD, so that a sweep (which orders by number)
+		// comes to the flipped number first.
+		if err := unix.Dup3(fd, SwapFD+1, unix.O_CLOEXEC); err != nil {
+			return err
+		}
+		unix.Close(fd)
+		fd = SwapFD + 1
+		end := time.Now().Add(each)
+		for i := 0; i < 2 || time.Now().Before(end); i++ {
+			from := fd
+			if i%2 == 1 {
+				from = decoy
+			}
+			if err := unix.Dup3(from, SwapFD, 0); err != nil {
+				return err
+			}
+			if s.Pause > 0 {
+				time.Sleep(s.Pause)
+			}
+		}
+		unix.Close(SwapFD)
+		unix.Close(fd)
+	}
+	return nil
 }
 
 // encode turns steps into one line of text. gob keeps strings as raw bytes,
@@ -380,6 +476,13 @@ func do(s Step, fds *[]int) error {
 		}
 	case "truncate":
 		return unix.Ftruncate(fd(), int64(s.Size))
+	case "dup2":
+		if s.Count < 0 || s.Count >= len(*fds) {
+			return fmt.Errorf("dup2: no descriptor %d", s.Count)
+		}
+		return unix.Dup3(fd(), (*fds)[s.Count], 0)
+	case "swapper":
+		return swapper(s)
 	case "close":
 		return unix.Close(fd())
 	case "sleep":

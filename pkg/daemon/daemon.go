@@ -5,14 +5,23 @@
 //
 // The flow for one deleted file:
 //
-//	sweep/event ─> candidate ─> seen before? ─> rule match (cheap) ─> pin ─> queue
-//	                                  │                                        │
-//	                                  └─ yes: nothing, no repeated event       v
+//	sweep/event ─> candidate ─> seen before? ─> rule match (cheap) ─> pin ─> rule match (pinned) ─> queue
+//	                                  │                                                              │
+//	                                  └─ yes: nothing, no repeated event                             v
 //	             worker: policy.Decide (location, space, quota) ─> engine.Rescue ─> follow
 //
 // The pin comes before the expensive decision on purpose: once the daemon
 // holds its own descriptor on the inode, the data outlives the holder, so a
 // process that exits milliseconds after the unlink still loses nothing.
+//
+// Everything after the pin acts on the pinned file, not on the sweep's
+// snapshot: the sweep reads a descriptor's name and its inode in separate
+// calls, and a holder may point the number at another file in between
+// (dup2(2)). The pin takes name, inode, owner and mount from the daemon's
+// own descriptor and refuses one that is not the candidate (relink.Pin);
+// the rules are matched again on that, and the policy decides and charges
+// quotas on it. The first match, on the snapshot, only saves pinning files
+// no rule wants.
 //
 // A failed rescue is the one exception to "seen before: nothing": its
 // cause may pass, so later sweeps try again, with a backoff.
@@ -197,7 +206,7 @@ type holderID struct {
 }
 
 type job struct {
-	c     scanner.Candidate
+	c     scanner.Candidate // the pinned file (pin.Candidate())
 	pin   *relink.Pin
 	found time.Time // start of the sweep that found it
 }
@@ -786,7 +795,8 @@ func (d *Daemon) sweep(ctx context.Context) {
 }
 
 // consider is the fast path for one candidate: dedupe by inode, match the
-// rules, pin at once, queue. now is the start of the sweep that found it.
+// rules, pin at once, match the rules again on the pinned file, queue. now
+// is the start of the sweep that found it.
 func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 	if c.PID == d.self {
 		return // our own pins
@@ -845,7 +855,10 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 		switch {
 		case errors.Is(err, relink.ErrVanished), errors.Is(err, relink.ErrIdentity):
 			// Another descriptor of the same inode may still work; a
-			// later sweep decides. Nothing to report.
+			// later sweep decides. Nothing to report: a holder that
+			// reuses a number for another file between the sweep and
+			// the pin is common, and one that flips it on purpose
+			// gains nothing but this line.
 			d.log.Debug("pin: candidate gone", zap.Int("pid", c.PID), zap.Int("fd", c.FD), zap.Error(err))
 		case errors.Is(err, relink.ErrNotRegular):
 			d.record(c, stIgnored, now, bt())
@@ -858,7 +871,26 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 		return
 	}
 	pbt, _ := birthTimeFD(pin.FD())
-	d.record(c, stQueued, now, pbt)
+	// From here on the candidate is the pinned file: the same name and
+	// inode (Pin refuses anything else), with the owner, size and mount
+	// read through the daemon's own descriptor. The rules decide on that.
+	pc := pin.Candidate()
+	if rule, ok = pol.Match(&pc); !ok || rule.Action == policy.ActionReport {
+		if err := pin.Close(); err != nil {
+			d.log.Warn("release pin", zap.Int("pid", pc.PID), zap.Int("fd", pc.FD), zap.Error(err))
+		}
+		if !ok {
+			d.log.Debug("no watch rule matches the pinned file", logging.Path("path", pc.Path), zap.Int("pid", pc.PID),
+				zap.Int("fd", pc.FD), zap.Int64("size", pc.Size), zap.Uint32("owner", pc.Owner))
+			d.record(&pc, stIgnored, now, pbt)
+			return
+		}
+		d.record(&pc, stReported, now, pbt)
+		d.reportOpen(&pc, rule.Name)
+		return
+	}
+	size = max(pc.Size, 0)
+	d.record(&pc, stQueued, now, pbt)
 	d.mu.Lock()
 	d.pins++
 	d.pinned += size
@@ -866,7 +898,7 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 	d.m.PinnedBytes.Set(float64(d.pinned))
 	d.mu.Unlock()
 	// Never blocks: the queue has room for MaxPins jobs.
-	d.jobs <- &job{c: *c, pin: pin, found: now}
+	d.jobs <- &job{c: pc, pin: pin, found: now}
 }
 
 // fresh reports whether c needs handling: its inode was not seen before,
@@ -914,11 +946,17 @@ func (d *Daemon) fresh(c *scanner.Candidate, now time.Time) bool {
 		if in.btime == bt {
 			in.holders[hid] = now
 			retry, failures := in.retryDue(now), in.failures
+			// No rule matched the inode for its other holders, but the
+			// rules may for this one (commands, users); and a sweep's
+			// look is no proof that no rule wants the inode: a holder
+			// flipping a descriptor can make a sweep pair this inode with
+			// another file's name. Matching again costs only the globs.
+			again := in.st == stIgnored
 			d.mu.Unlock()
 			if retry {
 				d.logRetry(c, failures)
 			}
-			return retry
+			return retry || again
 		}
 		delete(d.inodes, key)
 	}

@@ -434,3 +434,47 @@ func value(m prometheus.Metric) float64 {
 	}
 	return out.GetGauge().GetValue()
 }
+
+// TestIgnoredInodeNewHolder: an inode no rule matches for one holder is
+// matched again for a holder not seen with it before. Here the rule names
+// a user: root's descriptor is ignored, uid 65534's descriptor on the same
+// deleted file is rescued. (Without this, a holder could also get an inode
+// it does not own ignored for everyone by flipping a descriptor so that a
+// sweep pairs that inode with a name no rule matches.)
+func TestIgnoredInodeNewHolder(t *testing.T) {
+	h := start(t, "tmpfs", func(w, r string) *policy.Config {
+		cfg, err := policy.Parse("test.yaml", []byte(fmt.Sprintf(`scan:
+  interval: 1s
+  events: true
+watch:
+  - name: nobody
+    paths: [%q]
+    users: ["65534"]
+    action: rescue
+rescue:
+  dirs: [%q]
+  min_free: 1%%
+  per_user: {max_files: 0, max_bytes: 0}
+`, w+"/**", r)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}, func(o *Options) { o.Config.Scan.Interval = policy.Duration(100 * time.Millisecond) })
+	testfs.Reachable(t, h.watched)
+	p := filepath.Join(h.watched, "shared.log")
+	write(t, p, "shared data\n")
+	// Root's holder first, so that its lower pid comes first in a sweep.
+	root := testproc.Start(t, testproc.Open(p, "r"))
+	nobody := testproc.StartWith(t, testproc.Options{UID: 65534, GID: 65534}, testproc.Open(p, "r"))
+	root.Do(t, testproc.Unlink(p))
+	ev := h.wait("file rescued", 1, msgPath("file rescued", p))
+	if got := field(ev[0], "pid"); got != int64(nobody.PID) {
+		t.Errorf("rescued through pid %v, want %d (uid 65534)", got, nobody.PID)
+	}
+	if n := len(h.logs.Filter(func(e observer.LoggedEntry) bool {
+		return e.Message == "no watch rule matches" && field(e, "pid") == int64(root.PID)
+	}).All()); n == 0 {
+		t.Errorf("root's descriptor was never looked at and ignored")
+	}
+}

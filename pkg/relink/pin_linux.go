@@ -19,10 +19,9 @@ import (
 // open the data survives the holder's exit. Close releases it (and, after a
 // rescue, the engine's descriptor on the rescued copy used by Follow).
 type Pin struct {
-	c         scanner.Candidate
+	c         scanner.Candidate // the pinned file, as scanner.Identify saw it through fd
 	fd        int
-	st        unix.Stat_t // fstat of the pinned descriptor at pin time
-	startTime uint64      // verified start time of the holder
+	startTime uint64 // verified start time of the holder
 
 	mu   sync.Mutex
 	dst  *os.File // the published copy (reflink, copy), kept open for Follow
@@ -31,11 +30,15 @@ type Pin struct {
 	rule string   // Destination.Rule of that rescue
 }
 
-// Candidate returns the candidate the pin was made from.
+// Candidate returns the pinned file: the holder and descriptor of the
+// candidate the pin was made from, with the name, inode, owner, size and
+// mount taken from the engine's own descriptor once it was open
+// (scanner.Identify). This, not the sweep's snapshot, is what rules,
+// quotas and the rescue act on.
 func (p *Pin) Candidate() scanner.Candidate { return p.c }
 
 // Size is the file's size when it was pinned.
-func (p *Pin) Size() int64 { return p.st.Size }
+func (p *Pin) Size() int64 { return p.c.Size }
 
 // FD is the engine's descriptor on the pinned inode (for callers that need
 // to fstat or read it; do not close it).
@@ -65,11 +68,26 @@ func (p *Pin) Close() error {
 	return err
 }
 
-// Pin opens the candidate's inode through /proc/PID/fd/N and verifies that
-// it is still the same regular file (dev, ino) held by the same process
-// (start time, proc(5) stat field 22). It fails with ErrVanished when the
-// process or descriptor is gone, ErrIdentity when either changed and
-// ErrNotRegular for anything but a regular file, each inside a *RescueError.
+// Pin opens the candidate's inode through /proc/PID/fd/N, then takes the
+// file's identity from that one open file (scanner.Identify: fstat of the
+// pin, the name from its link text, deleted-ness as a sweep judges it) and
+// keeps the pin only if it is the candidate: the same name and the same
+// regular file (dev, ino), still deleted, held by the same process (start
+// time, proc(5) stat field 22).
+//
+// The order matters. A sweep reads a descriptor's name and its stat in two
+// calls and the engine opens it in a third; a holder that flips the file
+// behind the number with dup2(2) can make a sweep pair a deleted name the
+// rules chose with the inode of any file it can open. Checking the pin
+// against the candidate's dev and ino alone would then check it against
+// the wrong file. Taking the name and the inode from the pinned descriptor
+// itself leaves nothing to swap: both are the pinned file's, and they must
+// match the candidate's, or the pin is refused.
+//
+// It fails with ErrVanished when the process or descriptor is gone,
+// ErrIdentity when the process, the name, the inode or its deleted-ness
+// changed, and ErrNotRegular for anything but a regular file, each inside
+// a *RescueError.
 func (e *Engine) Pin(c scanner.Candidate) (*Pin, error) {
 	fail := func(err error) (*Pin, error) {
 		if errors.Is(err, ErrVanished) {
@@ -102,18 +120,24 @@ func (e *Engine) Pin(c scanner.Candidate) (*Pin, error) {
 	if err != nil {
 		return fail(vanished("open "+link, err))
 	}
-	p := &Pin{c: c, fd: fd, dir: destDir{fd: -1}}
-	if p.st, err = fstat(fd); err != nil {
+	p := &Pin{fd: fd, dir: destDir{fd: -1}}
+	pc, err := scanner.Identify(e.procRoot, &c, fd)
+	if err != nil {
 		p.Close()
-		return fail(fmt.Errorf("fstat pinned %s: %w", link, err))
+		if errors.Is(err, scanner.ErrNotCandidate) {
+			// It was a deleted regular file at the look before the open.
+			return fail(fmt.Errorf("%w: the pinned file: %w", ErrIdentity, err))
+		}
+		return fail(fmt.Errorf("identify pinned %s: %w", link, err))
 	}
-	if err := sameFile(p.st, c); err != nil {
+	if err := sameIdentity(pc, c); err != nil {
 		p.Close()
 		return fail(err)
 	}
+	p.c = pc
 	// The process must still be the one we looked at. If it has exited in
-	// the meantime, the pin is still right: dev and ino matched on our own
-	// descriptor, so the data is the candidate's.
+	// the meantime, the pin is still right: name, dev and ino matched on
+	// our own descriptor, so the data is the candidate's.
 	switch again, err := e.startTime(c.PID); {
 	case err == nil && again != start:
 		p.Close()
@@ -127,13 +151,28 @@ func (e *Engine) Pin(c scanner.Candidate) (*Pin, error) {
 }
 
 // sameFile checks that st is a regular file with the candidate's identity.
-// Candidate.Dev is st_dev as stat(2) reports it.
+// Candidate.Dev is st_dev as stat(2) reports it. Another inode is an
+// identity change even when it is not a regular file: the sweep saw a
+// regular one, so the descriptor was swapped, and callers must not record
+// the candidate's inode as a non-regular file.
 func sameFile(st unix.Stat_t, c scanner.Candidate) error {
+	if uint64(st.Dev) != c.Dev || st.Ino != c.Ino {
+		return fmt.Errorf("%w: now dev %d ino %d, candidate had dev %d ino %d", ErrIdentity, st.Dev, st.Ino, c.Dev, c.Ino)
+	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return fmt.Errorf("%w: mode %#o", ErrNotRegular, st.Mode)
 	}
-	if uint64(st.Dev) != c.Dev || st.Ino != c.Ino {
-		return fmt.Errorf("%w: now dev %d ino %d, candidate had dev %d ino %d", ErrIdentity, st.Dev, st.Ino, c.Dev, c.Ino)
+	return nil
+}
+
+// sameIdentity checks that the pinned file pc is the candidate c: the
+// same inode under the same name.
+func sameIdentity(pc, c scanner.Candidate) error {
+	if pc.Dev != c.Dev || pc.Ino != c.Ino {
+		return fmt.Errorf("%w: pinned dev %d ino %d, candidate had dev %d ino %d", ErrIdentity, pc.Dev, pc.Ino, c.Dev, c.Ino)
+	}
+	if !bytes.Equal(pc.Path, c.Path) {
+		return fmt.Errorf("%w: pinned file is %q, candidate had %q", ErrIdentity, pc.Path, c.Path)
 	}
 	return nil
 }

@@ -1,8 +1,10 @@
 // Package relink gives the data of a deleted-but-open file a name again.
 //
 // A rescue has two steps. Pin opens the holder's descriptor through
-// /proc/PID/fd/N and re-verifies its identity, so that from then on the data
-// survives the holder's exit and a reused PID or a swapped file is refused.
+// /proc/PID/fd/N and takes the file's name and inode from that descriptor
+// of its own, so that from then on the data survives the holder's exit, a
+// reused PID or a swapped file is refused, and what callers decide on
+// (Pin.Candidate) is the file that is pinned.
 // Rescue then runs the method ladder (link, reflink, copy; cheapest first,
 // moving down only when a method is not supported here), publishes the result
 // atomically under a rescue root that it walks with openat2(2), or where a

@@ -9,8 +9,12 @@ import (
 )
 
 // Candidate is one descriptor that refers to a deleted regular file.
-// It is a snapshot taken during a sweep: the relink engine re-verifies
-// Dev, Ino and StartTime after pinning before it trusts any of it.
+// From a sweep it is a snapshot assembled from several reads of /proc
+// (the name, the stat and the fdinfo of a descriptor are separate calls,
+// between which the holder may point the number at another file), good
+// for a cheap first look only. The relink engine pins the file, takes the
+// name, inode and mount from its own descriptor (Identify) and decides on
+// that candidate, refusing a pin whose name or identity differs.
 type Candidate struct {
 	// Holder.
 	PID       int    // process id (thread group id)
@@ -24,13 +28,15 @@ type Candidate struct {
 	// threads still share the table. 0 means the leader itself.
 	TID int
 
-	// Descriptor, from /proc/PID/fdinfo/FD.
+	// Descriptor, from /proc/PID/fdinfo/FD (MntID, once pinned, from the
+	// pinned file's).
 	FD    int
 	Flags uint32 // open flags (O_ACCMODE, O_APPEND, O_TMPFILE …)
 	Pos   int64  // file position
 	MntID int    // mount id, resolvable through /proc/PID/mountinfo
 
-	// Inode, from stat(2) through the magic link.
+	// Inode, from stat(2) through the magic link (once pinned, from
+	// fstat(2) of the pin).
 	Dev   uint64
 	Ino   uint64
 	Nlink uint64

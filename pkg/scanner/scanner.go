@@ -254,7 +254,7 @@ func (w *worker) descriptors(pid int, dir string, res *Result) ([]Candidate, int
 		if st.Mode&unix.S_IFMT != unix.S_IFREG {
 			return
 		}
-		if st.Nlink > 0 && w.liveName(dir, link, &st) {
+		if st.Nlink > 0 && liveName(w.rootfd, dir+"/root", link, &st) {
 			return // a live file literally named "… (deleted)"
 		}
 		if fdinfoDir < 0 {
@@ -286,17 +286,14 @@ func (w *worker) descriptors(pid int, dir string, res *Result) ([]Candidate, int
 				return
 			}
 		}
-		tmp := info.Flags&oTmpfile != 0
-		found = append(found, Candidate{
+		c := Candidate{
 			PID: pid, FD: fd,
 			Flags: info.Flags, Pos: info.Pos, MntID: info.MntID,
-			Dev: st.Dev, Ino: st.Ino, Nlink: uint64(st.Nlink), Size: st.Size,
-			Mode:  fileMode(st.Mode),
-			Owner: st.Uid, Group: st.Gid,
-			Path:     bytes.Clone(path),
-			TmpFile:  tmp,
-			Linkable: st.Nlink > 0 || tmp,
-		})
+			Path:    bytes.Clone(path),
+			TmpFile: info.Flags&oTmpfile != 0,
+		}
+		c.setInode(&st)
+		found = append(found, c)
 	})
 	if err == nil && refused != nil {
 		err = refused
@@ -338,12 +335,22 @@ func (w *worker) holder(pidDir string, cs []Candidate) error {
 	return nil
 }
 
-// liveName reports whether link, read verbatim, names the same inode in the
-// holder's root (dir/root): then the file was never deleted, it is merely called
-// "x (deleted)". A deleted name whose inode has another link fails this.
-func (w *worker) liveName(dir string, link []byte, st *unix.Stat_t) bool {
-	cur, err := statAt(w.rootfd, dir+"/root"+string(link), unix.AT_SYMLINK_NOFOLLOW)
+// liveName reports whether link, read verbatim, names the inode st in the
+// holder's root (root, relative to dirfd: PROC/PID/root): then the file was
+// never deleted, it is merely called "x (deleted)". A deleted name whose
+// inode has another link fails this.
+func liveName(dirfd int, root string, link []byte, st *unix.Stat_t) bool {
+	cur, err := statAt(dirfd, root+string(link), unix.AT_SYMLINK_NOFOLLOW)
 	return err == nil && cur.Dev == st.Dev && cur.Ino == st.Ino
+}
+
+// setInode sets c's inode fields from st, the stat(2) of its open file.
+// c.TmpFile must be set already.
+func (c *Candidate) setInode(st *unix.Stat_t) {
+	c.Dev, c.Ino, c.Nlink, c.Size = st.Dev, st.Ino, uint64(st.Nlink), st.Size
+	c.Mode = fileMode(st.Mode)
+	c.Owner, c.Group = st.Uid, st.Gid
+	c.Linkable = st.Nlink > 0 || c.TmpFile
 }
 
 func (w *worker) mountIDs(dir string) map[int]bool {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -420,6 +421,16 @@ func TestSweepMountNamespace(t *testing.T) {
 	}
 	if c.Size != 5 {
 		t.Errorf("size = %d, want 5", c.Size)
+	}
+	// A pin on it (opened through the magic link) keeps the holder's
+	// vfsmount: identified from the pin, it is the same candidate.
+	pin, err := unix.Open(fmt.Sprintf("/proc/%d/fd/3", cmd.Process.Pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pin)
+	if pc, err := Identify("/proc", &c, pin); err != nil || !reflect.DeepEqual(pc, c) {
+		t.Errorf("Identify of the pin:\n-want %+v\n+got  %+v, %v", c, pc, err)
 	}
 }
 
