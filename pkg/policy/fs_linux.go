@@ -81,14 +81,13 @@ func mountNS(procRoot, pid string) (string, error) {
 // uses its own view.
 type hostView struct {
 	via       string // "" or PROC/1/root: prefix of every host path relinkd opens
-	ns        string // the host's mount namespace ("mnt:[…]"); "" if unknown
 	mountinfo string // the host's mount table
 	note      string // why the own view is used although it may differ, for messages
 }
 
 func findHostView(procRoot string) hostView {
 	self, err := mountNS(procRoot, "self")
-	v := hostView{ns: self, mountinfo: filepath.Join(procRoot, "self", "mountinfo")}
+	v := hostView{mountinfo: filepath.Join(procRoot, "self", "mountinfo")}
 	if err != nil {
 		v.note = err.Error()
 		return v
@@ -98,7 +97,7 @@ func findHostView(procRoot string) hostView {
 	case err != nil:
 		v.note = "host mount namespace not reachable (" + err.Error() + "): relinkd's own is used"
 	case init != self:
-		v = hostView{via: filepath.Join(procRoot, "1", "root"), ns: init, mountinfo: filepath.Join(procRoot, "1", "mountinfo")}
+		v = hostView{via: filepath.Join(procRoot, "1", "root"), mountinfo: filepath.Join(procRoot, "1", "mountinfo")}
 	}
 	return v
 }

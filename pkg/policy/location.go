@@ -43,24 +43,21 @@ type fileMount struct {
 	sameNS bool   // the holder is in the host's mount namespace: m is a host mount
 }
 
-// resolveMount finds the mount of c: through its mnt_id in the holder's
-// mountinfo (proc(5)), which is the host table when the holder shares the
-// host's mount namespace. When the id is unknown it falls back to a host
-// mount of the same device number.
+// resolveMount finds the mount of c through its mnt_id (proc(5)). Mount
+// ids are unique across namespaces, so an id in the host's table is a
+// host mount, whether or not the holder is still alive to be asked (the
+// pin keeps the file, not the process); otherwise the holder's mountinfo
+// has it. When the id is unknown it falls back to a host mount of the same
+// device number.
 func (p *Policy) resolveMount(c *scanner.Candidate, host []Mount) (fileMount, error) {
-	pid := strconv.Itoa(c.PID)
-	theirs, err := mountNS(p.procRoot, pid)
-	same := err == nil && p.host.ns != "" && p.host.ns == theirs
 	if c.MntID != 0 {
-		if same {
-			if m := byID(host, c.MntID); m != nil {
-				return fileMount{m: m, sameNS: true}, nil
-			}
-		} else if err == nil {
-			if ms, err := ReadMountInfo(filepath.Join(p.procRoot, pid, "mountinfo")); err == nil {
-				if m := byID(ms, c.MntID); m != nil {
-					return fileMount{m: m}, nil
-				}
+		if m := byID(host, c.MntID); m != nil {
+			return fileMount{m: m, sameNS: true}, nil
+		}
+		ms, err := ReadMountInfo(filepath.Join(p.procRoot, strconv.Itoa(c.PID), "mountinfo"))
+		if err == nil {
+			if m := byID(ms, c.MntID); m != nil {
+				return fileMount{m: m}, nil
 			}
 		}
 	}
