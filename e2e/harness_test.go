@@ -131,9 +131,7 @@ func startDaemonBinary(t *testing.T, bin, cfg string, env ...string) *Daemon {
 				return
 			}
 			d.mu.Lock()
-			for _, l := range strings.Split(strings.TrimSpace(string(buf[:n])), "\n") {
-				d.notes = append(d.notes, l)
-			}
+			d.notes = append(d.notes, strings.Split(strings.TrimSpace(string(buf[:n])), "\n")...)
 			d.broadcastLocked()
 			d.mu.Unlock()
 		}

@@ -37,11 +37,17 @@ daemon=$!
 for i in $(seq 200); do grep -q '"relinkd started"' "$OUT/daemon.log" 2>/dev/null && break; sleep 0.05; done
 # Prove the sandbox: the daemon's own view of $SRV is read-only.
 grep -q " $SRV .* ro[, ]" /proc/$daemon/mountinfo || grep -q " $SRV ro," /proc/$daemon/mountinfo || { echo "daemon's view of $SRV is not read-only"; grep " $SRV " /proc/$daemon/mountinfo; }
-for f in a b; do
+# A filesystem mounted after start-up, in the host's namespace only: the
+# daemon's own view never shows it.
+mkdir -p "$SRV/late"
+mount -t tmpfs -o size=8m,mode=0755 tmpfs "$SRV/late"
+head -c 100000 /dev/urandom > "$SRV/late/c.log"
+echo "SUM c $(sha256sum < "$SRV/late/c.log" | cut -d' ' -f1)"
+for f in data/a data/b late/c; do
   python3 -c 'import os,sys,time
-f = open(sys.argv[1], "rb"); os.unlink(sys.argv[1]); time.sleep(30)' "$SRV/data/$f.log" &
+f = open(sys.argv[1], "rb"); os.unlink(sys.argv[1]); time.sleep(30)' "$SRV/$f.log" &
 done
-for i in $(seq 300); do [ "$(grep -c '"file rescued"' "$OUT/daemon.log")" -ge 2 ] && break; sleep 0.05; done
+for i in $(seq 300); do [ "$(grep -c '"file rescued"' "$OUT/daemon.log")" -ge 3 ] && break; sleep 0.05; done
 grep '"file rescued"' "$OUT/daemon.log" | jq -r .rescued_to | while read -r p; do
   echo "RESULT $(stat -c %i "$p") $(sha256sum < "$p" | cut -d' ' -f1) $p"
 done
@@ -52,8 +58,9 @@ cat "$OUT/daemon.log" | sed 's/^/LOG /'
 // TestHostView: a daemon whose own mount namespace is a read-only copy of
 // the host's (as under the unit) still creates its rescue root on the
 // host's filesystem, rescues by link a deleted name with another link
-// (the same inode) and by copy one without, both intact, with no manual
-// step. Without the host view the root cannot be created (EROFS) and link
+// (the same inode) and by copy one without, all intact, with no manual
+// step; also on a filesystem the host mounted after the daemon started,
+// which the daemon's own view never shows. Without the host view the root cannot be created (EROFS) and link
 // fails across the two vfsmounts (EXDEV).
 func TestHostView(t *testing.T) {
 	testfs.RequireRoot(t)
@@ -66,7 +73,7 @@ func TestHostView(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := writeConfig(t, `
-scan: {interval: 1h, events: true}
+scan: {interval: 2s, events: true}
 watch:
   - name: srv
     paths: ["`+srv+`/**"]
@@ -132,14 +139,14 @@ log: {level: debug}
 			rescued[filepath.Base(ev.str("path"))] = ev
 		}
 	}
-	if len(rescued) != 2 || len(results) != 2 {
-		t.Fatalf("want 2 rescues, got %d events, %d results:\n%s", len(rescued), len(results), out)
+	if len(rescued) != 3 || len(results) != 3 {
+		t.Fatalf("want 3 rescues, got %d events, %d results:\n%s", len(rescued), len(results), out)
 	}
 	byPath := map[string][]string{}
 	for _, r := range results {
 		byPath[r[2]] = r
 	}
-	for name, wantMethod := range map[string]string{"a.log": "link", "b.log": "copy"} {
+	for name, wantMethod := range map[string]string{"a.log": "link", "b.log": "copy", "c.log": "copy"} {
 		ev := rescued[name]
 		if ev == nil {
 			t.Fatalf("%s not rescued:\n%s", name, out)
@@ -147,9 +154,12 @@ log: {level: debug}
 		if ev["method"] != wantMethod {
 			t.Errorf("%s: method %v, want %s", name, ev["method"], wantMethod)
 		}
-		to := ev.str("rescued_to")
-		if !strings.HasPrefix(to, srv+"/.relinkd/") {
-			t.Errorf("%s rescued to %s, want under %s/.relinkd (a host path)", name, to, srv)
+		to, root := ev.str("rescued_to"), srv+"/.relinkd/"
+		if name == "c.log" {
+			root = srv + "/late/.relinkd/"
+		}
+		if !strings.HasPrefix(to, root) {
+			t.Errorf("%s rescued to %s, want under %s (a host path)", name, to, root)
 		}
 		r := byPath[to]
 		if r == nil {
