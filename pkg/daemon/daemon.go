@@ -40,6 +40,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/relinkd/relinkd/internal/fsguard"
 	"github.com/relinkd/relinkd/internal/logging"
 	"github.com/relinkd/relinkd/pkg/metrics"
 	"github.com/relinkd/relinkd/pkg/policy"
@@ -65,6 +66,13 @@ const (
 	// MaxRetryBackoff is the longest wait between two attempts at a
 	// failed rescue (see retryBackoff).
 	MaxRetryBackoff = time.Hour
+	// DefaultStallTimeout: an 8 MiB chunk in 30 s is under 300 KiB/s, slow
+	// even for a busy network filesystem.
+	DefaultStallTimeout = 30 * time.Second
+	// maxStalledWorkers bounds the workers replaced because they were
+	// stuck, each an OS thread in the kernel that cannot be killed. Past
+	// it, stuck workers are not replaced: the pool shrinks, and says so.
+	maxStalledWorkers = 16
 )
 
 // Sweeper finds deleted-but-open files; *scanner.Scanner is one.
@@ -79,14 +87,23 @@ type Options struct {
 	ConfigPath string // for the start-up event
 	Version    string // for the start-up event
 
-	ProcRoot       string        // "" means /proc
-	Workers        int           // rescue workers; 0 means NumCPU, within 2 to DefaultMaxWorkers
-	MaxPins        int           // inodes pinned at once; 0 means DefaultMaxPins
-	MaxPinnedBytes int64         // their total size; 0 means DefaultMaxPinnedBytes
-	MaxFollows     int           // files followed at once; 0 means DefaultMaxFollows
-	MaxWatches     int           // inotify watches; 0 means scan.max_watches
-	StopTimeout    time.Duration // how long shutdown waits for workers; 0 means DefaultStopTimeout
-	PruneInterval  time.Duration // how often rescue.retention is applied; 0 means DefaultPruneInterval
+	ProcRoot       string // "" means /proc
+	Workers        int    // rescue workers; 0 means NumCPU, within 2 to DefaultMaxWorkers
+	MaxPins        int    // inodes pinned at once; 0 means DefaultMaxPins
+	MaxPinnedBytes int64  // their total size; 0 means DefaultMaxPinnedBytes
+	MaxFollows     int    // files followed at once; 0 means DefaultMaxFollows
+	// FSTimeout is how long a call that asks a holder's filesystem (stat,
+	// open of the pin) may take before the filesystem is taken for
+	// unresponsive; 0 means fsguard.DefaultTimeout.
+	FSTimeout time.Duration
+	// StallTimeout is how long a rescue may go without progress (a chunk
+	// copied) before its worker is taken for stuck in the file's
+	// filesystem: the mount is marked unresponsive and a new worker takes
+	// its place. 0 means DefaultStallTimeout.
+	StallTimeout  time.Duration
+	MaxWatches    int           // inotify watches; 0 means scan.max_watches
+	StopTimeout   time.Duration // how long shutdown waits for workers; 0 means DefaultStopTimeout
+	PruneInterval time.Duration // how often rescue.retention is applied; 0 means DefaultPruneInterval
 
 	// Notify receives systemd notification states ("READY=1",
 	// "STOPPING=1", "WATCHDOG=1", "RELOADING=1"); nil ignores them.
@@ -124,6 +141,9 @@ type Daemon struct {
 	pinned  int64
 	follows int             // follows running
 	writers *relink.Writers // shared by every follow's search for writers
+	guard   *fsguard.Guard  // bounds calls on holders' filesystems
+	slots   []*slot         // one per worker started, stalled ones included
+	stalled int             // workers replaced because they were stuck
 	// Budget bursts: deferred holds the pids whose files found no pin
 	// (swept again as soon as a pin is released, see room); each
 	// budget is said once per burst.
@@ -234,6 +254,9 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 	if opt.MaxFollows <= 0 {
 		opt.MaxFollows = DefaultMaxFollows
 	}
+	if opt.StallTimeout <= 0 {
+		opt.StallTimeout = DefaultStallTimeout
+	}
 	if opt.StopTimeout <= 0 {
 		opt.StopTimeout = DefaultStopTimeout
 	}
@@ -260,11 +283,70 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 		room:     make(chan struct{}, 1),
 		writers:  relink.NewWriters(opt.ProcRoot),
 	}
-	if d.sweeper == nil {
-		d.sweeper = scanner.New(scanner.Options{ProcRoot: opt.ProcRoot}, log)
-	}
 	d.pol.Store(policy.New(opt.Config, log))
+	d.guard = fsguard.New(fsguard.Options{
+		Timeout:  opt.FSTimeout,
+		Describe: d.describeMount,
+		Changed: func(_ int, down bool) {
+			if down {
+				d.m.Unresponsive.Inc()
+			} else {
+				d.m.Unresponsive.Dec()
+			}
+		},
+	}, log)
+	if d.sweeper == nil {
+		d.sweeper = scanner.New(scanner.Options{ProcRoot: opt.ProcRoot, Guard: d.guard}, log)
+	}
 	return d, nil
+}
+
+// describeMount names a mount id for the filesystem unresponsive event,
+// from the host's mount table.
+func (d *Daemon) describeMount(id int) (string, string) {
+	ms, err := d.pol.Load().HostMounts()
+	if err != nil {
+		return "", ""
+	}
+	for _, m := range ms {
+		if m.ID == id {
+			return m.MountPoint, m.FSType
+		}
+	}
+	return "", ""
+}
+
+// birthTime is birthTime of c's file, under the guard: false when the
+// descriptor is gone or its filesystem does not answer.
+func (d *Daemon) birthTime(c *scanner.Candidate) (int64, bool) {
+	var bt int64
+	var alive bool
+	if err := d.guard.Do(c.MntID, func() { bt, alive = birthTime(d.opt.ProcRoot, c) }, nil); err != nil {
+		return 0, false
+	}
+	return bt, alive
+}
+
+// pin pins c under the guard, with the birth time read through the pin.
+// A pin that comes back after the guard gave up on it is closed.
+func (d *Daemon) pin(c *scanner.Candidate) (*relink.Pin, int64, error) {
+	var p *relink.Pin
+	var bt int64
+	var err error
+	cc := *c
+	gerr := d.guard.Do(c.MntID, func() {
+		if p, err = d.engine.Pin(cc); err == nil {
+			bt, _ = birthTimeFD(p.FD())
+		}
+	}, func() {
+		if p != nil {
+			p.Close()
+		}
+	})
+	if gerr != nil {
+		return nil, 0, gerr
+	}
+	return p, bt, err
 }
 
 // Metrics returns the daemon's metrics (its own registry).
@@ -323,12 +405,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	defer wcancel()
 	var wg sync.WaitGroup
 	for range d.opt.Workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			d.worker(wctx, &wg)
-		}()
+		d.startWorker(wctx, &wg)
 	}
+	go d.watchStalls(wctx, &wg)
 
 	var srvDone chan error
 	if cfg.Metrics.Listen != "" {
@@ -808,7 +887,7 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 	// (through the daemon's own descriptor) for rescues, so that nothing
 	// stands between detection and pin; for the rest it is read now.
 	bt := func() int64 {
-		t, _ := birthTime(d.opt.ProcRoot, c)
+		t, _ := d.birthTime(c)
 		return t
 	}
 
@@ -850,9 +929,13 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 	}
 	d.mu.Unlock()
 
-	pin, err := d.engine.Pin(*c)
+	pin, pbt, err := d.pin(c)
 	if err != nil {
 		switch {
+		case errors.Is(err, fsguard.ErrUnresponsive), errors.Is(err, fsguard.ErrTooManyStuck):
+			// Not recorded: taken up again once the filesystem answers.
+			d.log.Debug("pin: filesystem not answering", logging.Path("path", c.Path), zap.Int("pid", c.PID),
+				zap.Int("fd", c.FD), zap.Int("mnt_id", c.MntID), zap.Error(err))
 		case errors.Is(err, relink.ErrVanished), errors.Is(err, relink.ErrIdentity):
 			// Another descriptor of the same inode may still work; a
 			// later sweep decides. Nothing to report: a holder that
@@ -870,7 +953,6 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 		}
 		return
 	}
-	pbt, _ := birthTimeFD(pin.FD())
 	// From here on the candidate is the pinned file: the same name and
 	// inode (Pin refuses anything else), with the owner, size and mount
 	// read through the daemon's own descriptor. The rules decide on that.
@@ -935,7 +1017,7 @@ func (d *Daemon) fresh(c *scanner.Candidate, now time.Time) bool {
 	// A holder not seen with this inode before: inode numbers are reused
 	// once a file is freed, so tell a new file from the same one by its
 	// birth time (statx(2) STATX_BTIME).
-	bt, alive := birthTime(d.opt.ProcRoot, c)
+	bt, alive := d.birthTime(c)
 	if !alive {
 		return false
 	}
@@ -975,8 +1057,76 @@ func (d *Daemon) reportOpen(c *scanner.Candidate, rule string) {
 		zap.String("comm", c.Comm), zap.Uint32("uid", c.UID), zap.Int64("size", c.Size), zap.String("rule", rule))
 }
 
-// worker rescues queued pins until ctx ends.
-func (d *Daemon) worker(ctx context.Context, wg *sync.WaitGroup) {
+// slot is what the stall watch knows of one worker.
+type slot struct {
+	mnt     atomic.Int64 // mount of the file under rescue
+	busy    atomic.Int64 // unix ns of the last sign of life; 0 when idle
+	retired atomic.Bool  // replaced: exits after its job
+	release func()       // set (under Daemon.mu) when retired: clears the mount's mark
+}
+
+func (s *slot) touch() { s.busy.Store(time.Now().UnixNano()) }
+
+// startWorker starts a worker with a slot of its own.
+func (d *Daemon) startWorker(ctx context.Context, wg *sync.WaitGroup) {
+	s := &slot{}
+	d.mu.Lock()
+	d.slots = append(d.slots, s)
+	d.mu.Unlock()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		d.worker(ctx, wg, s)
+	}()
+}
+
+// watchStalls retires a worker whose rescue has made no progress for
+// StallTimeout: a read or write in a filesystem that stopped answering
+// never returns, and the thread cannot be taken back. The file's mount is
+// marked unresponsive (its other files are skipped until the call
+// returns) and a new worker takes the stuck one's place, up to
+// maxStalledWorkers.
+func (d *Daemon) watchStalls(ctx context.Context, wg *sync.WaitGroup) {
+	t := time.NewTicker(min(time.Second, d.opt.StallTimeout/4))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now().UnixNano()
+		d.mu.Lock()
+		var stuck []*slot
+		for _, s := range d.slots {
+			if b := s.busy.Load(); b != 0 && !s.retired.Load() && now-b > int64(d.opt.StallTimeout) {
+				s.retired.Store(true)
+				stuck = append(stuck, s)
+			}
+		}
+		d.mu.Unlock()
+		for _, s := range stuck {
+			mnt := int(s.mnt.Load())
+			rel := d.guard.Hold(mnt)
+			d.mu.Lock()
+			s.release = rel
+			replace := d.stalled < maxStalledWorkers
+			if replace {
+				d.stalled++
+			}
+			d.mu.Unlock()
+			d.log.Warn("rescue stalled", zap.Int("mnt_id", mnt), zap.Duration("no_progress_for", d.opt.StallTimeout),
+				zap.Bool("replaced", replace))
+			if replace {
+				d.startWorker(ctx, wg)
+			}
+		}
+	}
+}
+
+// worker rescues queued pins until ctx ends, or until it was found stuck
+// and replaced.
+func (d *Daemon) worker(ctx context.Context, wg *sync.WaitGroup, s *slot) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -989,12 +1139,25 @@ func (d *Daemon) worker(ctx context.Context, wg *sync.WaitGroup) {
 				d.abandon(j)
 				return
 			}
-			d.rescue(ctx, j, wg)
+			s.mnt.Store(int64(j.c.MntID))
+			s.touch()
+			d.rescue(ctx, j, wg, s.touch)
+			s.busy.Store(0)
+			if s.retired.Load() {
+				d.mu.Lock()
+				rel := s.release
+				d.mu.Unlock()
+				if rel != nil {
+					rel()
+				}
+				d.log.Info("stalled rescue returned", zap.Int("mnt_id", j.c.MntID))
+				return
+			}
 		}
 	}
 }
 
-func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup) {
+func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup, progress func()) {
 	c := &j.c
 	pol := d.pol.Load()
 	dec := pol.Decide(c)
@@ -1017,7 +1180,7 @@ func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup) {
 	for _, m := range dec.Methods {
 		methods = append(methods, relink.Method(m))
 	}
-	eng := relink.New(relink.Options{ProcRoot: d.opt.ProcRoot, Methods: methods, Sidecar: true, Writers: d.writers}, d.log)
+	eng := relink.New(relink.Options{ProcRoot: d.opt.ProcRoot, Methods: methods, Sidecar: true, Writers: d.writers, Progress: progress}, d.log)
 	d.publishing.RLock()
 	res, err := eng.Rescue(ctx, j.pin, relink.Destination{
 		Root: dec.Root, Via: dec.Via, Rel: dec.Rel, MinFreeBytes: dec.MinFreeBytes, Rule: dec.Rule,

@@ -315,7 +315,7 @@ func TestShutdownReleasesQueued(t *testing.T) {
 	cancel()
 	var wg sync.WaitGroup
 	for len(d.jobs) > 0 {
-		d.worker(ctx, &wg)
+		d.worker(ctx, &wg, &slot{})
 	}
 	wg.Wait()
 	for _, m := range []string{"rescue failed", "rescue cancelled", "file rescued"} {
@@ -342,7 +342,7 @@ func TestCancelledRescueIsNoFailure(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	var wg sync.WaitGroup
-	d.rescue(ctx, <-d.jobs, &wg)
+	d.rescue(ctx, <-d.jobs, &wg, nil)
 	wg.Wait()
 	if n := logs.FilterMessage("rescue failed").Len(); n != 0 {
 		t.Errorf(`%d "rescue failed" events for a cancelled rescue, want 0: %v`, n, logs.FilterMessage("rescue failed").All())

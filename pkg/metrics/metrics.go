@@ -34,6 +34,7 @@ type Metrics struct {
 	Watches       prometheus.Gauge   // updated whenever a watch is added or dropped
 	Events        prometheus.Counter // directory removal events received
 	Overflows     prometheus.Counter // inotify queue overflows (events lost)
+	Unresponsive  prometheus.Gauge   // filesystems whose files are skipped: a call on them is stuck
 }
 
 // New returns a fresh set of metrics in their own registry, with the Go
@@ -94,10 +95,14 @@ func New() *Metrics {
 			Namespace: namespace, Name: "inotify_overflows_total",
 			Help: "inotify event queue overflows (fs.inotify.max_queued_events reached, events lost); each triggers a rescan of the watched trees and a full sweep.",
 		}),
+		Unresponsive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "filesystems_unresponsive",
+			Help: "Filesystems (mounts) on which a call did not return in time (filesystem unresponsive events); their files are skipped until it returns.",
+		}),
 	}
 	m.Registry.MustRegister(
 		m.Sweeps, m.SweepDuration, m.Candidates, m.Rescues, m.RescuedBytes, m.Failures,
-		m.Skips, m.Reports, m.PinsHeld, m.PinnedBytes, m.Watches, m.Events, m.Overflows,
+		m.Skips, m.Reports, m.PinsHeld, m.PinnedBytes, m.Watches, m.Events, m.Overflows, m.Unresponsive,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

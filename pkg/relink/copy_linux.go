@@ -88,6 +88,9 @@ func (c *copier) copySparse(ctx context.Context, from, to int64) (int64, error) 
 			if c.e.hookChunk != nil {
 				c.e.hookChunk(data)
 			}
+			if c.e.progress != nil {
+				c.e.progress()
+			}
 			if c.guard != nil {
 				if err := c.guard(0); err != nil {
 					return data, err

@@ -107,6 +107,10 @@ type Options struct {
 	Hash bool
 	// Sidecar writes NAME.relinkd.json beside each rescued file.
 	Sidecar bool
+	// Progress, when set, is called after each chunk a copy or a follow
+	// writes: a sign of life for a caller that watches for rescues stuck
+	// in a filesystem that stopped answering.
+	Progress func()
 	// Writers is shared by the follows of every engine given it, so that
 	// many follows share their passes over /proc; nil gives the engine
 	// one of its own.
@@ -124,6 +128,7 @@ type Engine struct {
 	log      *zap.Logger
 	walk     walker // how destinations are resolved, probed once
 	writers  *Writers
+	progress func()
 
 	// Test hooks; nil and zero in production.
 	chunk     int64            // copy chunk size; 0 means defaultChunk
@@ -145,6 +150,7 @@ func New(opts Options, log *zap.Logger) *Engine {
 		sidecar:  opts.Sidecar,
 		log:      log,
 		walk:     newWalker(),
+		progress: opts.Progress,
 	}
 	if e.procRoot == "" {
 		e.procRoot = "/proc"

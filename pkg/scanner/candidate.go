@@ -90,4 +90,14 @@ type Result struct {
 	Vanished   int           // processes or descriptors gone during the sweep (normal)
 	Denied     int           // processes the sweep was not allowed to inspect
 	Duration   time.Duration // wall time of the sweep
+	// Unanswered lists the descriptors that look deleted but could not be
+	// confirmed: their filesystem did not answer (see Options.Guard).
+	Unanswered []Unanswered
+}
+
+// Unanswered is a descriptor whose filesystem did not answer.
+type Unanswered struct {
+	PID, FD int
+	Path    []byte // the holder's name for the file, " (deleted)" cut
+	MntID   int
 }

@@ -3,6 +3,7 @@ package scanner
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -14,6 +15,8 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/relinkd/relinkd/internal/fsguard"
 )
 
 // oTmpfile is __O_TMPFILE as it shows in fdinfo flags: open(2) keeps it
@@ -27,6 +30,11 @@ type Options struct {
 	// Workers bounds how many processes are read at once; 0 picks
 	// twice GOMAXPROCS, at most 16.
 	Workers int
+	// Guard, when set, bounds the calls that ask a file's filesystem
+	// (the stat that confirms a deletion): a filesystem that does not
+	// answer leaves its descriptors in Result.Unanswered instead of
+	// stalling the sweep.
+	Guard *fsguard.Guard
 }
 
 // Scanner sweeps /proc for deleted-but-open regular files.
@@ -34,6 +42,7 @@ type Scanner struct {
 	root    string
 	workers int
 	self    int
+	guard   *fsguard.Guard
 	log     *zap.Logger
 }
 
@@ -48,7 +57,7 @@ func New(opts Options, log *zap.Logger) *Scanner {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Scanner{root: opts.ProcRoot, workers: opts.Workers, self: os.Getpid(), log: log}
+	return &Scanner{root: opts.ProcRoot, workers: opts.Workers, self: os.Getpid(), guard: opts.Guard, log: log}
 }
 
 // Sweep examines every process once and returns a candidate for each
@@ -121,6 +130,7 @@ feed:
 		total.FDs += r.FDs
 		total.Vanished += r.Vanished
 		total.Denied += r.Denied
+		total.Unanswered = append(total.Unanswered, r.Unanswered...)
 	}
 	slices.SortFunc(total.Candidates, func(a, b Candidate) int {
 		if a.PID != b.PID {
@@ -245,18 +255,9 @@ func (w *worker) descriptors(pid int, dir string, res *Result) ([]Candidate, int
 		if !deleted {
 			return
 		}
-		// The suffix is only a hint: confirm on the inode itself.
-		st, err := statAt(fdDir, n, 0)
-		if err != nil {
-			w.countFDErr(err, res)
-			return
-		}
-		if st.Mode&unix.S_IFMT != unix.S_IFREG {
-			return
-		}
-		if st.Nlink > 0 && liveName(w.rootfd, dir+"/root", link, &st) {
-			return // a live file literally named "… (deleted)"
-		}
+		// fdinfo first: reading it asks nothing of the file's
+		// filesystem, and its mnt_id says which filesystem the stat
+		// below will ask.
 		if fdinfoDir < 0 {
 			if fdinfoDir, err = openDirAt(w.rootfd, dir+"/fdinfo"); err != nil {
 				w.countFDErr(err, res)
@@ -272,6 +273,19 @@ func (w *worker) descriptors(pid int, dir string, res *Result) ([]Candidate, int
 		if err != nil {
 			w.s.log.Debug("skip descriptor", zap.Int("pid", pid), zap.Int("fd", fd), zap.Error(err))
 			return
+		}
+		// The suffix is only a hint: confirm on the inode itself.
+		st, live, err := w.confirm(dir, n, link, info.MntID)
+		if err != nil {
+			if errors.Is(err, fsguard.ErrUnresponsive) || errors.Is(err, fsguard.ErrTooManyStuck) {
+				res.Unanswered = append(res.Unanswered, Unanswered{PID: pid, FD: fd, Path: bytes.Clone(path), MntID: info.MntID})
+				return
+			}
+			w.countFDErr(err, res)
+			return
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFREG || live {
+			return // not a regular file, or a live file literally named "… (deleted)"
 		}
 		if onInternalMount(path) {
 			// memfd_create(2) and memfd_secret(2) files live on the
@@ -299,6 +313,32 @@ func (w *worker) descriptors(pid int, dir string, res *Result) ([]Candidate, int
 		err = refused
 	}
 	return found, nfds, err
+}
+
+// confirm stats the file open as dir/fd/name and tells whether link, its
+// link text, still names it in the holder's root. Both ask the file's
+// filesystem (getattr, lookup), which may not answer: with a guard they
+// run under it, keyed by the file's mount, and by absolute path, since
+// the caller's directory descriptors may be closed before a stuck call
+// returns.
+func (w *worker) confirm(dir, name string, link []byte, mntID int) (st unix.Stat_t, live bool, err error) {
+	g := w.s.guard
+	if g == nil {
+		st, err = statAt(w.rootfd, dir+"/fd/"+name, 0)
+		live = err == nil && st.Nlink > 0 && liveName(w.rootfd, dir+"/root", link, &st)
+		return st, live, err
+	}
+	base, link := w.s.root+"/"+dir, bytes.Clone(link)
+	var gst unix.Stat_t
+	var glive bool
+	var gerr error
+	if err := g.Do(mntID, func() {
+		gst, gerr = statAt(unix.AT_FDCWD, base+"/fd/"+name, 0)
+		glive = gerr == nil && gst.Nlink > 0 && liveName(unix.AT_FDCWD, base+"/root", link, &gst)
+	}, nil); err != nil {
+		return st, false, err
+	}
+	return gst, glive, gerr
 }
 
 // holder fills in the holder's identity on the candidates of pid. It reads
