@@ -249,6 +249,8 @@ func sizeMsg(err error, notSize string) string {
 		return fmt.Sprintf("is too large (at most %d bytes, the largest file size)", uint64(maxSize))
 	case errors.Is(err, errFraction):
 		return "is a fraction of a byte (a fraction needs a unit, e.g. 1.5GiB)"
+	case errors.Is(err, errRoundsToZero):
+		return "rounds down to 0 bytes (write 0 if 0 is meant)"
 	}
 	return notSize
 }

@@ -157,6 +157,10 @@ func TestParseErrors(t *testing.T) {
 		{"port out of range", "metrics:\n  listen: \"127.0.0.1:65536\"\n", `c.yaml:2: metrics.listen: "127.0.0.1:65536" is not a listen address (port "65536" is not a number 0-65535)`},
 		{"service name port", "metrics:\n  listen: \"[::1]:http\"\n", `c.yaml:2: metrics.listen: "[::1]:http" is not a listen address (port "http" is not a number 0-65535)`},
 		{"duplicate method", "rescue:\n  methods: [copy, link, copy]\n", `c.yaml:2: rescue.methods[2]: "copy" is listed twice`},
+		{"size rounds to zero", "rescue:\n  max_file_size: 0.0000000001KiB\n", `c.yaml:2: rescue.max_file_size: "0.0000000001KiB" rounds down to 0 bytes (write 0 if 0 is meant)`},
+		{"rule size rounds to zero", "watch:\n  - name: a\n    paths: [/x]\n    min_size: 0.0009kB\n", `c.yaml:4: watch[0].min_size: "0.0009kB" rounds down to 0 bytes (write 0 if 0 is meant)`},
+		{"min_free rounds to zero", "rescue:\n  min_free: 0.0000000000001TiB\n", `c.yaml:2: rescue.min_free: "0.0000000000001TiB" rounds down to 0 bytes (write 0 if 0 is meant)`},
+		{"fraction of a byte below one", "rescue:\n  max_total_size: 0.4B\n", `c.yaml:2: rescue.max_total_size: "0.4B" is a fraction of a byte (a fraction needs a unit, e.g. 1.5GiB)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -178,6 +182,19 @@ func TestParseErrors(t *testing.T) {
 				t.Errorf("-want %s\n+got  %s", tt.want, got)
 			}
 		})
+	}
+}
+
+// TestParseZeroSizes: a zero written as zero stays "no limit"; only a
+// non-zero fraction that rounds down to 0 is refused.
+func TestParseZeroSizes(t *testing.T) {
+	cfg, err := Parse("c.yaml", []byte("rescue:\n  max_file_size: 0\n  max_total_size: 0KiB\n  per_user: {max_bytes: 0.0GiB}\n  min_free: 0B\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := cfg.Rescue
+	if r.MaxFileSize != 0 || r.MaxTotalSize != 0 || r.PerUser.MaxBytes != 0 || r.MinFree != (Threshold{}) {
+		t.Errorf("zeros not kept: %+v", r)
 	}
 }
 
