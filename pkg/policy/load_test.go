@@ -1,0 +1,134 @@
+package policy
+
+import (
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestLoadFileKinds: only a regular file is read, a FIFO without
+// blocking, and at most MaxConfigBytes of it.
+func TestLoadFileKinds(t *testing.T) {
+	dir := t.TempDir()
+	regular := filepath.Join(dir, "ok.yaml")
+	writeFile(t, regular, "log: {level: warn}\n")
+	fifo := filepath.Join(dir, "fifo.yaml")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "sock.yaml")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	link := filepath.Join(dir, "link.yaml")
+	if err := os.Symlink(regular, link); err != nil {
+		t.Fatal(err)
+	}
+	fifoLink := filepath.Join(dir, "fifo-link.yaml")
+	if err := os.Symlink(fifo, fifoLink); err != nil {
+		t.Fatal(err)
+	}
+	// A file of exactly the limit parses; one byte more does not.
+	pad := func(n int) string {
+		head := "log: {level: warn}\n"
+		return head + "#" + strings.Repeat("x", n-len(head)-2) + "\n"
+	}
+	atLimit := filepath.Join(dir, "at-limit.yaml")
+	writeFile(t, atLimit, pad(MaxConfigBytes))
+	over := filepath.Join(dir, "over.yaml")
+	writeFile(t, over, pad(MaxConfigBytes+1))
+	huge := filepath.Join(dir, "huge.yaml")
+	if err := os.WriteFile(huge, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(huge, 1<<40); err != nil { // sparse: 1 TiB of zeros
+		t.Fatal(err)
+	}
+
+	tests := []struct {
+		name string
+		path string
+		is   error  // nil: parses
+		want string // in the message
+	}{
+		{"regular file", regular, nil, ""},
+		{"symlink to a regular file", link, nil, ""},
+		{"file at the limit", atLimit, nil, ""},
+		{"FIFO", fifo, ErrNotRegular, fifo + ": not a regular file (a FIFO)"},
+		{"symlink to a FIFO", fifoLink, ErrNotRegular, fifoLink + ": not a regular file (a FIFO)"},
+		{"character device", "/dev/zero", ErrNotRegular, "/dev/zero: not a regular file (a character device)"},
+		{"directory", dir, ErrNotRegular, dir + ": not a regular file (a directory)"},
+		{"socket", sock, ErrNotRegular, sock + ": not a regular file (a socket)"},
+		{"one byte over the limit", over, ErrFileTooLarge, over + ": too large: more than 512KiB, the limit for a configuration file"},
+		{"sparse 1 TiB file", huge, ErrFileTooLarge, huge + ": too large: more than 512KiB"},
+		{"missing file", filepath.Join(dir, "none.yaml"), os.ErrNotExist, "no such file or directory"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			type result struct {
+				cfg *Config
+				err error
+			}
+			done := make(chan result, 1)
+			go func() {
+				cfg, err := Load(tt.path)
+				done <- result{cfg, err}
+			}()
+			var r result
+			select {
+			case r = <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("Load(%s) still blocked after 10s", tt.path)
+			}
+			if tt.is == nil {
+				if r.err != nil {
+					t.Fatal(r.err)
+				}
+				if r.cfg.Log.Level != "warn" {
+					t.Errorf("log.level = %q, want warn", r.cfg.Log.Level)
+				}
+				return
+			}
+			if r.cfg != nil || !errors.Is(r.err, tt.is) {
+				t.Fatalf("err = %v, want %v", r.err, tt.is)
+			}
+			if !strings.Contains(r.err.Error(), tt.want) {
+				t.Errorf("error %q lacks %q", r.err, tt.want)
+			}
+		})
+	}
+}
+
+// TestReadRegularFIFO: when a FIFO replaces the file between the stat and
+// the open, the open does not wait for a writer and the fstat refuses it.
+func TestReadRegularFIFO(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "fifo.yaml")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := readRegular(fifo)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrNotRegular) {
+			t.Errorf("err = %v, want ErrNotRegular", err)
+		}
+	case <-time.After(10 * time.Second):
+		// Unblock the open so the goroutine ends.
+		if f, err := os.OpenFile(fifo, os.O_WRONLY, 0); err == nil {
+			f.Close()
+		}
+		t.Fatal("readRegular blocked on a FIFO")
+	}
+}
