@@ -139,7 +139,7 @@ func TestParseErrors(t *testing.T) {
 		{"null value", "log:\n  level:\n", `c.yaml:2: log.level: expected a string, got null`},
 		{"alias", "log: &l {level: info}\nmetrics: *l\n", `c.yaml:2: metrics: expected a mapping, got an alias`},
 		{"not a mapping", "just text\n", `c.yaml:1: expected a mapping, got a string`},
-		{"syntax error", "scan:\n  interval: 30s\n events: true\n", `c.yaml:2: syntax: did not find expected key`},
+		{"syntax error", "scan:\n  interval: 30s\n events: true\n", `c.yaml:3: syntax: did not find expected key`},
 		{"tab indentation", "scan:\n\tinterval: 30s\n", `c.yaml:2: syntax: found character that cannot start any token`},
 		{"second document", "log: {level: info}\n---\nlog: {level: debug}\n", `c.yaml:2: a second YAML document starts here (---): a configuration file holds one`},
 		{"empty second document", "log: {level: info}\n\n---\n", `c.yaml:3: a second YAML document starts here (---): a configuration file holds one`},
@@ -195,6 +195,86 @@ func TestParseZeroSizes(t *testing.T) {
 	r := cfg.Rescue
 	if r.MaxFileSize != 0 || r.MaxTotalSize != 0 || r.PerUser.MaxBytes != 0 || r.MinFree != (Threshold{}) {
 		t.Errorf("zeros not kept: %+v", r)
+	}
+}
+
+// TestSyntaxErrorLines: every YAML syntax error names its line, including
+// those yaml.v3 reports without one (an unknown anchor, a control
+// character, invalid UTF-8, anything on the first line) or one line too
+// early (its parser's errors).
+func TestSyntaxErrorLines(t *testing.T) {
+	deep := strings.Repeat("[", 10001) + strings.Repeat("]", 10001)
+	tests := []struct {
+		name string
+		yaml string
+		want string
+	}{
+		{"unknown anchor", "log:\n  level: info\nmetrics: *nope\n", `c.yaml:3: syntax: unknown anchor 'nope' referenced`},
+		{"unknown anchor on the first line", "metrics: *nope\n", `c.yaml:1: syntax: unknown anchor 'nope' referenced`},
+		{"unknown anchor after look-alikes", "# see *nope\nlog: {level: \"*nope\"}\nwatch:\n  - name: 'a *nope'\n    paths: [*nope]\n", `c.yaml:5: syntax: unknown anchor 'nope' referenced`},
+		{"unknown anchor, a longer name first", "a: &nopes 1\nb: *nopes\nc: [*nope]\n", `c.yaml:3: syntax: unknown anchor 'nope' referenced`},
+		{"unknown anchor used before its definition", "scan: *s\nlog: &s {level: info}\n", `c.yaml:1: syntax: unknown anchor 's' referenced`},
+		{"unknown anchor in a second document", "{}\n---\nmetrics: *nope\n", `c.yaml:3: syntax: unknown anchor 'nope' referenced`},
+		{"control character", "log:\n  level: in\x01fo\n", `c.yaml:2: syntax: control character U+0001 at column 12 (a configuration is UTF-8 text without control characters)`},
+		{"control character in a key", "log:\n  level: info\n\x01: x\n", `c.yaml:3: syntax: control character U+0001 at column 1 (a configuration is UTF-8 text without control characters)`},
+		{"NUL", "\x00", `c.yaml:1: syntax: control character U+0000 at column 1 (a configuration is UTF-8 text without control characters)`},
+		{"control character after a byte order mark", "\ufefflog: \x02\n", `c.yaml:1: syntax: control character U+0002 at column 6 (a configuration is UTF-8 text without control characters)`},
+		{"DEL in a comment", "# a\x7f\n{}\n", `c.yaml:1: syntax: control character U+007F at column 4 (a configuration is UTF-8 text without control characters)`},
+		{"control character after CR LF lines", "log:\r\n  level: info\r\n\x1b[0m\r\n", `c.yaml:3: syntax: control character U+001B at column 1 (a configuration is UTF-8 text without control characters)`},
+		{"control character after CR lines", "log:\r  level: info\r\x1b\r", `c.yaml:3: syntax: control character U+001B at column 1 (a configuration is UTF-8 text without control characters)`},
+		{"invalid UTF-8", "log:\n  level: \xff\xfe\n", `c.yaml:2: syntax: invalid UTF-8 (byte 0xff) at column 10 (a configuration is UTF-8 text without control characters)`},
+		{"invalid UTF-8 in a comment", "# c\nlog:\n  # \xc3\x28\n  level: info\n", `c.yaml:3: syntax: invalid UTF-8 (byte 0xc3) at column 5 (a configuration is UTF-8 text without control characters)`},
+		{"truncated UTF-8", "log:\n  level: \xc3\xa9\xe2\x82", `c.yaml:2: syntax: invalid UTF-8 (byte 0xe2) at column 11 (a configuration is UTF-8 text without control characters)`},
+		{"UTF-8 surrogate", "log: {level: \xed\xa0\x80}\n", `c.yaml:1: syntax: invalid UTF-8 (byte 0xed) at column 14 (a configuration is UTF-8 text without control characters)`},
+		{"UTF-16 lone surrogate", "\xff\xfe{\x00}\x00\n\x00\x00\xd8", `c.yaml:2: syntax: invalid UTF-16 at column 1 (a lone surrogate or an odd byte)`},
+		{"UTF-16 odd length", "\xfe\xff\x00{\x00}\x00", `c.yaml:1: syntax: invalid UTF-16 at column 3 (a lone surrogate or an odd byte)`},
+		{"depth limit", "watch:\n  " + deep + "\n", `c.yaml:2: syntax: exceeded max depth of 10000`},
+		{"depth limit on the first line", deep + "\n", `c.yaml:1: syntax: exceeded max depth of 10000`},
+		{"depth limit of indentation", "a:\n" + strings.Repeat("- ", 10001) + "\n", `c.yaml:2: syntax: exceeded max depth of 10000`},
+		{"depth limit of mappings", "a:\n  " + strings.Repeat("{", 10001) + "\n", `c.yaml:2: syntax: exceeded max depth of 10000`},
+		{"YAML version", "%YAML 9.9\n---\nlog: {level: info}\n", `c.yaml:1: syntax: found incompatible YAML document (the parser knows only "%YAML 1.1"; the directive can be left out)`},
+		{"YAML 1.2 after a comment", "# c\n%YAML 1.2\n---\n{}\n", `c.yaml:2: syntax: found incompatible YAML document (the parser knows only "%YAML 1.1"; the directive can be left out)`},
+		{"duplicate YAML directive", "# c\n%YAML 1.1\n%YAML 1.1\n---\n{}\n", `c.yaml:3: syntax: found duplicate %YAML directive`},
+		{"unknown directive", "%FOO bar\n---\n{}\n", `c.yaml:1: syntax: found unknown directive name`},
+		{"bad TAG directive", "%TAG ! \n---\n{}\n", `c.yaml:1: syntax: did not find expected tag URI`},
+		{"duplicate TAG directive", "%TAG !e! tag:e.com,2000:\n%TAG !e! tag:e.com,2000:\n---\n{}\n", `c.yaml:2: syntax: found duplicate %TAG directive`},
+		{"undefined tag handle", "log:\n  level: !e!x info\n", `c.yaml:2: syntax: found undefined tag handle`},
+		{"undefined tag handle on the first line", "log: !e!x {}\n", `c.yaml:1: syntax: found undefined tag handle`},
+		{"reserved indicator on the first line", "log: @x\n", `c.yaml:1: syntax: found character that cannot start any token`},
+		{"nested mapping on the first line", "log: level: info\n", `c.yaml:1: syntax: mapping values are not allowed in this context`},
+		{"unclosed flow sequence", "log:\n  level: info\nwatch:\n  - name: a\n    paths: [/x", `c.yaml:5: syntax: did not find expected ',' or ']'`},
+		{"unclosed flow mapping", "\nlog: {level: info\n", `c.yaml:2: syntax: did not find expected ',' or '}'`},
+		{"block sequence broken", "watch:\n  - name: a\n  paths: [/x]\n", `c.yaml:2: syntax: did not find expected '-' indicator`},
+		{"document end alone", "...\n", `c.yaml:1: syntax: did not find expected node content`},
+		{"unterminated string", "log:\n  level: \"info\n", `c.yaml:2: syntax: found unexpected end of stream`},
+		{"bad escape", "log:\n  level: \"\\q\"\n", `c.yaml:2: syntax: found unknown escape character`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := Parse("/some/dir/c.yaml", []byte(tt.yaml))
+			if err == nil {
+				t.Fatalf("no error; parsed:\n%s", cfg.YAML())
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("errors.Is(err, ErrInvalid) = false for %v", err)
+			}
+			if got := err.Error(); got != tt.want {
+				t.Errorf("-want %s\n+got  %s", tt.want, got)
+			}
+		})
+	}
+}
+
+// TestUTF16 is read as yaml.v3 reads it, with either byte order mark.
+func TestUTF16(t *testing.T) {
+	for _, data := range []string{
+		"\xff\xfel\x00o\x00g\x00:\x00 \x00{\x00l\x00e\x00v\x00e\x00l\x00:\x00 \x00w\x00a\x00r\x00n\x00}\x00\n\x00",
+		"\xfe\xff\x00l\x00o\x00g\x00:\x00 \x00{\x00l\x00e\x00v\x00e\x00l\x00:\x00 \x00w\x00a\x00r\x00n\x00}\x00\n",
+	} {
+		cfg, err := Parse("c.yaml", []byte(data))
+		if err != nil || cfg.Log.Level != "warn" {
+			t.Errorf("%q: %v", data, err)
+		}
 	}
 }
 
