@@ -67,10 +67,22 @@ func (es Errors) Unwrap() []error {
 	return out
 }
 
+// Limits on what one configuration may hold: generous for a real one,
+// and small enough that parsing and matching stay cheap (README).
+const (
+	// MaxRules bounds the watch rules: every candidate file is matched
+	// against them, in order.
+	MaxRules = 1000
+	// MaxListItems bounds each list: a rule's paths, exclude, commands
+	// and users, and rescue.dirs.
+	MaxListItems = 100
+)
+
 // Parse decodes and validates the YAML configuration data read from name
 // (used in messages; only its base name is shown). Keys it leaves out take
-// their defaults. Unknown keys, wrong types, bad values and a second YAML
-// document are errors; all of them are returned at once as Errors, sorted
+// their defaults. Unknown keys, wrong types, bad values, a second YAML
+// document and an empty file (no settings at all: write {} to take every
+// default) are errors; all of them are returned at once as Errors, sorted
 // by line. Every error has a line.
 func Parse(name string, data []byte) (*Config, error) {
 	p := &parser{file: filepath.Base(name)}
@@ -95,12 +107,18 @@ func Parse(name string, data []byte) (*Config, error) {
 	default:
 		p.errf(&next, "", "a second YAML document starts here (---): a configuration file holds one")
 	}
-	if doc.Kind == yaml.DocumentNode && len(doc.Content) == 1 {
-		root := doc.Content[0]
-		// An empty document or a lone "~" means "all defaults".
-		if !(root.Kind == yaml.ScalarNode && root.Tag == "!!null") {
-			p.config(root, cfg)
-		}
+	switch {
+	case doc.Kind != yaml.DocumentNode || len(doc.Content) != 1:
+		// Nothing but blanks and comments. An empty file is more often a
+		// failed write than a wish for the defaults, and a reload must not
+		// turn it into them.
+		p.errs = append(p.errs, &FieldError{File: p.file, Line: 1, Msg: emptyMsg})
+	case doc.Content[0].Kind == yaml.ScalarNode && doc.Content[0].Tag == "!!null":
+		// "~", "null" or a bare "---" (whose empty node yaml.v3 puts on
+		// the line after it: the document's line names it better).
+		p.errf(&doc, "", "%s", emptyMsg)
+	default:
+		p.config(doc.Content[0], cfg)
 	}
 	if len(p.errs) > 0 {
 		slices.SortStableFunc(p.errs, func(a, b *FieldError) int { return a.Line - b.Line })
@@ -108,6 +126,8 @@ func Parse(name string, data []byte) (*Config, error) {
 	}
 	return cfg, nil
 }
+
+const emptyMsg = `empty: no settings (write "{}" to take every default)`
 
 type parser struct {
 	file string
@@ -482,8 +502,12 @@ func (p *parser) list(n *yaml.Node, field string, dst *[]string, check func(stri
 		p.errf(n, field, "expected a list, got %s", kindName(n))
 		return
 	}
-	out := make([]string, 0, len(items))
 	ok := true
+	if len(items) > MaxListItems {
+		p.errf(items[MaxListItems], fmt.Sprintf("%s[%d]", field, MaxListItems), "beyond the limit of %d items in a list", MaxListItems)
+		items, ok = items[:MaxListItems], false
+	}
+	out := make([]string, 0, len(items))
 	for i, it := range items {
 		sub := field
 		if n.Kind == yaml.SequenceNode {
@@ -627,9 +651,15 @@ func (p *parser) watch(n *yaml.Node, field string, c *Config) {
 		p.errf(n, field, "expected a list of rules, got %s", kindName(n))
 		return
 	}
-	rules := make([]Rule, 0, len(n.Content))
+	items := n.Content
+	if len(items) > MaxRules {
+		// The rules within the limit are still checked.
+		p.errf(items[MaxRules], fmt.Sprintf("%s[%d]", field, MaxRules), "beyond the limit of %d rules", MaxRules)
+		items = items[:MaxRules]
+	}
+	rules := make([]Rule, 0, len(items))
 	names := map[string]int{}
-	for i, rn := range n.Content {
+	for i, rn := range items {
 		f := fmt.Sprintf("%s[%d]", field, i)
 		r := Rule{Action: ActionRescue}
 		var minNode, maxNode, nameNode *yaml.Node

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -22,16 +23,37 @@ func TestEmbeddedDefaultEqualsDefaults(t *testing.T) {
 	}
 }
 
-func TestEmptyFileIsDefaults(t *testing.T) {
-	for _, data := range []string{"", "~\n", "# only a comment\n"} {
-		cfg, err := Parse("x.yaml", []byte(data))
-		if err != nil {
-			t.Fatalf("%q: %v", data, err)
-		}
-		cfg.File = ""
-		if !reflect.DeepEqual(cfg, Defaults()) {
-			t.Errorf("%q: not the defaults:\n%s", data, cfg.YAML())
-		}
+// TestEmptyFile: a file with no settings at all is an error (a failed
+// write is likelier than a wish for the defaults); "{}" is the explicit
+// way to take every default.
+func TestEmptyFile(t *testing.T) {
+	for _, tt := range []struct{ name, yaml, want string }{
+		{"zero bytes", "", `c.yaml:1: empty: no settings (write "{}" to take every default)`},
+		{"blank lines", "\n  \n\n", `c.yaml:1: empty: no settings (write "{}" to take every default)`},
+		{"comments only", "# relinkd\n# nothing yet\n", `c.yaml:1: empty: no settings (write "{}" to take every default)`},
+		{"null", "# x\n~\n", `c.yaml:2: empty: no settings (write "{}" to take every default)`},
+		{"bare document start", "---\n", `c.yaml:1: empty: no settings (write "{}" to take every default)`},
+		{"bare document start after comments", "# x\n\n---\n", `c.yaml:3: empty: no settings (write "{}" to take every default)`},
+		{"byte order mark only", "\ufeff", `c.yaml:1: empty: no settings (write "{}" to take every default)`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := Parse("/etc/relinkd/c.yaml", []byte(tt.yaml))
+			if err == nil || cfg != nil {
+				t.Fatalf("no error; parsed:\n%s", cfg.YAML())
+			}
+			if !errors.Is(err, ErrInvalid) || err.Error() != tt.want {
+				t.Errorf("-want %s\n+got  %v", tt.want, err)
+			}
+		})
+	}
+	cfg, err := Parse("c.yaml", []byte("{}\n"))
+	if err != nil {
+		t.Fatalf("{}: %v", err)
+	}
+	want := Defaults()
+	want.File = "c.yaml"
+	if !reflect.DeepEqual(cfg, want) {
+		t.Errorf("{}: not the defaults:\n%s", cfg.YAML())
 	}
 }
 
@@ -275,6 +297,66 @@ func TestUTF16(t *testing.T) {
 		if err != nil || cfg.Log.Level != "warn" {
 			t.Errorf("%q: %v", data, err)
 		}
+	}
+}
+
+// TestLimits: at most MaxRules rules and MaxListItems items in a list;
+// beyond, an error at the first item too many.
+func TestLimits(t *testing.T) {
+	rules := func(n int) string {
+		var b strings.Builder
+		b.WriteString("watch:\n")
+		for i := range n {
+			fmt.Fprintf(&b, "  - {name: r%d, paths: [/x/%d/**]}\n", i, i)
+		}
+		return b.String()
+	}
+	list := func(key string, n int, item func(int) string) string {
+		var b strings.Builder
+		b.WriteString("watch:\n  - name: a\n")
+		if key != "paths" {
+			b.WriteString("    paths: [/x]\n")
+		}
+		b.WriteString("    " + key + ":\n")
+		for i := range n {
+			b.WriteString("      - " + item(i) + "\n")
+		}
+		return b.String()
+	}
+	glob := func(i int) string { return fmt.Sprintf("/x/%d", i) }
+	tests := []struct {
+		name string
+		yaml string
+		want string // "" for no error
+	}{
+		{"rules at the limit", rules(MaxRules), ""},
+		{"one rule too many", rules(MaxRules + 1), `c.yaml:1002: watch[1000]: beyond the limit of 1000 rules`},
+		{"rules beyond the limit, errors within it", strings.Replace(rules(MaxRules+5), "paths: [/x/3/**]", "paths: [x]", 1),
+			"c.yaml:5: watch[3].paths[0]: \"x\" is not an absolute path glob (starts with / or **)\n" +
+				`c.yaml:1002: watch[1000]: beyond the limit of 1000 rules`},
+		{"paths at the limit", list("paths", MaxListItems, glob), ""},
+		{"one path too many", list("paths", MaxListItems+1, glob), `c.yaml:104: watch[0].paths[100]: beyond the limit of 100 items in a list`},
+		{"excludes", list("exclude", MaxListItems+1, glob), `c.yaml:105: watch[0].exclude[100]: beyond the limit of 100 items in a list`},
+		{"commands", list("commands", MaxListItems+1, func(i int) string { return fmt.Sprintf("c%d", i) }), `c.yaml:105: watch[0].commands[100]: beyond the limit of 100 items in a list`},
+		{"users", list("users", MaxListItems+1, func(i int) string { return fmt.Sprint(i) }), `c.yaml:105: watch[0].users[100]: beyond the limit of 100 items in a list`},
+		{"rescue dirs", "rescue:\n  dirs: [" + strings.Repeat("/r, ", MaxListItems) + "/r]\n", `c.yaml:2: rescue.dirs[100]: beyond the limit of 100 items in a list`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := Parse("c.yaml", []byte(tt.yaml))
+			if tt.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || cfg != nil {
+				t.Fatal("no error")
+			}
+			if got := err.Error(); got != tt.want {
+				t.Errorf("-want %s\n+got  %s", tt.want, got)
+			}
+		})
 	}
 }
 
