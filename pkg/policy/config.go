@@ -10,6 +10,8 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
+	"slices"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -41,6 +43,10 @@ type Config struct {
 
 	// File is the name the configuration was read from ("" for none).
 	File string `yaml:"-"`
+	// RulesFromFile is true when the file has a watch key (watch: [] too);
+	// false when it has none and Watch holds the built-in rules. A reload
+	// does not fall back to them silently (CheckReload).
+	RulesFromFile bool `yaml:"-"`
 }
 
 // ScanConfig says how often and how the daemon looks for deleted files.
@@ -242,6 +248,30 @@ func notRegular(path string, m fs.FileMode) error {
 		kind = "a block device"
 	}
 	return fmt.Errorf("%s: %w (%s)", path, ErrNotRegular, kind)
+}
+
+// CheckReload refuses a reload from a file without a watch key when the
+// running rules are not the built-in ones: a truncated file, or one that
+// lost its watch section, would otherwise switch to the built-in rules
+// without a word. An explicit "watch: []" (watch nothing) is a choice and
+// passes; a file without watch rules still works at start-up, where
+// there are no running rules to lose.
+func CheckReload(running, next *Config) error {
+	if next.RulesFromFile || slices.EqualFunc(running.Watch, next.Watch, sameRule) {
+		return nil
+	}
+	return Errors{{
+		File:  filepath.Base(next.File),
+		Line:  1,
+		Field: "watch",
+		Msg:   `missing: the running rules would be replaced by the built-in ones (list the rules, or write "watch: []" to watch nothing)`,
+	}}
+}
+
+func sameRule(a, b Rule) bool {
+	return a.Name == b.Name && slices.Equal(a.Paths, b.Paths) && slices.Equal(a.Exclude, b.Exclude) &&
+		slices.Equal(a.Commands, b.Commands) && slices.Equal(a.Users, b.Users) &&
+		a.MinSize == b.MinSize && a.MaxSize == b.MaxSize && a.Action == b.Action
 }
 
 // LoadDefault parses the configuration embedded in the binary.

@@ -43,6 +43,11 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			t.Fatalf("effective config does not parse: %v\n%s", err, cfg.YAML())
 		}
+		// The effective configuration lists the rules, built-in or not.
+		if !again.RulesFromFile {
+			t.Fatal("effective config: RulesFromFile = false")
+		}
+		again.RulesFromFile = cfg.RulesFromFile
 		if !reflect.DeepEqual(again, cfg) {
 			t.Fatalf("round trip differs:\n%s\n%s", cfg.YAML(), again.YAML())
 		}

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -130,5 +131,97 @@ func TestReadRegularFIFO(t *testing.T) {
 			f.Close()
 		}
 		t.Fatal("readRegular blocked on a FIFO")
+	}
+}
+
+// TestCheckReload: a reload does not swap the running rules for the
+// built-in ones because the new file has no watch key; "watch: []" and
+// unchanged rules pass.
+func TestCheckReload(t *testing.T) {
+	parse := func(y string) *Config {
+		t.Helper()
+		cfg, err := Parse("/etc/relinkd/relinkd.yaml", []byte(y))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	own := parse("watch:\n  - {name: app, paths: [/srv/app/**]}\n")
+	builtin := parse("log: {level: info}\n")
+	embedded, err := LoadDefault()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !own.RulesFromFile || builtin.RulesFromFile || !embedded.RulesFromFile {
+		t.Fatalf("RulesFromFile: own %v, built-in %v, embedded %v", own.RulesFromFile, builtin.RulesFromFile, embedded.RulesFromFile)
+	}
+	const refused = `relinkd.yaml:1: watch: missing: the running rules would be replaced by the built-in ones (list the rules, or write "watch: []" to watch nothing)`
+	tests := []struct {
+		name          string
+		running, next *Config
+		want          string // "" when accepted
+	}{
+		{"own rules, then none", own, builtin, refused},
+		{"own rules, then watch: []", own, parse("watch: []\n"), ""},
+		{"own rules, then other rules", own, parse("watch:\n  - {name: b, paths: [/b/**]}\n"), ""},
+		{"built-in rules, then none", builtin, builtin, ""},
+		{"embedded default, then none", embedded, builtin, ""},
+		{"watch: [], then none", parse("watch: []\n"), builtin, refused},
+		{"the built-in rules written out, then none", parse(string(builtin.YAML())), builtin, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := CheckReload(tt.running, tt.next)
+			if tt.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			var es Errors
+			if !errors.As(err, &es) || !errors.Is(err, ErrInvalid) {
+				t.Fatalf("err = %v (%T), want Errors", err, err)
+			}
+			if err.Error() != tt.want {
+				t.Errorf("-want %s\n+got  %s", tt.want, err)
+			}
+		})
+	}
+}
+
+// TestSameRuleComparesEveryField: a field added to Rule must be compared
+// by sameRule, or CheckReload would take a changed rule for the same one.
+func TestSameRuleComparesEveryField(t *testing.T) {
+	base := Rule{Name: "a", Paths: []string{"/a"}, Exclude: []string{"/a/x"}, Commands: []string{"c"},
+		Users: []string{"u"}, MinSize: 1, MaxSize: 2, Action: ActionRescue}
+	if !sameRule(base, base) {
+		t.Fatal("a rule differs from itself")
+	}
+	if !sameRule(Rule{Name: "a"}, Rule{Name: "a", Exclude: []string{}}) {
+		t.Error("nil and empty lists differ")
+	}
+	changes := map[string]func(*Rule){
+		"Name":     func(r *Rule) { r.Name = "b" },
+		"Paths":    func(r *Rule) { r.Paths = []string{"/b"} },
+		"Exclude":  func(r *Rule) { r.Exclude = nil },
+		"Commands": func(r *Rule) { r.Commands = []string{"d"} },
+		"Users":    func(r *Rule) { r.Users = nil },
+		"MinSize":  func(r *Rule) { r.MinSize = 3 },
+		"MaxSize":  func(r *Rule) { r.MaxSize = 0 },
+		"Action":   func(r *Rule) { r.Action = ActionReport },
+	}
+	fields := reflect.TypeFor[Rule]()
+	for i := range fields.NumField() {
+		name := fields.Field(i).Name
+		change, ok := changes[name]
+		if !ok {
+			t.Errorf("Rule.%s: no case here; compare it in sameRule and add one", name)
+			continue
+		}
+		r := base
+		change(&r)
+		if sameRule(base, r) {
+			t.Errorf("a change of Rule.%s goes unnoticed", name)
+		}
 	}
 }

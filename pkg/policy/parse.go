@@ -551,7 +551,10 @@ func (p *parser) config(n *yaml.Node, c *Config) {
 				},
 			})
 		},
-		"watch":  func(v *yaml.Node, f string) { p.watch(v, f, c) },
+		"watch": func(v *yaml.Node, f string) {
+			c.RulesFromFile = true
+			p.watch(v, f, c)
+		},
 		"rescue": func(v *yaml.Node, f string) { p.rescue(v, f, &c.Rescue) },
 		"log": func(v *yaml.Node, f string) {
 			p.mapping(v, f, map[string]func(*yaml.Node, string){

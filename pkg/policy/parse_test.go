@@ -17,7 +17,11 @@ func TestEmbeddedDefaultEqualsDefaults(t *testing.T) {
 		t.Fatalf("embedded default does not parse:\n%v", err)
 	}
 	want := Defaults()
+	if !cfg.RulesFromFile {
+		t.Error("RulesFromFile = false for a file with a watch key")
+	}
 	cfg.File, want.File = "", ""
+	cfg.RulesFromFile = false
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("configs/relinkd.yaml and Defaults() differ:\n-want\n%s\n+got\n%s", want.YAML(), cfg.YAML())
 	}
@@ -85,6 +89,7 @@ metrics: {listen: "127.0.0.1:9847"}
 	}
 	want := Defaults()
 	want.File = "/etc/relinkd/relinkd.yaml"
+	want.RulesFromFile = true
 	want.Scan = ScanConfig{Interval: Duration(2 * time.Minute), Events: false, MaxWatches: 100}
 	want.Watch = []Rule{{Name: "app", Paths: []string{"/srv/app/**"}, Commands: []string{"java*", "nginx"},
 		Users: []string{"root", "1000"}, MinSize: 1024, MaxSize: 1500 * 1000 * 1000, Action: ActionReport}}
