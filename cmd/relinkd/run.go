@@ -67,26 +67,34 @@ func cmdRun(ctx context.Context, e env, args []string) error {
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
+		// Only this goroutine reloads: running is the configuration in force.
+		running := cfg
 		for {
 			select {
 			case <-runCtx.Done():
 				return
 			case <-hup:
-				reload(runCtx, d, source, log)
+				running = reload(runCtx, d, source, running, log)
 			}
 		}
 	}()
 	return d.Run(runCtx)
 }
 
-// reload re-reads the configuration from where it came from; an invalid
-// one leaves the running configuration in place.
-func reload(ctx context.Context, d *daemon.Daemon, source string, log *zap.Logger) {
+// reload re-reads the configuration from where it came from and returns
+// the one in force afterwards. An invalid file, or one that would swap the
+// running rules for the built-in ones without saying so (an empty or
+// truncated file), leaves the running configuration in place. Loading
+// never blocks: a FIFO or a device at the path is an error at once.
+func reload(ctx context.Context, d *daemon.Daemon, source string, running *policy.Config, log *zap.Logger) *policy.Config {
 	path := source
 	if source == "(embedded)" {
 		path = ""
 	}
 	cfg, src, err := policy.Resolve(path)
+	if err == nil {
+		err = policy.CheckReload(running, cfg)
+	}
 	if err != nil {
 		var errs policy.Errors
 		fields := []zap.Field{zap.String("config", src), zap.Error(err)}
@@ -98,7 +106,11 @@ func reload(ctx context.Context, d *daemon.Daemon, source string, log *zap.Logge
 			fields = append(fields, zap.Strings("errors", list))
 		}
 		log.Error("config reload failed", fields...)
-		return
+		return running
 	}
-	_ = d.Reload(ctx, cfg)
+	if err := d.Reload(ctx, cfg); err != nil {
+		// Shutting down: the new configuration was not applied.
+		return running
+	}
+	return cfg
 }

@@ -5,11 +5,17 @@ package policy
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
+	"slices"
 	"time"
 
 	"go.yaml.in/yaml/v3"
+	"golang.org/x/sys/unix"
 
 	"github.com/relinkd/relinkd/configs"
 )
@@ -37,6 +43,10 @@ type Config struct {
 
 	// File is the name the configuration was read from ("" for none).
 	File string `yaml:"-"`
+	// RulesFromFile is true when the file has a watch key (watch: [] too);
+	// false when it has none and Watch holds the built-in rules. A reload
+	// does not fall back to them silently (CheckReload).
+	RulesFromFile bool `yaml:"-"`
 }
 
 // ScanConfig says how often and how the daemon looks for deleted files.
@@ -148,13 +158,120 @@ func Defaults() *Config {
 	}
 }
 
-// Load reads and parses the configuration file at path.
+// MaxConfigBytes bounds the size of a configuration file. yaml.v3 holds
+// the whole node tree, up to ~120 bytes per input byte for the densest
+// YAML (a flow list of one-character items), so this keeps a reload under
+// ~65 MiB of transient memory, well within the unit's MemoryMax=256M,
+// while a thousand rules of a few globs each (~300 bytes a rule) fit. It
+// also keeps a wrong --config (a log, a disk image) from being read whole.
+const MaxConfigBytes = 512 << 10
+
+// Errors of Load for a file that is not read at all.
+var (
+	// ErrNotRegular: a configuration is read only from a regular file; a
+	// FIFO would block the reader, a device would never end.
+	ErrNotRegular = errors.New("not a regular file")
+	// ErrFileTooLarge: the file is larger than MaxConfigBytes.
+	ErrFileTooLarge = errors.New("too large")
+)
+
+// Load reads and parses the configuration file at path. It reads only a
+// regular file of at most MaxConfigBytes.
 func Load(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := readConfig(path)
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
 	return Parse(path, data)
+}
+
+// readConfig returns the contents of the regular file at path, without
+// ever blocking on a FIFO or reading a device.
+func readConfig(path string) ([]byte, error) {
+	// Stat first, so that a device is not even opened: opening one can
+	// act on the hardware (a tape rewinds when closed) or wait (a serial
+	// line for its carrier).
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, notRegular(path, st.Mode())
+	}
+	return readRegular(path)
+}
+
+// readRegular opens path and reads it if what it opened is a regular
+// file of at most MaxConfigBytes.
+func readRegular(path string) ([]byte, error) {
+	// The name may be swapped after a stat: with O_NONBLOCK, open(2)
+	// returns at once on a FIFO without a writer (fifo(7)) and on a
+	// device that would wait; O_NOCTTY keeps a terminal from becoming the
+	// controlling one; the fstat of what was opened decides.
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, notRegular(path, st.Mode())
+	}
+	// One byte more than the limit tells a file at the limit from a
+	// larger one; a regular file may grow while it is read, or be a
+	// /proc file whose stat size is 0, so the size is not trusted.
+	data, err := io.ReadAll(io.LimitReader(f, MaxConfigBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > MaxConfigBytes {
+		return nil, fmt.Errorf("%s: %w: more than %s, the limit for a configuration file", path, ErrFileTooLarge, Size(MaxConfigBytes))
+	}
+	return data, nil
+}
+
+func notRegular(path string, m fs.FileMode) error {
+	kind := "a special file"
+	switch m.Type() {
+	case fs.ModeDir:
+		kind = "a directory"
+	case fs.ModeNamedPipe:
+		kind = "a FIFO"
+	case fs.ModeSocket:
+		kind = "a socket"
+	case fs.ModeDevice | fs.ModeCharDevice:
+		kind = "a character device"
+	case fs.ModeDevice:
+		kind = "a block device"
+	}
+	return fmt.Errorf("%s: %w (%s)", path, ErrNotRegular, kind)
+}
+
+// CheckReload refuses a reload from a file without a watch key when the
+// running rules are not the built-in ones: a truncated file, or one that
+// lost its watch section, would otherwise switch to the built-in rules
+// without a word. An explicit "watch: []" (watch nothing) is a choice and
+// passes; a file without watch rules still works at start-up, where
+// there are no running rules to lose.
+func CheckReload(running, next *Config) error {
+	if next.RulesFromFile || slices.EqualFunc(running.Watch, next.Watch, sameRule) {
+		return nil
+	}
+	return Errors{{
+		File:  filepath.Base(next.File),
+		Line:  1,
+		Field: "watch",
+		Msg:   `missing: the running rules would be replaced by the built-in ones (list the rules, or write "watch: []" to watch nothing)`,
+	}}
+}
+
+func sameRule(a, b Rule) bool {
+	return a.Name == b.Name && slices.Equal(a.Paths, b.Paths) && slices.Equal(a.Exclude, b.Exclude) &&
+		slices.Equal(a.Commands, b.Commands) && slices.Equal(a.Users, b.Users) &&
+		a.MinSize == b.MinSize && a.MaxSize == b.MaxSize && a.Action == b.Action
 }
 
 // LoadDefault parses the configuration embedded in the binary.

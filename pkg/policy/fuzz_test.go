@@ -23,6 +23,8 @@ func FuzzParse(f *testing.F) {
 		"watch: [{name: \"\", paths: [/x]}]\n", "watch: [{name: a, paths: [/x], min_size: 18000000TB}]\n",
 		"rescue: {max_file_size: 1.5, max_total_size: 9223372036854775807, methods: [copy, copy]}\n",
 		"metrics: {listen: \"localhost:abc\"}\n", "metrics: {listen: \":0\"}\n",
+		"{}\n", "# c\n", "log: {level: in\x01fo}\n", "log: \xff\n", "metrics: *nope\n# *nope\n",
+		"\xff\xfe{\x00}\x00", "\xfe\xff\x00{\x00}", "%YAML 9.9\n---\n{}\n", "rescue: {max_file_size: 0.0001kB}\n",
 	} {
 		f.Add([]byte(s))
 	}
@@ -41,6 +43,11 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			t.Fatalf("effective config does not parse: %v\n%s", err, cfg.YAML())
 		}
+		// The effective configuration lists the rules, built-in or not.
+		if !again.RulesFromFile {
+			t.Fatal("effective config: RulesFromFile = false")
+		}
+		again.RulesFromFile = cfg.RulesFromFile
 		if !reflect.DeepEqual(again, cfg) {
 			t.Fatalf("round trip differs:\n%s\n%s", cfg.YAML(), again.YAML())
 		}

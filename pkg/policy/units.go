@@ -33,13 +33,18 @@ var (
 	errTooLarge = errors.New("too large")
 	// errFraction: "1.5" or "1.5B" is a fraction of a byte.
 	errFraction = errors.New("fraction of a byte")
+	// errRoundsToZero: "0.0000000001KiB" is below one byte. Zero means
+	// "no limit" for several keys, so a tiny size must not quietly
+	// become one; a zero written as zero ("0", "0KiB", "0.0GiB") stays.
+	errRoundsToZero = errors.New("rounds down to 0 bytes")
 )
 
 // maxSize is the largest size accepted, the largest file size (off_t).
 const maxSize = Size(math.MaxInt64)
 
 // ParseSize parses "10GiB", "500MB", "1.5GiB", "4096" or "4096B", up to
-// maxSize.
+// maxSize. A fraction is rounded down to a byte; one that rounds down to
+// 0 ("0.0000000001KiB") is an error.
 func ParseSize(s string) (Size, error) {
 	num, mult := s, uint64(1)
 	for _, u := range sizeUnits {
@@ -65,6 +70,9 @@ func ParseSize(s string) (Size, error) {
 		v := f * float64(mult)
 		if v >= 1<<63 {
 			return 0, fmt.Errorf("size %q: %w", s, errTooLarge)
+		}
+		if f > 0 && v < 1 {
+			return 0, fmt.Errorf("size %q: %w", s, errRoundsToZero)
 		}
 		return Size(v), nil
 	}

@@ -22,6 +22,9 @@ func TestParseSize(t *testing.T) {
 		{"8388607.5TiB", 8388607<<40 + 1<<39, true}, {"8388608.5TiB", 0, false},
 		// A fraction needs a unit larger than a byte.
 		{"1.5", 0, false}, {"1.5B", 0, false}, {"0.5kB", 500, true},
+		// A fraction rounds down to a byte, never to 0; 0 itself stays.
+		{"0.0000000001KiB", 0, false}, {"0.4B", 0, false}, {"0.0009kB", 0, false},
+		{"0.001kB", 1, true}, {"1.0009kB", 1000, true}, {"0KiB", 0, true}, {"0.0GiB", 0, true}, {"0B", 0, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
