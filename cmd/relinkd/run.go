@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	sd "github.com/coreos/go-systemd/v22/daemon"
 	"go.uber.org/zap"
@@ -46,9 +47,11 @@ func cmdRun(ctx context.Context, e env, args []string) error {
 	defer log.Sync()
 
 	opt := daemon.Options{
-		Config:     cfg,
-		ConfigPath: source,
-		Version:    version,
+		Config:       cfg,
+		ConfigPath:   source,
+		Version:      version,
+		FSTimeout:    time.Duration(cfg.Scan.FSTimeout),
+		StallTimeout: time.Duration(cfg.Scan.StallTimeout),
 		Notify: func(state string) {
 			if _, err := sd.SdNotify(false, state); err != nil {
 				log.Debug("sd_notify", zap.String("state", state), zap.Error(err))

@@ -56,6 +56,14 @@ type ScanConfig struct {
 	// MaxWatches bounds the inotify watches of the event path; directories
 	// beyond it are left to the sweeps.
 	MaxWatches int `yaml:"max_watches"`
+	// FSTimeout bounds a call that asks a holder's filesystem (the stat
+	// that confirms a deletion, the open of the pin); past it the
+	// filesystem is unresponsive and its files are skipped until the call
+	// returns.
+	FSTimeout Duration `yaml:"fs_timeout"`
+	// StallTimeout is how long a rescue may go without copying a chunk
+	// before its worker is taken for stuck and replaced.
+	StallTimeout Duration `yaml:"stall_timeout"`
 }
 
 // Rule is one watch rule. The first rule that matches a file decides.
@@ -120,7 +128,8 @@ const DefaultMaxWatches = 8192
 
 func Defaults() *Config {
 	return &Config{
-		Scan: ScanConfig{Interval: Duration(30 * time.Second), Events: true, MaxWatches: DefaultMaxWatches},
+		Scan: ScanConfig{Interval: Duration(30 * time.Second), Events: true, MaxWatches: DefaultMaxWatches,
+			FSTimeout: Duration(3 * time.Second), StallTimeout: Duration(30 * time.Second)},
 		Watch: []Rule{
 			{
 				Name:    "logs",

@@ -549,6 +549,18 @@ func (p *parser) config(n *yaml.Node, c *Config) {
 						p.errf(v, f, "must be at least 1 (set events: false to watch nothing)")
 					}
 				},
+				"fs_timeout": func(v *yaml.Node, f string) {
+					p.duration(v, f, &c.Scan.FSTimeout)
+					if c.Scan.FSTimeout < Duration(100e6) || c.Scan.FSTimeout > Duration(600e9) {
+						p.errf(v, f, "%q is out of range (100ms to 10m)", v.Value)
+					}
+				},
+				"stall_timeout": func(v *yaml.Node, f string) {
+					p.duration(v, f, &c.Scan.StallTimeout)
+					if c.Scan.StallTimeout < Duration(1e9) || c.Scan.StallTimeout > Duration(3600e9) {
+						p.errf(v, f, "%q is out of range (1s to 1h)", v.Value)
+					}
+				},
 			})
 		},
 		"watch": func(v *yaml.Node, f string) {

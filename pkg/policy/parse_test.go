@@ -63,7 +63,7 @@ func TestEmptyFile(t *testing.T) {
 
 func TestParseValues(t *testing.T) {
 	cfg, err := Parse("/etc/relinkd/relinkd.yaml", []byte(`
-scan: {interval: 2m, events: false, max_watches: 100}
+scan: {interval: 2m, events: false, max_watches: 100, fs_timeout: 500ms, stall_timeout: 2m}
 watch:
   - name: app
     paths: /srv/app/**
@@ -90,7 +90,8 @@ metrics: {listen: "127.0.0.1:9847"}
 	want := Defaults()
 	want.File = "/etc/relinkd/relinkd.yaml"
 	want.RulesFromFile = true
-	want.Scan = ScanConfig{Interval: Duration(2 * time.Minute), Events: false, MaxWatches: 100}
+	want.Scan = ScanConfig{Interval: Duration(2 * time.Minute), Events: false, MaxWatches: 100,
+		FSTimeout: Duration(500 * time.Millisecond), StallTimeout: Duration(2 * time.Minute)}
 	want.Watch = []Rule{{Name: "app", Paths: []string{"/srv/app/**"}, Commands: []string{"java*", "nginx"},
 		Users: []string{"root", "1000"}, MinSize: 1024, MaxSize: 1500 * 1000 * 1000, Action: ActionReport}}
 	want.Rescue.Dirs = []string{"/data/rescue", "/var/rescue"}
@@ -158,6 +159,8 @@ func TestParseErrors(t *testing.T) {
 		{"relative dir", "rescue:\n  dirs: [rescued]\n", `c.yaml:2: rescue.dirs[0]: "rescued" is not an absolute directory (and not /)`},
 		{"bad fs_dir", "rescue:\n  fs_dir: a/b\n", `c.yaml:2: rescue.fs_dir: "a/b" is not a directory name (one name, no /; empty disables it)`},
 		{"zero watches", "scan:\n  max_watches: 0\n", `c.yaml:2: scan.max_watches: must be at least 1 (set events: false to watch nothing)`},
+		{"fs_timeout too short", "scan:\n  fs_timeout: 1ms\n", `c.yaml:2: scan.fs_timeout: "1ms" is out of range (100ms to 10m)`},
+		{"stall_timeout too long", "scan:\n  stall_timeout: 2h\n", `c.yaml:2: scan.stall_timeout: "2h" is out of range (1s to 1h)`},
 		{"bad count", "rescue:\n  per_user:\n    max_files: many\n", `c.yaml:3: rescue.per_user.max_files: "many" is not a count (a whole number ≥ 0)`},
 		{"zero window", "rescue:\n  per_user:\n    window: 0s\n", `c.yaml:3: rescue.per_user.window: "0s" is too short (at least 1s)`},
 		{"bad level", "log:\n  level: loud\n", `c.yaml:2: log.level: "loud" is not one of debug, info, warn, error`},
