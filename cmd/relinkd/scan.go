@@ -8,11 +8,15 @@ import (
 	"io"
 	"strconv"
 	"text/tabwriter"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/relinkd/relinkd/pkg/scanner"
 	"go.uber.org/zap"
+
+	"github.com/relinkd/relinkd/internal/fsguard"
+	"github.com/relinkd/relinkd/pkg/policy"
+	"github.com/relinkd/relinkd/pkg/scanner"
 )
 
 // cmdScan runs one sweep and prints what it found: a table for people, or
@@ -35,9 +39,21 @@ func cmdScan(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	res, err := scanner.New(scanner.Options{ProcRoot: *procRoot}, zap.NewNop()).Sweep(ctx)
+	// A filesystem that does not answer must not hang the listing: the
+	// stat that confirms a deletion is bounded (scan.fs_timeout) and what
+	// it could not confirm is listed at the end.
+	timeout := fsguard.DefaultTimeout
+	if cfg, _, err := policy.Resolve(*configPath); err == nil {
+		timeout = time.Duration(cfg.Scan.FSTimeout)
+	}
+	guard := fsguard.New(fsguard.Options{Timeout: timeout}, zap.NewNop())
+	res, err := scanner.New(scanner.Options{ProcRoot: *procRoot, Guard: guard}, zap.NewNop()).Sweep(ctx)
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return err
+	}
+	for _, u := range res.Unanswered {
+		fmt.Fprintf(e.stderr, "not inspected, its filesystem is not answering: pid %d fd %d %s (mnt_id %d)\n",
+			u.PID, u.FD, displayPath(u.Path), u.MntID)
 	}
 	var rows []row
 	for i := range res.Candidates {
@@ -54,8 +70,8 @@ func cmdScan(ctx context.Context, e env, args []string) error {
 	if err := printTable(e.stdout, rows); err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stderr, "%d deleted-but-open file(s); %d processes, %d descriptors read; %d vanished, %d not inspectable\n",
-		len(rows), res.Procs, res.FDs, res.Vanished, res.Denied)
+	fmt.Fprintf(e.stderr, "%d deleted-but-open file(s); %d processes, %d descriptors read; %d vanished, %d not inspectable, %d on filesystems not answering\n",
+		len(rows), res.Procs, res.FDs, res.Vanished, res.Denied, len(res.Unanswered))
 	return nil
 }
 

@@ -3,8 +3,11 @@ package watch
 import (
 	"errors"
 	"os"
+	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/relinkd/relinkd/pkg/policy"
 )
 
 // The events a directory watch asks for. inotify(7): a watch on a directory
@@ -93,4 +96,43 @@ func devOf(dir string) (uint64, bool) {
 		return 0, false
 	}
 	return st.Dev, true
+}
+
+// Filesystems whose directories are never watched: their server may stop
+// answering (a hung FUSE daemon, a dead NFS server), and a watch is added
+// by a path lookup, like the walk that finds the directories, which would
+// then never return. inotify only sees the changes made through this host
+// on them anyway. Their deleted files are found by the sweeps, which
+// bound the calls that touch them (see fsguard).
+var serverFS = map[string]bool{
+	"fuse": true, "fuseblk": true, "nfs": true, "nfs4": true, "cifs": true, "smb3": true, "smbfs": true,
+	"9p": true, "ceph": true, "glusterfs": true, "afs": true, "lustre": true, "gpfs": true, "davfs": true,
+}
+
+func isServerFS(fstype string) bool { return serverFS[fstype] || strings.HasPrefix(fstype, "fuse.") }
+
+// mounts is a snapshot of the mount table, read without asking any
+// filesystem (proc(5) mountinfo).
+type mounts []policy.Mount
+
+func readMounts() mounts {
+	ms, _ := policy.ReadMountInfo("/proc/self/mountinfo")
+	return ms
+}
+
+// onServerFS returns the type of path's mount when it is one of serverFS:
+// the mount point that is the longest prefix of path decides, so that
+// nothing below a hung mount is looked up.
+func (ms mounts) onServerFS(path string) (string, bool) {
+	best := -1
+	for i := range ms {
+		mp := ms[i].MountPoint
+		if (path == mp || mp == "/" || strings.HasPrefix(path, mp+"/")) && (best < 0 || len(mp) > len(ms[best].MountPoint)) {
+			best = i
+		}
+	}
+	if best < 0 {
+		return "", false
+	}
+	return ms[best].FSType, isServerFS(ms[best].FSType)
 }

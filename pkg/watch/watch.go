@@ -119,7 +119,13 @@ func (w *Watcher) SetRoots(roots []string) {
 	}
 	w.limited = false
 	w.mu.Unlock()
+	ms := readMounts()
 	for _, r := range roots {
+		if fstype, server := ms.onServerFS(r); server {
+			w.log.Info("watched root is on a filesystem with a server, not watched (a hung server would stall the watch); the sweeps cover it",
+				zap.String("dir", r), zap.String("fstype", fstype))
+			continue
+		}
 		if _, ok := devOf(r); !ok {
 			w.log.Info("watched root does not exist; watched once it appears, from the next full sweep", zap.String("dir", r))
 			continue
@@ -140,7 +146,11 @@ func (w *Watcher) RestoreRoots() []string {
 	roots := slices.Clone(w.roots)
 	w.mu.Unlock()
 	var restored []string
+	ms := readMounts()
 	for _, r := range roots {
+		if _, server := ms.onServerFS(r); server {
+			continue
+		}
 		if _, ok := devOf(r); !ok {
 			continue
 		}
@@ -309,6 +319,10 @@ func (w *Watcher) handle(wd int, mask uint32, name string) (Event, bool) {
 // Symlinks are not followed; pseudo filesystems are not entered. With
 // recheck, directories already watched are added again (see add).
 func (w *Watcher) addTree(root string, recheck bool) {
+	ms := readMounts()
+	if w.skipServerFS(ms, root) {
+		return
+	}
 	rootDev, ok := devOf(root)
 	if !ok {
 		return
@@ -325,6 +339,9 @@ func (w *Watcher) addTree(root string, recheck bool) {
 		if !d.IsDir() {
 			return nil
 		}
+		if path != root && w.skipServerFS(ms, path) {
+			return fs.SkipDir
+		}
 		if dev, ok := devOf(path); ok && dev != rootDev && pseudoFS(path) {
 			return fs.SkipDir
 		}
@@ -333,6 +350,17 @@ func (w *Watcher) addTree(root string, recheck bool) {
 		}
 		return nil
 	})
+}
+
+// skipServerFS reports whether dir is on a filesystem with a server (see
+// serverFS), saying so once per directory at debug level.
+func (w *Watcher) skipServerFS(ms mounts, dir string) bool {
+	fstype, server := ms.onServerFS(dir)
+	if server {
+		w.log.Debug("not watching a directory on a filesystem with a server; the sweeps cover it",
+			zap.String("dir", dir), zap.String("fstype", fstype))
+	}
+	return server
 }
 
 // add watches one directory; false means no more watches may be added.
