@@ -312,8 +312,9 @@ func (r *rescuer) planDecided(c *scanner.Candidate) (plan, bool, error) {
 		return plan{}, false, err
 	}
 	return plan{
-		eng:     relink.New(relink.Options{ProcRoot: r.o.procRoot, Methods: ms, Sidecar: true}, r.log),
-		dest:    relink.Destination{Root: d.Root, Via: d.Via, Rel: d.Rel, MinFreeBytes: d.MinFreeBytes, Rule: d.Rule},
+		eng: relink.New(relink.Options{ProcRoot: r.o.procRoot, Methods: ms, Sidecar: true}, r.log),
+		dest: relink.Destination{Root: d.Root, Via: d.Via, Rel: d.Rel, MinFreeBytes: d.MinFreeBytes, Rule: d.Rule,
+			NoRoomToCopy: d.NoRoomToCopy},
 		release: func() { r.decider.Release(c, d) },
 	}, true, nil
 }

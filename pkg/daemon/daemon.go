@@ -178,6 +178,7 @@ const (
 	stSkipped               // policy said no: logged once
 	stFailed                // rescue failed: retried with a backoff (see retryBackoff)
 	stIgnored               // no rule matches
+	stNoSpace               // did not fit: retried once the destination has the room (see spaceBack)
 )
 
 type inode struct {
@@ -187,6 +188,9 @@ type inode struct {
 	holders  map[holderID]time.Time // when each was last seen
 	failures int                    // failed attempts so far
 	retryAt  time.Time              // stFailed: sweeps from then on try again
+	// stNoSpace: the rescue root and what the copy needs there.
+	spaceRoot           string
+	spaceNeed, spaceMin uint64
 }
 
 // retryDue reports whether a failed rescue of in may be tried again by a
@@ -1006,7 +1010,11 @@ func (d *Daemon) fresh(c *scanner.Candidate, now time.Time) bool {
 		}
 		in.holders[hid] = now
 		retry, failures := in.retryDue(now), in.failures
+		space, root, need, minFree := in.st == stNoSpace, in.spaceRoot, in.spaceNeed, in.spaceMin
 		d.mu.Unlock()
+		if space {
+			return d.retrySpace(c, root, need, minFree)
+		}
 		if retry {
 			d.logRetry(c, failures)
 		}
@@ -1034,7 +1042,11 @@ func (d *Daemon) fresh(c *scanner.Candidate, now time.Time) bool {
 			// flipping a descriptor can make a sweep pair this inode with
 			// another file's name. Matching again costs only the globs.
 			again := in.st == stIgnored
+			space, root, need, minFree := in.st == stNoSpace, in.spaceRoot, in.spaceNeed, in.spaceMin
 			d.mu.Unlock()
+			if space {
+				return d.retrySpace(c, root, need, minFree)
+			}
 			if retry {
 				d.logRetry(c, failures)
 			}
@@ -1043,6 +1055,16 @@ func (d *Daemon) fresh(c *scanner.Candidate, now time.Time) bool {
 		delete(d.inodes, key)
 	}
 	d.mu.Unlock()
+	return true
+}
+
+// retrySpace says whether a file that did not fit is tried again now.
+func (d *Daemon) retrySpace(c *scanner.Candidate, root string, need, minFree uint64) bool {
+	if !d.spaceBack(root, need, minFree) {
+		return false
+	}
+	d.log.Debug("room again at the destination, retrying", logging.Path("path", c.Path), zap.Int("pid", c.PID),
+		zap.Int("fd", c.FD), zap.String("root", root))
 	return true
 }
 
@@ -1173,6 +1195,10 @@ func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup, progres
 		d.m.Skips.WithLabelValues(dec.Reason).Inc()
 		d.log.Info("rescue skipped", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
 			zap.String("reason", dec.Reason), zap.String("rule", dec.Rule), zap.String("detail", dec.Detail))
+		if dec.Reason == policy.ReasonSpace && dec.Root != "" {
+			d.unpinNoSpace(j, dec.Root, uint64(max(c.Size, 0)), dec.MinFreeBytes)
+			return
+		}
 		d.unpin(j, stSkipped)
 		return
 	}
@@ -1184,6 +1210,7 @@ func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup, progres
 	d.publishing.RLock()
 	res, err := eng.Rescue(ctx, j.pin, relink.Destination{
 		Root: dec.Root, Via: dec.Via, Rel: dec.Rel, MinFreeBytes: dec.MinFreeBytes, Rule: dec.Rule,
+		NoRoomToCopy: dec.NoRoomToCopy,
 	})
 	d.publishing.RUnlock()
 	if err != nil {
@@ -1192,6 +1219,13 @@ func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup, progres
 			// Shutdown cancelled it by design (the engine logged
 			// "rescue cancelled" and left nothing behind): no failure.
 			d.abandon(j)
+			return
+		}
+		if errors.Is(err, relink.ErrNoSpace) {
+			// The engine logged "rescue skipped" (space): tried again
+			// once the destination has the room, not on a backoff.
+			d.m.Skips.WithLabelValues(policy.ReasonSpace).Inc()
+			d.unpinNoSpace(j, dec.Root, uint64(max(c.Size, 0)), dec.MinFreeBytes)
 			return
 		}
 		// The engine logged "rescue failed"; a later sweep retries.
@@ -1298,6 +1332,24 @@ func (d *Daemon) unpin(j *job, st state) {
 			in.st = st
 		}
 	}
+}
+
+// unpinNoSpace releases a job's pin for a file that did not fit in root:
+// a copy needs need bytes there above minFree.
+func (d *Daemon) unpinNoSpace(j *job, root string, need, minFree uint64) {
+	d.release(j)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if in, ok := d.inodes[j.c.Key()]; ok {
+		in.st, in.spaceRoot, in.spaceNeed, in.spaceMin = stNoSpace, root, need, minFree
+	}
+}
+
+// spaceBack reports whether the destination of a file that did not fit
+// has the room now (statfs, no more): only then is it tried again.
+func (d *Daemon) spaceBack(root string, need, minFree uint64) bool {
+	avail, _, err := d.pol.Load().FreeSpace(root)
+	return err == nil && avail >= need+minFree
 }
 
 // abandon releases the pin of a job given up at shutdown and forgets its
@@ -1429,7 +1481,7 @@ func (d *Daemon) apply(cfg *policy.Config) {
 	d.mu.Lock()
 	for k, in := range d.inodes {
 		// Reported files stay reported: their event is not repeated.
-		if in.st == stSkipped || in.st == stFailed || in.st == stIgnored {
+		if in.st == stSkipped || in.st == stFailed || in.st == stIgnored || in.st == stNoSpace {
 			delete(d.inodes, k)
 		}
 	}

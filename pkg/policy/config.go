@@ -99,6 +99,10 @@ type PerUser struct {
 	MaxFiles int      `yaml:"max_files"` // 0: no limit
 	MaxBytes Size     `yaml:"max_bytes"` // 0: no limit
 	Window   Duration `yaml:"window"`
+	// MaxShare caps what one owner's rescued files may hold in a rescue
+	// root, as a share of its filesystem, counted on disk (not only
+	// within the window); 0%: no cap.
+	MaxShare Threshold `yaml:"max_share"`
 }
 
 // LogConfig configures the daemon's log output.
@@ -160,7 +164,8 @@ func Defaults() *Config {
 			MaxTotalSize: 10 << 30,
 			Retention:    Duration(7 * 24 * time.Hour),
 			Follow:       true,
-			PerUser:      PerUser{MaxFiles: 100, MaxBytes: 2 << 30, Window: Duration(time.Hour)},
+			PerUser: PerUser{MaxFiles: 100, MaxBytes: 2 << 30, Window: Duration(time.Hour),
+				MaxShare: Threshold{Percent: 25, IsPercent: true}},
 		},
 		Log:     LogConfig{Level: "info", Format: "json"},
 		Metrics: MetricsConfig{Listen: ""},

@@ -790,6 +790,18 @@ func (p *parser) rescue(n *yaml.Node, field string, r *RescueConfig) {
 			p.mapping(v, f, map[string]func(*yaml.Node, string){
 				"max_files": func(v *yaml.Node, f string) { p.count(v, f, &r.PerUser.MaxFiles) },
 				"max_bytes": func(v *yaml.Node, f string) { p.size(v, f, &r.PerUser.MaxBytes) },
+				"max_share": func(v *yaml.Node, f string) {
+					s, ok := p.scalar(v, f, "a percentage")
+					if !ok {
+						return
+					}
+					t, err := ParseThreshold(s)
+					if err != nil || !t.IsPercent {
+						p.errf(v, f, "%q is not a percentage (0-99.9%%; 0%% for no cap)", s)
+						return
+					}
+					r.PerUser.MaxShare = t
+				},
 				"window": func(v *yaml.Node, f string) {
 					p.duration(v, f, &r.PerUser.Window)
 					if r.PerUser.Window == 0 {

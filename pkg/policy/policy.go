@@ -70,6 +70,10 @@ type Decision struct {
 	// filesystem; the engine stops a copy that would go below it.
 	MinFreeBytes uint64
 	Follow       bool // follow the file while its holder still writes to it
+	// NoRoomToCopy, when set, says why copy was taken off Methods for
+	// want of space: if the methods left do not work here either, the
+	// file did not fit (a space skip, not a failure).
+	NoRoomToCopy string
 }
 
 // Policy decides what to do with candidates. It is safe for concurrent use.
@@ -87,8 +91,9 @@ type Policy struct {
 }
 
 type rootUsage struct {
-	bytes uint64
-	at    time.Time // when bytes was last measured on disk
+	bytes  uint64
+	owners map[uint32]uint64 // bytes of rescued files by owner
+	at     time.Time         // when bytes was last measured on disk
 }
 
 // grant is one rescue counted against an owner's per-user cap.
@@ -227,9 +232,10 @@ func (p *Policy) Decide(c *scanner.Candidate) Decision {
 	d.MinFreeBytes = rc.MinFree.Floor(total)
 	if i := slices.Index(d.Methods, MethodCopy); i >= 0 && avail < d.MinFreeBytes+size {
 		d.Methods = slices.Delete(d.Methods, i, i+1)
+		d.NoRoomToCopy = fmt.Sprintf("copying %d bytes to %s would leave %d bytes free, below min_free %s (%d bytes)",
+			size, loc.Root, int64(avail)-int64(size), rc.MinFree, d.MinFreeBytes)
 		if len(d.Methods) == 0 {
-			return skip(ReasonSpace, "copying %d bytes to %s would leave %d bytes free, below min_free %s (%d bytes)",
-				size, loc.Root, int64(avail)-int64(size), rc.MinFree, d.MinFreeBytes)
+			return skip(ReasonSpace, "%s", d.NoRoomToCopy)
 		}
 	}
 
@@ -261,11 +267,22 @@ func (p *Policy) Decide(c *scanner.Candidate) Decision {
 		}
 		p.users[c.Owner] = append(gs, grant{at: now, bytes: size, key: c.Key()})
 	}
+	// The share bounds what an unprivileged user can make relinkd keep;
+	// root's own files (the system's logs and data) are not capped by it.
+	if share := rc.PerUser.MaxShare; share.IsPercent && share.Percent > 0 && c.Owner != 0 {
+		held := p.usageLocked(loc.Root, now).owners[c.Owner]
+		if limit := share.Floor(total); held+size > limit {
+			p.releaseGrantLocked(c)
+			return skip(ReasonQuota, "uid %d holds %d bytes in %s, %d more would pass per_user.max_share %s of the filesystem (%d bytes)",
+				c.Owner, held, loc.Root, size, share, limit)
+		}
+	}
 	if u := p.usage[loc.Root]; u != nil {
 		u.bytes += size
+		u.owners[c.Owner] += size
 	} else {
 		// Remember the root for Roots; it is measured when next needed.
-		p.usage[loc.Root] = &rootUsage{}
+		p.usage[loc.Root] = &rootUsage{owners: map[uint32]uint64{}}
 	}
 	d.Action = Rescue
 	return d
@@ -282,7 +299,13 @@ func (p *Policy) Release(c *scanner.Candidate, d Decision) {
 	defer p.mu.Unlock()
 	if u := p.usage[d.Root]; u != nil {
 		u.bytes -= min(u.bytes, size)
+		u.owners[c.Owner] -= min(u.owners[c.Owner], size)
 	}
+	p.releaseGrantLocked(c)
+}
+
+// releaseGrantLocked takes back c's per-user grant, if any.
+func (p *Policy) releaseGrantLocked(c *scanner.Candidate) {
 	gs := p.users[c.Owner]
 	for i := len(gs) - 1; i >= 0; i-- {
 		if gs[i].key == c.Key() {
@@ -295,16 +318,22 @@ func (p *Policy) Release(c *scanner.Candidate, d Decision) {
 // usedLocked returns the bytes held in root, walking it when the last
 // measurement is older than usageTTL.
 func (p *Policy) usedLocked(root string, now time.Time) uint64 {
+	return p.usageLocked(root, now).bytes
+}
+
+// usageLocked returns root's usage, walking it when the last measurement
+// is older than usageTTL.
+func (p *Policy) usageLocked(root string, now time.Time) *rootUsage {
 	u := p.usage[root]
 	if u == nil || now.Sub(u.at) > usageTTL {
-		n, err := DiskUsage(p.host.via + root)
+		n, owners, err := diskUsage(p.host.via + root)
 		if err != nil && !errors.Is(err, errNotExist) {
 			p.log.Warn("measure rescue root", zap.String("root", root), zap.Error(err))
 		}
-		u = &rootUsage{bytes: n, at: now}
+		u = &rootUsage{bytes: n, owners: owners, at: now}
 		p.usage[root] = u
 	}
-	return u.bytes
+	return u
 }
 
 // Roots returns the configured rescue directories and every other root
@@ -326,9 +355,16 @@ func (p *Policy) Roots() []string {
 // rescue.retention go, then the oldest until root holds at most
 // rescue.max_total_size. The root's measured usage is refreshed.
 func (p *Policy) Prune(root string) (PruneResult, error) {
-	res, err := Prune(p.host.via+root, time.Duration(p.cfg.Rescue.Retention), uint64(p.cfg.Rescue.MaxTotalSize), p.now())
+	var share uint64
+	if ms := p.cfg.Rescue.PerUser.MaxShare; ms.IsPercent && ms.Percent > 0 {
+		if _, total, err := p.FreeSpace(root); err == nil {
+			share = ms.Floor(total)
+		}
+	}
+	res, err := Prune(p.host.via+root, time.Duration(p.cfg.Rescue.Retention), uint64(p.cfg.Rescue.MaxTotalSize), share, p.now())
 	p.mu.Lock()
-	p.usage[root] = &rootUsage{bytes: res.Kept, at: p.now()}
+	// Measured again when next needed (the owners are not in res).
+	p.usage[root] = &rootUsage{bytes: res.Kept, owners: map[uint32]uint64{}}
 	p.mu.Unlock()
 	return res, err
 }

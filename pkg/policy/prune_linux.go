@@ -58,6 +58,7 @@ type rescued struct {
 	rel   string // path relative to the root, for ordering and logs
 	kind  kind
 	size  uint64
+	uid   uint32 // owner (a rescued file keeps its original owner)
 	ctime time.Time
 }
 
@@ -128,7 +129,7 @@ func walkRoot(root string, fn func(f rescued)) (*tree, error) {
 			switch st.Mode & unix.S_IFMT {
 			case unix.S_IFREG:
 				fn(rescued{dirfd: dfd, name: name, rel: join(rel, name), kind: kindOf(name), size: uint64(st.Size),
-					ctime: time.Unix(st.Ctim.Sec, st.Ctim.Nsec)})
+					uid: st.Uid, ctime: time.Unix(st.Ctim.Sec, st.Ctim.Nsec)})
 			case unix.S_IFDIR:
 				sub, err := unix.Openat(dfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 				if err != nil {
@@ -161,26 +162,37 @@ func join(dir, name string) string {
 // files, sidecars and temporaries; other files are not counted), without
 // following symlinks.
 func DiskUsage(root string) (uint64, error) {
+	n, _, err := diskUsage(root)
+	return n, err
+}
+
+// diskUsage is DiskUsage with the bytes of rescued files by owner.
+func diskUsage(root string) (uint64, map[uint32]uint64, error) {
 	var n uint64
+	owners := make(map[uint32]uint64)
 	t, err := walkRoot(root, func(f rescued) {
 		if f.kind != foreign {
 			n += f.size
 		}
+		if f.kind == rescuedFile {
+			owners[f.uid] += f.size
+		}
 	})
 	t.close()
-	return n, err
+	return n, owners, err
 }
 
 // Prune removes rescued files under root: every one whose ctime (the time
 // it was rescued; link, clone and metadata copy all set it) is older than
 // maxAge (0: no age limit), then the oldest until the rest take at most
-// maxTotal bytes (0: no limit). A file's sidecar (NAME+SidecarSuffix)
+// maxTotal bytes (0: no limit): first those of owners who hold more than
+// share bytes in root (0: no share), then anyone's. A file's sidecar (NAME+SidecarSuffix)
 // goes with it, and an orphaned sidecar is removed too. Only names the
 // engine writes (see layout) are touched or counted: any other file is
 // left alone. Symlinks are never followed and nothing outside root is
 // touched. Directories the prune leaves empty are removed, root itself is
 // kept.
-func Prune(root string, maxAge time.Duration, maxTotal uint64, now time.Time) (PruneResult, error) {
+func Prune(root string, maxAge time.Duration, maxTotal, share uint64, now time.Time) (PruneResult, error) {
 	var files, temps []rescued
 	sidecars := map[string]rescued{} // by rel of the file they describe
 	t, err := walkRoot(root, func(f rescued) {
@@ -240,16 +252,18 @@ func Prune(root string, maxAge time.Duration, maxTotal uint64, now time.Time) (P
 		}
 		res.StaleTemps++
 	}
+	owners := make(map[uint32]uint64)
 	for _, f := range files {
-		old := maxAge > 0 && now.Sub(f.ctime) > maxAge
-		over := maxTotal > 0 && res.Kept > maxTotal
-		if !old && !over {
-			continue
-		}
+		owners[f.uid] += f.size
+	}
+	gone := make(map[string]bool)
+	drop := func(f rescued) {
 		if err := remove(f); err != nil {
 			errs = append(errs, err)
-			continue
+			return
 		}
+		gone[f.rel] = true
+		owners[f.uid] -= min(owners[f.uid], f.size)
 		res.Removed++
 		res.RemovedBytes += f.size
 		if s, ok := sidecars[f.rel]; ok {
@@ -257,6 +271,32 @@ func Prune(root string, maxAge time.Duration, maxTotal uint64, now time.Time) (P
 				errs = append(errs, err)
 			}
 			delete(sidecars, f.rel)
+		}
+	}
+	for _, f := range files {
+		if maxAge > 0 && now.Sub(f.ctime) > maxAge {
+			drop(f)
+		}
+	}
+	// Over max_total_size: the oldest files of owners over their share
+	// go first, so that one user's junk does not push out everyone
+	// else's rescues; then the oldest of anyone's.
+	if share > 0 {
+		for _, f := range files {
+			if maxTotal == 0 || res.Kept <= maxTotal {
+				break
+			}
+			if !gone[f.rel] && f.uid != 0 && owners[f.uid] > share {
+				drop(f)
+			}
+		}
+	}
+	for _, f := range files {
+		if maxTotal == 0 || res.Kept <= maxTotal {
+			break
+		}
+		if !gone[f.rel] {
+			drop(f)
 		}
 	}
 	// A sidecar whose file is gone (removed by hand) is removed once old.

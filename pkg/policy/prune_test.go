@@ -128,7 +128,7 @@ func TestPrune(t *testing.T) {
 			if tt.maxAge != nil {
 				age, now = tt.maxAge(times)
 			}
-			res, err := Prune(root, age, tt.maxTotal, now)
+			res, err := Prune(root, age, tt.maxTotal, 0, now)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -155,7 +155,7 @@ func TestPrune(t *testing.T) {
 func TestPruneRemovesEmptyDirs(t *testing.T) {
 	root := t.TempDir()
 	times := rescueTree(t, root)
-	if _, err := Prune(root, time.Minute, 0, times[2].Add(time.Hour)); err != nil {
+	if _, err := Prune(root, time.Minute, 0, 0, times[2].Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	ents, _ := os.ReadDir(root)
@@ -179,7 +179,7 @@ func TestPruneNeverLeavesRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	future := time.Now().Add(1000 * time.Hour)
-	if _, err := Prune(root, time.Second, 1, future); err != nil {
+	if _, err := Prune(root, time.Second, 1, 0, future); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range []string{outside + "/victim", outside + "/sub/victim2", root + "/dirlink", root + "/filelink"} {
@@ -191,14 +191,14 @@ func TestPruneNeverLeavesRoot(t *testing.T) {
 	if err := os.Symlink(outside, link); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Prune(link, time.Second, 1, future); !errors.Is(err, unix.ELOOP) && !errors.Is(err, unix.ENOTDIR) {
+	if _, err := Prune(link, time.Second, 1, 0, future); !errors.Is(err, unix.ELOOP) && !errors.Is(err, unix.ENOTDIR) {
 		t.Errorf("symlinked root: err %v, want ELOOP", err)
 	}
 	if _, err := os.Stat(outside + "/victim"); err != nil {
 		t.Errorf("victim removed through a symlinked root: %v", err)
 	}
 	// A missing root is nothing to prune.
-	if res, err := Prune(filepath.Join(base, "none"), time.Second, 1, future); err != nil || res.Removed != 0 {
+	if res, err := Prune(filepath.Join(base, "none"), time.Second, 1, 0, future); err != nil || res.Removed != 0 {
 		t.Errorf("missing root: %+v %v", res, err)
 	}
 }
@@ -237,7 +237,7 @@ func TestPruneStaleTemps(t *testing.T) {
 	// fresh changed strictly after stale; at now, fresh is exactly
 	// staleTemp old (kept) and stale is older than that (removed).
 	now := newerThan(t, fresh, ctime(t, stale)).Add(staleTemp)
-	res, err := Prune(root, 0, 0, now)
+	res, err := Prune(root, 0, 0, 0, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -284,7 +284,7 @@ func TestPruneLeavesForeignFiles(t *testing.T) {
 			for _, rel := range foreign[1:] {
 				writeFile(t, filepath.Join(root, rel), strings.Repeat("f", 10_000))
 			}
-			res, err := Prune(root, tt.maxAge, tt.maxTotal, times[2].Add(1000*time.Hour))
+			res, err := Prune(root, tt.maxAge, tt.maxTotal, 0, times[2].Add(1000*time.Hour))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -326,7 +326,7 @@ func TestPruneMarkerInRescuedName(t *testing.T) {
 	writeFile(t, kept, "rescued")
 	writeFile(t, stale, "half")
 	now := newerThan(t, stale, ctime(t, kept)).Add(staleTemp + time.Minute)
-	res, err := Prune(root, 7*24*time.Hour, 0, now)
+	res, err := Prune(root, 7*24*time.Hour, 0, 0, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -400,7 +400,7 @@ func TestPruneEmptyDirs(t *testing.T) {
 	age(t, mkdir("mnt", 0o755), 2*staleTemp)
 
 	// maxTotal 1 removes every rescued file, however young.
-	res, err := Prune(root, 0, 1, time.Now())
+	res, err := Prune(root, 0, 1, 0, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -192,6 +192,11 @@ type Destination struct {
 	// Rule is the name of the watch rule that chose this file, for the log
 	// event and the sidecar; "" if none.
 	Rule string
+	// NoRoomToCopy, when set, says why the caller left copy out of the
+	// methods for want of space; if the others do not work here, the
+	// rescue fails with ErrNoSpace (the file did not fit), not
+	// ErrUnsupported.
+	NoRoomToCopy string
 }
 
 // Result describes a finished rescue.

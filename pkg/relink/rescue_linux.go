@@ -33,7 +33,8 @@ func notHere(err error) bool {
 // On success the file is published under a unique name (never replacing
 // anything), a sidecar is written if configured, a "file rescued" event is
 // logged and the Result returned. On failure nothing is left visible, a
-// "rescue failed" event is logged and the error is a *RescueError (test it
+// "rescue failed" event is logged ("rescue skipped", reason space, when
+// the file did not fit) and the error is a *RescueError (test it
 // with errors.Is against ErrNoSpace, ErrUnsafePath, ErrUnsupported …).
 //
 // A copy is bounded to the size seen when it starts: a file still being
@@ -52,6 +53,14 @@ func (e *Engine) Rescue(ctx context.Context, p *Pin, d Destination) (Result, err
 			// caller, nothing published, not a failure to alert on.
 			e.log.Info("rescue cancelled", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
 				zap.String("method", string(re.Method)))
+			return Result{}, re
+		}
+		if errors.Is(re.Err, ErrNoSpace) {
+			// Not a failure to alert on: the destination is full or
+			// the copy would go below min_free. Nothing was left.
+			e.log.Info("rescue skipped", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
+				zap.String("reason", "space"), ruleField(d.Rule), zap.String("method", string(re.Method)),
+				zap.String("detail", re.Err.Error()))
 			return Result{}, re
 		}
 		e.log.Error("rescue failed", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
@@ -141,6 +150,11 @@ func (e *Engine) rescue(ctx context.Context, p *Pin, d Destination, start time.T
 			p.mu.Unlock()
 		}
 		return res, nil
+	}
+	if d.NoRoomToCopy != "" {
+		// The copy, which would have worked, was left out for want of
+		// space: the file did not fit.
+		return fail("", fmt.Errorf("%w: %s (%s)", ErrNoSpace, d.NoRoomToCopy, strings.Join(skipped, "; ")))
 	}
 	return fail("", fmt.Errorf("%w: %s", ErrUnsupported, strings.Join(skipped, "; ")))
 }

@@ -1,0 +1,99 @@
+package policy
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+
+	"github.com/relinkd/relinkd/internal/testfs"
+)
+
+// writeOwned writes size bytes to path, owned by uid.
+func writeOwned(t *testing.T, path string, size int, uid int) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, make([]byte, size), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(path, uid, uid); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestMaxShare: per_user.max_share caps what one owner's rescued files
+// hold in a root, counted on disk whatever the window: on a small
+// filesystem an owner already holding a quarter is refused (quota) while
+// another owner's file is still rescued. Root's files are not capped.
+func TestMaxShare(t *testing.T) {
+	testfs.RequireRoot(t)
+	mnt := testfs.Mount(t, "tmpfs", 16)
+	root := filepath.Join(mnt, "rescue")
+	writeOwned(t, filepath.Join(root, "srv/junk.20261121T203000Z.pid1.fd3"), 4<<20, 1000)
+
+	c := candidate(t, holdDeleted(t, filepath.Join(mnt, "data/y.log"), 4096), 0)
+	cfg := testConfig(root)
+	cfg.Rescue.PerUser.MaxShare = Threshold{Percent: 25, IsPercent: true}
+	p := New(cfg, zaptest.NewLogger(t))
+
+	c.Owner = 0
+	if d := p.Decide(c); d.Action != Rescue {
+		t.Fatalf("uid 0 holding nothing: %v %s, want rescue", d.Action, d.Detail)
+	}
+	c2 := *c
+	c2.Owner, c2.Ino = 1000, c.Ino+1
+	d := p.Decide(&c2)
+	if d.Action != Skip || d.Reason != ReasonQuota {
+		t.Fatalf("uid 1000 holding 4 MiB of 16: %v/%s (%s), want skip/quota", d.Action, d.Reason, d.Detail)
+	}
+	t.Log(d.Detail)
+	big := *c
+	big.Owner, big.Ino, big.Size = 0, c.Ino+2, 8<<20
+	if d := p.Decide(&big); d.Action != Rescue {
+		t.Errorf("root's 8 MiB file, half the filesystem: %v %s, want rescue (root is not capped)", d.Action, d.Detail)
+	}
+}
+
+// TestPruneOverShare: when a root is over max_total_size, the oldest
+// files of owners over their share go first, even if another owner's
+// file is older.
+func TestPruneOverShare(t *testing.T) {
+	testfs.RequireRoot(t)
+	root := filepath.Join(t.TempDir(), "rescue")
+	old := filepath.Join(root, "var/log/app.log.20261121T203000Z.pid1.fd3")
+	writeOwned(t, old, 1000, 0)
+	time.Sleep(20 * time.Millisecond) // distinct ctimes, the prune's order
+	junk1 := filepath.Join(root, "tmp/j1.20261121T203001Z.pid2.fd3")
+	junk2 := filepath.Join(root, "tmp/j2.20261121T203002Z.pid3.fd3")
+	writeOwned(t, junk1, 3000, 1000)
+	time.Sleep(20 * time.Millisecond)
+	writeOwned(t, junk2, 3000, 1000)
+	// 7,000 bytes, at most 4,500: one junk file must go; uid 1000 holds
+	// 6,000, over a share of 2,000.
+	res, err := Prune(root, 0, 4500, 2000, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Removed != 1 {
+		t.Fatalf("removed %d, want 1", res.Removed)
+	}
+	for path, want := range map[string]bool{old: true, junk1: false, junk2: true} {
+		if _, err := os.Stat(path); (err == nil) != want {
+			t.Errorf("%s present %v, want %v", path, err == nil, want)
+		}
+	}
+	// Without a share, the oldest of anyone's go first: the old file,
+	// then junk2 (junk1, written again, is now the newest).
+	writeOwned(t, junk1, 3000, 1000)
+	res, err = Prune(root, 0, 4500, 0, time.Now())
+	if err != nil || res.Removed != 2 {
+		t.Fatalf("no share: removed %d, %v; want 2", res.Removed, err)
+	}
+	if _, err := os.Stat(old); err == nil {
+		t.Error("without a share the oldest file (uid 0) should have gone")
+	}
+}
