@@ -44,6 +44,9 @@ type Candidate struct {
 	Mode  fs.FileMode // Go file mode (type and permission bits)
 	Owner uint32      // st_uid of the file
 	Group uint32      // st_gid of the file
+	// Blocks is st_blocks (stat(2)), in 512-byte units: what the inode
+	// allocates on disk, holes not counted, whatever Size says.
+	Blocks int64
 
 	// Path is the holder's view of the original name with the " (deleted)"
 	// suffix removed, as raw bytes: it may contain newlines or be invalid UTF-8.

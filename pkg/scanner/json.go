@@ -25,6 +25,7 @@ type Record struct {
 	Path       string  `json:"path"`
 	PathBase64 string  `json:"path_base64,omitempty"`
 	Size       int64   `json:"size"`
+	Allocated  int64   `json:"allocated"` // st_blocks × 512: bytes on disk
 	Nlink      uint64  `json:"nlink"`
 	Dev        uint64  `json:"dev"`
 	Ino        uint64  `json:"ino"`
@@ -42,7 +43,7 @@ func (c *Candidate) Record(rule string) Record {
 	r := Record{
 		PID: c.PID, StartTime: c.StartTime, Comm: c.Comm, Exe: c.Exe, UID: c.UID,
 		FD: c.FD, Flags: octal(c.Flags), Pos: c.Pos, MntID: c.MntID,
-		Path: string(c.Path), Size: c.Size, Nlink: c.Nlink, Dev: c.Dev, Ino: c.Ino,
+		Path: string(c.Path), Size: c.Size, Allocated: c.Blocks * 512, Nlink: c.Nlink, Dev: c.Dev, Ino: c.Ino,
 		Mode: octal(unixPerm(c.Mode)), Owner: c.Owner, Group: c.Group,
 		TmpFile: c.TmpFile, Linkable: c.Linkable,
 	}

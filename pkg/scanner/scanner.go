@@ -387,7 +387,7 @@ func liveName(dirfd int, root string, link []byte, st *unix.Stat_t) bool {
 // setInode sets c's inode fields from st, the stat(2) of its open file.
 // c.TmpFile must be set already.
 func (c *Candidate) setInode(st *unix.Stat_t) {
-	c.Dev, c.Ino, c.Nlink, c.Size = st.Dev, st.Ino, uint64(st.Nlink), st.Size
+	c.Dev, c.Ino, c.Nlink, c.Size, c.Blocks = st.Dev, st.Ino, uint64(st.Nlink), st.Size, st.Blocks
 	c.Mode = fileMode(st.Mode)
 	c.Owner, c.Group = st.Uid, st.Gid
 	c.Linkable = st.Nlink > 0 || c.TmpFile

@@ -194,6 +194,7 @@ func TestSweepExactSet(t *testing.T) {
 					{"Ino", c.Ino, fst.Ino},
 					{"Nlink", c.Nlink, w.nlink},
 					{"Size", c.Size, w.size},
+					{"Blocks", c.Blocks, fst.Blocks},
 					{"Mode", c.Mode, w.mode},
 					{"Owner", c.Owner, uint32(0)},
 					{"Group", c.Group, uint32(0)},
@@ -218,6 +219,30 @@ func TestSweepExactSet(t *testing.T) {
 
 // TestSweepVanishedProcess: a pid that is gone, and a zombie, never fail
 // the sweep and never produce candidates.
+// TestSweepSparseBlocks: Blocks is what the inode allocates (st_blocks),
+// not its apparent size: a 64 MiB file with 5 bytes written holds a block.
+func TestSweepSparseBlocks(t *testing.T) {
+	testfs.RequireRoot(t)
+	dir := testfs.Mount(t, "tmpfs", 16)
+	path := filepath.Join(dir, "sparse")
+	h := testproc.Start(t, testproc.Open(path, "w"), testproc.Write(0, "12345"), testproc.Truncate(0, 64<<20), testproc.Unlink(path))
+	_, got := sweepPIDs(t, h.PID)
+	c, ok := got[[2]int{h.PID, h.FDs[0]}]
+	if !ok {
+		t.Fatalf("sparse file not found: %v", got)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/fd/%d", h.PID, h.FDs[0]), &st); err != nil {
+		t.Fatal(err)
+	}
+	if c.Size != 64<<20 || c.Blocks != st.Blocks || c.Blocks == 0 || c.Blocks*512 >= c.Size {
+		t.Errorf("size %d, blocks %d; want size %d, blocks %d (st_blocks, a few, not the apparent size)", c.Size, c.Blocks, 64<<20, st.Blocks)
+	}
+	if r := c.Record(""); r.Allocated != st.Blocks*512 {
+		t.Errorf("record allocated = %d, want %d", r.Allocated, st.Blocks*512)
+	}
+}
+
 func TestSweepVanishedProcess(t *testing.T) {
 	gone := exec.Command("true")
 	if err := gone.Run(); err != nil {
