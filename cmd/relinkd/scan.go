@@ -35,16 +35,18 @@ func cmdScan(ctx context.Context, e env, args []string) error {
 	if len(pos) > 0 {
 		return fmt.Errorf("%w: scan takes no arguments", errUsage)
 	}
-	match, err := ruleMatcher(*configPath, *all)
+	cfg, _, err := policy.Resolve(*configPath)
 	if err != nil {
 		return err
 	}
+	pol := policy.New(cfg, zap.NewNop())
+	match := ruleMatcher(pol, *all)
 	// A filesystem that does not answer must not hang the listing: the
 	// stat that confirms a deletion is bounded (scan.fs_timeout) and what
 	// it could not confirm is listed at the end.
-	timeout := fsguard.DefaultTimeout
-	if cfg, _, err := policy.Resolve(*configPath); err == nil {
-		timeout = time.Duration(cfg.Scan.FSTimeout)
+	timeout := time.Duration(cfg.Scan.FSTimeout)
+	if timeout <= 0 {
+		timeout = fsguard.DefaultTimeout
 	}
 	guard := fsguard.New(fsguard.Options{Timeout: timeout}, zap.NewNop())
 	res, err := scanner.New(scanner.Options{ProcRoot: *procRoot, Guard: guard}, zap.NewNop()).Sweep(ctx)
@@ -64,10 +66,17 @@ func cmdScan(ctx context.Context, e env, args []string) error {
 		}
 		rows = append(rows, row{c, rule})
 	}
+	sum := summarize(pol, rows, res.Candidates)
 	if *asJSON {
-		return printJSON(e.stdout, rows)
+		if err := printJSON(e.stdout, rows); err != nil {
+			return err
+		}
+		return printSummaryJSON(e.stdout, sum)
 	}
 	if err := printTable(e.stdout, rows); err != nil {
+		return err
+	}
+	if err := printSummary(e.stdout, sum); err != nil {
 		return err
 	}
 	fmt.Fprintf(e.stderr, "%d deleted-but-open file(s); %d processes, %d descriptors read; %d vanished, %d not inspectable, %d on filesystems not answering\n",

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/relinkd/relinkd/internal/testfs"
 	"github.com/relinkd/relinkd/internal/testproc"
 )
@@ -36,6 +38,9 @@ func scanRecords(t *testing.T, pid int, args ...string) map[int]map[string]any {
 		var r map[string]any
 		if err := json.Unmarshal(line, &r); err != nil {
 			t.Fatalf("invalid JSON line %q: %v", line, err)
+		}
+		if r["summary"] == true {
+			continue
 		}
 		if int(r["pid"].(float64)) == pid {
 			recs[int(r["fd"].(float64))] = r
@@ -206,4 +211,78 @@ func TestHelp(t *testing.T) {
 			t.Errorf("exit %d, want 2, stderr naming the flag:\n%s", code, errOut)
 		}
 	})
+}
+
+// TestScanSummary: scan ends with what the deleted-but-open files hold per
+// filesystem: the sum of st_blocks×512 of the distinct inodes (a sparse
+// file counts its blocks, not its size; an inode held on two descriptors
+// and by two processes counts once), and the holders, largest first.
+func TestScanSummary(t *testing.T) {
+	testfs.RequireRoot(t)
+	mnt := testfs.Mount(t, "ext4", 64)
+	sparse, data, small := filepath.Join(mnt, "sparse"), filepath.Join(mnt, "data"), filepath.Join(mnt, "small")
+	if err := os.WriteFile(data, bytes.Repeat([]byte("d"), 300_000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	big := testproc.Start(t,
+		testproc.Open(sparse, "w"), testproc.Write(0, "12345"), testproc.Truncate(0, 256<<20),
+		testproc.Open(data, "r"), testproc.Open(data, "r"),
+		testproc.Unlink(sparse), testproc.Unlink(data))
+	other := testproc.Start(t, testproc.Open(small, "w"), testproc.Write(0, "x"), testproc.Unlink(small))
+	// The other holder also holds big's deleted data file, through big's fd.
+	other2 := testproc.Start(t, testproc.Open(fmt.Sprintf("/proc/%d/fd/%d", big.PID, big.FDs[1]), "r"))
+
+	// What the test's files hold: each inode once.
+	var want uint64
+	inodes := map[uint64]bool{}
+	for _, h := range []struct {
+		pid int
+		fds []int
+	}{{big.PID, big.FDs}, {other.PID, other.FDs}} {
+		for _, fd := range h.fds {
+			var st unix.Stat_t
+			if err := unix.Stat(fmt.Sprintf("/proc/%d/fd/%d", h.pid, fd), &st); err != nil {
+				t.Fatal(err)
+			}
+			if !inodes[st.Ino] {
+				inodes[st.Ino] = true
+				want += uint64(st.Blocks) * 512
+			}
+		}
+	}
+
+	out, errOut, code := runBinary(t, "scan", "--all", "--json")
+	if code != 0 {
+		t.Fatalf("scan: exit %d: %s", code, errOut)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	var sum spaceSummary
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &sum); err != nil || !sum.Summary {
+		t.Fatalf("last line is not the summary (%v): %s", err, lines[len(lines)-1])
+	}
+	var fs *fsSummary
+	for i := range sum.Filesystems {
+		if sum.Filesystems[i].MountPoint == mnt {
+			fs = &sum.Filesystems[i]
+		}
+	}
+	if fs == nil {
+		t.Fatalf("no summary for %s: %+v", mnt, sum.Filesystems)
+	}
+	if fs.Files != 3 || fs.Allocated != want || fs.FSType != "ext4" {
+		t.Errorf("%s: %d files, %d bytes allocated (%s); want 3 files, %d bytes (the sum of st_blocks×512), ext4", mnt, fs.Files, fs.Allocated, fs.FSType, want)
+	}
+	if fs.Size < 256<<20 || fs.Allocated >= 1<<20 {
+		t.Errorf("apparent size %d, allocated %d: the sparse file must count its blocks, not its size", fs.Size, fs.Allocated)
+	}
+	if len(fs.Holders) != 3 || fs.Holders[0].PID != big.PID || fs.Holders[0].Files != 2 ||
+		fs.Holders[1].PID != other2.PID || fs.Holders[2].PID != other.PID {
+		t.Errorf("holders %+v: want pid %d (2 files) first, then %d (the data file), then %d", fs.Holders, big.PID, other2.PID, other.PID)
+	}
+
+	// The table ends with the same summary.
+	out, _, code = runBinary(t, "scan", "--all")
+	if code != 0 || !strings.Contains(out, "held by deleted-but-open files") || !strings.Contains(out, mnt) {
+		t.Errorf("table output lacks the summary for %s:\n%s", mnt, out)
+	}
 }

@@ -867,6 +867,7 @@ func (d *Daemon) sweep(ctx context.Context) {
 		return
 	}
 	d.m.Candidates.Add(float64(len(res.Candidates)))
+	d.exportDeletedOpen(res.Candidates)
 	for i := range res.Candidates {
 		d.consider(&res.Candidates[i], start)
 	}

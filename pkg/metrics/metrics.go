@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -35,6 +36,12 @@ type Metrics struct {
 	Events        prometheus.Counter // directory removal events received
 	Overflows     prometheus.Counter // inotify queue overflows (events lost)
 	Unresponsive  prometheus.Gauge   // filesystems whose files are skipped: a call on them is stuck
+	// DeletedOpen is what deleted-but-open files hold on disk, by
+	// mountpoint; set at each full sweep (SetDeletedOpen).
+	DeletedOpen *prometheus.GaugeVec
+
+	mu          sync.Mutex
+	deletedOpen map[string]bool // mu guards it: the mount points DeletedOpen has a series for
 }
 
 // New returns a fresh set of metrics in their own registry, with the Go
@@ -99,14 +106,42 @@ func New() *Metrics {
 			Namespace: namespace, Name: "filesystems_unresponsive",
 			Help: "Filesystems (mounts) on which a call did not return in time (filesystem unresponsive events); their files are skipped until it returns.",
 		}),
+		DeletedOpen: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "deleted_open_bytes",
+			Help: "Bytes on disk (st_blocks*512, each inode once) held by deleted files that are still open, by the filesystem's mount point, as of the last full sweep. " +
+				"Only the last close frees them: compare with node_filesystem_size_bytes to alert before a disk fills.",
+		}, []string{"mountpoint"}),
 	}
 	m.Registry.MustRegister(
 		m.Sweeps, m.SweepDuration, m.Candidates, m.Rescues, m.RescuedBytes, m.Failures,
 		m.Skips, m.Reports, m.PinsHeld, m.PinnedBytes, m.Watches, m.Events, m.Overflows, m.Unresponsive,
+		m.DeletedOpen,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	return m
+}
+
+// SetDeletedOpen replaces the deleted_open_bytes series with bytes, by
+// mount point: a filesystem that no longer holds any deleted-but-open file
+// loses its series rather than keeping a stale value.
+// The new values are set before the stale series go, so that a scrape
+// in between never misses a filesystem that still has some.
+func (m *Metrics) SetDeletedOpen(bytes map[string]uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for mp, n := range bytes {
+		m.DeletedOpen.WithLabelValues(mp).Set(float64(n))
+	}
+	for mp := range m.deletedOpen {
+		if _, ok := bytes[mp]; !ok {
+			m.DeletedOpen.DeleteLabelValues(mp)
+		}
+	}
+	m.deletedOpen = make(map[string]bool, len(bytes))
+	for mp := range bytes {
+		m.deletedOpen[mp] = true
+	}
 }
 
 // Server serves a registry at /metrics.

@@ -54,6 +54,30 @@ func TestServe(t *testing.T) {
 	}
 }
 
+// TestSetDeletedOpen: each call replaces the series; a mount point that
+// is no longer given loses its series.
+func TestSetDeletedOpen(t *testing.T) {
+	m := New()
+	m.SetDeletedOpen(map[string]uint64{"/": 4096, "/srv": 8192})
+	m.SetDeletedOpen(map[string]uint64{"/srv": 12288})
+	mf, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range mf {
+		if f.GetName() != "relinkd_deleted_open_bytes" {
+			continue
+		}
+		for _, mt := range f.GetMetric() {
+			got[mt.GetLabel()[0].GetValue()] = mt.GetGauge().GetValue()
+		}
+	}
+	if len(got) != 1 || got["/srv"] != 12288 {
+		t.Errorf("relinkd_deleted_open_bytes = %v, want only /srv = 12288", got)
+	}
+}
+
 func TestInstancesAreIndependent(t *testing.T) {
 	a, b := New(), New()
 	a.Failures.Inc()
