@@ -88,6 +88,37 @@ func hasSuffix(name string) bool {
 	return err == nil && t.Format(TimeFormat) == rest[n:]
 }
 
+// Name is what a rescued file's name says (see Suffix).
+type Name struct {
+	Leaf string    // the original base name (as the engine shortened it)
+	Time time.Time // when it was rescued, UTC, to the second
+	PID  int       // the holder
+	FD   int       // its descriptor
+	K    int       // the ".K" added when the name was taken, 0 if none
+}
+
+// ParseRescued takes a rescued file's base name apart; false when name is
+// not one the engine gives (IsRescued).
+func ParseRescued(name string) (Name, bool) {
+	var n Name
+	if !hasSuffix(name) {
+		i := strings.LastIndexByte(name, '.')
+		if i < 0 || !IsRescued(name) {
+			return Name{}, false
+		}
+		n.K, _ = strconv.Atoi(name[i+1:])
+		name = name[:i]
+	}
+	rest, fd, _ := cutLast(name, ".fd")
+	rest, pid, _ := cutLast(rest, ".pid")
+	cut := len(rest) - len(TimeFormat)
+	n.Time, _ = time.Parse(TimeFormat, rest[cut:])
+	n.PID, _ = strconv.Atoi(pid)
+	n.FD, _ = strconv.Atoi(fd)
+	n.Leaf = rest[:cut-1]
+	return n, true
+}
+
 // cutLast splits s around the last sep.
 func cutLast(s, sep string) (before, after string, found bool) {
 	i := strings.LastIndex(s, sep)

@@ -115,3 +115,24 @@ func TestSuffix(t *testing.T) {
 		}
 	}
 }
+
+func TestParseRescued(t *testing.T) {
+	at := time.Date(2026, 11, 21, 20, 30, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name string
+		want Name
+		ok   bool
+	}{
+		{"app.db-wal" + Suffix(at, 123, 4), Name{Leaf: "app.db-wal", Time: at, PID: 123, FD: 4}, true},
+		{"app.log" + Suffix(at, 1, 0) + ".7", Name{Leaf: "app.log", Time: at, PID: 1, FD: 0, K: 7}, true},
+		{"x.fd.pid" + Suffix(at, 9, 10), Name{Leaf: "x.fd.pid", Time: at, PID: 9, FD: 10}, true},
+		{"app.log", Name{}, false},
+		{"app.log" + Suffix(at, 1, 2) + SidecarSuffix, Name{}, false},
+		{"app.log" + Suffix(at, 1, 2) + ".1000", Name{}, false},
+	} {
+		got, ok := ParseRescued(tc.name)
+		if ok != tc.ok || got != tc.want {
+			t.Errorf("ParseRescued(%q) = %+v, %v; want %+v, %v", tc.name, got, ok, tc.want, tc.ok)
+		}
+	}
+}

@@ -1,0 +1,174 @@
+package policy
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+	"golang.org/x/sys/unix"
+
+	"github.com/relinkd/relinkd/internal/layout"
+	"github.com/relinkd/relinkd/internal/testfs"
+)
+
+// TestWalkRescued: every rescued file with its sidecar, rescued files
+// without one and sidecars without their file are reported; nothing
+// reached through a symlink is, other files are left out, and what
+// someone other than root could have written is marked.
+func TestWalkRescued(t *testing.T) {
+	testfs.RequireRoot(t)
+	root := filepath.Join(t.TempDir(), "root")
+	outside := t.TempDir()
+	suffix := layout.Suffix(time.Date(2026, 11, 21, 20, 30, 0, 0, time.UTC), 12, 3)
+	mk := func(rel, data string, mode os.FileMode) {
+		t.Helper()
+		p := filepath.Join(root, rel)
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(data), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mk("var/log/a.log"+suffix, "aaaa", 0o644)
+	mk("var/log/a.log"+suffix+SidecarSuffix, `{"path":"/var/log/a.log"}`, 0o600)
+	mk("var/log/alone.log"+suffix, "no sidecar", 0o644)
+	mk("var/log/gone.log"+suffix+SidecarSuffix, `{}`, 0o600)
+	mk("var/log/loose.log"+suffix, "x", 0o644)
+	mk("var/log/loose.log"+suffix+SidecarSuffix, `{}`, 0o644)
+	mk("var/log/notes.txt", "not relinkd's", 0o644)
+	mk("open/b.log"+suffix, "b", 0o644)
+	if err := os.Chmod(filepath.Join(root, "open"), 0o777); err != nil {
+		t.Fatal(err)
+	}
+	mk("var/log/fifo.log"+suffix, "f", 0o644)
+	if err := unix.Mkfifo(filepath.Join(root, "var/log/fifo.log"+suffix+SidecarSuffix), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Symlinks to files and directories outside the root, under names
+	// relinkd writes: never followed.
+	if err := os.WriteFile(filepath.Join(outside, "secret"+suffix), []byte("secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(outside, "secret"+suffix), filepath.Join(root, "var/log/link.log"+suffix)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, filepath.Join(root, "var/escape")); err != nil {
+		t.Fatal(err)
+	}
+
+	p := New(Defaults(), zaptest.NewLogger(t))
+	got := map[string]RescuedFile{}
+	var order []string
+	if err := p.WalkRescued(root, func(f RescuedFile) {
+		got[f.Rel] = f
+		order = append(order, f.Rel)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"open/b.log" + suffix,
+		"var/log/a.log" + suffix, "var/log/alone.log" + suffix, "var/log/fifo.log" + suffix,
+		"var/log/gone.log" + suffix, "var/log/loose.log" + suffix,
+	}
+	if !slices.Equal(order, want) {
+		t.Fatalf("walked\n%q\nwant\n%q", order, want)
+	}
+	for _, tc := range []struct {
+		rel                 string
+		hasFile, hasSidecar bool
+		sidecarErr          bool
+		untrusted           bool
+		fileProblem         bool
+	}{
+		{rel: "var/log/a.log", hasFile: true, hasSidecar: true},
+		{rel: "var/log/alone.log", hasFile: true},
+		{rel: "var/log/gone.log", hasSidecar: true},
+		{rel: "var/log/loose.log", hasFile: true, hasSidecar: true, fileProblem: true},
+		{rel: "var/log/fifo.log", hasFile: true, hasSidecar: true, sidecarErr: true},
+		{rel: "open/b.log", hasFile: true, untrusted: true},
+	} {
+		f := got[tc.rel+suffix]
+		if f.HasFile != tc.hasFile || f.HasSidecar != tc.hasSidecar || (f.SidecarErr != nil) != tc.sidecarErr ||
+			(f.Untrusted != "") != tc.untrusted || (f.HasSidecar && f.SidecarErr == nil && f.SidecarFileProblem() != "") != tc.fileProblem {
+			t.Errorf("%s: file %v sidecar %v (err %v) untrusted %q problem %q; want file %v sidecar %v err %v untrusted %v problem %v",
+				tc.rel, f.HasFile, f.HasSidecar, f.SidecarErr, f.Untrusted, f.SidecarFileProblem(),
+				tc.hasFile, tc.hasSidecar, tc.sidecarErr, tc.untrusted, tc.fileProblem)
+		}
+	}
+	a := got["var/log/a.log"+suffix]
+	if string(a.Sidecar) != `{"path":"/var/log/a.log"}` || a.File.Size != 4 || a.File.Ino == 0 || a.Root != root {
+		t.Errorf("a.log: %+v", a)
+	}
+	if err := p.WalkRescued(filepath.Join(root, "missing"), func(RescuedFile) { t.Error("called for a missing root") }); err != nil {
+		t.Errorf("missing root: %v", err)
+	}
+}
+
+// TestKnownRoots: the configured directories, then the fs_dir root of
+// every mount that has a safe one, on that very mount.
+func TestKnownRoots(t *testing.T) {
+	testfs.RequireRoot(t)
+	good, planted, other := testfs.Mount(t, "tmpfs", 4), testfs.Mount(t, "tmpfs", 4), testfs.Mount(t, "tmpfs", 4)
+	if err := os.Mkdir(filepath.Join(good, ".relinkd"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// A symlink in place of fs_dir, and one writable by others: not roots.
+	if err := os.Symlink(good, filepath.Join(planted, ".relinkd")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(other, ".relinkd"), 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(filepath.Join(other, ".relinkd"), 0o777); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Defaults()
+	cfg.Rescue.Dirs = []string{"/nonexistent/relinkd-test-dir"}
+	roots, err := New(cfg, zaptest.NewLogger(t)).KnownRoots()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(roots) == 0 || roots[0] != cfg.Rescue.Dirs[0] {
+		t.Errorf("roots %q do not start with the configured directory", roots)
+	}
+	if !slices.Contains(roots, filepath.Join(good, ".relinkd")) {
+		t.Errorf("roots %q lack %s/.relinkd", roots, good)
+	}
+	for _, r := range roots {
+		if strings.HasPrefix(r, planted) || strings.HasPrefix(r, other) {
+			t.Errorf("unsafe root %s listed", r)
+		}
+	}
+}
+
+func TestCheckRescuedName(t *testing.T) {
+	at := time.Date(2026, 11, 21, 20, 30, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name, rel, path string
+		pid, fd         int
+		ok              bool
+	}{
+		{"plain", "var/log/app.log" + layout.Suffix(at, 12, 3), "/var/log/app.log", 12, 3, true},
+		{"taken name", "var/log/app.log" + layout.Suffix(at, 12, 3) + ".2", "/var/log/app.log", 12, 3, true},
+		{"control bytes", "srv/a_b" + layout.Suffix(at, 1, 4), "/srv/a\nb", 1, 4, true},
+		{"other pid", "var/log/app.log" + layout.Suffix(at, 12, 3), "/var/log/app.log", 13, 3, false},
+		{"other fd", "var/log/app.log" + layout.Suffix(at, 12, 3), "/var/log/app.log", 12, 4, false},
+		{"other path", "var/log/app.log" + layout.Suffix(at, 12, 3), "/etc/passwd", 12, 3, false},
+		{"not rescued", "var/log/app.log", "/var/log/app.log", 12, 3, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := CheckRescuedName(tc.rel, []byte(tc.path), tc.pid, tc.fd)
+			if (err == nil) != tc.ok {
+				t.Errorf("CheckRescuedName(%q, %q, %d, %d) = %v, want ok %v", tc.rel, tc.path, tc.pid, tc.fd, err, tc.ok)
+			}
+		})
+	}
+}
