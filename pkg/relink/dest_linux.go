@@ -154,9 +154,16 @@ func (w walker) openRoot(d Destination) (destDir, error) {
 // mkdirOpen opens the directory name in dirfd, creating it 0700 first if
 // it does not exist, without following any symlink.
 func (w walker) mkdirOpen(dirfd int, name string) (int, error) {
+	return w.openSub(dirfd, name, true, 0o700)
+}
+
+// openSub opens the directory name in dirfd without following any
+// symlink, creating it with mode (less the umask) first if it does not
+// exist and create is set; a missing one is ENOENT otherwise.
+func (w walker) openSub(dirfd int, name string, create bool, mode uint32) (int, error) {
 	fd, err := w.beneath(dirfd, name)
-	if errors.Is(err, unix.ENOENT) {
-		if err := eintr.Retry0(func() error { return unix.Mkdirat(dirfd, name, 0o700) }); err != nil && !errors.Is(err, unix.EEXIST) {
+	if create && errors.Is(err, unix.ENOENT) {
+		if err := eintr.Retry0(func() error { return unix.Mkdirat(dirfd, name, mode) }); err != nil && !errors.Is(err, unix.EEXIST) {
 			return -1, spaceErr(fmt.Errorf("mkdir %q: %w", name, err))
 		}
 		fd, err = w.beneath(dirfd, name)
@@ -283,11 +290,42 @@ func (t *tmpFile) discard() {
 	}
 }
 
+// namer chooses the name under which a new inode is published in a
+// directory: place gives it one by calling link, which never replaces
+// anything, and returns the name given.
+type namer struct {
+	leaf  string // the name wanted, also the base of a hidden temporary name
+	place func(dir destDir, link func(name string) error) (string, error)
+}
+
+// uniqueName publishes under leaf, else leaf.1, leaf.2 … (linkUnique).
+func uniqueName(leaf string) namer {
+	return namer{leaf: leaf, place: func(dir destDir, link func(string) error) (string, error) {
+		return linkUnique(dir, leaf, link)
+	}}
+}
+
+// exactName publishes under leaf only; EEXIST if it is taken.
+func exactName(leaf string) namer {
+	return namer{leaf: leaf, place: func(_ destDir, link func(string) error) (string, error) {
+		return leaf, link(leaf)
+	}}
+}
+
 // publish fsyncs the file, gives it a unique name built from leaf, without
 // replacing anything, and fsyncs the directory. With unique false the name
 // is leaf only. The file stays open (the caller owns t.f). On error the
 // temp is removed and nothing is visible.
 func (e *Engine) publish(t *tmpFile, leaf string, unique bool) (string, error) {
+	if unique {
+		return e.publishAs(t, uniqueName(leaf))
+	}
+	return e.publishAs(t, exactName(leaf))
+}
+
+// publishAs is publish under the name nm chooses.
+func (e *Engine) publishAs(t *tmpFile, nm namer) (string, error) {
+	leaf := nm.leaf
 	if err := eintr.Retry0(func() error { return unix.Fsync(t.fd()) }); err != nil {
 		t.discard()
 		return "", spaceErr(fmt.Errorf("fsync %s: %w", t.f.Name(), err))
@@ -305,13 +343,7 @@ func (e *Engine) publish(t *tmpFile, leaf string, unique bool) (string, error) {
 		}
 		return err
 	}
-	var name string
-	var err error
-	if unique {
-		name, err = linkUnique(t.dir, leaf, link)
-	} else {
-		name, err = leaf, link(leaf)
-	}
+	name, err := nm.place(t.dir, link)
 	if err != nil {
 		t.discard()
 		return "", spaceErr(fmt.Errorf("publish %s/%s: %w", t.dir.path, leaf, err))

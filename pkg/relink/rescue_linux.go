@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -102,18 +103,7 @@ func (e *Engine) rescue(ctx context.Context, p *Pin, d Destination, start time.T
 		if err := ctx.Err(); err != nil {
 			return fail(m, err)
 		}
-		var res Result
-		var err error
-		switch m {
-		case MethodLink:
-			res, err = e.link(p, dir, leaf)
-		case MethodReflink:
-			res, err = e.reflink(ctx, p, dir, leaf, d)
-		case MethodCopy:
-			res, err = e.copy(ctx, p, dir, leaf, d)
-		default:
-			err = fmt.Errorf("%w: unknown method %q", errNotHere, m)
-		}
+		res, dst, err := e.attempt(ctx, m, p.fd, dir, uniqueName(leaf), d.MinFreeBytes)
 		if errors.Is(err, errNotHere) {
 			e.log.Debug("rescue method not supported here", zap.Int("pid", c.PID), zap.Int("fd", c.FD),
 				zap.String("method", string(m)), zap.Error(err))
@@ -124,6 +114,9 @@ func (e *Engine) rescue(ctx context.Context, p *Pin, d Destination, start time.T
 			return fail(m, err)
 		}
 		res.Method = m
+		p.mu.Lock()
+		p.dst = dst // the published copy (nil after a link), kept open for Follow
+		p.mu.Unlock()
 		if e.hash {
 			if res.SHA256, err = e.hashOf(p, res); err != nil {
 				return fail(m, err)
@@ -159,12 +152,29 @@ func (e *Engine) rescue(ctx context.Context, p *Pin, d Destination, start time.T
 	return fail("", fmt.Errorf("%w: %s", ErrUnsupported, strings.Join(skipped, "; ")))
 }
 
+// attempt runs method m on src, the file open as that descriptor, into
+// dir under the name nm chooses. It returns the Result (without Method)
+// and the new file, kept open (nil after a link, which makes none), or an
+// error wrapping errNotHere when m does not work here.
+func (e *Engine) attempt(ctx context.Context, m Method, src int, dir destDir, nm namer, minFree uint64) (Result, *os.File, error) {
+	switch m {
+	case MethodLink:
+		res, err := e.link(src, dir, nm)
+		return res, nil, err
+	case MethodReflink:
+		return e.reflink(src, dir, nm)
+	case MethodCopy:
+		return e.copy(ctx, src, dir, nm, minFree)
+	}
+	return Result{}, nil, fmt.Errorf("%w: unknown method %q", errNotHere, m)
+}
+
 // link gives the inode itself a name (linkat(2)). ENOENT means the kernel
 // will not link an inode without links (and not an O_TMPFILE), EPERM that
 // protected_hardlinks forbids it for us: both move down the ladder, like
 // EXDEV for a destination on another mount.
-func (e *Engine) link(p *Pin, dir destDir, leaf string) (Result, error) {
-	name, err := linkUnique(dir, leaf, func(name string) error { return linkFD(e.procRoot, p.fd, dir.fd, name) })
+func (e *Engine) link(src int, dir destDir, nm namer) (Result, error) {
+	name, err := nm.place(dir, func(name string) error { return linkFD(e.procRoot, src, dir.fd, name) })
 	if err != nil {
 		if notHere(err) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EPERM) {
 			return Result{}, fmt.Errorf("%w: link: %w", errNotHere, err)
@@ -175,9 +185,9 @@ func (e *Engine) link(p *Pin, dir destDir, leaf string) (Result, error) {
 		_ = unix.Unlinkat(dir.fd, name, 0)
 		return Result{}, fmt.Errorf("fsync directory %s: %w", dir.path, err)
 	}
-	st, err := fstat(p.fd)
+	st, err := fstat(src)
 	if err != nil {
-		return Result{}, fmt.Errorf("fstat pinned file: %w", err)
+		return Result{}, fmt.Errorf("fstat source: %w", err)
 	}
 	return Result{Path: dir.path + "/" + name, Bytes: st.Size}, nil
 }
@@ -211,87 +221,80 @@ func checkSpace(dir destDir, need, minFree uint64) error {
 // The clone is a consistent snapshot of the whole file at that instant.
 // It takes no data blocks, so min_free does not hold it back (README: link
 // and reflink still run below min_free); a real ENOSPC is still reported.
-func (e *Engine) reflink(ctx context.Context, p *Pin, dir destDir, leaf string, d Destination) (Result, error) {
-	t, err := e.createTemp(dir, leaf)
+func (e *Engine) reflink(src int, dir destDir, nm namer) (Result, *os.File, error) {
+	t, err := e.createTemp(dir, nm.leaf)
 	if err != nil {
-		return Result{}, err
+		return Result{}, nil, err
 	}
-	if err := ficlone(t.fd(), p.fd); err != nil {
+	if err := ficlone(t.fd(), src); err != nil {
 		t.discard()
 		if notHere(err) {
-			return Result{}, fmt.Errorf("%w: FICLONE: %w", errNotHere, err)
+			return Result{}, nil, fmt.Errorf("%w: FICLONE: %w", errNotHere, err)
 		}
-		return Result{}, spaceErr(fmt.Errorf("FICLONE into %s: %w", dir.path, err))
+		return Result{}, nil, spaceErr(fmt.Errorf("FICLONE into %s: %w", dir.path, err))
 	}
-	return e.finish(p, t, leaf)
+	st, err := fstat(src)
+	if err != nil {
+		t.discard()
+		return Result{}, nil, fmt.Errorf("fstat source: %w", err)
+	}
+	return e.finishStat(src, t, nm, st)
 }
 
-// copy copies the bytes up to the size seen now, keeping holes.
-func (e *Engine) copy(ctx context.Context, p *Pin, dir destDir, leaf string, d Destination) (Result, error) {
-	st, err := fstat(p.fd)
+// copy copies the bytes of src up to the size seen now, keeping holes.
+func (e *Engine) copy(ctx context.Context, src int, dir destDir, nm namer, minFree uint64) (Result, *os.File, error) {
+	st, err := fstat(src)
 	if err != nil {
-		return Result{}, fmt.Errorf("fstat pinned file: %w", err)
+		return Result{}, nil, fmt.Errorf("fstat source: %w", err)
 	}
 	// st_blocks counts what the source allocates: its data, not its holes.
 	need := uint64(min(st.Blocks*512, st.Size))
-	if err := checkSpace(dir, need, d.MinFreeBytes); err != nil {
-		return Result{}, err
+	if err := checkSpace(dir, need, minFree); err != nil {
+		return Result{}, nil, err
 	}
-	t, err := e.createTemp(dir, leaf)
+	t, err := e.createTemp(dir, nm.leaf)
 	if err != nil {
-		return Result{}, err
+		return Result{}, nil, err
 	}
-	c := e.newCopier(t.fd(), p.fd, spaceGuard(dir, d.MinFreeBytes))
+	c := e.newCopier(t.fd(), src, spaceGuard(dir, minFree))
 	c.prealloc = true // ftruncate below frees what a shrinking source leaves
 	if _, err := c.copySparse(ctx, 0, st.Size); err != nil {
 		t.discard()
-		return Result{}, err
+		return Result{}, nil, err
 	}
 	// The final size: what was seen at the start, or less if the file was
 	// truncated meanwhile. Setting it also keeps a trailing hole.
-	now, err := fstat(p.fd)
+	now, err := fstat(src)
 	if err != nil {
 		t.discard()
-		return Result{}, fmt.Errorf("fstat pinned file: %w", err)
+		return Result{}, nil, fmt.Errorf("fstat source: %w", err)
 	}
 	size := min(st.Size, now.Size)
 	if err := eintr.Retry0(func() error { return unix.Ftruncate(t.fd(), size) }); err != nil {
 		t.discard()
-		return Result{}, spaceErr(fmt.Errorf("ftruncate copy to %d: %w", size, err))
+		return Result{}, nil, spaceErr(fmt.Errorf("ftruncate copy to %d: %w", size, err))
 	}
-	return e.finishStat(p, t, leaf, st)
+	return e.finishStat(src, t, nm, st)
 }
 
-// finish publishes t with the source's current metadata.
-func (e *Engine) finish(p *Pin, t *tmpFile, leaf string) (Result, error) {
-	st, err := fstat(p.fd)
-	if err != nil {
+// finishStat carries metadata from st, the source's, over to t and
+// publishes it under the name nm chooses. The published file stays open
+// and is returned (for Follow).
+func (e *Engine) finishStat(src int, t *tmpFile, nm namer, st unix.Stat_t) (Result, *os.File, error) {
+	if err := e.copyMeta(src, t.fd(), st); err != nil {
 		t.discard()
-		return Result{}, fmt.Errorf("fstat pinned file: %w", err)
-	}
-	return e.finishStat(p, t, leaf, st)
-}
-
-// finishStat carries metadata from st over to t, publishes it and keeps
-// it open in p for Follow.
-func (e *Engine) finishStat(p *Pin, t *tmpFile, leaf string, st unix.Stat_t) (Result, error) {
-	if err := e.copyMeta(p.fd, t.fd(), st); err != nil {
-		t.discard()
-		return Result{}, err
+		return Result{}, nil, err
 	}
 	size, err := fstat(t.fd())
 	if err != nil {
 		t.discard()
-		return Result{}, fmt.Errorf("fstat copy: %w", err)
+		return Result{}, nil, fmt.Errorf("fstat copy: %w", err)
 	}
-	name, err := e.publish(t, leaf, true)
+	name, err := e.publishAs(t, nm)
 	if err != nil {
-		return Result{}, err
+		return Result{}, nil, err
 	}
-	p.mu.Lock()
-	p.dst = t.f
-	p.mu.Unlock()
-	return Result{Path: t.dir.path + "/" + name, Bytes: size.Size}, nil
+	return Result{Path: t.dir.path + "/" + name, Bytes: size.Size}, t.f, nil
 }
 
 // hashOf reads the rescued file back and returns its SHA-256.

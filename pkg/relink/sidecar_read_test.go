@@ -1,0 +1,96 @@
+package relink
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestReadSidecar(t *testing.T) {
+	const good = `{"path":"/var/log/app.log","rescued_to":"/r/var/log/app.log.X","method":"copy","bytes":5,` +
+		`"pid":1,"fd":3,"comm":"app","uid":0,"rule":null,"duration":"1ms","dev":2049,"ino":77,"ts":"2026-11-21T20:30:01Z"}`
+	for _, tc := range []struct {
+		name, data string
+		ok         bool
+	}{
+		{"engine's", good, true},
+		{"newer fields", strings.Replace(good, `"ts"`, `"following":true,"rescued_ino":78,"container_id":"abc","future":1,"ts"`, 1), true},
+		{"not JSON", `{"path":`, false},
+		{"two values", good + good, false},
+		{"unknown method", strings.Replace(good, `"copy"`, `"teleport"`, 1), false},
+		{"relative path", strings.Replace(good, `"/var/log/app.log"`, `"app.log"`, 1), false},
+		{"relative rescued_to", strings.Replace(good, `"/r/var`, `"r/var`, 1), false},
+		{"no inode", strings.Replace(good, `"ino":77`, `"ino":0`, 1), false},
+		{"no time", strings.Replace(good, `,"ts":"2026-11-21T20:30:01Z"`, ``, 1), false},
+		{"negative size", strings.Replace(good, `"bytes":5`, `"bytes":-1`, 1), false},
+		{"bad base64", strings.Replace(good, `"ts"`, `"path_base64":"!!","ts"`, 1), false},
+		{"too large", good[:len(good)-1] + `,"pad":"` + strings.Repeat("x", 70<<10) + `"}`, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ReadSidecar([]byte(tc.data))
+			if (err == nil) != tc.ok || err != nil && !errors.Is(err, ErrForgedSidecar) {
+				t.Errorf("ReadSidecar: %v, want ok %v (or ErrForgedSidecar)", err, tc.ok)
+			}
+		})
+	}
+	s, err := ReadSidecar([]byte(strings.Replace(good, `"ts"`, `"path_base64":"L3Zhci9sb2cv/w==","ts"`, 1)))
+	if err != nil || string(s.OriginalPath()) != "/var/log/\xff" {
+		t.Errorf("path_base64: %q, %v", s.OriginalPath(), err)
+	}
+}
+
+// TestVerify: what a sidecar claims must match the file beside it.
+func TestVerify(t *testing.T) {
+	yes, no := true, false
+	at := time.Date(2026, 11, 21, 20, 30, 1, 0, time.UTC)
+	sc := func(m Method, bytes int64, following *bool, followed bool) StoredSidecar {
+		return StoredSidecar{Sidecar: Sidecar{Path: "/var/log/app.log", RescuedTo: "/r/app", Method: m, Bytes: bytes,
+			Dev: 10, Ino: 20, Followed: followed, Time: at}, Following: following}
+	}
+	file := func(ino uint64, size int64, grown bool) Found {
+		f := Found{Path: "/r/app", Dev: 10, Ino: ino, Size: size, Mtime: at.Add(-time.Hour), SidecarMtime: at}
+		if grown {
+			f.Mtime = at.Add(time.Minute) // appended after the sidecar was written
+		}
+		return f
+	}
+	for _, tc := range []struct {
+		name   string
+		s      StoredSidecar
+		f      Found
+		ok     bool
+		follow string
+	}{
+		{"copy as claimed", sc(MethodCopy, 100, nil, false), file(30, 100, false), true, FollowNone},
+		{"copy larger than claimed", sc(MethodCopy, 100, nil, false), file(30, 200, false), false, FollowNone},
+		{"copy smaller than claimed", sc(MethodCopy, 100, nil, false), file(30, 50, true), false, FollowNone},
+		{"older sidecar, grown since", sc(MethodCopy, 100, nil, false), file(30, 200, true), true, FollowActive},
+		{"following", sc(MethodReflink, 100, &yes, false), file(30, 200, false), true, FollowActive},
+		{"follow over, larger", sc(MethodReflink, 100, &no, false), file(30, 200, true), false, FollowNone},
+		{"followed", sc(MethodCopy, 300, nil, true), file(30, 300, false), true, FollowFinished},
+		{"followed, larger", sc(MethodCopy, 300, nil, true), file(30, 400, true), false, FollowFinished},
+		{"link of the source", sc(MethodLink, 100, nil, false), file(20, 5000, false), true, FollowNone},
+		{"link of another inode", sc(MethodLink, 100, nil, false), file(21, 100, false), false, FollowNone},
+		{"rescued_to elsewhere", sc(MethodCopy, 100, nil, false), Found{Path: "/r/other", Ino: 30, Size: 100}, false, FollowNone},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.s.Verify(tc.f)
+			if (err == nil) != tc.ok || err != nil && !errors.Is(err, ErrForgedSidecar) {
+				t.Errorf("Verify: %v, want ok %v", err, tc.ok)
+			}
+			if got := tc.s.FollowState(tc.f); got != tc.follow {
+				t.Errorf("FollowState = %q, want %q", got, tc.follow)
+			}
+		})
+	}
+	// The rescued file's own inode, where the sidecar records it.
+	s := sc(MethodCopy, 100, &no, false)
+	s.RescuedDev, s.RescuedIno = 10, 30
+	if err := s.Verify(file(30, 100, false)); err != nil {
+		t.Errorf("recorded inode: %v", err)
+	}
+	if err := s.Verify(file(31, 100, false)); !errors.Is(err, ErrForgedSidecar) {
+		t.Errorf("another inode than recorded: %v, want ErrForgedSidecar", err)
+	}
+}
