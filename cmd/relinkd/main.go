@@ -29,6 +29,10 @@ commands:
                [--follow] [--] [GLOB…]              rescue matching files now
   check-config FILE                                 validate a configuration
   doctor       [--config FILE]                      what will work on this host
+  list         [--config FILE] [--json] [--since DURATION] [--] [GLOB…]
+                                                    rescued files, from their sidecars
+  restore      [--config FILE] [--to PATH] [--force] [--dry-run] [--json]
+               [--] RESCUED_OR_GLOB…                put rescued files back
   version                                           version, commit, Go version
 
 Flags may come before or after positional arguments; COMMAND -h shows them.
@@ -89,6 +93,10 @@ func command(ctx context.Context, e env, args []string) error {
 		return cmdCheckConfig(ctx, e, rest)
 	case "doctor":
 		return cmdDoctor(ctx, e, rest)
+	case "list":
+		return cmdList(ctx, e, rest)
+	case "restore":
+		return cmdRestore(ctx, e, rest)
 	case "version":
 		return cmdVersion(e, rest)
 	case "help", "-h", "--help":

@@ -1,0 +1,308 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/bmatcuk/doublestar/v4"
+	"go.uber.org/zap"
+
+	"github.com/relinkd/relinkd/internal/layout"
+	"github.com/relinkd/relinkd/pkg/policy"
+	"github.com/relinkd/relinkd/pkg/relink"
+)
+
+// Sidecar states of a listed file.
+const (
+	sidecarOK         = "ok"
+	sidecarMissing    = "missing"    // a rescued file without a sidecar
+	sidecarUnreadable = "unreadable" // a sidecar that cannot be read
+	sidecarForged     = "forged"     // not one relinkd wrote, or its claims do not match the file
+	sidecarOrphan     = "orphan"     // a sidecar whose rescued file is gone
+)
+
+// rescue is one rescued file (or lone sidecar) found in a rescue root,
+// with what its sidecar says once that has been checked.
+type rescue struct {
+	root, rel string
+	path      string // the rescued file's host path: root/rel
+	file      policy.FileFacts
+	hasFile   bool
+	name      layout.Name // what the rescued name says
+	at        time.Time   // when it was rescued (from the name)
+	status    string      // sidecarOK …
+	problem   string      // why status is not ok
+	sc        relink.StoredSidecar
+	follow    string // relink.Follow*, for a trusted sidecar
+}
+
+// trusted reports whether the sidecar was checked and may be believed.
+func (r *rescue) trusted() bool { return r.status == sidecarOK }
+
+// original is the holder's name for the file, when the sidecar is trusted.
+func (r *rescue) original() string {
+	if !r.trusted() {
+		return ""
+	}
+	return string(r.sc.OriginalPath())
+}
+
+// findRescues reads every known rescue root and checks each sidecar
+// against the file beside it, oldest rescue first. The roots are the
+// configured rescue.dirs and the fs_dir root of every host mount, read
+// through the policy's view of the host. A root that cannot be read is
+// reported in errs; the others are still listed.
+func findRescues(pol *policy.Policy) (out []rescue, errs []error) {
+	roots, err := pol.KnownRoots()
+	if err != nil {
+		errs = append(errs, fmt.Errorf("mount table: %w", err))
+	}
+	for _, root := range roots {
+		err := pol.WalkRescued(root, func(f policy.RescuedFile) { out = append(out, checkRescue(f)) })
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	slices.SortFunc(out, func(a, b rescue) int { return cmp.Or(a.at.Compare(b.at), strings.Compare(a.path, b.path)) })
+	return out, errs
+}
+
+// checkRescue decides how far f's sidecar can be believed.
+func checkRescue(f policy.RescuedFile) rescue {
+	r := rescue{root: f.Root, rel: f.Rel, path: joinRoot(f.Root, f.Rel), file: f.File, hasFile: f.HasFile}
+	r.name, _ = layout.ParseRescued(f.Rel[strings.LastIndexByte(f.Rel, '/')+1:])
+	r.at = r.name.Time
+	bad := func(status, format string, args ...any) rescue {
+		r.status, r.problem = status, fmt.Sprintf(format, args...)
+		return r
+	}
+	switch {
+	case !f.HasFile:
+		return bad(sidecarOrphan, "a sidecar without its rescued file")
+	case !f.HasSidecar:
+		return bad(sidecarMissing, "no sidecar beside the rescued file")
+	case f.SidecarErr != nil:
+		return bad(sidecarUnreadable, "sidecar: %v", f.SidecarErr)
+	case f.Untrusted != "":
+		return bad(sidecarForged, "not necessarily written by relinkd: %s", f.Untrusted)
+	}
+	if why := f.SidecarFileProblem(); why != "" {
+		return bad(sidecarForged, "not written by relinkd: %s", why)
+	}
+	sc, err := relink.ReadSidecar(f.Sidecar)
+	if err != nil {
+		return bad(sidecarForged, "%v", err)
+	}
+	found := relink.Found{Path: r.path, Dev: f.File.Dev, Ino: f.File.Ino, Size: f.File.Size, BirthTime: f.File.BirthTime,
+		Mtime: f.File.Mtime, SidecarMtime: f.SidecarFile.Mtime}
+	if err := sc.Verify(found); err != nil {
+		if f.File.Nlink > 1 && sc.Method != relink.MethodLink {
+			return bad(sidecarForged, "%v; the file has %d links (restored by link and changed since?)", err, f.File.Nlink)
+		}
+		return bad(sidecarForged, "%v", err)
+	}
+	if err := policy.CheckRescuedName(f.Rel, sc.OriginalPath(), sc.PID, sc.FD); err != nil {
+		return bad(sidecarForged, "%v: %v", relink.ErrForgedSidecar, err)
+	}
+	if sc.Time.Before(r.at) {
+		return bad(sidecarForged, "%v: written at %s, before the rescue its name dates %s", relink.ErrForgedSidecar,
+			sc.Time.UTC().Format(time.RFC3339), r.at.Format(time.RFC3339))
+	}
+	r.sc, r.status = sc, sidecarOK
+	r.follow = sc.FollowState(found)
+	return r
+}
+
+// joinRoot is root/rel without a doubled slash for the root "/".
+func joinRoot(root, rel string) string {
+	return strings.TrimSuffix(root, "/") + "/" + rel
+}
+
+// listOptions are the flags and globs of `relinkd list`.
+type listOptions struct {
+	configPath string
+	asJSON     bool
+	since      time.Duration
+	globs      []string
+}
+
+const listSynopsis = "[FLAGS] [--] [GLOB…]"
+
+func parseListArgs(e env, args []string) (listOptions, error) {
+	var o listOptions
+	fl := newFlagSet("list")
+	fl.StringVar(&o.configPath, "config", "", "configuration `file` (default /etc/relinkd/relinkd.yaml, else embedded)")
+	fl.BoolVar(&o.asJSON, "json", false, "print one JSON object per line")
+	since := fl.String("since", "", "only files rescued within `DURATION` (30m, 12h, 7d …)")
+	globs, err := parseArgs(e.stdout, fl, listSynopsis, args)
+	if err != nil {
+		return o, err
+	}
+	for _, g := range globs {
+		if !doublestar.ValidatePattern(g) {
+			return o, fmt.Errorf("%w: bad glob %q", errUsage, g)
+		}
+	}
+	o.globs = globs
+	if *since != "" {
+		d, err := policy.ParseDuration(*since)
+		if err != nil || d <= 0 {
+			return o, fmt.Errorf("%w: --since %q: not a duration", errUsage, *since)
+		}
+		o.since = time.Duration(d)
+	}
+	return o, nil
+}
+
+// cmdList lists the rescued files of every known rescue root, oldest
+// first, from their sidecars; a sidecar that is missing, unreadable or
+// forged is listed with why, and nothing it claims is shown. It fails
+// only when a root could not be read.
+func cmdList(_ context.Context, e env, args []string) error {
+	o, err := parseListArgs(e, args)
+	if err != nil {
+		return err
+	}
+	cfg, _, err := policy.Resolve(o.configPath)
+	if err != nil {
+		return err
+	}
+	pol := policy.New(cfg, zap.NewNop())
+	all, errs := findRescues(pol)
+	var rs []rescue
+	cut := time.Now().Add(-o.since)
+	for _, r := range all {
+		if o.since > 0 && r.at.Before(cut) {
+			continue
+		}
+		if len(o.globs) > 0 && !(r.trusted() && matchAny(o.globs, r.original())) && !matchAny(o.globs, r.path) {
+			continue
+		}
+		rs = append(rs, r)
+	}
+	if o.asJSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetEscapeHTML(false)
+		for i := range rs {
+			if err := enc.Encode(listLineOf(&rs[i])); err != nil {
+				return err
+			}
+		}
+	} else if err := printRescues(e.stdout, rs); err != nil {
+		return err
+	}
+	for _, err := range errs {
+		fmt.Fprintf(e.stderr, "relinkd: %v\n", err)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %d rescue root(s) not read", errReported, len(errs))
+	}
+	return nil
+}
+
+// listLine is one rescued file in `list --json`. Claims of a sidecar that
+// is not ok are left out.
+type listLine struct {
+	Path            string  `json:"path,omitempty"`
+	PathBase64      string  `json:"path_base64,omitempty"`
+	ContainerID     string  `json:"container_id,omitempty"`
+	Comm            string  `json:"comm,omitempty"`
+	PID             int     `json:"pid,omitempty"`
+	FD              *int    `json:"fd,omitempty"`
+	UID             *uint32 `json:"uid,omitempty"`
+	Rule            *string `json:"rule,omitempty"`
+	Method          string  `json:"method,omitempty"`
+	Bytes           *int64  `json:"bytes,omitempty"`
+	Follow          string  `json:"follow,omitempty"`
+	RescuedAt       string  `json:"rescued_at"`
+	RescuedTo       string  `json:"rescued_to"`
+	RescuedToBase64 string  `json:"rescued_to_base64,omitempty"`
+	Root            string  `json:"root"`
+	Size            *int64  `json:"size,omitempty"`      // the rescued file's size now
+	Allocated       *int64  `json:"allocated,omitempty"` // its st_blocks×512
+	Sidecar         string  `json:"sidecar"`
+	Problem         string  `json:"problem,omitempty"`
+}
+
+func listLineOf(r *rescue) listLine {
+	l := listLine{RescuedAt: r.at.UTC().Format(time.RFC3339), Root: r.root, Sidecar: r.status, Problem: r.problem}
+	l.RescuedTo, l.RescuedToBase64 = jsonName(r.path)
+	if r.hasFile {
+		size, alloc := r.file.Size, r.file.Blocks*512
+		l.Size, l.Allocated = &size, &alloc
+	}
+	if !r.trusted() {
+		return l
+	}
+	s := &r.sc
+	l.Path, l.PathBase64 = jsonName(r.original())
+	fd, uid, bytes := s.FD, s.UID, s.Bytes
+	l.ContainerID, l.Comm, l.PID, l.FD, l.UID = s.ContainerID, s.Comm, s.PID, &fd, &uid
+	l.Method, l.Bytes, l.Follow = string(s.Method), &bytes, r.follow
+	if s.Rule != nil {
+		rule := *s.Rule
+		l.Rule = &rule
+	}
+	return l
+}
+
+// printRescues prints the table, then what is wrong with the sidecars
+// that are not ok.
+func printRescues(w io.Writer, rs []rescue) error {
+	if len(rs) == 0 {
+		fmt.Fprintln(w, "no rescued files")
+		return nil
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "RESCUED AT\tPATH\tHOLDER\tRULE\tMETHOD\tBYTES\tFOLLOW\tRESCUED TO")
+	var bad []*rescue
+	for i := range rs {
+		r := &rs[i]
+		at := r.at.UTC().Format("2006-01-02 15:04:05Z")
+		if !r.trusted() {
+			bad = append(bad, r)
+			fmt.Fprintf(tw, "%s\t(sidecar %s)\t-\t-\t-\t-\t-\t%s\n", at, r.status, quoteIfNeeded(r.path))
+			continue
+		}
+		s := &r.sc
+		path := quoteIfNeeded(r.original())
+		if s.ContainerID != "" {
+			path = "[" + shortID(s.ContainerID) + "] " + path
+		}
+		rule := "-"
+		if s.Rule != nil {
+			rule = displayPath([]byte(*s.Rule))
+		}
+		follow := r.follow
+		if follow == "" {
+			follow = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s[%d] uid %d\t%s\t%s\t%d\t%s\t%s\n", at, path, displayPath([]byte(s.Comm)), s.PID, s.UID,
+			rule, s.Method, s.Bytes, follow, quoteIfNeeded(r.path))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(bad) > 0 {
+		fmt.Fprintf(w, "\n%d of %d sidecar(s) not trusted:\n", len(bad), len(rs))
+		for _, r := range bad {
+			fmt.Fprintf(w, "%s: sidecar %s: %s\n", quoteIfNeeded(r.path), r.status, r.problem)
+		}
+	}
+	return nil
+}
+
+// shortID shortens a container id the way docker ps does.
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
