@@ -124,7 +124,7 @@ func found(t *testing.T, path, sidecar string) Found {
 	var st, sst unix.Stat_t
 	must(t, unix.Lstat(path, &st))
 	must(t, unix.Lstat(sidecar, &sst))
-	return Found{Path: path, Dev: st.Dev, Ino: st.Ino, Size: st.Size,
+	return Found{Path: path, Dev: st.Dev, Ino: st.Ino, Nlink: uint32(st.Nlink), Size: st.Size,
 		Mtime: time.Unix(st.Mtim.Unix()), SidecarMtime: time.Unix(sst.Mtim.Unix())}
 }
 

@@ -113,6 +113,7 @@ func ReadSidecar(b []byte) (StoredSidecar, error) {
 type Found struct {
 	Path         string // the rescued file's host path (root/rel)
 	Dev, Ino     uint64
+	Nlink        uint32
 	Size         int64
 	BirthTime    int64 // ns since the epoch; 0 where the filesystem records none
 	Mtime        time.Time
@@ -165,7 +166,8 @@ const (
 // its copy is taken to be still followed when it has grown since the
 // sidecar was written, which only a follow's appends do (they set the
 // mtime; a follow that ends sets the source's times back and rewrites the
-// sidecar with the final size).
+// sidecar with the final size), unless another name shares its inode (it
+// was restored by link: what grew it may be whoever uses that name).
 func (s *StoredSidecar) FollowState(f Found) string {
 	switch {
 	case s.Followed:
@@ -174,7 +176,7 @@ func (s *StoredSidecar) FollowState(f Found) string {
 		if *s.Following {
 			return FollowActive
 		}
-	case s.Method != MethodLink && f.Size > s.Bytes && f.Mtime.After(f.SidecarMtime):
+	case s.Method != MethodLink && f.Size > s.Bytes && f.Mtime.After(f.SidecarMtime) && f.Nlink <= 1:
 		return FollowActive
 	}
 	return FollowNone

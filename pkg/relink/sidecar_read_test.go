@@ -49,12 +49,13 @@ func TestVerify(t *testing.T) {
 			Dev: 10, Ino: 20, Followed: followed, Time: at}, Following: following}
 	}
 	file := func(ino uint64, size int64, grown bool) Found {
-		f := Found{Path: "/r/app", Dev: 10, Ino: ino, Size: size, Mtime: at.Add(-time.Hour), SidecarMtime: at}
+		f := Found{Path: "/r/app", Dev: 10, Ino: ino, Nlink: 1, Size: size, Mtime: at.Add(-time.Hour), SidecarMtime: at}
 		if grown {
 			f.Mtime = at.Add(time.Minute) // appended after the sidecar was written
 		}
 		return f
 	}
+	linked := func(f Found) Found { f.Nlink = 2; return f }
 	for _, tc := range []struct {
 		name   string
 		s      StoredSidecar
@@ -66,6 +67,7 @@ func TestVerify(t *testing.T) {
 		{"copy larger than claimed", sc(MethodCopy, 100, nil, false), file(30, 200, false), false, FollowNone},
 		{"copy smaller than claimed", sc(MethodCopy, 100, nil, false), file(30, 50, true), false, FollowNone},
 		{"older sidecar, grown since", sc(MethodCopy, 100, nil, false), file(30, 200, true), true, FollowActive},
+		{"older sidecar, grown since, restored by link", sc(MethodCopy, 100, nil, false), linked(file(30, 200, true)), false, FollowNone},
 		{"following", sc(MethodReflink, 100, &yes, false), file(30, 200, false), true, FollowActive},
 		{"follow over, larger", sc(MethodReflink, 100, &no, false), file(30, 200, true), false, FollowNone},
 		{"followed", sc(MethodCopy, 300, nil, true), file(30, 300, false), true, FollowFinished},
