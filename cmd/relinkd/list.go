@@ -26,6 +26,10 @@ const (
 	sidecarUnreadable = "unreadable" // a sidecar that cannot be read
 	sidecarForged     = "forged"     // not one relinkd wrote, or its claims do not match the file
 	sidecarOrphan     = "orphan"     // a sidecar whose rescued file is gone
+	// A rescued copy that was restored by link (another name shares its
+	// inode) and has changed since: the sidecar is the engine's, but the
+	// file is no longer what was rescued.
+	sidecarChanged = "changed"
 )
 
 // rescue is one rescued file (or lone sidecar) found in a rescue root,
@@ -43,12 +47,17 @@ type rescue struct {
 	follow    string // relink.Follow*, for a trusted sidecar
 }
 
-// trusted reports whether the sidecar was checked and may be believed.
+// trusted reports whether the sidecar was checked and describes the file:
+// what can be restored.
 func (r *rescue) trusted() bool { return r.status == sidecarOK }
 
-// original is the holder's name for the file, when the sidecar is trusted.
+// believed reports whether the sidecar is the engine's, so that what it
+// says of the rescue may be shown: trusted, or a file changed since.
+func (r *rescue) believed() bool { return r.status == sidecarOK || r.status == sidecarChanged }
+
+// original is the holder's name for the file, when the sidecar is believed.
 func (r *rescue) original() string {
-	if !r.trusted() {
+	if !r.believed() {
 		return ""
 	}
 	return string(r.sc.OriginalPath())
@@ -100,20 +109,26 @@ func checkRescue(f policy.RescuedFile) rescue {
 	if err != nil {
 		return bad(sidecarForged, "%v", err)
 	}
-	found := relink.Found{Path: r.path, Dev: f.File.Dev, Ino: f.File.Ino, Size: f.File.Size, BirthTime: f.File.BirthTime,
+	found := relink.Found{Path: r.path, Dev: f.File.Dev, Ino: f.File.Ino, Nlink: f.File.Nlink, Size: f.File.Size, BirthTime: f.File.BirthTime,
 		Mtime: f.File.Mtime, SidecarMtime: f.SidecarFile.Mtime}
-	if err := sc.Verify(found); err != nil {
-		if f.File.Nlink > 1 && sc.Method != relink.MethodLink {
-			return bad(sidecarForged, "%v; the file has %d links (restored by link and changed since?)", err, f.File.Nlink)
-		}
-		return bad(sidecarForged, "%v", err)
-	}
 	if err := policy.CheckRescuedName(f.Rel, sc.OriginalPath(), sc.PID, sc.FD); err != nil {
 		return bad(sidecarForged, "%v: %v", relink.ErrForgedSidecar, err)
 	}
 	if sc.Time.Before(r.at) {
 		return bad(sidecarForged, "%v: written at %s, before the rescue its name dates %s", relink.ErrForgedSidecar,
 			sc.Time.UTC().Format(time.RFC3339), r.at.Format(time.RFC3339))
+	}
+	if err := sc.Verify(found); err != nil {
+		// A copy restored by link is the restored file too: it changes
+		// with it. Only its size may then disagree.
+		same := sc
+		same.Bytes, same.Followed, same.Following = f.File.Size, false, nil
+		if f.File.Nlink > 1 && sc.Method != relink.MethodLink && same.Verify(found) == nil {
+			r.sc = sc
+			return bad(sidecarChanged, "the file has %d bytes, %d when it was rescued, and %d links: restored by link, and changed since",
+				f.File.Size, sc.Bytes, f.File.Nlink)
+		}
+		return bad(sidecarForged, "%v", err)
 	}
 	r.sc, r.status = sc, sidecarOK
 	r.follow = sc.FollowState(found)
@@ -182,7 +197,7 @@ func cmdList(_ context.Context, e env, args []string) error {
 		if o.since > 0 && r.at.Before(cut) {
 			continue
 		}
-		if len(o.globs) > 0 && !(r.trusted() && matchAny(o.globs, r.original())) && !matchAny(o.globs, r.path) {
+		if len(o.globs) > 0 && !(r.believed() && matchAny(o.globs, r.original())) && !matchAny(o.globs, r.path) {
 			continue
 		}
 		rs = append(rs, r)
@@ -227,6 +242,7 @@ type listLine struct {
 	Root            string  `json:"root"`
 	Size            *int64  `json:"size,omitempty"`      // the rescued file's size now
 	Allocated       *int64  `json:"allocated,omitempty"` // its st_blocks×512
+	Links           uint32  `json:"links,omitempty"`     // its st_nlink: more than 1 once restored by link
 	Sidecar         string  `json:"sidecar"`
 	Problem         string  `json:"problem,omitempty"`
 }
@@ -236,9 +252,9 @@ func listLineOf(r *rescue) listLine {
 	l.RescuedTo, l.RescuedToBase64 = jsonName(r.path)
 	if r.hasFile {
 		size, alloc := r.file.Size, r.file.Blocks*512
-		l.Size, l.Allocated = &size, &alloc
+		l.Size, l.Allocated, l.Links = &size, &alloc, r.file.Nlink
 	}
-	if !r.trusted() {
+	if !r.believed() {
 		return l
 	}
 	s := &r.sc
@@ -268,6 +284,8 @@ func printRescues(w io.Writer, rs []rescue) error {
 		at := r.at.UTC().Format("2006-01-02 15:04:05Z")
 		if !r.trusted() {
 			bad = append(bad, r)
+		}
+		if !r.believed() {
 			fmt.Fprintf(tw, "%s\t(sidecar %s)\t-\t-\t-\t-\t-\t%s\n", at, r.status, quoteIfNeeded(r.path))
 			continue
 		}
@@ -281,7 +299,10 @@ func printRescues(w io.Writer, rs []rescue) error {
 			rule = displayPath([]byte(*s.Rule))
 		}
 		follow := r.follow
-		if follow == "" {
+		switch {
+		case r.status == sidecarChanged:
+			follow = "(changed)"
+		case follow == "":
 			follow = "-"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s[%d] uid %d\t%s\t%s\t%d\t%s\t%s\n", at, path, displayPath([]byte(s.Comm)), s.PID, s.UID,
@@ -291,7 +312,7 @@ func printRescues(w io.Writer, rs []rescue) error {
 		return err
 	}
 	if len(bad) > 0 {
-		fmt.Fprintf(w, "\n%d of %d sidecar(s) not trusted:\n", len(bad), len(rs))
+		fmt.Fprintf(w, "\n%d of %d rescued file(s) not as their sidecar says:\n", len(bad), len(rs))
 		for _, r := range bad {
 			fmt.Fprintf(w, "%s: sidecar %s: %s\n", quoteIfNeeded(r.path), r.status, r.problem)
 		}

@@ -165,7 +165,7 @@ func TestListCommand(t *testing.T) {
 
 	// The table says what is wrong, one line per file.
 	out, _, code := runBinary(t, "list", "--config", cfg)
-	if code != 0 || !strings.Contains(out, app.Path) || !strings.Contains(out, "5 of 6 sidecar(s) not trusted") ||
+	if code != 0 || !strings.Contains(out, app.Path) || !strings.Contains(out, "5 of 6 rescued file(s) not as their sidecar says") ||
 		!strings.Contains(out, alone+": sidecar missing") || !strings.Contains(out, big.RescuedTo+": sidecar forged") {
 		t.Errorf("table:\n%s", out)
 	}

@@ -132,7 +132,7 @@ func selectRescues(all []rescue, args []string, out *restoreReporter) []int {
 		n := 0
 		for i := range all {
 			r := &all[i]
-			if exact == r.path || r.trusted() && matchAny([]string{a}, r.original()) {
+			if exact == r.path || r.believed() && matchAny([]string{a}, r.original()) {
 				if !slices.Contains(sel, i) {
 					sel = append(sel, i)
 				}
@@ -146,7 +146,7 @@ func selectRescues(all []rescue, args []string, out *restoreReporter) []int {
 	return sel
 }
 
-// groupSets gives each trusted rescue a set number (from 1; 0 for the
+// groupSets gives each rescue whose sidecar is believed a set number (from 1; 0 for the
 // others): files rescued in one round from one directory, as the holder
 // saw it (and in one container, to one root). A round starts with its
 // oldest file and takes those rescued within setWindow of it.
@@ -155,7 +155,7 @@ func groupSets(all []rescue) []int {
 	type key struct{ dir, container, root string }
 	byKey := map[key][]int{}
 	for i := range all {
-		if r := &all[i]; r.trusted() {
+		if r := &all[i]; r.believed() {
 			k := key{filepath.Dir(r.original()), r.sc.ContainerID, r.root}
 			byKey[k] = append(byKey[k], i)
 		}
@@ -182,7 +182,7 @@ func planRestore(all []rescue, sel []int, sets []int, o restoreOptions, pol *pol
 	chosen := slices.Clone(sel)
 	for _, i := range sel {
 		r := &all[i]
-		if !r.trusted() {
+		if !r.believed() {
 			continue
 		}
 		base := filepath.Base(r.original())

@@ -158,6 +158,29 @@ func TestRestoreCommand(t *testing.T) {
 		}
 	})
 
+	t.Run("restored by link, then changed", func(t *testing.T) {
+		// other-name.log is other.log's rescued inode (restored by link
+		// above): what is appended to it changes the rescued file too.
+		to := filepath.Join(mnt, "other-name.log")
+		f, err := os.OpenFile(to, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteString(" and more"); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		other := rescued["/src/db/other.log"]
+		got, _ := listRun(t, "--config", cfg)
+		if l := got[other.RescuedTo]; l.Sidecar != "changed" || l.Path != other.Path || l.Links != 2 || !strings.Contains(l.Problem, "restored by link") {
+			t.Errorf("list: %+v; want sidecar changed, its claims shown, 2 links", l)
+		}
+		lines, code := restoreRun(t, "--config", cfg, "--to", filepath.Join(mnt, "again.log"), other.RescuedTo)
+		if code != 1 || len(lines) != 1 || lines[0].Status != "refused" {
+			t.Errorf("restoring a changed file again: exit %d, %+v; want it refused", code, lines)
+		}
+	})
+
 	t.Run("mistakes", func(t *testing.T) {
 		if _, code := restoreRun(t, "--config", cfg, "/nothing/like/this"); code != 1 {
 			t.Errorf("unmatched: exit %d, want 1", code)
