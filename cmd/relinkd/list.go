@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"path/filepath"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -135,10 +136,9 @@ func checkRescue(f policy.RescuedFile) rescue {
 	return r
 }
 
-// joinRoot is root/rel without a doubled slash for the root "/".
-func joinRoot(root, rel string) string {
-	return strings.TrimSuffix(root, "/") + "/" + rel
-}
+// joinRoot is root/rel, cleaned as the engine cleans the root it writes
+// rescued_to from.
+func joinRoot(root, rel string) string { return filepath.Join(root, rel) }
 
 // listOptions are the flags and globs of `relinkd list`.
 type listOptions struct {

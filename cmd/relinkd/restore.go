@@ -52,7 +52,8 @@ func parseRestoreArgs(e env, args []string) (restoreOptions, error) {
 		return o, fmt.Errorf("%w: restore: name the rescued files (their paths, or globs on their original paths)", errUsage)
 	}
 	for _, a := range pos {
-		if !doublestar.ValidatePattern(a) {
+		// A rescued file's own name need not be a valid glob.
+		if _, err := os.Lstat(a); err != nil && !doublestar.ValidatePattern(a) {
 			return o, fmt.Errorf("%w: bad glob %q", errUsage, a)
 		}
 	}

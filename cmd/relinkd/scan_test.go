@@ -196,6 +196,8 @@ func TestHelp(t *testing.T) {
 		{"doctor --help", []string{"doctor", "--help"}, "-config"},
 		{"check-config -h", []string{"check-config", "-h"}, "FILE"},
 		{"version -h", []string{"version", "-h"}, "usage: relinkd version"},
+		{"list -h", []string{"list", "-h"}, "-since DURATION"},
+		{"restore --help", []string{"restore", "--help"}, "-dry-run"},
 		{"help", []string{"help"}, "commands:"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
