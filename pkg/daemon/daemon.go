@@ -867,12 +867,12 @@ func (d *Daemon) sweep(ctx context.Context) {
 		return
 	}
 	d.m.Candidates.Add(float64(len(res.Candidates)))
-	d.exportDeletedOpen(res.Candidates)
 	for i := range res.Candidates {
 		d.consider(&res.Candidates[i], start)
 	}
 	d.forget(start, listed)
 	d.lastFull, d.fullDeferred = start, false
+	d.exportDeletedOpen(res.Candidates)
 	d.log.Debug("sweep", zap.String("kind", "full"), zap.Int("procs", res.Procs), zap.Int("fds", res.FDs),
 		zap.Int("candidates", len(res.Candidates)), zap.Int("vanished", res.Vanished), zap.Int("denied", res.Denied),
 		zap.Duration("duration", res.Duration))
