@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -95,8 +96,11 @@ func TestListCommand(t *testing.T) {
 	// Forgeries, written by hand.
 	edit := func(path string, change func(map[string]any)) {
 		t.Helper()
+		// Numbers as they are: a float64 would round the 19-digit ones.
 		var m map[string]any
-		if err := json.Unmarshal(readFile(t, path+layout.SidecarSuffix), &m); err != nil {
+		dec := json.NewDecoder(bytes.NewReader(readFile(t, path+layout.SidecarSuffix)))
+		dec.UseNumber()
+		if err := dec.Decode(&m); err != nil {
 			t.Fatal(err)
 		}
 		change(m)

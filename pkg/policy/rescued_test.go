@@ -112,9 +112,9 @@ func TestWalkRescued(t *testing.T) {
 	}
 }
 
-// TestKnownRoots: the configured directories, then the fs_dir root of
+// TestKnownRootsSafeFSDir: the configured directories, then the fs_dir root of
 // every mount that has a safe one, on that very mount.
-func TestKnownRoots(t *testing.T) {
+func TestKnownRootsSafeFSDir(t *testing.T) {
 	testfs.RequireRoot(t)
 	good, planted, other := testfs.Mount(t, "tmpfs", 4), testfs.Mount(t, "tmpfs", 4), testfs.Mount(t, "tmpfs", 4)
 	if err := os.Mkdir(filepath.Join(good, ".relinkd"), 0o700); err != nil {
