@@ -6,8 +6,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"go.uber.org/zap"
 
 	"github.com/relinkd/relinkd/internal/testfs"
+	"github.com/relinkd/relinkd/pkg/policy"
+	"github.com/relinkd/relinkd/pkg/relink"
 )
 
 // restoreRun runs `restore --json` and returns its objects and exit status.
@@ -222,4 +227,58 @@ func equalMaps(a, b map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// TestPlanRestore: sets are the files rescued within a minute of each
+// other from one directory; a file brings its companions (names that
+// extend its own) and nothing else; a file held in a container is not
+// restored under its container path; two files bound for one name are
+// both refused.
+func TestPlanRestore(t *testing.T) {
+	at := time.Date(2026, 11, 21, 20, 30, 0, 0, time.UTC)
+	res := func(path string, after time.Duration, container string) rescue {
+		return rescue{root: "/r", rel: strings.TrimPrefix(path, "/") + ".x", path: "/r" + path + ".x", at: at.Add(after),
+			status: sidecarOK, sc: relink.StoredSidecar{Sidecar: relink.Sidecar{Path: path, Dev: 1}, ContainerID: container}}
+	}
+	all := []rescue{
+		res("/db/app.db", 0, ""),                     // 0
+		res("/db/app.db-wal", time.Second, ""),       // 1: companion
+		res("/db/app.db-shm", 50*time.Second, ""),    // 2: companion, same round
+		res("/db/app.db-journal", 2*time.Minute, ""), // 3: another round
+		res("/db/other.db", 0, ""),                   // 4: same round, not a companion
+		res("/db/app.db", time.Hour, ""),             // 5: a later rescue of the same name
+		res("/ctr/app.log", 0, "0123456789abcdef"),   // 6: in a container
+	}
+	sets := groupSets(all)
+	if sets[0] != sets[1] || sets[0] != sets[2] || sets[0] != sets[4] || sets[3] == sets[0] || sets[5] == sets[0] {
+		t.Errorf("sets %v: want 0, 1, 2, 4 together, 3 and 5 apart", sets)
+	}
+	pol := policy.New(policy.Defaults(), zap.NewNop())
+	targets := func(items []item) map[string]string {
+		m := map[string]string{}
+		for _, it := range items {
+			m[it.r.path] = it.t.Path
+			if it.refuse != "" {
+				m[it.r.path] = "refused"
+			}
+		}
+		return m
+	}
+	got := targets(planRestore(all, []int{0}, sets, restoreOptions{}, pol))
+	want := map[string]string{"/r/db/app.db.x": "/db/app.db", "/r/db/app.db-wal.x": "/db/app.db-wal", "/r/db/app.db-shm.x": "/db/app.db-shm"}
+	if !equalMaps(got, want) {
+		t.Errorf("app.db brings %v, want %v", got, want)
+	}
+	got = targets(planRestore(all, []int{0, 5}, sets, restoreOptions{to: "/new/"}, pol))
+	if got["/r/db/app.db.x"] != "refused" || got["/r/db/app.db-wal.x"] != "/new/app.db-wal" {
+		t.Errorf("two rescues of app.db into one directory: %v", got)
+	}
+	got = targets(planRestore(all, []int{6}, sets, restoreOptions{}, pol))
+	if got["/r/ctr/app.log.x"] != "refused" {
+		t.Errorf("a container's file restored under its container path: %v", got)
+	}
+	got = targets(planRestore(all, []int{6}, sets, restoreOptions{to: "/new/app.log"}, pol))
+	if got["/r/ctr/app.log.x"] != "/new/app.log" {
+		t.Errorf("a container's file with --to FILE: %v", got)
+	}
 }
