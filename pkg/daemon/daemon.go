@@ -157,8 +157,14 @@ type Daemon struct {
 	young         map[int]time.Time            // new processes, when first seen (see youngTTL)
 
 	// Main loop only.
-	lastFull     time.Time // start of the last pass over every process
-	fullDeferred bool      // an event round skipped its full pass
+	fullDeferred bool                // an event round left its full pass for later
+	created      map[string]time.Time // watched directories where files were created, when last
+	createdNew   bool                 // files were created since the loop last asked for a pass
+	// Shared by the loop and the full-pass goroutine.
+	lastFull   atomic.Int64  // unix ns of the start of the last pass over every process
+	fullReq    chan struct{} // asks the full-pass goroutine for a pass
+	considerMu sync.Mutex    // candidates are considered one at a time
+	holders    *holderIndex
 	overflows    int       // inotify queue overflows not yet handled
 	watcher      *watch.Watcher
 }
@@ -284,6 +290,9 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 		knownPID: make(map[int]struct{}),
 		young:    make(map[int]time.Time),
 		deferred: make(map[int]struct{}),
+		created:  make(map[string]time.Time),
+		fullReq:  make(chan struct{}, 1),
+		holders:  newHolderIndex(maxHolderPairs),
 		room:     make(chan struct{}, 1),
 		writers:  relink.NewWriters(opt.ProcRoot),
 	}
@@ -302,7 +311,42 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 	if d.sweeper == nil {
 		d.sweeper = scanner.New(scanner.Options{ProcRoot: opt.ProcRoot, Guard: d.guard}, log)
 	}
+	d.track(opt.Config)
 	return d, nil
+}
+
+// track makes the sweeps feed the holder index with the watched trees of
+// cfg (a Sweeper that cannot is left alone).
+func (d *Daemon) track(cfg *policy.Config) {
+	if t, ok := d.sweeper.(interface{ Track(func([]byte) bool) }); ok {
+		t.Track(underRoots(watchRoots(cfg)))
+	}
+}
+
+// lastFullAt is the start of the last pass over every process.
+func (d *Daemon) lastFullAt() time.Time { return time.Unix(0, d.lastFull.Load()) }
+
+// requestFull asks the full-pass goroutine for a pass; one asked for
+// already and not started yet covers this one too.
+func (d *Daemon) requestFull() {
+	d.fullDeferred = false
+	select {
+	case d.fullReq <- struct{}{}:
+	default:
+	}
+}
+
+// fullPasses runs the passes over every process that the loop asks for,
+// off the loop: an event's targeted sweep never waits behind one.
+func (d *Daemon) fullPasses(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.fullReq:
+			d.sweep(ctx)
+		}
+	}
 }
 
 // describeMount names a mount id for the filesystem unresponsive event,
@@ -494,6 +538,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event) error {
 	d.sweep(ctx)
 	d.opt.Notify("READY=1")
+	go d.fullPasses(ctx)
 
 	interval := time.Duration(d.config().Scan.Interval)
 	if interval <= 0 {
@@ -518,19 +563,31 @@ func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event) error {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
-			d.sweep(ctx)
+			d.requestFull()
 		case <-full.C:
 			fullArmed = false
 			if d.fullDeferred {
-				d.sweep(ctx)
+				d.requestFull()
 			}
 		case ev := <-events:
 			d.onEvents(ctx, ev, events)
 			if d.overflows > 0 {
 				d.recoverOverflow(ctx)
 			}
+			if d.createdNew {
+				// Whoever created files in the watched trees may be a
+				// process the holder index does not know yet: a pass
+				// over every process finds it, within the full-pass
+				// gap, off the loop.
+				d.createdNew = false
+				if time.Since(d.lastFullAt()) >= d.fullGap(interval) {
+					d.requestFull()
+				} else {
+					d.fullDeferred = true
+				}
+			}
 			if d.fullDeferred && !fullArmed {
-				full.Reset(max(time.Millisecond, d.fullGap(interval)-time.Since(d.lastFull)))
+				full.Reset(max(time.Millisecond, d.fullGap(interval)-time.Since(d.lastFullAt())))
 				fullArmed = true
 			}
 		case <-d.room:
@@ -619,12 +676,35 @@ func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-
 	likely := append(d.newPIDs(), d.likelyPIDs(dirs, nil, swept)...)
 	likelyOK := d.sweepPIDs(ctx, "event", likely, swept)
 	targeted := time.Since(start)
-	if time.Since(d.lastFull) < d.fullGap(d.interval()) {
+	// The holder index knows who held files in these directories at the
+	// last look. Only a file created since then may have a holder it does
+	// not know (a process that had nothing open there): then, and only
+	// then, every other process is swept here, newest first. Otherwise the
+	// full pass that follows events runs on its own goroutine.
+	last := d.lastFullAt()
+	unknown := false
+	for dir := range dirs {
+		if t, ok := d.created[dir]; ok && !t.Before(last) {
+			unknown = true
+		}
+	}
+	for dir, t := range d.created {
+		if t.Before(last) {
+			delete(d.created, dir)
+		}
+	}
+	gapOK := time.Since(last) >= d.fullGap(d.interval())
+	if !unknown || !gapOK {
 		// Events still queued are left to the main loop, which keeps
 		// serving ticks, reloads and the watchdog between them.
-		d.fullDeferred = true
+		if gapOK {
+			d.requestFull()
+		} else {
+			d.fullDeferred = true
+		}
 		d.log.Debug("removal events handled", zap.Int("dirs", len(dirs)), zap.Int("likely_pids", len(likely)),
-			zap.Duration("queued", queued), zap.Duration("targeted", targeted), zap.Bool("full_deferred", true))
+			zap.Duration("queued", queued), zap.Duration("targeted", targeted), zap.Bool("full_deferred", !gapOK),
+			zap.Bool("unknown_holders", unknown))
 		return 0
 	}
 	listed := listPIDs(d.opt.ProcRoot)
@@ -664,7 +744,8 @@ func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-
 	if complete && ctx.Err() == nil {
 		d.forget(start, listed)
 	}
-	d.lastFull, d.fullDeferred = start, false
+	d.lastFull.Store(start.UnixNano())
+	d.fullDeferred = false
 	d.log.Debug("removal events handled", zap.Int("dirs", len(dirs)), zap.Int("likely_pids", len(likely)),
 		zap.Int("procs", len(listed)), zap.Duration("queued", queued), zap.Duration("listed", listedAt.Sub(start)),
 		zap.Duration("targeted", targeted), zap.Duration("total", time.Since(start)), zap.Int("arrived", arrived))
@@ -750,6 +831,11 @@ func (d *Daemon) note(ev watch.Event, dirs map[string]bool) int {
 		d.overflows++
 		return 0
 	}
+	if ev.Created {
+		d.created[ev.Dir] = ev.At
+		d.createdNew = true
+		return 0
+	}
 	dirs[ev.Dir] = true
 	return 1
 }
@@ -771,7 +857,7 @@ func (d *Daemon) recoverOverflow(ctx context.Context) {
 		d.log.Debug("watched trees rescanned", zap.Int("added", added), zap.Int("watches", w.Watches()),
 			zap.Duration("duration", time.Since(start)))
 	}
-	d.sweep(ctx)
+	d.requestFull()
 }
 
 // likelyPIDs returns, newest first and not yet swept, the pids last seen
@@ -783,6 +869,9 @@ func (d *Daemon) likelyPIDs(dirs map[string]bool, listed []int, swept map[int]bo
 	set := make(map[int]struct{})
 	for dir := range dirs {
 		for pid := range d.dirPIDs[dir] {
+			set[pid] = struct{}{}
+		}
+		for _, pid := range d.holders.pids(dir) {
 			set[pid] = struct{}{}
 		}
 	}
@@ -838,9 +927,12 @@ func (d *Daemon) sweepPIDs(ctx context.Context, kind string, pids []int, swept m
 		return false
 	}
 	d.m.Candidates.Add(float64(len(res.Candidates)))
+	d.holders.update(todo, res.Held)
+	d.considerMu.Lock()
 	for i := range res.Candidates {
 		d.consider(&res.Candidates[i], start)
 	}
+	d.considerMu.Unlock()
 	return true
 }
 
@@ -867,11 +959,17 @@ func (d *Daemon) sweep(ctx context.Context) {
 		return
 	}
 	d.m.Candidates.Add(float64(len(res.Candidates)))
+	d.holders.replace(res.Held)
+	d.considerMu.Lock()
 	for i := range res.Candidates {
 		d.consider(&res.Candidates[i], start)
 	}
+	d.considerMu.Unlock()
 	d.forget(start, listed)
-	d.lastFull, d.fullDeferred = start, false
+	d.lastFull.Store(start.UnixNano())
+	if pairs, capped := d.holders.size(); capped {
+		d.log.Warn("holder index full; the rest is left to the sweeps", zap.Int("pairs", pairs))
+	}
 	d.log.Debug("sweep", zap.String("kind", "full"), zap.Int("procs", res.Procs), zap.Int("fds", res.FDs),
 		zap.Int("candidates", len(res.Candidates)), zap.Int("vanished", res.Vanished), zap.Int("denied", res.Denied),
 		zap.Duration("duration", res.Duration))
@@ -1486,6 +1584,7 @@ func (d *Daemon) apply(cfg *policy.Config) {
 		}
 	}
 	d.mu.Unlock()
+	d.track(cfg)
 	if w := d.getWatcher(); w != nil {
 		if cfg.Scan.Events {
 			w.SetRoots(watchRoots(cfg))
