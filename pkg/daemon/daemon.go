@@ -157,7 +157,7 @@ type Daemon struct {
 	young         map[int]time.Time            // new processes, when first seen (see youngTTL)
 
 	// Main loop only.
-	fullDeferred bool                // an event round left its full pass for later
+	fullDeferred bool                 // an event round left its full pass for later
 	created      map[string]time.Time // watched directories where files were created, when last
 	createdNew   bool                 // files were created since the loop last asked for a pass
 	// Shared by the loop and the full-pass goroutine.
@@ -165,8 +165,8 @@ type Daemon struct {
 	fullReq    chan struct{} // asks the full-pass goroutine for a pass
 	considerMu sync.Mutex    // candidates are considered one at a time
 	holders    *holderIndex
-	overflows    int       // inotify queue overflows not yet handled
-	watcher      *watch.Watcher
+	overflows  int // inotify queue overflows not yet handled
+	watcher    *watch.Watcher
 }
 
 type reloadReq struct {
