@@ -165,7 +165,9 @@ type Daemon struct {
 	fullReq    chan struct{} // asks the full-pass goroutine for a pass
 	considerMu sync.Mutex    // candidates are considered one at a time
 	holders    *holderIndex
-	overflows  int // inotify queue overflows not yet handled
+	views      *views     // watched trees in other mount namespaces
+	rootsMu    sync.Mutex // one SetRoots at a time
+	overflows  int        // inotify queue overflows not yet handled
 	watcher    *watch.Watcher
 }
 
@@ -293,6 +295,7 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 		created:  make(map[string]time.Time),
 		fullReq:  make(chan struct{}, 1),
 		holders:  newHolderIndex(maxHolderPairs),
+		views:    newViews(opt.ProcRoot),
 		room:     make(chan struct{}, 1),
 		writers:  relink.NewWriters(opt.ProcRoot),
 	}
@@ -321,6 +324,20 @@ func (d *Daemon) track(cfg *policy.Config) {
 	if t, ok := d.sweeper.(interface{ Track(func([]byte) bool) }); ok {
 		t.Track(underRoots(watchRoots(cfg)))
 	}
+}
+
+// setRoots gives the watcher its trees: the rules' roots and their views
+// in other mount namespaces.
+func (d *Daemon) setRoots(roots []string) {
+	w := d.getWatcher()
+	if w == nil || !d.config().Scan.Events {
+		return
+	}
+	d.rootsMu.Lock()
+	defer d.rootsMu.Unlock()
+	w.SetRoots(roots)
+	d.log.Debug("watched trees", zap.Int("roots", len(roots)), zap.Strings("mntns", d.views.namespaces()),
+		zap.Int("watches", w.Watches()))
 }
 
 // lastFullAt is the start of the last pass over every process.
@@ -553,6 +570,11 @@ func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event) error {
 		wd = t.C
 		d.opt.Notify("WATCHDOG=1")
 	}
+	// New mount namespaces (containers starting) get their views watched
+	// within a second, between full passes: only new processes are looked
+	// at.
+	nsTick := time.NewTicker(time.Second)
+	defer nsTick.Stop()
 	// A full pass that an event round had to defer (see fullGap).
 	full := time.NewTimer(time.Hour)
 	full.Stop()
@@ -601,6 +623,14 @@ func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event) error {
 				default:
 				}
 			}
+		case <-nsTick.C:
+			roots, changed, fresh := d.views.add(listPIDs(d.opt.ProcRoot), watchRoots(d.config()))
+			if changed {
+				d.setRoots(roots)
+			}
+			// What new processes in other namespaces hold is not in
+			// the holder index yet: one look at them puts it there.
+			d.sweepPIDs(ctx, "namespace", fresh, nil)
 		case <-wd:
 			d.opt.Notify("WATCHDOG=1")
 		case r := <-d.reload:
@@ -831,6 +861,9 @@ func (d *Daemon) note(ev watch.Event, dirs map[string]bool) int {
 		d.overflows++
 		return 0
 	}
+	// A view in another mount namespace: the holders there name the
+	// directory as they see it.
+	ev.Dir = d.views.viewOf(ev.Dir)
 	if ev.Created {
 		d.created[ev.Dir] = ev.At
 		d.createdNew = true
@@ -967,6 +1000,9 @@ func (d *Daemon) sweep(ctx context.Context) {
 	d.considerMu.Unlock()
 	d.forget(start, listed)
 	d.lastFull.Store(start.UnixNano())
+	if roots, changed := d.views.full(listed, watchRoots(d.config())); changed {
+		d.setRoots(roots)
+	}
 	if pairs, capped := d.holders.size(); capped {
 		d.log.Warn("holder index full; the rest is left to the sweeps", zap.Int("pairs", pairs))
 	}
@@ -1586,11 +1622,14 @@ func (d *Daemon) apply(cfg *policy.Config) {
 	d.mu.Unlock()
 	d.track(cfg)
 	if w := d.getWatcher(); w != nil {
+		d.rootsMu.Lock()
 		if cfg.Scan.Events {
-			w.SetRoots(watchRoots(cfg))
+			roots, _, _ := d.views.add(nil, watchRoots(cfg))
+			w.SetRoots(roots)
 		} else {
 			w.SetRoots(nil)
 		}
+		d.rootsMu.Unlock()
 	}
 	fields := []zap.Field{zap.String("config", cfg.File), zap.Int("rules", len(cfg.Watch))}
 	if old.Log != cfg.Log {

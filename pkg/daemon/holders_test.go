@@ -46,3 +46,20 @@ func TestHolderIndex(t *testing.T) {
 }
 
 func sorted(xs []int) []int { slices.Sort(xs); return xs }
+
+// TestViewOf: a watched directory reached through /proc/PID/root is the
+// path its namespace sees; anything else is left alone.
+func TestViewOf(t *testing.T) {
+	v := &views{procRoot: "/proc"}
+	for dir, want := range map[string]string{
+		"/proc/123/root/var/log/app": "/var/log/app",
+		"/proc/123/root":             "/",
+		"/proc/123/rootfs/x":         "/proc/123/rootfs/x",
+		"/proc/self/root/x":          "/proc/self/root/x",
+		"/var/log":                   "/var/log",
+	} {
+		if got := v.viewOf(dir); got != want {
+			t.Errorf("viewOf(%q) = %q, want %q", dir, got, want)
+		}
+	}
+}
