@@ -237,3 +237,20 @@ func preallocate(fd int, off, n int64) error {
 func startWriteback(fd int, off, n int64) {
 	_ = unix.SyncFileRange(fd, off, n, unix.SYNC_FILE_RANGE_WRITE)
 }
+
+// birthTime is the birth time of the file open as fd (statx(2)
+// STATX_BTIME), in ns since the epoch; 0 where its filesystem records
+// none.
+func birthTime(fd int) (int64, error) {
+	var stx unix.Statx_t
+	err := eintr.Retry0(func() error {
+		return unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_SYNC_AS_STAT, unix.STATX_BTIME, &stx)
+	})
+	if err != nil {
+		return 0, err
+	}
+	if stx.Mask&unix.STATX_BTIME == 0 {
+		return 0, nil
+	}
+	return stx.Btime.Sec*1_000_000_000 + int64(stx.Btime.Nsec), nil
+}
