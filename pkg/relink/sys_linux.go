@@ -254,3 +254,12 @@ func birthTime(fd int) (int64, error) {
 	}
 	return stx.Btime.Sec*1_000_000_000 + int64(stx.Btime.Nsec), nil
 }
+
+// openFileNoFollow opens the regular file name in dirfd for reading and
+// writing, refusing a symlink in its place (ELOOP). O_NONBLOCK keeps a
+// FIFO planted there from blocking the open; the caller checks the type.
+func openFileNoFollow(dirfd int, name string) (int, error) {
+	return eintr.Retry(func() (int, error) {
+		return unix.Openat(dirfd, name, unix.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NOCTTY|unix.O_NONBLOCK|unix.O_NOATIME, 0)
+	})
+}
