@@ -108,7 +108,15 @@ func (e *Engine) Adopt(p *Pin, a Adoption) (Result, error) {
 	} else if pst, err := fstat(p.fd); err != nil || pst.Dev != st.Dev || pst.Ino != st.Ino {
 		return fail(fmt.Errorf("%w: %s is not the pinned inode", ErrSidecar, path))
 	}
-	if err := s.Describes(uint64(st.Dev), st.Ino, st.Size); err != nil {
+	rfd := p.fd
+	if dst != nil {
+		rfd = int(dst.Fd())
+	}
+	rbt, err := birthTime(rfd)
+	if err == nil {
+		err = s.Describes(uint64(st.Dev), st.Ino, st.Size, rbt)
+	}
+	if err != nil {
 		if dst != nil {
 			dst.Close()
 		}

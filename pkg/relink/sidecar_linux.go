@@ -46,11 +46,14 @@ type Sidecar struct {
 	// are reused once a file is freed: with Dev and Ino it tells the file
 	// that was rescued from a later one that got its number.
 	BirthTime int64 `json:"btime,omitempty"`
-	// RescuedDev and RescuedIno are the rescued file's own inode (for a
-	// link, the source's), so that a reader can check the sidecar against
-	// the file beside it before believing it.
-	RescuedDev uint64 `json:"rescued_dev,omitempty"`
-	RescuedIno uint64 `json:"rescued_ino,omitempty"`
+	// RescuedDev, RescuedIno and RescuedBirthTime are the rescued file's
+	// own inode (for a link, the source's) and birth time, so that a
+	// reader can check the sidecar against the file beside it before
+	// believing it, even if that was replaced by a file that got the
+	// same inode number.
+	RescuedDev       uint64 `json:"rescued_dev,omitempty"`
+	RescuedIno       uint64 `json:"rescued_ino,omitempty"`
+	RescuedBirthTime int64  `json:"rescued_btime,omitempty"`
 	// Following is set while a follow appends to the rescued file. The
 	// follow clears it when it ends (the last writer closed the file, or a
 	// truncation) and leaves it set when it is interrupted (shutdown, a
@@ -82,16 +85,19 @@ func ParseSidecar(b []byte) (Sidecar, error) {
 	return s, nil
 }
 
-// Describes checks s against the rescued file found beside it (lstat(2):
-// dev, ino, size). The file must be the inode s names: for a link, the
-// source's inode itself. A copy or a reflink never changes once published
-// but while a follow appends to it, so its size must be s.Bytes, or at
-// least that while s says a follow was in progress (the follow may have
-// appended more before it was interrupted). A link is the live source, so
-// its size says nothing.
-func (s *Sidecar) Describes(dev, ino uint64, size int64) error {
+// Describes checks s against the rescued file found beside it (statx(2):
+// dev, ino, size, birth time or 0). The file must be the inode s names,
+// born when s says: for a link, the source's inode itself. A copy or a
+// reflink never changes once published but while a follow appends to it,
+// so its size must be s.Bytes, or at least that while s says a follow was
+// in progress (the follow may have appended more before it was
+// interrupted). A link is the live source, so its size says nothing.
+func (s *Sidecar) Describes(dev, ino uint64, size, btime int64) error {
 	if dev != s.RescuedDev || ino != s.RescuedIno {
 		return fmt.Errorf("%w: the file is dev %d ino %d, the sidecar names dev %d ino %d", ErrSidecar, dev, ino, s.RescuedDev, s.RescuedIno)
+	}
+	if btime != s.RescuedBirthTime {
+		return fmt.Errorf("%w: the file was born %d, the sidecar's %d", ErrSidecar, btime, s.RescuedBirthTime)
 	}
 	switch {
 	case s.Method == MethodLink:
@@ -161,6 +167,9 @@ func (e *Engine) writeSidecar(p *Pin, d Destination, r Result, replace, followin
 		return "", fmt.Errorf("sidecar for %s: fstat the rescued file: %w", r.Path, err)
 	}
 	s.RescuedDev, s.RescuedIno = uint64(st.Dev), st.Ino
+	if s.RescuedBirthTime, err = birthTime(rfd); err != nil {
+		return "", fmt.Errorf("sidecar for %s: birth time of the rescued file: %w", r.Path, err)
+	}
 	b, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return "", err
