@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -52,7 +53,15 @@ func (p *Policy) KnownRoots() ([]string, error) {
 		if slices.Contains(pseudoFS, m.FSType) {
 			continue
 		}
-		looks = append(looks, rootLook{root: filepath.Join(m.MountPoint, fsDir), mnt: m.ID})
+		root := filepath.Join(m.MountPoint, fsDir)
+		switch i := slices.IndexFunc(looks, func(l rootLook) bool { return l.root == root }); {
+		case i < 0:
+			looks = append(looks, rootLook{root: root, mnt: m.ID})
+		case looks[i].mnt != 0:
+			// A mount point listed twice: the later mount is on top
+			// and hides the earlier one's fs_dir.
+			looks[i].mnt = m.ID
+		}
 	}
 	seen := make(map[dirID]bool)
 	var found []string
@@ -89,58 +98,65 @@ type rootLook struct {
 // (Inherit), since a blocked look does too. mu guards inflight.
 type probes struct {
 	mu       sync.Mutex
-	inflight map[string]bool // roots whose look has not returned
+	inflight map[string]*lookCall // by via, root and mount
 }
 
-func newProbes() *probes { return &probes{inflight: make(map[string]bool)} }
+// lookCall is one look at a root, shared by every caller that wants it
+// while it runs.
+type lookCall struct {
+	done chan struct{} // closed once res is set
+	res  rootLook
+}
+
+func newProbes() *probes { return &probes{inflight: make(map[string]*lookCall)} }
 
 // look looks at every candidate root at once and returns, in the order
-// given, those whose look ended within probeTimeout. A root whose earlier
-// look is still blocked is skipped.
+// given, those whose look ended within probeTimeout. A root already being
+// looked at (by a concurrent caller, or by a look still blocked since an
+// earlier call) is not looked at again: the caller waits for that look
+// within its own deadline.
 func (pr *probes) look(via string, looks []rootLook, log *zap.Logger) []rootLook {
-	results := make([]chan rootLook, len(looks))
+	calls := make([]*lookCall, len(looks))
 	pr.mu.Lock()
 	for i, l := range looks {
-		if pr.inflight[l.root] {
-			continue
+		key := via + "\x00" + l.root + "\x00" + strconv.Itoa(l.mnt)
+		c := pr.inflight[key]
+		if c == nil {
+			c = &lookCall{done: make(chan struct{})}
+			pr.inflight[key] = c
+			go func() {
+				c.res = lookRoot(via, l)
+				pr.mu.Lock()
+				delete(pr.inflight, key)
+				pr.mu.Unlock()
+				close(c.done)
+			}()
 		}
-		pr.inflight[l.root] = true
-		ch := make(chan rootLook, 1) // the look never blocks on a caller gone
-		results[i] = ch
-		go func() {
-			r := lookRoot(via, l)
-			pr.mu.Lock()
-			delete(pr.inflight, l.root)
-			pr.mu.Unlock()
-			ch <- r
-		}()
+		calls[i] = c
 	}
 	pr.mu.Unlock()
 	deadline := time.NewTimer(probeTimeout)
 	defer deadline.Stop()
 	var out []rootLook
 	var slow []string
-	for i, ch := range results {
-		if ch == nil {
-			slow = append(slow, looks[i].root)
-			continue
-		}
-		select {
-		case r := <-ch:
-			out = append(out, r)
-			continue
-		case <-deadline.C:
-		}
-		// Past the deadline: take what has ended, skip the rest.
-		for j := i; j < len(results); j++ {
+	late := false
+	for i, c := range calls {
+		if !late {
 			select {
-			case r := <-results[j]:
-				out = append(out, r)
-			default:
-				slow = append(slow, looks[j].root)
+			case <-c.done:
+				out = append(out, c.res)
+				continue
+			case <-deadline.C:
+				late = true
 			}
 		}
-		break
+		// Past the deadline: take what has ended, leave out the rest.
+		select {
+		case <-c.done:
+			out = append(out, c.res)
+		default:
+			slow = append(slow, looks[i].root)
+		}
 	}
 	if len(slow) > 0 {
 		log.Warn("rescue roots on hung filesystems left out", zap.Strings("roots", slow), zap.Duration("timeout", probeTimeout))
@@ -172,9 +188,11 @@ type SidecarFile struct {
 	Root string // the rescue root, a host path
 	Rel  string // the rescued file's path below Root
 	Data []byte // the sidecar's content, at most layout.MaxSidecarSize bytes
-	// The rescued file, as lstat(2) saw it.
-	Dev, Ino uint64
-	Size     int64
+	// The rescued file, as statx(2) saw it (not following a symlink):
+	// BirthTime in ns since the epoch, 0 where the filesystem has none.
+	Dev, Ino  uint64
+	Size      int64
+	BirthTime int64
 	// Err says why Data is empty: the sidecar is too large or unreadable,
 	// or no regular file of the rescued name is beside it.
 	Err error
@@ -217,8 +235,11 @@ func (p *Policy) Sidecars(root string, fn func(SidecarFile)) error {
 	for _, s := range sidecars {
 		sf := SidecarFile{Root: root, Rel: strings.TrimSuffix(s.rel, SidecarSuffix)}
 		name := strings.TrimSuffix(s.name, SidecarSuffix)
-		var st unix.Stat_t
-		switch err := unix.Fstatat(s.dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); {
+		var st unix.Statx_t
+		switch err := eintr.Retry0(func() error {
+			return unix.Statx(s.dirfd, name, unix.AT_SYMLINK_NOFOLLOW|unix.AT_STATX_SYNC_AS_STAT,
+				unix.STATX_TYPE|unix.STATX_INO|unix.STATX_SIZE|unix.STATX_BTIME, &st)
+		}); {
 		case !have[sf.Rel]:
 			sf.Err = fmt.Errorf("%w: %s/%s: no rescued file beside it", ErrSidecarFile, root, s.rel)
 		case err != nil:
@@ -226,7 +247,10 @@ func (p *Policy) Sidecars(root string, fn func(SidecarFile)) error {
 		case st.Mode&unix.S_IFMT != unix.S_IFREG:
 			sf.Err = fmt.Errorf("%w: %s/%s is not a regular file", ErrSidecarFile, root, sf.Rel)
 		default:
-			sf.Dev, sf.Ino, sf.Size = st.Dev, st.Ino, st.Size
+			sf.Dev, sf.Ino, sf.Size = unix.Mkdev(st.Dev_major, st.Dev_minor), st.Ino, int64(st.Size)
+			if st.Mask&unix.STATX_BTIME != 0 {
+				sf.BirthTime = st.Btime.Sec*1_000_000_000 + int64(st.Btime.Nsec)
+			}
 			if sf.Data, err = readSmall(s.dirfd, s.name, layout.MaxSidecarSize); err != nil {
 				sf.Err = fmt.Errorf("%w: %s/%s: %w", ErrSidecarFile, root, s.rel, err)
 			}

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -172,6 +173,19 @@ func TestKnownRootsHungFilesystem(t *testing.T) {
 		if n := srv.Pending(); n != 1 {
 			t.Errorf("call %d: %d lookups held, want the first one only", i, n)
 		}
+	}
+	// Concurrent callers share the blocked look too.
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Go(func() {
+			if _, err := p.KnownRoots(); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if n := srv.Pending(); n != 1 {
+		t.Errorf("concurrent calls: %d lookups held, want the first one only", n)
 	}
 	srv.Resume()
 	deadline := time.Now().Add(10 * time.Second)
