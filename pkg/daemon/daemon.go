@@ -136,6 +136,12 @@ type Daemon struct {
 	lastPID       int                          // the newest pid at the last look
 	young         map[int]time.Time            // new processes, when first seen (see youngTTL)
 
+	// Rescues made before this start (see loadPrior); priorMu guards
+	// prior, priorLoaded is the main loop's.
+	priorMu     sync.Mutex
+	prior       map[scanner.Key][]*prior
+	priorLoaded bool
+
 	// Main loop only.
 	lastFull     time.Time // start of the last pass over every process
 	fullDeferred bool      // an event round skipped its full pass
@@ -209,6 +215,7 @@ type job struct {
 	c     scanner.Candidate // the pinned file (pin.Candidate())
 	pin   *relink.Pin
 	found time.Time // start of the sweep that found it
+	prior *prior    // a follow an earlier daemon left unfinished: resume it (see resume)
 }
 
 // New builds a daemon for opt.Config. Nothing runs until Run.
@@ -784,9 +791,13 @@ func (d *Daemon) sweep(ctx context.Context) {
 		return
 	}
 	d.m.Candidates.Add(float64(len(res.Candidates)))
+	if !d.priorLoaded {
+		d.loadPrior(ctx, res.Candidates)
+	}
 	for i := range res.Candidates {
 		d.consider(&res.Candidates[i], start)
 	}
+	d.keepPrior(res.Candidates)
 	d.forget(start, listed)
 	d.lastFull, d.fullDeferred = start, false
 	d.log.Debug("sweep", zap.String("kind", "full"), zap.Int("procs", res.Procs), zap.Int("fds", res.FDs),
@@ -889,6 +900,9 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 		d.reportOpen(&pc, rule.Name)
 		return
 	}
+	if d.takePrior(&pc, pin, pbt, now) {
+		return
+	}
 	size = max(pc.Size, 0)
 	d.record(&pc, stQueued, now, pbt)
 	d.mu.Lock()
@@ -989,6 +1003,10 @@ func (d *Daemon) worker(ctx context.Context, wg *sync.WaitGroup) {
 				d.abandon(j)
 				return
 			}
+			if j.prior != nil {
+				d.resume(ctx, j, wg)
+				continue
+			}
 			d.rescue(ctx, j, wg)
 		}
 	}
@@ -1042,6 +1060,13 @@ func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup) {
 		d.unpin(j, stRescued)
 		return
 	}
+	d.follow(ctx, j, eng, res, wg)
+}
+
+// follow follows a rescued job's file until its last writer closes it,
+// within the follow budget, and releases the pin then.
+func (d *Daemon) follow(ctx context.Context, j *job, eng *relink.Engine, res relink.Result, wg *sync.WaitGroup) {
+	c := &j.c
 	d.mu.Lock()
 	over := d.follows >= d.opt.MaxFollows
 	warn := over && !d.followsWarned
