@@ -1,8 +1,12 @@
 package e2e
 
 import (
+	"bufio"
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -229,5 +233,132 @@ func TestRestartPrunesFSDir(t *testing.T) {
 	}
 	if _, err := os.Stat(old); !os.IsNotExist(err) {
 		t.Errorf("%s still there after the prune (%v)", old, err)
+	}
+}
+
+// restartHostViewScript runs as PID 1 of a new PID and mount namespace
+// (the "host"), like hostViewScript: a daemon in a read-only copy of the
+// host's mount namespace rescues a file on $SRV and one on a filesystem
+// mounted after it started; it is killed, and a second daemon starts in a
+// copy where that later filesystem is not mounted at all. It prints both
+// daemons' logs, prefixed LOG1 and LOG2.
+const restartHostViewScript = `
+set -eu
+mount -t tmpfs -o size=32m,mode=0755 tmpfs "$SRV"
+mkdir "$SRV/data"
+head -c 300000 /dev/urandom > "$SRV/data/b.log"
+# exec: $! is then the daemon itself (unshare and sh exec in turn).
+sandbox() { exec unshare --mount --propagation private sh -c "mount -o remount,bind,ro \"$SRV\" && $1 exec \"$BIN\" run --config \"$CFG\""; }
+sandbox "" 2> "$OUT/d1.log" &
+d1=$!
+for i in $(seq 200); do grep -q '"relinkd started"' "$OUT/d1.log" 2>/dev/null && break; sleep 0.05; done
+mkdir -p "$SRV/late"
+mount -t tmpfs -o size=8m,mode=0755 tmpfs "$SRV/late"
+head -c 100000 /dev/urandom > "$SRV/late/c.log"
+for f in data/b late/c; do
+  python3 -c 'import os,sys,time
+f = open(sys.argv[1], "rb"); os.unlink(sys.argv[1]); time.sleep(30)' "$SRV/$f.log" &
+done
+for i in $(seq 300); do [ "$(grep -c '"file rescued"' "$OUT/d1.log")" -ge 2 ] && break; sleep 0.05; done
+kill -KILL $d1; wait $d1 || true
+sandbox "umount \"$SRV/late\" &&" 2> "$OUT/d2.log" &
+d2=$!
+for i in $(seq 200); do grep -q '"relinkd started"' "$OUT/d2.log" 2>/dev/null && break; sleep 0.05; done
+if grep -q " $SRV/late " /proc/$d2/mountinfo; then echo "SANDBOX: the second daemon sees $SRV/late"; fi
+for i in $(seq 300); do [ "$(grep -c '"already rescued"' "$OUT/d2.log")" -ge 2 ] && break; sleep 0.05; done
+sleep 0.5
+kill -TERM $d2; wait $d2 || true
+sed 's/^/LOG1 /' "$OUT/d1.log"
+sed 's/^/LOG2 /' "$OUT/d2.log"
+`
+
+// TestRestartHostView: under a sandbox like the unit's, a restarted
+// daemon finds what the previous one rescued through the host's view
+// (/proc/1/root and PID 1's mount table), also on a filesystem its own
+// mount namespace does not show: "already rescued" for both files, no
+// second copy.
+func TestRestartHostView(t *testing.T) {
+	testfs.RequireRoot(t)
+	testfs.RequireTool(t, "unshare")
+	testfs.RequireTool(t, "python3")
+	dir := t.TempDir()
+	srv := filepath.Join(dir, "srv")
+	if err := os.Mkdir(srv, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg := writeConfig(t, `
+scan: {interval: 2s, events: true}
+watch:
+  - name: srv
+    paths: ["`+srv+`/**"]
+rescue:
+  dirs: []
+  fs_dir: .relinkd
+  follow: false
+  per_user: {max_files: 0, max_bytes: 0}
+log: {level: debug}
+`)
+	cmd := exec.Command("unshare", "--pid", "--fork", "--mount", "--mount-proc", "--propagation", "private", "bash", "-c", restartHostViewScript)
+	cmd.Env = append(os.Environ(), "SRV="+srv, "BIN="+binary, "CFG="+cfg, "OUT="+dir)
+	cmd.WaitDelay = 5 * time.Second
+	done := make(chan struct{})
+	var out []byte
+	var err error
+	go func() { out, err = cmd.CombinedOutput(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(90 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+		t.Fatalf("scenario did not finish in 90 s:\n%s", out)
+	}
+	if err != nil {
+		t.Fatalf("scenario: %v\n%s", err, out)
+	}
+	events := map[string][]Event{}
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "SANDBOX: ") {
+			t.Fatalf("the sandbox stand-in did not work: %s", line)
+		}
+		for _, pfx := range []string{"LOG1 ", "LOG2 "} {
+			var ev Event
+			if s, ok := strings.CutPrefix(line, pfx); ok && json.Unmarshal([]byte(s), &ev) == nil {
+				events[pfx] = append(events[pfx], ev)
+			}
+		}
+	}
+	count := func(log, msg string) map[string]string {
+		got := map[string]string{}
+		for _, ev := range events[log] {
+			if ev.Msg() == msg {
+				got[filepath.Base(ev.str("path"))] = ev.str("rescued_to")
+			}
+		}
+		return got
+	}
+	for _, ev := range events["LOG1 "] {
+		if ev.Msg() == "relinkd stopping" {
+			t.Fatalf("the first daemon was stopped, not killed:\n%s", out)
+		}
+	}
+	for _, ev := range events["LOG2 "] {
+		if ev.Msg() == "relinkd started" && ev.str("host_root") == "/" {
+			t.Errorf("the restarted daemon did not find the host's namespace: %v", ev)
+		}
+	}
+	first, again, second := count("LOG1 ", "file rescued"), count("LOG2 ", "already rescued"), count("LOG2 ", "file rescued")
+	if len(first) != 2 {
+		t.Fatalf("first daemon rescued %v, want b.log and c.log:\n%s", first, out)
+	}
+	for name, to := range first {
+		if again[name] != to {
+			t.Errorf("%s: the restarted daemon says already rescued to %q, want %s", name, again[name], to)
+		}
+	}
+	if len(again) != 2 || len(second) != 0 {
+		t.Errorf("restarted daemon: already rescued %v, rescued again %v; want both already rescued, none again:\n%s", again, second, out)
 	}
 }
