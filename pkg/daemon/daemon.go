@@ -25,6 +25,11 @@
 //
 // A failed rescue is the one exception to "seen before: nothing": its
 // cause may pass, so later sweeps try again, with a backoff.
+//
+// What was rescued before a restart is known from the sidecars beside the
+// rescued files, read before the first full sweep handles anything (see
+// restart.go): such a file is not copied again, and a follow left
+// unfinished is resumed into the same file.
 package daemon
 
 import (
