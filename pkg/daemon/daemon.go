@@ -25,6 +25,11 @@
 //
 // A failed rescue is the one exception to "seen before: nothing": its
 // cause may pass, so later sweeps try again, with a backoff.
+//
+// What was rescued before a restart is known from the sidecars beside the
+// rescued files, read before the first full sweep handles anything (see
+// restart.go): such a file is not copied again, and a follow left
+// unfinished is resumed into the same file.
 package daemon
 
 import (
@@ -156,6 +161,12 @@ type Daemon struct {
 	lastPID       int                          // the newest pid at the last look
 	young         map[int]time.Time            // new processes, when first seen (see youngTTL)
 
+	// Rescues made before this start (see loadPrior); priorMu guards
+	// prior, priorLoaded is the main loop's.
+	priorMu     sync.Mutex
+	prior       map[scanner.Key][]*prior
+	priorLoaded bool
+
 	// Main loop only.
 	fullDeferred bool                 // an event round left its full pass for later
 	created      map[string]time.Time // watched directories where files were created, when last
@@ -241,6 +252,7 @@ type job struct {
 	c     scanner.Candidate // the pinned file (pin.Candidate())
 	pin   *relink.Pin
 	found time.Time // start of the sweep that found it
+	prior *prior    // a follow an earlier daemon left unfinished: resume it (see resume)
 }
 
 // New builds a daemon for opt.Config. Nothing runs until Run.
@@ -994,9 +1006,13 @@ func (d *Daemon) sweep(ctx context.Context) {
 	d.m.Candidates.Add(float64(len(res.Candidates)))
 	d.holders.replace(res.Held)
 	d.considerMu.Lock()
+	if !d.priorLoaded {
+		d.loadPrior(ctx, res.Candidates)
+	}
 	for i := range res.Candidates {
 		d.consider(&res.Candidates[i], start)
 	}
+	d.keepPrior(res.Candidates)
 	d.considerMu.Unlock()
 	d.forget(start, listed)
 	d.lastFull.Store(start.UnixNano())
@@ -1107,6 +1123,9 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 		}
 		d.record(&pc, stReported, now, pbt)
 		d.reportOpen(&pc, rule.Name)
+		return
+	}
+	if d.takePrior(&pc, pin, pbt, now) {
 		return
 	}
 	size = max(pc.Size, 0)
@@ -1297,7 +1316,11 @@ func (d *Daemon) worker(ctx context.Context, wg *sync.WaitGroup, s *slot) {
 			}
 			s.mnt.Store(int64(j.c.MntID))
 			s.touch()
-			d.rescue(ctx, j, wg, s.touch)
+			if j.prior != nil {
+				d.resume(ctx, j, wg, s.touch)
+			} else {
+				d.rescue(ctx, j, wg, s.touch)
+			}
 			s.busy.Store(0)
 			if s.retired.Load() {
 				d.mu.Lock()
@@ -1373,6 +1396,13 @@ func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup, progres
 		d.unpin(j, stRescued)
 		return
 	}
+	d.follow(ctx, j, eng, res, wg)
+}
+
+// follow follows a rescued job's file until its last writer closes it,
+// within the follow budget, and releases the pin then.
+func (d *Daemon) follow(ctx context.Context, j *job, eng *relink.Engine, res relink.Result, wg *sync.WaitGroup) {
+	c := &j.c
 	d.mu.Lock()
 	over := d.follows >= d.opt.MaxFollows
 	warn := over && !d.followsWarned
