@@ -171,6 +171,9 @@ type systemdRun struct {
 	c    *nspawn.Container
 	j    *nspawn.Journal
 	root string // the container's root directory on the host
+
+	rescued map[string]string // path -> rescued_to of the files rescued so far (outcome)
+	writing map[string]bool   // paths held open for writing (holdDeleted): followed
 }
 
 // ctx returns a context for one step, ended with the test.
@@ -342,6 +345,10 @@ func (s *systemdRun) holdDeleted(t *testing.T, path string, size int) string {
 	if len(f) == 0 {
 		t.Fatalf("holder of %s printed no sha256", path)
 	}
+	if s.writing == nil {
+		s.writing = make(map[string]bool)
+	}
+	s.writing[path] = true
 	return f[0]
 }
 
@@ -363,7 +370,37 @@ func (s *systemdRun) outcome(t *testing.T, path string, from int, deleted time.T
 		t.Fatalf("%s was not rescued: %s: %s\nthe daemon's events since the file was deleted:\n%s",
 			path, ev.Msg(), eventJSON(ev), s.dumpEvents(from))
 	}
+	if s.rescued == nil {
+		s.rescued = make(map[string]string)
+	}
+	s.rescued[path] = ev.str("rescued_to")
 	return ev
+}
+
+// alreadyRescued checks, after a restart whose journal starts at index
+// from, that every file rescued earlier and still held is known to the
+// new daemon as rescued ("already rescued", into the same file) and that
+// none was rescued again.
+func (s *systemdRun) alreadyRescued(t *testing.T, from int, restart string) {
+	t.Helper()
+	for path, to := range s.rescued {
+		ev := s.waitEvent(t, "already rescued for "+path+" after "+restart, from, 15*time.Second, func(e Event) bool {
+			return e.Msg() == "already rescued" && e.str("path") == path
+		})
+		if ev.str("rescued_to") != to {
+			t.Errorf("after %s: %s already rescued to %s, want %s", restart, path, ev.str("rescued_to"), to)
+		}
+		// holdScript's writer still holds its file open for writing:
+		// the new daemon takes the follow over.
+		if follow := ev["follow"] == true; follow != s.writing[path] {
+			t.Errorf("after %s: %s already rescued with follow %v, want %v", restart, path, follow, !follow)
+		}
+	}
+	for _, e := range s.j.Entries(from) {
+		if ev := event(e); ev != nil && ev.Msg() == "file rescued" && s.rescued[ev.str("path")] != "" {
+			t.Errorf("after %s: rescued again: %s", restart, eventJSON(ev))
+		}
+	}
 }
 
 func eventJSON(ev Event) string {
@@ -474,6 +511,7 @@ func (s *systemdRun) watchdog(t *testing.T) {
 	}
 	s.run(t, "systemctl", "daemon-reload")
 	// The interval reaches the daemon at start (WATCHDOG_USEC).
+	restarted := s.j.Len()
 	s.run(t, "systemctl", "restart", "relinkd")
 	p := s.show(t, "WatchdogUSec", "MainPID", "NRestarts", "ActiveState")
 	if p["WatchdogUSec"] != "3s" || p["ActiveState"] != "active" {
@@ -488,6 +526,10 @@ func (s *systemdRun) watchdog(t *testing.T) {
 		return p["NRestarts"] != restarts && p["MainPID"] != pid && p["MainPID"] != "0" &&
 			p["ActiveState"] == "active" && p["SubState"] == "running"
 	}, "MainPID", "NRestarts", "ActiveState", "SubState", "Result")
+	// The files rescued so far are still held (their holders sleep): no
+	// restart copies them again, the watchdog's kill included.
+	s.alreadyRescued(t, restarted, "systemctl restart")
+	s.alreadyRescued(t, from, "the watchdog's kill")
 }
 
 // 7. SIGTERM stops the daemon within 5 s, cleanly.

@@ -13,6 +13,10 @@ import (
 // SidecarSuffix ends the name of the JSON file beside each rescued file.
 const SidecarSuffix = ".relinkd.json"
 
+// MaxSidecarSize bounds what a reader takes from one sidecar: the engine
+// writes a few hundred bytes, so a larger file is not one of its own.
+const MaxSidecarSize = 64 << 10
+
 // TempMarker is part of every hidden temporary name the engine creates
 // where O_TMPFILE is not available: ".LEAF.relinkd-tmp-HEX" or
 // ".relinkd-tmp-HEX".

@@ -25,6 +25,11 @@
 //
 // A failed rescue is the one exception to "seen before: nothing": its
 // cause may pass, so later sweeps try again, with a backoff.
+//
+// What was rescued before a restart is known from the sidecars beside the
+// rescued files, read before the first full sweep handles anything (see
+// restart.go): such a file is not copied again, and a follow left
+// unfinished is resumed into the same file.
 package daemon
 
 import (
@@ -156,11 +161,25 @@ type Daemon struct {
 	lastPID       int                          // the newest pid at the last look
 	young         map[int]time.Time            // new processes, when first seen (see youngTTL)
 
+	// Rescues made before this start (see loadPrior); priorMu guards
+	// prior, priorLoaded is the main loop's.
+	priorMu     sync.Mutex
+	prior       map[scanner.Key][]*prior
+	priorLoaded bool
+
 	// Main loop only.
-	lastFull     time.Time // start of the last pass over every process
-	fullDeferred bool      // an event round skipped its full pass
-	overflows    int       // inotify queue overflows not yet handled
-	watcher      *watch.Watcher
+	fullDeferred bool                 // an event round left its full pass for later
+	created      map[string]time.Time // watched directories where files were created, when last
+	createdNew   bool                 // files were created since the loop last asked for a pass
+	// Shared by the loop and the full-pass goroutine.
+	lastFull   atomic.Int64  // unix ns of the start of the last pass over every process
+	fullReq    chan struct{} // asks the full-pass goroutine for a pass
+	considerMu sync.Mutex    // candidates are considered one at a time
+	holders    *holderIndex
+	views      *views     // watched trees in other mount namespaces
+	rootsMu    sync.Mutex // one SetRoots at a time
+	overflows  int        // inotify queue overflows not yet handled
+	watcher    *watch.Watcher
 }
 
 type reloadReq struct {
@@ -233,6 +252,7 @@ type job struct {
 	c     scanner.Candidate // the pinned file (pin.Candidate())
 	pin   *relink.Pin
 	found time.Time // start of the sweep that found it
+	prior *prior    // a follow an earlier daemon left unfinished: resume it (see resume)
 }
 
 // New builds a daemon for opt.Config. Nothing runs until Run.
@@ -284,6 +304,10 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 		knownPID: make(map[int]struct{}),
 		young:    make(map[int]time.Time),
 		deferred: make(map[int]struct{}),
+		created:  make(map[string]time.Time),
+		fullReq:  make(chan struct{}, 1),
+		holders:  newHolderIndex(maxHolderPairs),
+		views:    newViews(opt.ProcRoot),
 		room:     make(chan struct{}, 1),
 		writers:  relink.NewWriters(opt.ProcRoot),
 	}
@@ -302,7 +326,56 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 	if d.sweeper == nil {
 		d.sweeper = scanner.New(scanner.Options{ProcRoot: opt.ProcRoot, Guard: d.guard}, log)
 	}
+	d.track(opt.Config)
 	return d, nil
+}
+
+// track makes the sweeps feed the holder index with the watched trees of
+// cfg (a Sweeper that cannot is left alone).
+func (d *Daemon) track(cfg *policy.Config) {
+	if t, ok := d.sweeper.(interface{ Track(func([]byte) bool) }); ok {
+		t.Track(underRoots(watchRoots(cfg)))
+	}
+}
+
+// setRoots gives the watcher its trees: the rules' roots and their views
+// in other mount namespaces.
+func (d *Daemon) setRoots(roots []string) {
+	w := d.getWatcher()
+	if w == nil || !d.config().Scan.Events {
+		return
+	}
+	d.rootsMu.Lock()
+	defer d.rootsMu.Unlock()
+	w.SetRoots(roots)
+	d.log.Debug("watched trees", zap.Int("roots", len(roots)), zap.Strings("mntns", d.views.namespaces()),
+		zap.Int("watches", w.Watches()))
+}
+
+// lastFullAt is the start of the last pass over every process.
+func (d *Daemon) lastFullAt() time.Time { return time.Unix(0, d.lastFull.Load()) }
+
+// requestFull asks the full-pass goroutine for a pass; one asked for
+// already and not started yet covers this one too.
+func (d *Daemon) requestFull() {
+	d.fullDeferred = false
+	select {
+	case d.fullReq <- struct{}{}:
+	default:
+	}
+}
+
+// fullPasses runs the passes over every process that the loop asks for,
+// off the loop: an event's targeted sweep never waits behind one.
+func (d *Daemon) fullPasses(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.fullReq:
+			d.sweep(ctx)
+		}
+	}
 }
 
 // describeMount names a mount id for the filesystem unresponsive event,
@@ -494,6 +567,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event) error {
 	d.sweep(ctx)
 	d.opt.Notify("READY=1")
+	go d.fullPasses(ctx)
 
 	interval := time.Duration(d.config().Scan.Interval)
 	if interval <= 0 {
@@ -508,6 +582,11 @@ func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event) error {
 		wd = t.C
 		d.opt.Notify("WATCHDOG=1")
 	}
+	// New mount namespaces (containers starting) get their views watched
+	// within a second, between full passes: only new processes are looked
+	// at.
+	nsTick := time.NewTicker(time.Second)
+	defer nsTick.Stop()
 	// A full pass that an event round had to defer (see fullGap).
 	full := time.NewTimer(time.Hour)
 	full.Stop()
@@ -518,19 +597,31 @@ func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event) error {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
-			d.sweep(ctx)
+			d.requestFull()
 		case <-full.C:
 			fullArmed = false
 			if d.fullDeferred {
-				d.sweep(ctx)
+				d.requestFull()
 			}
 		case ev := <-events:
 			d.onEvents(ctx, ev, events)
 			if d.overflows > 0 {
 				d.recoverOverflow(ctx)
 			}
+			if d.createdNew {
+				// Whoever created files in the watched trees may be a
+				// process the holder index does not know yet: a pass
+				// over every process finds it, within the full-pass
+				// gap, off the loop.
+				d.createdNew = false
+				if time.Since(d.lastFullAt()) >= d.fullGap(interval) {
+					d.requestFull()
+				} else {
+					d.fullDeferred = true
+				}
+			}
 			if d.fullDeferred && !fullArmed {
-				full.Reset(max(time.Millisecond, d.fullGap(interval)-time.Since(d.lastFull)))
+				full.Reset(max(time.Millisecond, d.fullGap(interval)-time.Since(d.lastFullAt())))
 				fullArmed = true
 			}
 		case <-d.room:
@@ -544,6 +635,14 @@ func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event) error {
 				default:
 				}
 			}
+		case <-nsTick.C:
+			roots, changed, fresh := d.views.add(listPIDs(d.opt.ProcRoot), watchRoots(d.config()))
+			if changed {
+				d.setRoots(roots)
+			}
+			// What new processes in other namespaces hold is not in
+			// the holder index yet: one look at them puts it there.
+			d.sweepPIDs(ctx, "namespace", fresh, nil)
 		case <-wd:
 			d.opt.Notify("WATCHDOG=1")
 		case r := <-d.reload:
@@ -619,12 +718,35 @@ func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-
 	likely := append(d.newPIDs(), d.likelyPIDs(dirs, nil, swept)...)
 	likelyOK := d.sweepPIDs(ctx, "event", likely, swept)
 	targeted := time.Since(start)
-	if time.Since(d.lastFull) < d.fullGap(d.interval()) {
+	// The holder index knows who held files in these directories at the
+	// last look. Only a file created since then may have a holder it does
+	// not know (a process that had nothing open there): then, and only
+	// then, every other process is swept here, newest first. Otherwise the
+	// full pass that follows events runs on its own goroutine.
+	last := d.lastFullAt()
+	unknown := false
+	for dir := range dirs {
+		if t, ok := d.created[dir]; ok && !t.Before(last) {
+			unknown = true
+		}
+	}
+	for dir, t := range d.created {
+		if t.Before(last) {
+			delete(d.created, dir)
+		}
+	}
+	gapOK := time.Since(last) >= d.fullGap(d.interval())
+	if !unknown || !gapOK {
 		// Events still queued are left to the main loop, which keeps
 		// serving ticks, reloads and the watchdog between them.
-		d.fullDeferred = true
+		if gapOK {
+			d.requestFull()
+		} else {
+			d.fullDeferred = true
+		}
 		d.log.Debug("removal events handled", zap.Int("dirs", len(dirs)), zap.Int("likely_pids", len(likely)),
-			zap.Duration("queued", queued), zap.Duration("targeted", targeted), zap.Bool("full_deferred", true))
+			zap.Duration("queued", queued), zap.Duration("targeted", targeted), zap.Bool("full_deferred", !gapOK),
+			zap.Bool("unknown_holders", unknown))
 		return 0
 	}
 	listed := listPIDs(d.opt.ProcRoot)
@@ -664,7 +786,8 @@ func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-
 	if complete && ctx.Err() == nil {
 		d.forget(start, listed)
 	}
-	d.lastFull, d.fullDeferred = start, false
+	d.lastFull.Store(start.UnixNano())
+	d.fullDeferred = false
 	d.log.Debug("removal events handled", zap.Int("dirs", len(dirs)), zap.Int("likely_pids", len(likely)),
 		zap.Int("procs", len(listed)), zap.Duration("queued", queued), zap.Duration("listed", listedAt.Sub(start)),
 		zap.Duration("targeted", targeted), zap.Duration("total", time.Since(start)), zap.Int("arrived", arrived))
@@ -750,6 +873,14 @@ func (d *Daemon) note(ev watch.Event, dirs map[string]bool) int {
 		d.overflows++
 		return 0
 	}
+	// A view in another mount namespace: the holders there name the
+	// directory as they see it.
+	ev.Dir = d.views.viewOf(ev.Dir)
+	if ev.Created {
+		d.created[ev.Dir] = ev.At
+		d.createdNew = true
+		return 0
+	}
 	dirs[ev.Dir] = true
 	return 1
 }
@@ -771,7 +902,7 @@ func (d *Daemon) recoverOverflow(ctx context.Context) {
 		d.log.Debug("watched trees rescanned", zap.Int("added", added), zap.Int("watches", w.Watches()),
 			zap.Duration("duration", time.Since(start)))
 	}
-	d.sweep(ctx)
+	d.requestFull()
 }
 
 // likelyPIDs returns, newest first and not yet swept, the pids last seen
@@ -783,6 +914,9 @@ func (d *Daemon) likelyPIDs(dirs map[string]bool, listed []int, swept map[int]bo
 	set := make(map[int]struct{})
 	for dir := range dirs {
 		for pid := range d.dirPIDs[dir] {
+			set[pid] = struct{}{}
+		}
+		for _, pid := range d.holders.pids(dir) {
 			set[pid] = struct{}{}
 		}
 	}
@@ -838,9 +972,12 @@ func (d *Daemon) sweepPIDs(ctx context.Context, kind string, pids []int, swept m
 		return false
 	}
 	d.m.Candidates.Add(float64(len(res.Candidates)))
+	d.holders.update(todo, res.Held)
+	d.considerMu.Lock()
 	for i := range res.Candidates {
 		d.consider(&res.Candidates[i], start)
 	}
+	d.considerMu.Unlock()
 	return true
 }
 
@@ -867,11 +1004,24 @@ func (d *Daemon) sweep(ctx context.Context) {
 		return
 	}
 	d.m.Candidates.Add(float64(len(res.Candidates)))
+	d.holders.replace(res.Held)
+	d.considerMu.Lock()
+	if !d.priorLoaded {
+		d.loadPrior(ctx, res.Candidates)
+	}
 	for i := range res.Candidates {
 		d.consider(&res.Candidates[i], start)
 	}
+	d.keepPrior(res.Candidates)
+	d.considerMu.Unlock()
 	d.forget(start, listed)
-	d.lastFull, d.fullDeferred = start, false
+	d.lastFull.Store(start.UnixNano())
+	if roots, changed := d.views.full(listed, watchRoots(d.config())); changed {
+		d.setRoots(roots)
+	}
+	if pairs, capped := d.holders.size(); capped {
+		d.log.Warn("holder index full; the rest is left to the sweeps", zap.Int("pairs", pairs))
+	}
 	d.exportDeletedOpen(res.Candidates)
 	d.log.Debug("sweep", zap.String("kind", "full"), zap.Int("procs", res.Procs), zap.Int("fds", res.FDs),
 		zap.Int("candidates", len(res.Candidates)), zap.Int("vanished", res.Vanished), zap.Int("denied", res.Denied),
@@ -974,6 +1124,9 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 		}
 		d.record(&pc, stReported, now, pbt)
 		d.reportOpen(&pc, rule.Name)
+		return
+	}
+	if d.takePrior(&pc, pin, pbt, now) {
 		return
 	}
 	size = max(pc.Size, 0)
@@ -1164,7 +1317,11 @@ func (d *Daemon) worker(ctx context.Context, wg *sync.WaitGroup, s *slot) {
 			}
 			s.mnt.Store(int64(j.c.MntID))
 			s.touch()
-			d.rescue(ctx, j, wg, s.touch)
+			if j.prior != nil {
+				d.resume(ctx, j, wg, s.touch)
+			} else {
+				d.rescue(ctx, j, wg, s.touch)
+			}
 			s.busy.Store(0)
 			if s.retired.Load() {
 				d.mu.Lock()
@@ -1240,6 +1397,13 @@ func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup, progres
 		d.unpin(j, stRescued)
 		return
 	}
+	d.follow(ctx, j, eng, res, wg)
+}
+
+// follow follows a rescued job's file until its last writer closes it,
+// within the follow budget, and releases the pin then.
+func (d *Daemon) follow(ctx context.Context, j *job, eng *relink.Engine, res relink.Result, wg *sync.WaitGroup) {
+	c := &j.c
 	d.mu.Lock()
 	over := d.follows >= d.opt.MaxFollows
 	warn := over && !d.followsWarned
@@ -1487,12 +1651,16 @@ func (d *Daemon) apply(cfg *policy.Config) {
 		}
 	}
 	d.mu.Unlock()
+	d.track(cfg)
 	if w := d.getWatcher(); w != nil {
+		d.rootsMu.Lock()
 		if cfg.Scan.Events {
-			w.SetRoots(watchRoots(cfg))
+			roots, _, _ := d.views.add(nil, watchRoots(cfg))
+			w.SetRoots(roots)
 		} else {
 			w.SetRoots(nil)
 		}
+		d.rootsMu.Unlock()
 	}
 	fields := []zap.Field{zap.String("config", cfg.File), zap.Int("rules", len(cfg.Watch))}
 	if old.Log != cfg.Log {

@@ -88,6 +88,8 @@ type Policy struct {
 	mu    sync.Mutex
 	usage map[string]*rootUsage // by rescue root
 	users map[uint32][]grant    // by file owner, within the window
+
+	probes *probes // KnownRoots' looks, shared with the policies that inherit from this one
 }
 
 type rootUsage struct {
@@ -118,6 +120,7 @@ func New(cfg *Config, log *zap.Logger) *Policy {
 		now:      time.Now,
 		usage:    map[string]*rootUsage{},
 		users:    map[uint32][]grant{},
+		probes:   newProbes(),
 	}
 }
 
@@ -128,6 +131,7 @@ func (p *Policy) Inherit(old *Policy) {
 	if old == nil || old == p {
 		return
 	}
+	p.probes = old.probes
 	old.mu.Lock()
 	defer old.mu.Unlock()
 	p.mu.Lock()
@@ -336,18 +340,24 @@ func (p *Policy) usageLocked(root string, now time.Time) *rootUsage {
 	return u
 }
 
-// Roots returns the configured rescue directories and every other root
-// the policy has chosen so far: what retention must prune.
+// Roots returns the configured rescue directories, the fs_dir roots that
+// exist on the host's mounts (KnownRoots) and every other root the policy
+// has chosen so far: what retention must prune. After a restart that
+// includes the fs_dir roots earlier daemons wrote to.
 func (p *Policy) Roots() []string {
+	out, err := p.KnownRoots() // lstat per mount: not under p.mu
+	if err != nil {
+		p.log.Debug("rescue roots on the host's mounts not listed", zap.Error(err))
+	}
+	n := len(p.cfg.Rescue.Dirs)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	out := slices.Clone(p.cfg.Rescue.Dirs)
 	for r := range p.usage {
 		if !slices.Contains(out, r) {
 			out = append(out, r)
 		}
 	}
-	slices.Sort(out[len(p.cfg.Rescue.Dirs):])
+	slices.Sort(out[n:])
 	return out
 }
 

@@ -24,18 +24,23 @@ import (
 // final timestamps, rewrites the sidecar, logs "follow finished" and
 // returns the Result with the final Bytes and Followed set.
 //
-// It must follow a successful Rescue on the same pin. After a link there
-// is nothing to copy (the name is the inode itself); Follow still waits
-// for the last writer and reports the final size. Follow stops early, with
-// what it has, when the source shrinks (a truncation, as by copytruncate
-// log rotation). When ctx ends first it finishes the same way with what it
-// has (fsync, timestamps, sidecar), logs "follow stopped" and returns that
-// Result (Followed false) with ctx's error. It can run for as long as the
-// writer lives: run it in its own goroutine.
+// It must follow a successful Rescue, or Adopt, on the same pin. After a
+// link there is nothing to copy (the name is the inode itself); Follow
+// still waits for the last writer and reports the final size. Follow stops
+// early, with what it has, when the source shrinks (a truncation, as by
+// copytruncate log rotation). When ctx ends first it finishes the same way
+// with what it has (fsync, timestamps, sidecar), logs "follow stopped" and
+// returns that Result (Followed false) with ctx's error. It can run for as
+// long as the writer lives: run it in its own goroutine.
+//
+// The sidecar says "following" from the start of the follow until it
+// finishes or stops at a truncation; a follow stopped by ctx, by a
+// failure or by the end of the process leaves it so, and the next daemon
+// resumes it (Adopt).
 func (e *Engine) Follow(ctx context.Context, p *Pin) (Result, error) {
 	c := p.c
 	p.mu.Lock()
-	res, dst, rule := p.res, p.dst, p.rule
+	res, dst, rule, marked := p.res, p.dst, p.rule, p.following
 	p.mu.Unlock()
 	fail := func(err error) (Result, error) {
 		e.log.Error("rescue failed", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
@@ -44,6 +49,15 @@ func (e *Engine) Follow(ctx context.Context, p *Pin) (Result, error) {
 	}
 	if res.Path == "" || p.fd < 0 {
 		return fail(errors.New("follow needs a pin that was rescued and is still open"))
+	}
+	if res.Sidecar != "" && !marked {
+		if _, err := e.writeSidecar(p, Destination{Rule: rule}, res, true, true); err != nil {
+			e.log.Warn("sidecar not updated", logging.Path("rescued_to", []byte(res.Path)), zap.Error(err))
+		} else {
+			p.mu.Lock()
+			p.following = true
+			p.mu.Unlock()
+		}
 	}
 	var cp *copier
 	if dst != nil {
@@ -132,13 +146,17 @@ loop:
 			return fail(err)
 		}
 	}
+	// Still following after a stop by ctx (shutdown): the writer may go
+	// on, and the next daemon picks the follow up where this one stopped.
+	following := stopped != nil
 	if res.Sidecar != "" {
-		if _, err := e.writeSidecar(p, Destination{Rule: rule}, res, true); err != nil {
+		if _, err := e.writeSidecar(p, Destination{Rule: rule}, res, true, following); err != nil {
 			e.log.Warn("sidecar not updated", logging.Path("rescued_to", []byte(res.Path)), zap.Error(err))
 		}
 	}
 	p.mu.Lock()
 	p.res = res
+	p.following = following
 	p.mu.Unlock()
 	if reason != "" {
 		e.log.Info("follow stopped", logging.Path("path", c.Path), logging.Path("rescued_to", []byte(res.Path)),

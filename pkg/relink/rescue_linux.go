@@ -134,7 +134,7 @@ func (e *Engine) rescue(ctx context.Context, p *Pin, d Destination, start time.T
 		p.rule = d.Rule
 		p.mu.Unlock()
 		if e.sidecar {
-			if res.Sidecar, err = e.writeSidecar(p, d, res, false); err != nil {
+			if res.Sidecar, err = e.writeSidecar(p, d, res, false, false); err != nil {
 				// The data is safe; a missing sidecar is worth a warning only.
 				e.log.Warn("sidecar not written", logging.Path("rescued_to", []byte(res.Path)), zap.Error(err))
 			}

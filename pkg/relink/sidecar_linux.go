@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"time"
@@ -40,19 +41,93 @@ type Sidecar struct {
 	SHA256          string    `json:"sha256,omitempty"`
 	Followed        bool      `json:"followed,omitempty"`
 	Time            time.Time `json:"ts"`
+	// BirthTime is the source's birth time (statx(2) STATX_BTIME) in ns
+	// since the epoch, 0 where its filesystem records none. Inode numbers
+	// are reused once a file is freed: with Dev and Ino it tells the file
+	// that was rescued from a later one that got its number.
+	BirthTime int64 `json:"btime,omitempty"`
+	// RescuedDev, RescuedIno and RescuedBirthTime are the rescued file's
+	// own inode (for a link, the source's) and birth time, so that a
+	// reader can check the sidecar against the file beside it before
+	// believing it, even if that was replaced by a file that got the
+	// same inode number.
+	RescuedDev       uint64 `json:"rescued_dev,omitempty"`
+	RescuedIno       uint64 `json:"rescued_ino,omitempty"`
+	RescuedBirthTime int64  `json:"rescued_btime,omitempty"`
+	// Following is set while a follow appends to the rescued file. The
+	// follow clears it when it ends (the last writer closed the file, or a
+	// truncation) and leaves it set when it is interrupted (shutdown, a
+	// crash, a kill), so that the next daemon resumes it.
+	Following bool `json:"following,omitempty"`
 }
 
-func sidecarOf(p *Pin, d Destination, r Result) Sidecar {
+// ErrSidecar: a sidecar does not parse, or does not describe the file
+// beside it. Such a sidecar is never trusted.
+var ErrSidecar = errors.New("sidecar does not describe its file")
+
+// ParseSidecar decodes a sidecar written by the engine. It refuses one
+// larger than layout.MaxSidecarSize or without the identities that
+// Describes needs (sidecars written before relinkd recorded them).
+func ParseSidecar(b []byte) (Sidecar, error) {
+	var s Sidecar
+	if len(b) > layout.MaxSidecarSize {
+		return s, fmt.Errorf("%w: %d bytes, more than %d", ErrSidecar, len(b), layout.MaxSidecarSize)
+	}
+	if err := json.Unmarshal(b, &s); err != nil {
+		return Sidecar{}, fmt.Errorf("%w: %w", ErrSidecar, err)
+	}
+	if _, err := ParseMethod(string(s.Method)); err != nil {
+		return Sidecar{}, fmt.Errorf("%w: %w", ErrSidecar, err)
+	}
+	if s.Ino == 0 || s.RescuedIno == 0 {
+		return Sidecar{}, fmt.Errorf("%w: no source or rescued inode recorded", ErrSidecar)
+	}
+	return s, nil
+}
+
+// Describes checks s against the rescued file found beside it (statx(2):
+// dev, ino, size, birth time or 0). The file must be the inode s names,
+// born when s says: for a link, the source's inode itself. A copy or a
+// reflink never changes once published but while a follow appends to it,
+// so its size must be s.Bytes, or at least that while s says a follow was
+// in progress (the follow may have appended more before it was
+// interrupted). A link is the live source, so its size says nothing.
+func (s *Sidecar) Describes(dev, ino uint64, size, btime int64) error {
+	if dev != s.RescuedDev || ino != s.RescuedIno {
+		return fmt.Errorf("%w: the file is dev %d ino %d, the sidecar names dev %d ino %d", ErrSidecar, dev, ino, s.RescuedDev, s.RescuedIno)
+	}
+	if btime != s.RescuedBirthTime {
+		return fmt.Errorf("%w: the file was born %d, the sidecar's %d", ErrSidecar, btime, s.RescuedBirthTime)
+	}
+	switch {
+	case s.Method == MethodLink:
+		if dev != s.Dev || ino != s.Ino {
+			return fmt.Errorf("%w: a link of dev %d ino %d is dev %d ino %d", ErrSidecar, s.Dev, s.Ino, dev, ino)
+		}
+	case size < s.Bytes || size > s.Bytes && !s.Following:
+		return fmt.Errorf("%w: the file has %d bytes, the sidecar %d (following %v)", ErrSidecar, size, s.Bytes, s.Following)
+	}
+	return nil
+}
+
+func sidecarOf(p *Pin, d Destination, r Result, following bool) Sidecar {
 	c := p.c
 	s := Sidecar{
 		Path: string(c.Path), RescuedTo: r.Path, Method: r.Method, Bytes: r.Bytes,
 		PID: c.PID, FD: c.FD, Comm: c.Comm, UID: c.UID, Duration: r.Duration.String(),
 		Dev: c.Dev, Ino: c.Ino, SHA256: r.SHA256, Followed: r.Followed, Time: time.Now().UTC(),
+		Following: following,
 	}
 	s.PathBase64, s.RescuedToBase64 = base64IfInvalid(c.Path), base64IfInvalid([]byte(r.Path))
 	if d.Rule != "" {
 		rule := d.Rule
 		s.Rule = &rule
+	}
+	if o := p.orig; o != nil {
+		// An adopted rescue (Adopt): it is still the first holder's file,
+		// rescued then; only what the follow changes is new.
+		s.Path, s.PathBase64, s.PID, s.FD, s.Comm, s.UID = o.Path, o.PathBase64, o.PID, o.FD, o.Comm, o.UID
+		s.Rule, s.Duration = o.Rule, o.Duration
 	}
 	return s
 }
@@ -66,17 +141,36 @@ func base64IfInvalid(b []byte) string {
 }
 
 // writeSidecar writes NAME.relinkd.json beside the rescued file, mode 0600.
-// The first write never replaces anything; replace is for Follow's update
+// The first write never replaces anything; replace is for Follow's updates
 // of our own sidecar. Both are atomic: a reader sees the old or the new
-// file, never a partial one.
-func (e *Engine) writeSidecar(p *Pin, d Destination, r Result, replace bool) (string, error) {
+// file, never a partial one. following is the sidecar's Following.
+func (e *Engine) writeSidecar(p *Pin, d Destination, r Result, replace, following bool) (string, error) {
 	p.mu.Lock()
-	dir := p.dir
+	dir, dst := p.dir, p.dst
 	p.mu.Unlock()
 	if dir.fd < 0 {
 		return "", fmt.Errorf("sidecar for %s: destination directory not open", r.Path)
 	}
-	b, err := json.MarshalIndent(sidecarOf(p, d, r), "", "  ")
+	s := sidecarOf(p, d, r, following)
+	// The identities a restarted daemon checks before it believes the
+	// sidecar: the source's birth time and the rescued file's inode.
+	var err error
+	if s.BirthTime, err = birthTime(p.fd); err != nil {
+		return "", fmt.Errorf("sidecar for %s: birth time of the source: %w", r.Path, err)
+	}
+	rfd := p.fd // link: the rescued name is the source's inode
+	if dst != nil {
+		rfd = int(dst.Fd())
+	}
+	st, err := fstat(rfd)
+	if err != nil {
+		return "", fmt.Errorf("sidecar for %s: fstat the rescued file: %w", r.Path, err)
+	}
+	s.RescuedDev, s.RescuedIno = uint64(st.Dev), st.Ino
+	if s.RescuedBirthTime, err = birthTime(rfd); err != nil {
+		return "", fmt.Errorf("sidecar for %s: birth time of the rescued file: %w", r.Path, err)
+	}
+	b, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return "", err
 	}

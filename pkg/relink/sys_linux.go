@@ -237,3 +237,29 @@ func preallocate(fd int, off, n int64) error {
 func startWriteback(fd int, off, n int64) {
 	_ = unix.SyncFileRange(fd, off, n, unix.SYNC_FILE_RANGE_WRITE)
 }
+
+// birthTime is the birth time of the file open as fd (statx(2)
+// STATX_BTIME), in ns since the epoch; 0 where its filesystem records
+// none.
+func birthTime(fd int) (int64, error) {
+	var stx unix.Statx_t
+	err := eintr.Retry0(func() error {
+		return unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_SYNC_AS_STAT, unix.STATX_BTIME, &stx)
+	})
+	if err != nil {
+		return 0, err
+	}
+	if stx.Mask&unix.STATX_BTIME == 0 {
+		return 0, nil
+	}
+	return stx.Btime.Sec*1_000_000_000 + int64(stx.Btime.Nsec), nil
+}
+
+// openFileNoFollow opens the regular file name in dirfd for reading and
+// writing, refusing a symlink in its place (ELOOP). O_NONBLOCK keeps a
+// FIFO planted there from blocking the open; the caller checks the type.
+func openFileNoFollow(dirfd int, name string) (int, error) {
+	return eintr.Retry(func() (int, error) {
+		return unix.Openat(dirfd, name, unix.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NOCTTY|unix.O_NONBLOCK|unix.O_NOATIME, 0)
+	})
+}

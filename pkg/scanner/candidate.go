@@ -96,6 +96,16 @@ type Result struct {
 	// Unanswered lists the descriptors that look deleted but could not be
 	// confirmed: their filesystem did not answer (see Options.Guard).
 	Unanswered []Unanswered
+	// Held lists, for the paths Scanner.Track accepts, which process
+	// holds files open in which directory: each pair once, deleted files
+	// and live ones alike (the holder's view of the name).
+	Held []Held
+}
+
+// Held says that a process holds a file open in a directory.
+type Held struct {
+	PID int
+	Dir string
 }
 
 // Unanswered is a descriptor whose filesystem did not answer.

@@ -49,7 +49,10 @@ type Event struct {
 	Dir      string
 	Name     string
 	Overflow bool
-	At       time.Time // when the event was read from the kernel
+	// Created is set for a file created in (or moved into) Dir: not a
+	// removal, but a file whose holder no earlier look has seen.
+	Created bool
+	At      time.Time // when the event was read from the kernel
 }
 
 // Watcher watches directory trees for removals.
@@ -311,6 +314,8 @@ func (w *Watcher) handle(wd int, mask uint32, name string) (Event, bool) {
 		return Event{}, false
 	case !isDir && mask&(unix.IN_DELETE|unix.IN_MOVED_FROM) != 0:
 		return Event{Dir: dir, Name: name}, true
+	case !isDir && mask&(unix.IN_CREATE|unix.IN_MOVED_TO) != 0:
+		return Event{Dir: dir, Name: name, Created: true}, true
 	}
 	return Event{}, false
 }

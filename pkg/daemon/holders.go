@@ -1,0 +1,124 @@
+package daemon
+
+import (
+	"bytes"
+	"slices"
+	"sync"
+
+	"github.com/relinkd/relinkd/pkg/scanner"
+)
+
+// maxHolderPairs bounds the holder index: (process, directory) pairs,
+// about 100 bytes each with the maps around them. A host with 50,000
+// descriptors in the watched trees has at most that many pairs, usually
+// far fewer (a process holds many files in one directory).
+const maxHolderPairs = 200_000
+
+// holderIndex remembers which processes hold files open, live or deleted,
+// in which directories of the watched trees, as the last look at each
+// process showed (every full sweep reads every descriptor's link anyway).
+// An unlink event in a directory then leads straight to the processes
+// that held files there, however long they have been running. It is
+// safe for concurrent use.
+type holderIndex struct {
+	mu     sync.Mutex
+	byDir  map[string]map[int]struct{}
+	byPID  map[int][]string
+	pairs  int
+	max    int
+	capped bool // pairs beyond max were dropped at the last look
+}
+
+func newHolderIndex(max int) *holderIndex {
+	return &holderIndex{byDir: make(map[string]map[int]struct{}), byPID: make(map[int][]string), max: max}
+}
+
+// replace installs what a full sweep saw.
+func (x *holderIndex) replace(held []scanner.Held) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	clear(x.byDir)
+	clear(x.byPID)
+	x.pairs, x.capped = 0, false
+	x.addLocked(held)
+}
+
+// update replaces what is known of pids with what a sweep of them saw.
+func (x *holderIndex) update(pids []int, held []scanner.Held) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for _, pid := range pids {
+		x.dropLocked(pid)
+	}
+	x.addLocked(held)
+}
+
+func (x *holderIndex) addLocked(held []scanner.Held) {
+	for _, h := range held {
+		if x.pairs >= x.max {
+			x.capped = true
+			return
+		}
+		m := x.byDir[h.Dir]
+		if m == nil {
+			m = make(map[int]struct{})
+			x.byDir[h.Dir] = m
+		}
+		if _, ok := m[h.PID]; ok {
+			continue
+		}
+		m[h.PID] = struct{}{}
+		x.byPID[h.PID] = append(x.byPID[h.PID], h.Dir)
+		x.pairs++
+	}
+}
+
+func (x *holderIndex) dropLocked(pid int) {
+	for _, dir := range x.byPID[pid] {
+		if m := x.byDir[dir]; m != nil {
+			delete(m, pid)
+			if len(m) == 0 {
+				delete(x.byDir, dir)
+			}
+			x.pairs--
+		}
+	}
+	delete(x.byPID, pid)
+}
+
+// pids returns the processes that held files in dir.
+func (x *holderIndex) pids(dir string) []int {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	m := x.byDir[dir]
+	out := make([]int, 0, len(m))
+	for pid := range m {
+		out = append(out, pid)
+	}
+	return out
+}
+
+// size returns the number of pairs and whether the bound cut the last look.
+func (x *holderIndex) size() (int, bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.pairs, x.capped
+}
+
+// underRoots returns a test for paths inside any of roots: what the
+// holder index keeps.
+func underRoots(roots []string) func(path []byte) bool {
+	rs := make([][]byte, 0, len(roots))
+	for _, r := range roots {
+		rs = append(rs, []byte(r))
+	}
+	slices.SortFunc(rs, func(a, b []byte) int { return len(a) - len(b) })
+	return func(path []byte) bool {
+		for _, r := range rs {
+			if bytes.HasPrefix(path, r) && (len(path) == len(r) || path[len(r)] == '/' || len(r) == 1) {
+				return true
+			}
+		}
+		return false
+	}
+}

@@ -1,0 +1,154 @@
+package daemon
+
+import (
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// views keeps the watched trees watched in every mount namespace that has
+// processes: a container sees its own /var/log, which no watch on the
+// host's /var/log covers. Each other namespace's view of a root is
+// watched through /proc/PID/root/ROOT of one of its processes (inotify
+// resolves the path in that namespace), added when the namespace appears
+// and dropped when its last process is gone; the watcher's bound
+// (scan.max_watches) applies to all of them together.
+type views struct {
+	procRoot string
+	own      string // the daemon's mount namespace, and the host's
+	host     string // PID 1's ("" when unknown)
+
+	mu    sync.Mutex     // one update at a time: the loop and the full pass both call it
+	reps  map[string]int // other namespace -> the pid its views go through
+	roots []string       // the last set given to the watcher
+	known map[int]bool   // pids whose namespace was looked at, as of the last listing
+}
+
+func newViews(procRoot string) *views {
+	v := &views{procRoot: procRoot, reps: make(map[string]int), known: make(map[int]bool)}
+	v.own, _ = os.Readlink(procRoot + "/self/ns/mnt")
+	v.host, _ = os.Readlink(procRoot + "/1/ns/mnt")
+	return v
+}
+
+// nsOf returns pid's mount namespace ("mnt:[N]"), "" when gone.
+func (v *views) nsOf(pid int) string {
+	ns, _ := os.Readlink(v.procRoot + "/" + strconv.Itoa(pid) + "/ns/mnt")
+	return ns
+}
+
+// other reports whether ns is a namespace whose views need watches of
+// their own.
+func (v *views) other(ns string) bool { return ns != "" && ns != v.own && ns != v.host }
+
+// full replaces the namespaces with those of pids (every process, from a
+// full pass) and returns the roots to watch, with changed false when
+// they are the same as last time.
+func (v *views) full(pids []int, base []string) (roots []string, changed bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	seen := make(map[string]int)
+	for _, pid := range pids {
+		if ns := v.nsOf(pid); v.other(ns) {
+			if rep, ok := seen[ns]; !ok || pid < rep {
+				seen[ns] = pid
+			}
+		}
+	}
+	// Keep a namespace's representative while it lives: its watches'
+	// paths go through it.
+	for ns, rep := range v.reps {
+		if cur, ok := seen[ns]; ok && cur != rep && v.nsOf(rep) == ns {
+			seen[ns] = rep
+		}
+	}
+	v.reps = seen
+	v.known = make(map[int]bool, len(pids))
+	for _, pid := range pids {
+		v.known[pid] = true
+	}
+	return v.rootsLocked(base)
+}
+
+// add notes the namespaces of the processes in listed (a listing of
+// /proc, between full passes) that were not there at the last listing,
+// and returns the roots to watch, changed when a namespace was new, and
+// the new processes found in other namespaces (to be swept at once, so
+// that the holder index knows what they hold there). Only new processes
+// cost a readlink.
+func (v *views) add(listed []int, base []string) (roots []string, changed bool, fresh []int) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	var pids []int
+	if listed != nil {
+		next := make(map[int]bool, len(listed))
+		for _, pid := range listed {
+			next[pid] = true
+			if !v.known[pid] {
+				pids = append(pids, pid)
+			}
+		}
+		v.known = next
+	}
+	for _, pid := range pids {
+		if ns := v.nsOf(pid); v.other(ns) {
+			if _, ok := v.reps[ns]; !ok {
+				v.reps[ns] = pid
+			}
+			fresh = append(fresh, pid)
+		}
+	}
+	roots, changed = v.rootsLocked(base)
+	return roots, changed, fresh
+}
+
+func (v *views) rootsLocked(base []string) ([]string, bool) {
+	roots := slices.Clone(base)
+	for _, rep := range v.reps {
+		prefix := v.procRoot + "/" + strconv.Itoa(rep) + "/root"
+		for _, r := range base {
+			roots = append(roots, prefix+r)
+		}
+	}
+	slices.Sort(roots)
+	if slices.Equal(roots, v.roots) {
+		return roots, false
+	}
+	v.roots = roots
+	return roots, true
+}
+
+// namespaces returns the other namespaces watched ("mnt:[N]"), sorted.
+func (v *views) namespaces() []string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	out := make([]string, 0, len(v.reps))
+	for ns := range v.reps {
+		out = append(out, ns)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// viewOf turns a watched directory back into the path its namespace sees:
+// /proc/PID/root/var/log/app is /var/log/app for the holders there.
+func (v *views) viewOf(dir string) string {
+	rest, ok := strings.CutPrefix(dir, v.procRoot+"/")
+	if !ok {
+		return dir
+	}
+	pid, after, ok := strings.Cut(rest, "/")
+	if !ok || pid == "" || strings.Trim(pid, "0123456789") != "" {
+		return dir
+	}
+	view, ok := strings.CutPrefix(after, "root")
+	if !ok || view != "" && view[0] != '/' {
+		return dir
+	}
+	if view == "" {
+		return "/"
+	}
+	return view
+}
