@@ -113,17 +113,17 @@ func checkRescue(f policy.RescuedFile) rescue {
 	found := relink.Found{Path: r.path, Dev: f.File.Dev, Ino: f.File.Ino, Nlink: f.File.Nlink, Size: f.File.Size, BirthTime: f.File.BirthTime,
 		Mtime: f.File.Mtime, SidecarMtime: f.SidecarFile.Mtime}
 	if err := policy.CheckRescuedName(f.Rel, sc.OriginalPath(), sc.PID, sc.FD); err != nil {
-		return bad(sidecarForged, "%v: %v", relink.ErrForgedSidecar, err)
+		return bad(sidecarForged, "%v: %v", relink.ErrSidecar, err)
 	}
 	if sc.Time.Before(r.at) {
-		return bad(sidecarForged, "%v: written at %s, before the rescue its name dates %s", relink.ErrForgedSidecar,
+		return bad(sidecarForged, "%v: written at %s, before the rescue its name dates %s", relink.ErrSidecar,
 			sc.Time.UTC().Format(time.RFC3339), r.at.Format(time.RFC3339))
 	}
 	if err := sc.Verify(found); err != nil {
 		// A copy restored by link is the restored file too: it changes
 		// with it. Only its size may then disagree.
 		same := sc
-		same.Bytes, same.Followed, same.Following = f.File.Size, false, nil
+		same.Bytes, same.Followed, same.Following = f.File.Size, false, false
 		if f.File.Nlink > 1 && sc.Method != relink.MethodLink && same.Verify(found) == nil {
 			r.sc = sc
 			return bad(sidecarChanged, "the file has %d bytes, %d when it was rescued, and %d links: restored by link, and changed since",

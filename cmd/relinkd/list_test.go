@@ -141,7 +141,7 @@ func TestListCommand(t *testing.T) {
 	for _, tc := range []struct {
 		path, status, why string
 	}{
-		{big.RescuedTo, "forged", "the file has 10 bytes, the sidecar says 3"},
+		{big.RescuedTo, "forged", "the file has 10 bytes, the sidecar 3"},
 		{link.RescuedTo, "forged", "a link of dev"},
 		{mode.RescuedTo, "forged", "mode 644"},
 		{alone, "missing", "no sidecar"},

@@ -14,10 +14,6 @@ import (
 	"github.com/relinkd/relinkd/pkg/scanner"
 )
 
-// maxSidecarBytes bounds what is read of one sidecar: the engine writes a
-// few hundred bytes, so a larger file is not one of its own.
-const maxSidecarBytes = 64 << 10
-
 // FileFacts is what lstat (statx(2), no symlink followed) says of a file
 // under a rescue root.
 type FileFacts struct {
@@ -61,9 +57,11 @@ var ErrRescueRoot = errors.New("rescue root not listed")
 // (a host path) and every sidecar without its file: only the names the
 // engine writes (see layout), found by retention's walk, which opens each
 // directory with O_NOFOLLOW beneath its parent and never follows a
-// symlink or leaves root. Sidecars are opened O_NOFOLLOW|O_NONBLOCK beneath
-// their directory and read up to 64 KiB. A root that does not exist gives
-// no call and no error.
+// symlink or leaves root. Sidecars are read as Sidecars reads them
+// (readSmall: O_NOFOLLOW|O_NONBLOCK beneath their directory, at most
+// layout.MaxSidecarSize bytes). A root that does not exist gives no call
+// and no error. Unlike Sidecars, it also reports rescued files that have
+// no sidecar, and which directories someone other than root could write.
 func (p *Policy) WalkRescued(root string, fn func(RescuedFile)) error {
 	type entry struct {
 		dirfd      int
@@ -117,7 +115,7 @@ func (p *Policy) WalkRescued(root string, fn func(RescuedFile)) error {
 				rf.HasSidecar, rf.SidecarErr = true, fmt.Errorf("not a regular file (mode %#o)", sf.Mode)
 			default:
 				rf.HasSidecar, rf.SidecarFile = true, sf
-				rf.Sidecar, rf.SidecarErr = readSidecarAt(e.dirfd, side)
+				rf.Sidecar, rf.SidecarErr = readSmall(e.dirfd, side, layout.MaxSidecarSize)
 			}
 		case files[e.sidecarFor]:
 			continue // read with its file
@@ -130,7 +128,7 @@ func (p *Policy) WalkRescued(root string, fn func(RescuedFile)) error {
 				}
 				rf.SidecarErr = err
 			} else {
-				rf.Sidecar, rf.SidecarErr = readSidecarAt(e.dirfd, e.name)
+				rf.Sidecar, rf.SidecarErr = readSmall(e.dirfd, e.name, layout.MaxSidecarSize)
 			}
 		}
 		rf.Untrusted = untrusted[e.dirfd]
@@ -193,46 +191,6 @@ func statAt(dirfd int, name string) (FileFacts, error) {
 		f.BirthTime = st.Btime.Sec*1_000_000_000 + int64(st.Btime.Nsec)
 	}
 	return f, nil
-}
-
-// readSidecarAt reads the sidecar name in dirfd: a regular file (a FIFO
-// planted there cannot block the open, O_NONBLOCK) of at most
-// maxSidecarBytes, read whole.
-func readSidecarAt(dirfd int, name string) ([]byte, error) {
-	fd, err := eintr.Retry(func() (int, error) {
-		return unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
-	})
-	if err != nil {
-		return nil, err
-	}
-	defer unix.Close(fd)
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return nil, err
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return nil, fmt.Errorf("not a regular file (mode %#o)", st.Mode)
-	}
-	if st.Size > maxSidecarBytes {
-		return nil, fmt.Errorf("%d bytes, more than a sidecar's %d", st.Size, maxSidecarBytes)
-	}
-	// One byte more than its size tells a file that grew meanwhile.
-	b := make([]byte, st.Size+1)
-	n := 0
-	for n < len(b) {
-		k, err := eintr.Retry(func() (int, error) { return unix.Read(fd, b[n:]) })
-		if err != nil {
-			return nil, err
-		}
-		if k == 0 {
-			break
-		}
-		n += k
-	}
-	if n == len(b) {
-		return nil, fmt.Errorf("grew while it was read (%d bytes at the start)", st.Size)
-	}
-	return b[:n], nil
 }
 
 // SidecarFileProblem says why the sidecar file itself cannot be one the

@@ -124,7 +124,12 @@ func found(t *testing.T, path, sidecar string) Found {
 	var st, sst unix.Stat_t
 	must(t, unix.Lstat(path, &st))
 	must(t, unix.Lstat(sidecar, &sst))
-	return Found{Path: path, Dev: st.Dev, Ino: st.Ino, Nlink: uint32(st.Nlink), Size: st.Size,
+	f, err := os.Open(path)
+	must(t, err)
+	defer f.Close()
+	btime, err := birthTime(int(f.Fd()))
+	must(t, err)
+	return Found{Path: path, Dev: st.Dev, Ino: st.Ino, Nlink: uint32(st.Nlink), Size: st.Size, BirthTime: btime,
 		Mtime: time.Unix(st.Mtim.Unix()), SidecarMtime: time.Unix(sst.Mtim.Unix())}
 }
 

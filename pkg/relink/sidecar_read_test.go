@@ -29,8 +29,8 @@ func TestReadSidecar(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ReadSidecar([]byte(tc.data))
-			if (err == nil) != tc.ok || err != nil && !errors.Is(err, ErrForgedSidecar) {
-				t.Errorf("ReadSidecar: %v, want ok %v (or ErrForgedSidecar)", err, tc.ok)
+			if (err == nil) != tc.ok || err != nil && !errors.Is(err, ErrSidecar) {
+				t.Errorf("ReadSidecar: %v, want ok %v (or ErrSidecar)", err, tc.ok)
 			}
 		})
 	}
@@ -40,13 +40,22 @@ func TestReadSidecar(t *testing.T) {
 	}
 }
 
-// TestVerify: what a sidecar claims must match the file beside it.
+// TestVerify: what a sidecar claims must match the file beside it, for
+// sidecars that record the rescued file's inode and for older ones.
 func TestVerify(t *testing.T) {
-	yes, no := true, false
 	at := time.Date(2026, 11, 21, 20, 30, 1, 0, time.UTC)
-	sc := func(m Method, bytes int64, following *bool, followed bool) StoredSidecar {
+	// old is a sidecar without the rescued file's identity; recorded one
+	// with it (rescued dev 10, ino 30).
+	old := func(m Method, bytes int64, following, followed bool) StoredSidecar {
 		return StoredSidecar{Sidecar: Sidecar{Path: "/var/log/app.log", RescuedTo: "/r/app", Method: m, Bytes: bytes,
-			Dev: 10, Ino: 20, Followed: followed, Time: at}, Following: following}
+			Dev: 10, Ino: 20, Followed: followed, Following: following, Time: at}}
+	}
+	recorded := func(s StoredSidecar) StoredSidecar {
+		s.RescuedDev, s.RescuedIno = 10, 30
+		if s.Method == MethodLink {
+			s.RescuedIno = 20
+		}
+		return s
 	}
 	file := func(ino uint64, size int64, grown bool) Found {
 		f := Found{Path: "/r/app", Dev: 10, Ino: ino, Nlink: 1, Size: size, Mtime: at.Add(-time.Hour), SidecarMtime: at}
@@ -63,36 +72,31 @@ func TestVerify(t *testing.T) {
 		ok     bool
 		follow string
 	}{
-		{"copy as claimed", sc(MethodCopy, 100, nil, false), file(30, 100, false), true, FollowNone},
-		{"copy larger than claimed", sc(MethodCopy, 100, nil, false), file(30, 200, false), false, FollowNone},
-		{"copy smaller than claimed", sc(MethodCopy, 100, nil, false), file(30, 50, true), false, FollowNone},
-		{"older sidecar, grown since", sc(MethodCopy, 100, nil, false), file(30, 200, true), true, FollowActive},
-		{"older sidecar, grown since, restored by link", sc(MethodCopy, 100, nil, false), linked(file(30, 200, true)), false, FollowNone},
-		{"following", sc(MethodReflink, 100, &yes, false), file(30, 200, false), true, FollowActive},
-		{"follow over, larger", sc(MethodReflink, 100, &no, false), file(30, 200, true), false, FollowNone},
-		{"followed", sc(MethodCopy, 300, nil, true), file(30, 300, false), true, FollowFinished},
-		{"followed, larger", sc(MethodCopy, 300, nil, true), file(30, 400, true), false, FollowFinished},
-		{"link of the source", sc(MethodLink, 100, nil, false), file(20, 5000, false), true, FollowNone},
-		{"link of another inode", sc(MethodLink, 100, nil, false), file(21, 100, false), false, FollowNone},
-		{"rescued_to elsewhere", sc(MethodCopy, 100, nil, false), Found{Path: "/r/other", Ino: 30, Size: 100}, false, FollowNone},
+		{"copy as claimed", old(MethodCopy, 100, false, false), file(30, 100, false), true, FollowNone},
+		{"copy larger than claimed", old(MethodCopy, 100, false, false), file(30, 200, false), false, FollowNone},
+		{"copy smaller than claimed", old(MethodCopy, 100, false, false), file(30, 50, true), false, FollowNone},
+		{"older sidecar, grown since", old(MethodCopy, 100, false, false), file(30, 200, true), true, FollowActive},
+		{"older sidecar, grown since, restored by link", old(MethodCopy, 100, false, false), linked(file(30, 200, true)), false, FollowNone},
+		{"following", old(MethodReflink, 100, true, false), file(30, 200, false), true, FollowActive},
+		{"followed", old(MethodCopy, 300, false, true), file(30, 300, false), true, FollowFinished},
+		{"followed, larger", old(MethodCopy, 300, false, true), file(30, 400, true), false, FollowFinished},
+		{"link of the source", old(MethodLink, 100, false, false), file(20, 5000, false), true, FollowNone},
+		{"link of another inode", old(MethodLink, 100, false, false), file(21, 100, false), false, FollowNone},
+		{"rescued_to elsewhere", old(MethodCopy, 100, false, false), Found{Path: "/r/other", Ino: 30, Size: 100}, false, FollowNone},
+		{"recorded, as claimed", recorded(old(MethodCopy, 100, false, false)), file(30, 100, false), true, FollowNone},
+		{"recorded, another inode", recorded(old(MethodCopy, 100, false, false)), file(31, 100, false), false, FollowNone},
+		{"recorded, grown but not following", recorded(old(MethodCopy, 100, false, false)), file(30, 200, true), false, FollowNone},
+		{"recorded, following", recorded(old(MethodCopy, 100, true, false)), file(30, 200, true), true, FollowActive},
+		{"recorded link", recorded(old(MethodLink, 100, false, false)), file(20, 7, false), true, FollowNone},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.s.Verify(tc.f)
-			if (err == nil) != tc.ok || err != nil && !errors.Is(err, ErrForgedSidecar) {
+			if (err == nil) != tc.ok || err != nil && !errors.Is(err, ErrSidecar) {
 				t.Errorf("Verify: %v, want ok %v", err, tc.ok)
 			}
 			if got := tc.s.FollowState(tc.f); got != tc.follow {
 				t.Errorf("FollowState = %q, want %q", got, tc.follow)
 			}
 		})
-	}
-	// The rescued file's own inode, where the sidecar records it.
-	s := sc(MethodCopy, 100, &no, false)
-	s.RescuedDev, s.RescuedIno = 10, 30
-	if err := s.Verify(file(30, 100, false)); err != nil {
-		t.Errorf("recorded inode: %v", err)
-	}
-	if err := s.Verify(file(31, 100, false)); !errors.Is(err, ErrForgedSidecar) {
-		t.Errorf("another inode than recorded: %v, want ErrForgedSidecar", err)
 	}
 }
