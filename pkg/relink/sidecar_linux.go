@@ -40,6 +40,11 @@ type Sidecar struct {
 	SHA256          string    `json:"sha256,omitempty"`
 	Followed        bool      `json:"followed,omitempty"`
 	Time            time.Time `json:"ts"`
+
+	// The holder's mount namespace and container when it was not the
+	// host's, as in the events (scanner.Candidate.ContainerField).
+	MntNS       uint64 `json:"mntns,omitempty"`
+	ContainerID string `json:"container_id,omitempty"`
 }
 
 func sidecarOf(p *Pin, d Destination, r Result) Sidecar {
@@ -48,6 +53,7 @@ func sidecarOf(p *Pin, d Destination, r Result) Sidecar {
 		Path: string(c.Path), RescuedTo: r.Path, Method: r.Method, Bytes: r.Bytes,
 		PID: c.PID, FD: c.FD, Comm: c.Comm, UID: c.UID, Duration: r.Duration.String(),
 		Dev: c.Dev, Ino: c.Ino, SHA256: r.SHA256, Followed: r.Followed, Time: time.Now().UTC(),
+		MntNS: c.MntNS, ContainerID: c.ContainerID,
 	}
 	s.PathBase64, s.RescuedToBase64 = base64IfInvalid(c.Path), base64IfInvalid([]byte(r.Path))
 	if d.Rule != "" {
