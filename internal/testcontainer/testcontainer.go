@@ -38,12 +38,20 @@ const (
 type Options struct {
 	Cgroup string // NoCgroup, Docker or Nspawn
 	Name   string // the machine name with Nspawn ("" picks one with a "-" in it)
+	// Volumes binds host directories into the container, as docker run -v
+	// HOST:PATH does: PATH (the container's view) is created in the lower
+	// layer and HOST bound onto it when a holder starts.
+	Volumes []Volume
 }
+
+// Volume is a host directory bound into the container.
+type Volume struct{ Host, Path string }
 
 // Container is a container's root, ready to start holders in.
 type Container struct {
 	Merged string // host path of the overlay mount, the container's "/"
 	Upper  string // its writable layer
+	Lower  string // its read-only layer
 	// ID is what the container's cgroup names: the 64-hex id with Docker,
 	// the machine name with Nspawn, "" without a cgroup.
 	ID string
@@ -51,6 +59,7 @@ type Container struct {
 	CgroupPath string
 
 	cgroupDir string // where holders are moved, "" for none
+	volumes   []Volume
 }
 
 // New makes a container root. It needs root, unshare, pivot_root and an
@@ -60,8 +69,8 @@ func New(t testing.TB, opt Options) *Container {
 	testfs.RequireRoot(t)
 	testfs.RequireTool(t, "unshare", "pivot_root", "mount", "umount")
 	fs := testfs.Mount(t, "ext4", 64)
-	c := &Container{Merged: filepath.Join(fs, "merged"), Upper: filepath.Join(fs, "upper")}
-	lower, work := filepath.Join(fs, "lower"), filepath.Join(fs, "work")
+	c := &Container{Merged: filepath.Join(fs, "merged"), Upper: filepath.Join(fs, "upper"), Lower: filepath.Join(fs, "lower"), volumes: opt.Volumes}
+	lower, work := c.Lower, filepath.Join(fs, "work")
 	for _, d := range []string{lower, c.Upper, work, c.Merged} {
 		mkdir(t, d)
 	}
@@ -81,6 +90,9 @@ func New(t testing.TB, opt Options) *Container {
 			mkdir(t, filepath.Join(lower, l)) // a real directory: bound at start
 		}
 	}
+	for _, v := range opt.Volumes {
+		mkdir(t, filepath.Join(lower, v.Path))
+	}
 	if err := os.WriteFile(filepath.Join(lower, "relinkd-holder"), nil, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -98,8 +110,12 @@ func New(t testing.TB, opt Options) *Container {
 func (c *Container) Start(t testing.TB, steps ...testproc.Step) *testproc.Holder {
 	t.Helper()
 	h := testproc.StartWith(t, testproc.Options{Forked: true, Command: func(self string) *exec.Cmd {
-		return exec.Command("unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private",
-			"/bin/sh", "-c", enterScript, "sh", c.Merged, self)
+		args := []string{"--mount", "--pid", "--fork", "--kill-child", "--propagation", "private",
+			"/bin/sh", "-c", enterScript, "sh", c.Merged, self}
+		for _, v := range c.volumes {
+			args = append(args, v.Host, v.Path)
+		}
+		return exec.Command("unshare", args...)
 	}}, steps...)
 	if c.cgroupDir != "" {
 		if err := os.WriteFile(filepath.Join(c.cgroupDir, "cgroup.procs"), []byte(strconv.Itoa(h.PID)), 0o644); err != nil {
@@ -114,6 +130,8 @@ func (c *Container) Start(t testing.TB, steps ...testproc.Step) *testproc.Holder
 // and execs the holder, as a runtime's init does.
 const enterScript = `set -e
 m=$1 self=$2
+shift 2
+while [ $# -ge 2 ]; do mount --bind "$1" "$m$2"; shift 2; done
 mount -o bind,ro /usr "$m/usr"
 for d in bin sbin lib lib32 lib64 libx32; do
 	if [ -d "/$d" ] && [ ! -L "/$d" ]; then mount -o bind,ro "/$d" "$m/$d"; fi
