@@ -125,7 +125,10 @@ func sameSuper(a, b *Mount) bool { return a.Major == b.Major && a.Minor == b.Min
 // own mount, so that link works); else the per-filesystem directory at the
 // root of the file's mount; else, if cross_fs allows, the first writable
 // configured directory. Paths are the host's (see hostView) and are read
-// fresh each time, so a filesystem mounted after start-up is covered. It
+// fresh each time, so a filesystem mounted after start-up is covered. A
+// holder in a container (scanner.Candidate.InContainer) gets
+// rescue.container_dir on the host instead (locateContainer), or with
+// rescue.containers: inside the container's own fs_dir (locateInside). It
 // returns ErrNoLocation, saying why each candidate root was refused, when
 // none is allowed.
 func (p *Policy) Locate(c *scanner.Candidate) (Location, error) {
