@@ -1103,7 +1103,7 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 			d.recordFailure(c, now, bt())
 			d.m.Failures.Inc()
 			d.log.Error("rescue failed", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-				zap.Error(err))
+				zap.Error(err), c.ContainerField())
 		}
 		return
 	}
@@ -1229,7 +1229,7 @@ func (d *Daemon) logRetry(c *scanner.Candidate, failures int) {
 func (d *Daemon) reportOpen(c *scanner.Candidate, rule string) {
 	d.m.Reports.Inc()
 	d.log.Info("deleted file open", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-		zap.String("comm", c.Comm), zap.Uint32("uid", c.UID), zap.Int64("size", c.Size), zap.String("rule", rule))
+		zap.String("comm", c.Comm), zap.Uint32("uid", c.UID), zap.Int64("size", c.Size), zap.String("rule", rule), c.ContainerField())
 }
 
 // slot is what the stall watch knows of one worker.
@@ -1351,7 +1351,7 @@ func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup, progres
 	case policy.Skip:
 		d.m.Skips.WithLabelValues(dec.Reason).Inc()
 		d.log.Info("rescue skipped", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-			zap.String("reason", dec.Reason), zap.String("rule", dec.Rule), zap.String("detail", dec.Detail))
+			zap.String("reason", dec.Reason), zap.String("rule", dec.Rule), zap.String("detail", dec.Detail), c.ContainerField())
 		if dec.Reason == policy.ReasonSpace && dec.Root != "" {
 			d.unpinNoSpace(j, dec.Root, uint64(max(c.Size, 0)), dec.MinFreeBytes)
 			return
@@ -1367,7 +1367,7 @@ func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup, progres
 	d.publishing.RLock()
 	res, err := eng.Rescue(ctx, j.pin, relink.Destination{
 		Root: dec.Root, Via: dec.Via, Rel: dec.Rel, MinFreeBytes: dec.MinFreeBytes, Rule: dec.Rule,
-		NoRoomToCopy: dec.NoRoomToCopy,
+		NoRoomToCopy: dec.NoRoomToCopy, Beneath: dec.Beneath,
 	})
 	d.publishing.RUnlock()
 	if err != nil {
