@@ -1153,7 +1153,7 @@ func (d *Daemon) fresh(c *scanner.Candidate, now time.Time) bool {
 		d.mu.Unlock()
 		return true
 	}
-	in.seen = now
+	in.seen = time.Now() // see recordLocked
 	_, same := in.holders[hid]
 	if same || in.st == stQueued {
 		// A pinned inode cannot be freed, so its number cannot have
@@ -1161,7 +1161,7 @@ func (d *Daemon) fresh(c *scanner.Candidate, now time.Time) bool {
 		if !same {
 			d.log.Debug("pinned inode, new holder", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD))
 		}
-		in.holders[hid] = now
+		in.holders[hid] = time.Now()
 		retry, failures := in.retryDue(now), in.failures
 		space, root, need, minFree := in.st == stNoSpace, in.spaceRoot, in.spaceNeed, in.spaceMin
 		d.mu.Unlock()
@@ -1187,7 +1187,7 @@ func (d *Daemon) fresh(c *scanner.Candidate, now time.Time) bool {
 		d.log.Debug("known inode, new holder", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
 			zap.Bool("same_file", in.btime == bt), zap.Int("state", int(in.st)))
 		if in.btime == bt {
-			in.holders[hid] = now
+			in.holders[hid] = time.Now()
 			retry, failures := in.retryDue(now), in.failures
 			// No rule matched the inode for its other holders, but the
 			// rules may for this one (commands, users); and a sweep's
@@ -1584,8 +1584,12 @@ func (d *Daemon) recordLocked(c *scanner.Candidate, st state, now time.Time, bti
 		in = &inode{holders: make(map[holderID]time.Time), btime: btime}
 		d.inodes[c.Key()] = in
 	}
-	in.st, in.seen = st, now
-	in.holders[holderID{pid: c.PID, start: c.StartTime}] = now
+	// When it was looked at, not when its sweep started: a full pass
+	// runs beside targeted sweeps, and forget must not drop what one of
+	// them saw after the pass had read that process.
+	at := time.Now()
+	in.st, in.seen = st, at
+	in.holders[holderID{pid: c.PID, start: c.StartTime}] = at
 	return in
 }
 
@@ -1597,7 +1601,7 @@ func (d *Daemon) notePID(c *scanner.Candidate, now time.Time) {
 		m = make(map[int]time.Time)
 		d.dirPIDs[dir] = m
 	}
-	m[c.PID] = now
+	m[c.PID] = time.Now() // see recordLocked
 }
 
 // forget drops what the full sweep that started at start no longer
