@@ -55,24 +55,10 @@ kill -TERM $daemon; wait $daemon || true
 cat "$OUT/daemon.log" | sed 's/^/LOG /'
 `
 
-// TestHostView: a daemon whose own mount namespace is a read-only copy of
-// the host's (as under the unit) still creates its rescue root on the
-// host's filesystem, rescues by link a deleted name with another link
-// (the same inode) and by copy one without, all intact, with no manual
-// step; also on a filesystem the host mounted after the daemon started,
-// which the daemon's own view never shows. Without the host view the root cannot be created (EROFS) and link
-// fails across the two vfsmounts (EXDEV).
-func TestHostView(t *testing.T) {
-	testfs.RequireRoot(t)
-	testfs.RequireTool(t, "unshare")
-	testfs.RequireTool(t, "jq")
-	testfs.RequireTool(t, "python3")
-	dir := t.TempDir()
-	srv := filepath.Join(dir, "srv")
-	if err := os.Mkdir(srv, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	cfg := writeConfig(t, `
+// srvConfig is the configuration of the sandboxed-host scenarios: a rule
+// on srv, per-filesystem rescue roots, sweeps every 2 s.
+func srvConfig(t *testing.T, srv string) string {
+	return writeConfig(t, `
 scan: {interval: 2s, events: true}
 watch:
   - name: srv
@@ -84,8 +70,22 @@ rescue:
   per_user: {max_files: 0, max_bytes: 0}
 log: {level: debug}
 `)
-	cmd := exec.Command("unshare", "--pid", "--fork", "--mount", "--mount-proc", "--propagation", "private", "bash", "-c", hostViewScript)
-	cmd.Env = append(os.Environ(), "SRV="+srv, "BIN="+binary, "CFG="+cfg, "OUT="+dir)
+}
+
+// runHostScenario runs script as PID 1 of a new PID and mount namespace
+// (the "host" of a sandboxed daemon, see hostViewScript) with SRV, BIN,
+// CFG and OUT set, and returns what it printed.
+func runHostScenario(t *testing.T, dir, srv, script string, limit time.Duration) []byte {
+	t.Helper()
+	testfs.RequireRoot(t)
+	testfs.RequireTool(t, "unshare")
+	testfs.RequireTool(t, "jq")
+	testfs.RequireTool(t, "python3")
+	if err := os.Mkdir(srv, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("unshare", "--pid", "--fork", "--mount", "--mount-proc", "--propagation", "private", "bash", "-c", script)
+	cmd.Env = append(os.Environ(), "SRV="+srv, "BIN="+binary, "CFG="+srvConfig(t, srv), "OUT="+dir)
 	cmd.WaitDelay = 5 * time.Second
 	done := make(chan struct{})
 	var out []byte
@@ -93,14 +93,28 @@ log: {level: debug}
 	go func() { out, err = cmd.CombinedOutput(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(60 * time.Second):
+	case <-time.After(limit):
 		_ = cmd.Process.Kill()
 		<-done
-		t.Fatalf("scenario did not finish in 60 s:\n%s", out)
+		t.Fatalf("scenario did not finish in %v:\n%s", limit, out)
 	}
 	if err != nil {
 		t.Fatalf("scenario: %v\n%s", err, out)
 	}
+	return out
+}
+
+// TestHostView: a daemon whose own mount namespace is a read-only copy of
+// the host's (as under the unit) still creates its rescue root on the
+// host's filesystem, rescues by link a deleted name with another link
+// (the same inode) and by copy one without, all intact, with no manual
+// step; also on a filesystem the host mounted after the daemon started,
+// which the daemon's own view never shows. Without the host view the root cannot be created (EROFS) and link
+// fails across the two vfsmounts (EXDEV).
+func TestHostView(t *testing.T) {
+	dir := t.TempDir()
+	srv := filepath.Join(dir, "srv")
+	out := runHostScenario(t, dir, srv, hostViewScript, 60*time.Second)
 	var keep string
 	sums := map[string]string{}
 	var results [][]string

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -278,43 +277,9 @@ sed 's/^/LOG2 /' "$OUT/d2.log"
 // mount namespace does not show: "already rescued" for both files, no
 // second copy.
 func TestRestartHostView(t *testing.T) {
-	testfs.RequireRoot(t)
-	testfs.RequireTool(t, "unshare")
-	testfs.RequireTool(t, "python3")
 	dir := t.TempDir()
 	srv := filepath.Join(dir, "srv")
-	if err := os.Mkdir(srv, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	cfg := writeConfig(t, `
-scan: {interval: 2s, events: true}
-watch:
-  - name: srv
-    paths: ["`+srv+`/**"]
-rescue:
-  dirs: []
-  fs_dir: .relinkd
-  follow: false
-  per_user: {max_files: 0, max_bytes: 0}
-log: {level: debug}
-`)
-	cmd := exec.Command("unshare", "--pid", "--fork", "--mount", "--mount-proc", "--propagation", "private", "bash", "-c", restartHostViewScript)
-	cmd.Env = append(os.Environ(), "SRV="+srv, "BIN="+binary, "CFG="+cfg, "OUT="+dir)
-	cmd.WaitDelay = 5 * time.Second
-	done := make(chan struct{})
-	var out []byte
-	var err error
-	go func() { out, err = cmd.CombinedOutput(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(90 * time.Second):
-		_ = cmd.Process.Kill()
-		<-done
-		t.Fatalf("scenario did not finish in 90 s:\n%s", out)
-	}
-	if err != nil {
-		t.Fatalf("scenario: %v\n%s", err, out)
-	}
+	out := runHostScenario(t, dir, srv, restartHostViewScript, 90*time.Second)
 	events := map[string][]Event{}
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)

@@ -142,6 +142,20 @@ func cmdDoctor(ctx context.Context, e env, args []string) error {
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.MountPoint, m.FSType, free, reflink, where, root, strings.Join(cm.Rules, ", "))
 	}
 	tw.Flush()
+	// A container's files go elsewhere (rescue.containers).
+	if cfg.Rescue.Containers == policy.ContainersInside {
+		fmt.Fprintf(w, "\ncontainers' files: inside each container (%s at the root of the file's mount, in the container's view)\n", cfg.Rescue.FSDir)
+	} else {
+		d, state := cfg.Rescue.ContainerDir, "created at first rescue"
+		switch exists, err := p.RootState(d); {
+		case err != nil:
+			state = "NOT WRITABLE: " + err.Error()
+			problems++
+		case exists:
+			state = "exists, writable"
+		}
+		fmt.Fprintf(w, "\ncontainers' files: %s, one directory per container (%s)\n", d, state)
+	}
 	if problems == 0 {
 		fmt.Fprintln(w, "\nno problems found")
 		return nil

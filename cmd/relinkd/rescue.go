@@ -314,7 +314,7 @@ func (r *rescuer) planDecided(c *scanner.Candidate) (plan, bool, error) {
 	return plan{
 		eng: relink.New(relink.Options{ProcRoot: r.o.procRoot, Methods: ms, Sidecar: true}, r.log),
 		dest: relink.Destination{Root: d.Root, Via: d.Via, Rel: d.Rel, MinFreeBytes: d.MinFreeBytes, Rule: d.Rule,
-			NoRoomToCopy: d.NoRoomToCopy},
+			NoRoomToCopy: d.NoRoomToCopy, Beneath: d.Beneath},
 		release: func() { r.decider.Release(c, d) },
 	}, true, nil
 }
@@ -395,23 +395,24 @@ func matchAny(globs []string, path string) bool {
 // the configured min_free of that filesystem.
 func destination(c *scanner.Candidate, to, rule string, cfg *policy.Config, pol *policy.Policy) (relink.Destination, error) {
 	// --to is a path in the caller's own view; a located root is the
-	// host's, reached through the policy's view.
-	root, via, space := to, "", policy.FreeSpace
-	if root == "" {
-		loc, err := pol.Locate(c)
-		if err != nil {
+	// host's, reached through the policy's view, or the holder's own
+	// (rescue.containers: inside).
+	loc := policy.Location{Root: to}
+	if to == "" {
+		var err error
+		if loc, err = pol.Locate(c); err != nil {
 			return relink.Destination{}, err
 		}
-		root, via, space = loc.Root, pol.Via(), pol.FreeSpace
 	}
-	_, total, err := space(root)
+	_, total, err := loc.FreeSpace()
 	if err != nil {
 		return relink.Destination{}, err
 	}
 	return relink.Destination{
-		Root:         root,
-		Via:          via,
-		Rel:          policy.RelName(c, time.Now()),
+		Root:         loc.Root,
+		Via:          loc.Via,
+		Beneath:      loc.Beneath,
+		Rel:          loc.Rel(c, time.Now()),
 		MinFreeBytes: cfg.Rescue.MinFree.Floor(total),
 		Rule:         rule,
 	}, nil

@@ -174,12 +174,12 @@ func (g *Guard) stuckNow(mntID int) {
 	if g.opt.Describe != nil {
 		m.point, m.kind = g.opt.Describe(mntID)
 	}
-	g.log.Warn("filesystem unresponsive", zap.Int("mnt_id", mntID), zap.String("mountpoint", m.point),
-		zap.String("fstype", m.kind), zap.Duration("timeout", g.opt.Timeout),
-		zap.String("detail", "its files are skipped until the stuck call returns"))
 	if g.opt.Changed != nil {
 		g.opt.Changed(mntID, true)
 	}
+	g.log.Warn("filesystem unresponsive", zap.Int("mnt_id", mntID), zap.String("mountpoint", m.point),
+		zap.String("fstype", m.kind), zap.Duration("timeout", g.opt.Timeout),
+		zap.String("detail", "its files are skipped until the stuck call returns"))
 }
 
 // returned counts a stuck call on mntID that has come back.
@@ -199,11 +199,11 @@ func (g *Guard) returned(mntID int) {
 	if !again {
 		return
 	}
-	g.log.Info("filesystem responsive again", zap.Int("mnt_id", mntID), zap.String("mountpoint", m.point),
-		zap.String("fstype", m.kind), zap.Duration("unresponsive_for", time.Since(m.since)))
 	if g.opt.Changed != nil {
 		g.opt.Changed(mntID, false)
 	}
+	g.log.Info("filesystem responsive again", zap.Int("mnt_id", mntID), zap.String("mountpoint", m.point),
+		zap.String("fstype", m.kind), zap.Duration("unresponsive_for", time.Since(m.since)))
 }
 
 // Hold marks mntID unresponsive on behalf of a call that is not run by Do

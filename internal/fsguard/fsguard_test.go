@@ -72,7 +72,10 @@ func TestGuard(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("late did not run after the stuck call returned")
 	}
-	waitFor(t, func() bool { return !g.Unresponsive(7) })
+	waitFor(t, func() bool { return logs.FilterMessage("filesystem responsive again").Len() == 1 })
+	if g.Unresponsive(7) {
+		t.Error("mount 7 still unresponsive after its call returned")
+	}
 	if err := g.Do(7, func() {}, nil); err != nil {
 		t.Errorf("mount 7 after its call returned: %v", err)
 	}
@@ -83,7 +86,7 @@ func TestGuard(t *testing.T) {
 		t.Errorf("%d responsive-again events, want 1", n)
 	}
 	close(release9)
-	waitFor(t, func() bool { return g.Stuck() == 0 })
+	waitFor(t, func() bool { return logs.FilterMessage("filesystem responsive again").Len() == 2 })
 	if n := changes.Load(); n != 4 {
 		t.Errorf("%d changes, want 4 (two mounts down and up)", n)
 	}

@@ -114,6 +114,13 @@ func Exit() Step { return Step{Op: "exit"} }
 type Options struct {
 	Unshare  bool // run in a new mount namespace (unshare -m)
 	UID, GID int  // run as this user when UID > 0
+	// Command, when set, returns the command that runs the holder binary
+	// self, such as a wrapper that enters a container and execs self in
+	// it (internal/testcontainer). Its environment and pipes are set here.
+	Command func(self string) *exec.Cmd
+	// Forked says that Command forks the holder (unshare --fork): the
+	// holder is then the command's only child, and Holder.PID its pid.
+	Forked bool
 }
 
 // Holder is a running helper process.
@@ -149,9 +156,12 @@ func StartWith(t testing.TB, opt Options, steps ...Step) *Holder {
 		self = reachableCopy(t, self)
 	}
 	var cmd *exec.Cmd
-	if opt.Unshare {
+	switch {
+	case opt.Command != nil:
+		cmd = opt.Command(self)
+	case opt.Unshare:
 		cmd = exec.Command("unshare", "-m", "--propagation", "private", self)
-	} else {
+	default:
 		cmd = exec.Command(self)
 	}
 	cmd.Env = append(os.Environ(), envScript+"="+string(script))
@@ -179,6 +189,11 @@ func StartWith(t testing.TB, opt Options, steps ...Step) *Holder {
 		t.Fatalf("holder %d: no readiness line: %q %v", h.PID, line, err)
 	}
 	t.Cleanup(h.Kill)
+	if opt.Forked {
+		if h.PID, err = onlyChild(h.PID); err != nil {
+			t.Fatalf("holder: %v", err)
+		}
+	}
 	for _, f := range fields[1:] {
 		n, _ := strconv.Atoi(f)
 		h.FDs = append(h.FDs, n)
@@ -210,6 +225,21 @@ func (h *Holder) Do(t testing.TB, steps ...Step) {
 			t.Fatalf("holder %d: step %s: %q %v", h.PID, s.Op, line, err)
 		}
 	}
+}
+
+// onlyChild returns the pid of the only child of pid (proc(5):
+// /proc/PID/task/TID/children).
+func onlyChild(pid int) (int, error) {
+	p := strconv.Itoa(pid)
+	b, err := os.ReadFile("/proc/" + p + "/task/" + p + "/children")
+	if err != nil {
+		return 0, fmt.Errorf("children of %d: %w", pid, err)
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 1 {
+		return 0, fmt.Errorf("process %d has children %q, want one", pid, f)
+	}
+	return strconv.Atoi(f[0])
 }
 
 // reachableCopy copies the executable bin into a new directory that

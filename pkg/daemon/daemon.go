@@ -1104,7 +1104,7 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 			d.recordFailure(c, now, bt())
 			d.m.Failures.Inc()
 			d.log.Error("rescue failed", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-				zap.Error(err))
+				zap.Error(err), c.ContainerField())
 		}
 		return
 	}
@@ -1154,7 +1154,7 @@ func (d *Daemon) fresh(c *scanner.Candidate, now time.Time) bool {
 		d.mu.Unlock()
 		return true
 	}
-	in.seen = now
+	in.seen = time.Now() // see recordLocked
 	_, same := in.holders[hid]
 	if same || in.st == stQueued {
 		// A pinned inode cannot be freed, so its number cannot have
@@ -1162,7 +1162,7 @@ func (d *Daemon) fresh(c *scanner.Candidate, now time.Time) bool {
 		if !same {
 			d.log.Debug("pinned inode, new holder", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD))
 		}
-		in.holders[hid] = now
+		in.holders[hid] = time.Now()
 		retry, failures := in.retryDue(now), in.failures
 		space, root, need, minFree := in.st == stNoSpace, in.spaceRoot, in.spaceNeed, in.spaceMin
 		d.mu.Unlock()
@@ -1188,7 +1188,7 @@ func (d *Daemon) fresh(c *scanner.Candidate, now time.Time) bool {
 		d.log.Debug("known inode, new holder", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
 			zap.Bool("same_file", in.btime == bt), zap.Int("state", int(in.st)))
 		if in.btime == bt {
-			in.holders[hid] = now
+			in.holders[hid] = time.Now()
 			retry, failures := in.retryDue(now), in.failures
 			// No rule matched the inode for its other holders, but the
 			// rules may for this one (commands, users); and a sweep's
@@ -1230,7 +1230,7 @@ func (d *Daemon) logRetry(c *scanner.Candidate, failures int) {
 func (d *Daemon) reportOpen(c *scanner.Candidate, rule string) {
 	d.m.Reports.Inc()
 	d.log.Info("deleted file open", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-		zap.String("comm", c.Comm), zap.Uint32("uid", c.UID), zap.Int64("size", c.Size), zap.String("rule", rule))
+		zap.String("comm", c.Comm), zap.Uint32("uid", c.UID), zap.Int64("size", c.Size), zap.String("rule", rule), c.ContainerField())
 }
 
 // slot is what the stall watch knows of one worker.
@@ -1352,7 +1352,7 @@ func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup, progres
 	case policy.Skip:
 		d.m.Skips.WithLabelValues(dec.Reason).Inc()
 		d.log.Info("rescue skipped", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-			zap.String("reason", dec.Reason), zap.String("rule", dec.Rule), zap.String("detail", dec.Detail))
+			zap.String("reason", dec.Reason), zap.String("rule", dec.Rule), zap.String("detail", dec.Detail), c.ContainerField())
 		if dec.Reason == policy.ReasonSpace && dec.Root != "" {
 			d.unpinNoSpace(j, dec.Root, uint64(max(c.Size, 0)), dec.MinFreeBytes)
 			return
@@ -1368,7 +1368,7 @@ func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup, progres
 	d.publishing.RLock()
 	res, err := eng.Rescue(ctx, j.pin, relink.Destination{
 		Root: dec.Root, Via: dec.Via, Rel: dec.Rel, MinFreeBytes: dec.MinFreeBytes, Rule: dec.Rule,
-		NoRoomToCopy: dec.NoRoomToCopy,
+		NoRoomToCopy: dec.NoRoomToCopy, Beneath: dec.Beneath,
 	})
 	d.publishing.RUnlock()
 	if err != nil {
@@ -1585,8 +1585,12 @@ func (d *Daemon) recordLocked(c *scanner.Candidate, st state, now time.Time, bti
 		in = &inode{holders: make(map[holderID]time.Time), btime: btime}
 		d.inodes[c.Key()] = in
 	}
-	in.st, in.seen = st, now
-	in.holders[holderID{pid: c.PID, start: c.StartTime}] = now
+	// When it was looked at, not when its sweep started: a full pass
+	// runs beside targeted sweeps, and forget must not drop what one of
+	// them saw after the pass had read that process.
+	at := time.Now()
+	in.st, in.seen = st, at
+	in.holders[holderID{pid: c.PID, start: c.StartTime}] = at
 	return in
 }
 
@@ -1598,7 +1602,7 @@ func (d *Daemon) notePID(c *scanner.Candidate, now time.Time) {
 		m = make(map[int]time.Time)
 		d.dirPIDs[dir] = m
 	}
-	m[c.PID] = now
+	m[c.PID] = time.Now() // see recordLocked
 }
 
 // forget drops what the full sweep that started at start no longer

@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"fmt"
+	"runtime"
 	"slices"
 	"testing"
 
@@ -61,5 +63,39 @@ func TestViewOf(t *testing.T) {
 		if got := v.viewOf(dir); got != want {
 			t.Errorf("viewOf(%q) = %q, want %q", dir, got, want)
 		}
+	}
+}
+
+// BenchmarkHolderIndexMemory reports the heap the holder index takes per
+// (process, directory) pair, filled as a full sweep of 500 processes × 100
+// descriptors would fill it when every descriptor is in a watched tree
+// (each process in 10 directories of 10 files: 5,000 pairs), and at
+// 50,000 pairs (every descriptor in a directory of its own).
+func BenchmarkHolderIndexMemory(b *testing.B) {
+	for _, tt := range []struct {
+		name        string
+		procs, dirs int
+	}{{"500procs_10dirs", 500, 10}, {"500procs_100dirs", 500, 100}} {
+		b.Run(tt.name, func(b *testing.B) {
+			var held []scanner.Held
+			for p := range tt.procs {
+				for d := range tt.dirs {
+					held = append(held, scanner.Held{PID: 1000 + p, Dir: fmt.Sprintf("/var/log/app%d/d%d", p%50, d)})
+				}
+			}
+			var before, after runtime.MemStats
+			var x *holderIndex
+			for range b.N {
+				runtime.GC()
+				runtime.ReadMemStats(&before)
+				x = newHolderIndex(maxHolderPairs)
+				x.replace(held)
+				runtime.GC()
+				runtime.ReadMemStats(&after)
+			}
+			n, _ := x.size()
+			b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(n), "bytes/pair")
+			b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/(1<<20), "MiB")
+		})
 	}
 }

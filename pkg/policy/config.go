@@ -90,7 +90,20 @@ type RescueConfig struct {
 	Retention    Duration  `yaml:"retention"`      // 0: keep until max_total_size forces pruning
 	Follow       bool      `yaml:"follow"`
 	PerUser      PerUser   `yaml:"per_user"`
+
+	// Containers says where the files of a holder in a container go:
+	// ContainersHost outside it, below ContainerDir; ContainersInside in
+	// the container's own filesystem, fs_dir at the root of the file's
+	// mount as the container sees it.
+	Containers   string `yaml:"containers"`
+	ContainerDir string `yaml:"container_dir"`
 }
+
+// Values of rescue.containers.
+const (
+	ContainersHost   = "host"
+	ContainersInside = "inside"
+)
 
 // PerUser caps what the files of one owner (uid) may take within a window,
 // so that one user creating and deleting files in a watched path cannot
@@ -166,6 +179,8 @@ func Defaults() *Config {
 			Follow:       true,
 			PerUser: PerUser{MaxFiles: 100, MaxBytes: 2 << 30, Window: Duration(time.Hour),
 				MaxShare: Threshold{Percent: 25, IsPercent: true}},
+			Containers:   ContainersHost,
+			ContainerDir: "/var/lib/relinkd/containers",
 		},
 		Log:     LogConfig{Level: "info", Format: "json"},
 		Metrics: MetricsConfig{Listen: ""},

@@ -3,9 +3,11 @@ package policy
 import (
 	"errors"
 	"fmt"
+	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -18,12 +20,29 @@ const (
 	KindDir     = "dir"      // a configured rescue directory
 	KindFSDir   = "fs_dir"   // the per-filesystem directory at a mount's root
 	KindCrossFS = "cross_fs" // a configured directory on another filesystem (copy only)
+	// KindContainer is rescue.container_dir, for a holder in a container.
+	KindContainer = "container"
 )
 
 // Location is where a deleted file can be rescued.
 type Location struct {
-	Root string // rescue root directory, a path in the daemon's mount namespace
-	Kind string // KindDir, KindFSDir or KindCrossFS
+	// Root is the rescue root directory: a host path reached through Via,
+	// or with Beneath a path in the holder's own view.
+	Root string
+	Kind string // KindDir, KindFSDir, KindCrossFS or KindContainer
+	// Via is the prefix through which relinkd reaches Root: the host's
+	// (see hostView), or the holder's root (/proc/PID/root) with Beneath.
+	Via string
+	// Beneath is set for a root inside a container's own filesystem
+	// (rescue.containers: inside): the container controls every directory
+	// on the way, so every component of Root is resolved below Via
+	// without following symlinks (relink.Destination.Beneath). Such a
+	// root counts against no max_total_size and is not pruned: it goes
+	// with the container.
+	Beneath bool
+	// Prefix is the directory below Root that names the container
+	// (ContainerName), for KindContainer; "" otherwise.
+	Prefix string
 	// SameMount is set when Root is on the very mount (vfsmount) the holder
 	// opened the file through: only then can linkat(2) work (EXDEV otherwise).
 	SameMount bool
@@ -32,6 +51,28 @@ type Location struct {
 	SameFS bool
 	// FSType is the type of the file's filesystem ("" when unknown).
 	FSType string
+}
+
+// Rel returns where c goes below l.Root (see RelName), under l.Prefix.
+func (l Location) Rel(c *scanner.Candidate, now time.Time) string {
+	if l.Prefix == "" {
+		return RelName(c, now)
+	}
+	return path.Join(l.Prefix, RelName(c, now))
+}
+
+// FreeSpace is FreeSpace of l.Root, reached through l.Via.
+func (l Location) FreeSpace() (avail, total uint64, err error) { return freeSpace(l.Via, l.Root) }
+
+// ContainerName names the directory below rescue.container_dir that holds
+// the files of c's container: its container id (scanner.Candidate), else
+// mntns-N after its mount namespace.
+func ContainerName(c *scanner.Candidate) string {
+	id := c.ContainerID
+	if id != "" && id != "." && id != ".." && len(id) <= 64 && !strings.ContainsAny(id, "/\x00") {
+		return id
+	}
+	return "mntns-" + strconv.FormatUint(c.MntNS, 10)
 }
 
 // ErrNoLocation is returned when no rescue location is allowed for a file.
@@ -84,7 +125,10 @@ func sameSuper(a, b *Mount) bool { return a.Major == b.Major && a.Minor == b.Min
 // own mount, so that link works); else the per-filesystem directory at the
 // root of the file's mount; else, if cross_fs allows, the first writable
 // configured directory. Paths are the host's (see hostView) and are read
-// fresh each time, so a filesystem mounted after start-up is covered. It
+// fresh each time, so a filesystem mounted after start-up is covered. A
+// holder in a container (scanner.Candidate.InContainer) gets
+// rescue.container_dir on the host instead (locateContainer), or with
+// rescue.containers: inside the container's own fs_dir (locateInside). It
 // returns ErrNoLocation, saying why each candidate root was refused, when
 // none is allowed.
 func (p *Policy) Locate(c *scanner.Candidate) (Location, error) {
@@ -94,8 +138,11 @@ func (p *Policy) Locate(c *scanner.Candidate) (Location, error) {
 	}
 	var why []string
 	fm, ferr := p.resolveMount(c, host)
+	if c.InContainer() && p.cfg.Rescue.Containers != ContainersInside {
+		return p.locateContainer(c, fm, host)
+	}
 	if ferr == nil {
-		loc, ok, w := p.locateSameFS(fm, host)
+		loc, ok, w := p.locateSameFS(c, fm, host)
 		if ok {
 			return loc, nil
 		}
@@ -119,7 +166,7 @@ func (p *Policy) Locate(c *scanner.Candidate) (Location, error) {
 					why = append(why, err.Error())
 					continue
 				}
-				loc := Location{Root: d, Kind: KindCrossFS}
+				loc := Location{Root: d, Via: p.host.via, Kind: KindCrossFS}
 				if fm.m != nil {
 					loc.FSType = fm.m.FSType
 				}
@@ -146,8 +193,63 @@ func (p *Policy) readOnly(m *Mount) string {
 	return s
 }
 
+// locateContainer places the file of c, held in a container, outside the
+// container: below rescue.container_dir on the host, in a directory named
+// after the container. The container's writable layer is removed with the
+// container, so the file is copied onto another filesystem if need be,
+// whatever cross_fs says; reflink is tried where container_dir is on the
+// file's own filesystem (a volume bound in from the host). link never
+// works: the host's mount is not the holder's vfsmount.
+func (p *Policy) locateContainer(c *scanner.Candidate, fm fileMount, host []Mount) (Location, error) {
+	d := p.cfg.Rescue.ContainerDir
+	fail := func(format string, args ...any) (Location, error) {
+		return Location{}, fmt.Errorf("pid %d fd %d in container %s: rescue.container_dir %s: %s: %w",
+			c.PID, c.FD, ContainerName(c), d, fmt.Sprintf(format, args...), ErrNoLocation)
+	}
+	id, _, _, err := pathMount(p.host.via, d)
+	if err != nil {
+		return fail("%v", err)
+	}
+	dm := byID(host, id)
+	switch {
+	case dm == nil:
+		return fail("not on a host mount")
+	case dm.ReadOnly():
+		return fail("%s", p.readOnly(dm))
+	}
+	if err := checkRoot(p.host.via, d); err != nil {
+		p.log.Warn("rescue dir refused", zap.String("dir", d), zap.Error(err))
+		return fail("%v", err)
+	}
+	loc := Location{Root: d, Via: p.host.via, Kind: KindContainer, Prefix: ContainerName(c)}
+	if fm.m != nil {
+		loc.SameFS, loc.FSType = sameSuper(dm, fm.m), fm.m.FSType
+	}
+	return loc, nil
+}
+
+// locateInside places the file of c, held in a container, inside the
+// container (rescue.containers: inside): fs_dir at the root of the file's
+// mount as the container sees it, reached through the holder's own root
+// (/proc/PID/root), where the holder's own vfsmount makes link possible.
+// The container controls every directory on that path, so the engine
+// resolves all of it beneath the holder's root without following a
+// symlink (Location.Beneath); the checks here are a first look only.
+func (p *Policy) locateInside(c *scanner.Candidate, cm *Mount) (Location, bool, string) {
+	root := path.Join(cm.MountPoint, p.cfg.Rescue.FSDir)
+	if cm.ReadOnly() {
+		return Location{}, false, "fs_dir " + root + " in the container: " + p.readOnly(cm)
+	}
+	via := filepath.Join(p.procRoot, c.ProcDir(), "root")
+	if err := checkRoot(via, root); err != nil {
+		p.log.Warn("rescue dir refused", zap.String("dir", root), zap.Int("pid", c.PID), c.ContainerField(), zap.Error(err))
+		return Location{}, false, err.Error() + " (in the container)"
+	}
+	return Location{Root: root, Via: via, Beneath: true, Kind: KindFSDir, SameMount: true, SameFS: true, FSType: cm.FSType}, true, ""
+}
+
 // locateSameFS finds a root on fm's filesystem, or says why there is none.
-func (p *Policy) locateSameFS(fm fileMount, host []Mount) (Location, bool, []string) {
+func (p *Policy) locateSameFS(c *scanner.Candidate, fm fileMount, host []Mount) (Location, bool, []string) {
 	cm := fm.m
 	via := p.host.via
 	var why []string
@@ -170,7 +272,7 @@ func (p *Policy) locateSameFS(fm fileMount, host []Mount) (Location, bool, []str
 			why = append(why, err.Error())
 			continue
 		}
-		loc := Location{Root: d, Kind: KindDir, SameFS: true, FSType: cm.FSType}
+		loc := Location{Root: d, Via: via, Kind: KindDir, SameFS: true, FSType: cm.FSType}
 		if fm.sameNS {
 			if dm.ID == cm.ID {
 				loc.SameMount = true
@@ -207,13 +309,22 @@ func (p *Policy) locateSameFS(fm fileMount, host []Mount) (Location, bool, []str
 				p.log.Warn("rescue dir refused", zap.String("dir", root), zap.Error(err))
 				return Location{}, false, append(why, err.Error())
 			}
-			return Location{Root: root, Kind: KindFSDir, SameMount: true, SameFS: true, FSType: cm.FSType}, true, nil
+			return Location{Root: root, Via: via, Kind: KindFSDir, SameMount: true, SameFS: true, FSType: cm.FSType}, true, nil
 		}
 	}
-	// The holder is in another mount namespace (a container), or its mount
-	// is hidden: use the root of the same filesystem as the host mounts it.
-	// This keeps the rescued data out of the container's view, and link is
-	// impossible anyway across vfsmounts.
+	if c.InContainer() {
+		// rescue.containers: inside (Locate sends the other choice
+		// elsewhere): the container's own view of the file's mount.
+		loc, ok, w := p.locateInside(c, cm)
+		if !ok {
+			why = append(why, w)
+		}
+		return loc, ok, why
+	}
+	// The holder is in another mount namespace with the host's root (a
+	// sandboxed service), or its mount is hidden: use the root of the same
+	// filesystem as the host mounts it; link is impossible anyway across
+	// vfsmounts.
 	var best *Mount
 	for i := range host {
 		m := &host[i]
@@ -232,5 +343,5 @@ func (p *Policy) locateSameFS(fm fileMount, host []Mount) (Location, bool, []str
 		p.log.Warn("rescue dir refused", zap.String("dir", root), zap.Error(err))
 		return Location{}, false, append(why, err.Error())
 	}
-	return Location{Root: root, Kind: KindFSDir, SameFS: true, FSType: cm.FSType}, true, nil
+	return Location{Root: root, Via: via, Kind: KindFSDir, SameFS: true, FSType: cm.FSType}, true, nil
 }

@@ -786,6 +786,20 @@ func (p *parser) rescue(n *yaml.Node, field string, r *RescueConfig) {
 		"max_total_size": func(v *yaml.Node, f string) { p.size(v, f, &r.MaxTotalSize) },
 		"retention":      func(v *yaml.Node, f string) { p.duration(v, f, &r.Retention) },
 		"follow":         func(v *yaml.Node, f string) { p.boolean(v, f, &r.Follow) },
+		"containers": func(v *yaml.Node, f string) {
+			p.enum(v, f, &r.Containers, ContainersHost, ContainersInside)
+		},
+		"container_dir": func(v *yaml.Node, f string) {
+			s, ok := p.scalar(v, f, "a directory")
+			if !ok {
+				return
+			}
+			if msg := checkAbsDir(s); msg != "" {
+				p.errf(v, f, "%q %s", s, msg)
+				return
+			}
+			r.ContainerDir = filepath.Clean(s)
+		},
 		"per_user": func(v *yaml.Node, f string) {
 			p.mapping(v, f, map[string]func(*yaml.Node, string){
 				"max_files": func(v *yaml.Node, f string) { p.count(v, f, &r.PerUser.MaxFiles) },

@@ -81,6 +81,8 @@ rescue:
   max_file_size: 0
   retention: 1d12h
   per_user: {max_files: 3, window: 10m, max_share: 5%}
+  containers: inside
+  container_dir: /data/containers/
 log: {level: debug, format: console}
 metrics: {listen: "127.0.0.1:9847"}
 `))
@@ -102,6 +104,7 @@ metrics: {listen: "127.0.0.1:9847"}
 	want.Rescue.MaxFileSize = 0
 	want.Rescue.Retention = Duration(36 * time.Hour)
 	want.Rescue.PerUser = PerUser{MaxFiles: 3, MaxBytes: 2 << 30, Window: Duration(10 * time.Minute), MaxShare: Threshold{Percent: 5, IsPercent: true}}
+	want.Rescue.Containers, want.Rescue.ContainerDir = ContainersInside, "/data/containers"
 	want.Log = LogConfig{Level: "debug", Format: "console"}
 	want.Metrics.Listen = "127.0.0.1:9847"
 	if !reflect.DeepEqual(cfg, want) {
@@ -158,6 +161,9 @@ func TestParseErrors(t *testing.T) {
 		{"no methods", "rescue:\n  methods: []\n", `c.yaml:2: rescue.methods: empty (at least one of link, reflink, copy)`},
 		{"relative dir", "rescue:\n  dirs: [rescued]\n", `c.yaml:2: rescue.dirs[0]: "rescued" is not an absolute directory (and not /)`},
 		{"bad fs_dir", "rescue:\n  fs_dir: a/b\n", `c.yaml:2: rescue.fs_dir: "a/b" is not a directory name (one name, no /; empty disables it)`},
+		{"bad containers", "rescue:\n  containers: outside\n", `c.yaml:2: rescue.containers: "outside" is not one of host, inside`},
+		{"relative container_dir", "rescue:\n  container_dir: containers\n", `c.yaml:2: rescue.container_dir: "containers" is not an absolute directory (and not /)`},
+		{"container_dir list", "rescue:\n  container_dir: [/a]\n", `c.yaml:2: rescue.container_dir: expected a directory, got a list`},
 		{"zero watches", "scan:\n  max_watches: 0\n", `c.yaml:2: scan.max_watches: must be at least 1 (set events: false to watch nothing)`},
 		{"max_share not a share", "rescue:\n  per_user:\n    max_share: 1GiB\n", `c.yaml:3: rescue.per_user.max_share: "1GiB" is not a percentage (0-99.9%; 0% for no cap)`},
 		{"fs_timeout too short", "scan:\n  fs_timeout: 1ms\n", `c.yaml:2: scan.fs_timeout: "1ms" is out of range (100ms to 10m)`},

@@ -59,10 +59,11 @@ type Decision struct {
 	Detail string // human explanation for logs
 
 	// For Rescue only.
-	Root      string   // rescue root directory (to be created 0700 root if missing), a host path
-	Via       string   // how relinkd reaches host paths: relink.Destination.Via
-	Rel       string   // path of the rescued file relative to Root, see RelName
-	Kind      string   // KindDir, KindFSDir or KindCrossFS
+	Root      string   // rescue root directory (to be created 0700 root if missing), a host path unless Beneath
+	Via       string   // how relinkd reaches Root: relink.Destination.Via (Location.Via)
+	Beneath   bool     // Root is in a container's own view: relink.Destination.Beneath (Location.Beneath)
+	Rel       string   // path of the rescued file relative to Root, see Location.Rel
+	Kind      string   // KindDir, KindFSDir, KindCrossFS or KindContainer
 	SameMount bool     // Root is on the holder's mount: link may work
 	SameFS    bool     // Root is on the file's filesystem: reflink may work
 	Methods   []string // methods to try, in order (config order, filtered)
@@ -176,8 +177,8 @@ func (p *Policy) Match(c *scanner.Candidate) (Rule, bool) {
 // or in a per-filesystem directory, so relinkd never rescues its own files.
 func (p *Policy) inRescueDir(c *scanner.Candidate) bool {
 	s := string(c.Path)
-	for _, d := range p.cfg.Rescue.Dirs {
-		if isUnder(s, path.Clean(d)) {
+	for _, d := range append(p.cfg.Rescue.Dirs, p.cfg.Rescue.ContainerDir) {
+		if d != "" && isUnder(s, path.Clean(d)) {
 			return true
 		}
 	}
@@ -214,8 +215,8 @@ func (p *Policy) Decide(c *scanner.Candidate) Decision {
 		return skip(ReasonLocation, "%v", err)
 	}
 	d.Root, d.Kind, d.SameMount, d.SameFS = loc.Root, loc.Kind, loc.SameMount, loc.SameFS
-	d.Via = p.host.via
-	d.Rel = RelName(c, p.now())
+	d.Via, d.Beneath = loc.Via, loc.Beneath
+	d.Rel = loc.Rel(c, p.now())
 	for _, m := range rc.Methods {
 		switch {
 		case m == MethodLink && (!loc.SameMount || !c.Linkable):
@@ -229,7 +230,7 @@ func (p *Policy) Decide(c *scanner.Candidate) Decision {
 			rc.Methods, loc.FSType, loc.Root, loc.SameMount, loc.SameFS, c.Linkable)
 	}
 	// Space: a copy needs size bytes now; link and reflink need none.
-	avail, total, err := freeSpace(p.host.via, loc.Root)
+	avail, total, err := loc.FreeSpace()
 	if err != nil {
 		return skip(ReasonSpace, "%v", err)
 	}
@@ -246,7 +247,11 @@ func (p *Policy) Decide(c *scanner.Candidate) Decision {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := p.now()
-	if rc.MaxTotalSize != 0 {
+	// A root inside a container (Beneath) is that container's business:
+	// it is not measured, capped or pruned from here (it goes with the
+	// container, and its path means something only in the container).
+	counted := !loc.Beneath
+	if rc.MaxTotalSize != 0 && counted {
 		used := p.usedLocked(loc.Root, now)
 		if used+size > uint64(rc.MaxTotalSize) {
 			return skip(ReasonSpace, "%s holds %d bytes, %d more would pass rescue.max_total_size %s", loc.Root, used, size, rc.MaxTotalSize)
@@ -273,7 +278,7 @@ func (p *Policy) Decide(c *scanner.Candidate) Decision {
 	}
 	// The share bounds what an unprivileged user can make relinkd keep;
 	// root's own files (the system's logs and data) are not capped by it.
-	if share := rc.PerUser.MaxShare; share.IsPercent && share.Percent > 0 && c.Owner != 0 {
+	if share := rc.PerUser.MaxShare; share.IsPercent && share.Percent > 0 && c.Owner != 0 && counted {
 		held := p.usageLocked(loc.Root, now).owners[c.Owner]
 		if limit := share.Floor(total); held+size > limit {
 			p.releaseGrantLocked(c)
@@ -281,10 +286,12 @@ func (p *Policy) Decide(c *scanner.Candidate) Decision {
 				c.Owner, held, loc.Root, size, share, limit)
 		}
 	}
-	if u := p.usage[loc.Root]; u != nil {
+	switch u := p.usage[loc.Root]; {
+	case !counted:
+	case u != nil:
 		u.bytes += size
 		u.owners[c.Owner] += size
-	} else {
+	default:
 		// Remember the root for Roots; it is measured when next needed.
 		p.usage[loc.Root] = &rootUsage{owners: map[uint32]uint64{}}
 	}
@@ -301,7 +308,7 @@ func (p *Policy) Release(c *scanner.Candidate, d Decision) {
 	size := uint64(max(c.Size, 0))
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if u := p.usage[d.Root]; u != nil {
+	if u := p.usage[d.Root]; u != nil && !d.Beneath {
 		u.bytes -= min(u.bytes, size)
 		u.owners[c.Owner] -= min(u.owners[c.Owner], size)
 	}
@@ -352,6 +359,9 @@ func (p *Policy) Roots() []string {
 	n := len(p.cfg.Rescue.Dirs)
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if d := p.cfg.Rescue.ContainerDir; p.cfg.Rescue.Containers == ContainersHost && d != "" && !slices.Contains(out, d) {
+		out = append(out, d)
+	}
 	for r := range p.usage {
 		if !slices.Contains(out, r) {
 			out = append(out, r)

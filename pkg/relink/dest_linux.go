@@ -112,15 +112,23 @@ func (w walker) beneath(dirfd int, name string) (int, error) {
 // following a symlink, so that one planted in its place (say in a
 // world-writable mount root) is refused, and it must be a directory owned
 // by us that nobody else can write into.
+//
+// With d.Beneath every component of the root, parents too, is opened that
+// way, beneath the directory d.Via leads to (see walkRoot).
 func (w walker) openRoot(d Destination) (destDir, error) {
 	root := d.Root
-	if !filepath.IsAbs(root) || d.Via != "" && !filepath.IsAbs(d.Via) {
+	if !filepath.IsAbs(root) || d.Via != "" && !filepath.IsAbs(d.Via) || d.Beneath && d.Via == "" {
 		return destDir{}, fmt.Errorf("%w: rescue root %q (via %q) is not absolute", ErrUnsafePath, root, d.Via)
 	}
 	root = filepath.Clean(root)
 	parent, base := filepath.Dir(root), filepath.Base(root)
 	var fd int
-	if root == "/" {
+	if d.Beneath {
+		var err error
+		if fd, err = w.walkRoot(d.Via, root); err != nil {
+			return destDir{}, fmt.Errorf("rescue root %s (beneath %s): %w", root, d.Via, err)
+		}
+	} else if root == "/" {
 		var err error
 		if fd, err = openDir(d.Via + root); err != nil {
 			return destDir{}, fmt.Errorf("open rescue root %s: %w", root, err)
@@ -149,6 +157,32 @@ func (w walker) openRoot(d Destination) (destDir, error) {
 			ErrUnsafePath, root, st.Uid, st.Mode&0o7777, os.Geteuid())
 	}
 	return destDir{fd: fd, path: root}, nil
+}
+
+// walkRoot opens root, a path in the view of the process whose root
+// directory via leads to (/proc/PID/root: the magic link is the one jump,
+// into that process's root), one component at a time beneath it with
+// mkdirOpen: no symlink is followed and no ".." taken, so a directory the
+// process planted or swapped cannot lead outside its root, as an absolute
+// symlink reached through /proc/PID/root/… would (it resolves against the
+// caller's root, proc(5)). A missing component is created 0700.
+func (w walker) walkRoot(via, root string) (int, error) {
+	fd, err := openDir(via)
+	if err != nil {
+		return -1, fmt.Errorf("open %s: %w", via, err)
+	}
+	for _, name := range strings.Split(root, "/") {
+		if name == "" {
+			continue
+		}
+		next, err := w.mkdirOpen(fd, name)
+		unix.Close(fd)
+		if err != nil {
+			return -1, err
+		}
+		fd = next
+	}
+	return fd, nil
 }
 
 // mkdirOpen opens the directory name in dirfd, creating it 0700 first if

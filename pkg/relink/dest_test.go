@@ -267,3 +267,85 @@ func TestParse(t *testing.T) {
 		t.Error("parseFdinfoFlags: missing flags accepted")
 	}
 }
+
+// TestBeneathRoot: with Destination.Beneath the rescue root is a path in a
+// holder's own view, every component of which the holder may have planted
+// (a container's root, reached through /proc/PID/root): each is opened
+// beneath Via without following a symlink, the root's parents too, so an
+// absolute symlink (which through /proc/PID/root/… would resolve against
+// the daemon's root) or a relative one climbing out cannot lead the write
+// outside; a plain tree works, and its missing levels are created 0700.
+func TestBeneathRoot(t *testing.T) {
+	testfs.RequireRoot(t)
+	mnt := testfs.Mount(t, "tmpfs", 16)
+	src := filepath.Join(mnt, "held")
+	writeFile(t, src, []byte("held by a container"))
+	_, c := holdDeleted(t, src, "r")
+	tests := []struct {
+		name  string
+		root  string
+		plant func(t *testing.T, via, outside string)
+	}{
+		{"root is an absolute symlink", "/.relinkd", func(t *testing.T, via, outside string) {
+			must(t, os.Symlink(outside, filepath.Join(via, ".relinkd")))
+		}},
+		{"parent is an absolute symlink", "/data/.relinkd", func(t *testing.T, via, outside string) {
+			must(t, os.Symlink(outside, filepath.Join(via, "data")))
+		}},
+		{"grandparent is a relative symlink climbing out", "/var/log/.relinkd", func(t *testing.T, via, outside string) {
+			rel, err := filepath.Rel(via, outside)
+			must(t, err)
+			must(t, os.Symlink(rel, filepath.Join(via, "var")))
+		}},
+		{"parent is a file", "/data/.relinkd", func(t *testing.T, via, outside string) {
+			must(t, os.WriteFile(filepath.Join(via, "data"), nil, 0o644))
+		}},
+	}
+	eachWalk(t, func(t *testing.T, w walker) {
+		e := newEngine(t, Options{})
+		e.walk = w
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				via, outside := filepath.Join(t.TempDir(), "root"), t.TempDir()
+				must(t, os.Mkdir(via, 0o755))
+				tt.plant(t, via, outside)
+				_, err := e.Rescue(ctx(t), pin(t, e, c), Destination{Root: tt.root, Via: via, Beneath: true, Rel: "var/log/app.log"})
+				if !errors.Is(err, ErrUnsafePath) && !errors.Is(err, unix.ENOTDIR) {
+					t.Fatalf("want ErrUnsafePath, got %v", err)
+				}
+				t.Log(err)
+				if ents, _ := os.ReadDir(outside); len(ents) != 0 {
+					t.Errorf("created outside the holder's root: %v", ents)
+				}
+			})
+		}
+		t.Run("plain tree", func(t *testing.T) {
+			via := filepath.Join(t.TempDir(), "root")
+			must(t, os.MkdirAll(filepath.Join(via, "srv"), 0o755))
+			res, err := e.Rescue(ctx(t), pin(t, e, c), Destination{Root: "/srv/data/.relinkd", Via: via, Beneath: true, Rel: "var/log/app.log"})
+			if err != nil || res.Path != "/srv/data/.relinkd/var/log/app.log" {
+				t.Fatalf("rescued to %q, %v; want /srv/data/.relinkd/var/log/app.log in the holder's view", res.Path, err)
+			}
+			if b, err := os.ReadFile(filepath.Join(via, res.Path)); err != nil || string(b) != "held by a container" {
+				t.Errorf("content %q %v", b, err)
+			}
+			if fi, err := os.Stat(filepath.Join(via, "srv/data")); err != nil || fi.Mode().Perm() != 0o700 {
+				t.Errorf("created level: %v %v, want 0700", fi, err)
+			}
+		})
+		// Via names the holder by pid: once the holder is gone the pid
+		// may be another process's, whose root is not to be written.
+		t.Run("holder gone", func(t *testing.T) {
+			src := filepath.Join(mnt, "gone-"+strings.ReplaceAll(w.String(), " ", "_"))
+			writeFile(t, src, []byte("x"))
+			h, c := holdDeleted(t, src, "r")
+			p := pin(t, e, c)
+			h.Kill()
+			via := filepath.Join(t.TempDir(), "root")
+			must(t, os.Mkdir(via, 0o755))
+			if _, err := e.Rescue(ctx(t), p, Destination{Root: "/.relinkd", Via: via, Beneath: true, Rel: "x"}); !errors.Is(err, ErrVanished) {
+				t.Errorf("want ErrVanished, got %v", err)
+			}
+		})
+	})
+}

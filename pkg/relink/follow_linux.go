@@ -44,7 +44,7 @@ func (e *Engine) Follow(ctx context.Context, p *Pin) (Result, error) {
 	p.mu.Unlock()
 	fail := func(err error) (Result, error) {
 		e.log.Error("rescue failed", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-			logging.Path("rescued_to", []byte(res.Path)), zap.String("op", "follow"), zap.Error(err))
+			logging.Path("rescued_to", []byte(res.Path)), zap.String("op", "follow"), zap.Error(err), c.ContainerField())
 		return res, &RescueError{Op: "follow", Method: res.Method, PID: c.PID, FD: c.FD, Path: res.Path, Err: err}
 	}
 	if res.Path == "" || p.fd < 0 {
@@ -160,7 +160,7 @@ loop:
 	p.mu.Unlock()
 	if reason != "" {
 		e.log.Info("follow stopped", logging.Path("path", c.Path), logging.Path("rescued_to", []byte(res.Path)),
-			zap.Int64("bytes", res.Bytes), zap.String("reason", reason))
+			zap.Int64("bytes", res.Bytes), zap.String("reason", reason), c.ContainerField())
 	}
 	if stopped != nil {
 		return res, &RescueError{Op: "follow", Method: res.Method, PID: c.PID, FD: c.FD, Path: res.Path, Err: stopped}
@@ -169,7 +169,7 @@ loop:
 		return res, nil
 	}
 	e.log.Info("follow finished", logging.Path("path", c.Path), logging.Path("rescued_to", []byte(res.Path)),
-		zap.Int64("bytes", res.Bytes))
+		zap.Int64("bytes", res.Bytes), c.ContainerField())
 	return res, nil
 }
 

@@ -178,6 +178,14 @@ type Destination struct {
 	// magic link (the host's namespace, as policy.Policy.Via gives it).
 	// Messages and Result.Path name Root without it.
 	Via string
+	// Beneath says that Root is a path in the view of a holder whose root
+	// directory Via is (/proc/PID/root, rescue.containers: inside): the
+	// holder may own every directory on the way, so every component of
+	// Root, not only the last, is opened beneath Via one at a time without
+	// following a symlink, and Via is used only while the pinned holder
+	// still lives (its start time is checked after Via is opened, so that
+	// a reused PID cannot lead the write into another container).
+	Beneath bool
 	// Rel is the path below Root, such as "var/log/app.log" (usually the
 	// original path). It is cleaned lexically ("..", "." and empty
 	// components dropped); every directory is created 0700 if absent and

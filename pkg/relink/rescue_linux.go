@@ -53,7 +53,7 @@ func (e *Engine) Rescue(ctx context.Context, p *Pin, d Destination) (Result, err
 			// Shutdown or an interrupted command: abandoned by the
 			// caller, nothing published, not a failure to alert on.
 			e.log.Info("rescue cancelled", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-				zap.String("method", string(re.Method)))
+				zap.String("method", string(re.Method)), c.ContainerField())
 			return Result{}, re
 		}
 		if errors.Is(re.Err, ErrNoSpace) {
@@ -61,17 +61,17 @@ func (e *Engine) Rescue(ctx context.Context, p *Pin, d Destination) (Result, err
 			// the copy would go below min_free. Nothing was left.
 			e.log.Info("rescue skipped", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
 				zap.String("reason", "space"), ruleField(d.Rule), zap.String("method", string(re.Method)),
-				zap.String("detail", re.Err.Error()))
+				zap.String("detail", re.Err.Error()), c.ContainerField())
 			return Result{}, re
 		}
 		e.log.Error("rescue failed", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-			zap.String("method", string(re.Method)), zap.Error(re.Err))
+			zap.String("method", string(re.Method)), zap.Error(re.Err), c.ContainerField())
 		return Result{}, re
 	}
 	e.log.Info("file rescued",
 		logging.Path("path", c.Path), logging.Path("rescued_to", []byte(res.Path)), zap.String("method", string(res.Method)),
 		zap.Int64("bytes", res.Bytes), zap.Int("pid", c.PID), zap.Int("fd", c.FD), zap.String("comm", c.Comm),
-		zap.Uint32("uid", c.UID), ruleField(d.Rule), zap.Duration("duration", res.Duration))
+		zap.Uint32("uid", c.UID), ruleField(d.Rule), zap.Duration("duration", res.Duration), c.ContainerField())
 	return res, nil
 }
 
@@ -98,6 +98,18 @@ func (e *Engine) rescue(ctx context.Context, p *Pin, d Destination, start time.T
 		return fail("", err)
 	}
 	defer unix.Close(dir.fd)
+	if d.Beneath {
+		// d.Via named the holder by pid: if the holder is still the
+		// one pinned now, after its root was opened, that root was
+		// its root (a pid is not reused while its process lives).
+		switch start, err := e.startTime(c.PID); {
+		case err != nil:
+			return fail("", fmt.Errorf("%w: the holder exited before its root %s could be used: %w", ErrVanished, d.Via, err))
+		case start != p.startTime:
+			return fail("", fmt.Errorf("%w: pid %d is another process (start time %d, pinned %d): its root %s is not the holder's",
+				ErrIdentity, c.PID, start, p.startTime, d.Via))
+		}
+	}
 	var skipped []string
 	for _, m := range e.methods {
 		if err := ctx.Err(); err != nil {

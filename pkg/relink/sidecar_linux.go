@@ -59,6 +59,11 @@ type Sidecar struct {
 	// truncation) and leaves it set when it is interrupted (shutdown, a
 	// crash, a kill), so that the next daemon resumes it.
 	Following bool `json:"following,omitempty"`
+
+	// The holder's mount namespace and container when it was not the
+	// host's, as in the events (scanner.Candidate.ContainerField).
+	MntNS       uint64 `json:"mntns,omitempty"`
+	ContainerID string `json:"container_id,omitempty"`
 }
 
 // ErrSidecar: a sidecar does not parse, or does not describe the file
@@ -117,6 +122,7 @@ func sidecarOf(p *Pin, d Destination, r Result, following bool) Sidecar {
 		PID: c.PID, FD: c.FD, Comm: c.Comm, UID: c.UID, Duration: r.Duration.String(),
 		Dev: c.Dev, Ino: c.Ino, SHA256: r.SHA256, Followed: r.Followed, Time: time.Now().UTC(),
 		Following: following,
+		MntNS:     c.MntNS, ContainerID: c.ContainerID,
 	}
 	s.PathBase64, s.RescuedToBase64 = base64IfInvalid(c.Path), base64IfInvalid([]byte(r.Path))
 	if d.Rule != "" {

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/relinkd/relinkd/internal/testcontainer"
 	"github.com/relinkd/relinkd/internal/testproc"
 	"golang.org/x/sys/unix"
 )
@@ -81,5 +82,37 @@ func BenchmarkSweepOnePID(b *testing.B) {
 		if err != nil || len(res.Candidates) != 1 {
 			b.Fatal(err, res)
 		}
+	}
+}
+
+// BenchmarkHolderNamespace is what telling a container's holder from a
+// host's adds per holder of a candidate (never per descriptor, never for
+// a process without a candidate): one readlink of ns/mnt for a host
+// holder; that, the cgroup and a statx of the root for a container's.
+func BenchmarkHolderNamespace(b *testing.B) {
+	dir := b.TempDir()
+	host := testproc.Start(b, testproc.Open(filepath.Join(dir, "a"), "rw"), testproc.Unlink(filepath.Join(dir, "a")))
+	ct := testcontainer.New(b, testcontainer.Options{Cgroup: testcontainer.Docker})
+	inCt := ct.Start(b, testproc.Open("/a", "rw"), testproc.Unlink("/a"))
+	s := New(Options{}, nil)
+	rootfd, err := openDirAt(unix.AT_FDCWD, "/proc")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer unix.Close(rootfd)
+	w := newWorker(s, rootfd)
+	for _, tc := range []struct {
+		name string
+		pid  int
+		want bool
+	}{{"host", host.PID, false}, {"container", inCt.PID, true}} {
+		b.Run(tc.name, func(b *testing.B) {
+			dir := strconv.Itoa(tc.pid)
+			for b.Loop() {
+				if ns, _, _ := w.namespace(dir); (ns != 0) != tc.want {
+					b.Fatalf("pid %d: mntns %d", tc.pid, ns)
+				}
+			}
+		})
 	}
 }

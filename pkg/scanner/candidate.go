@@ -6,6 +6,9 @@ import (
 	"io/fs"
 	"strconv"
 	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // Candidate is one descriptor that refers to a deleted regular file.
@@ -27,6 +30,21 @@ type Candidate struct {
 	// from main): the leader's /proc/PID/fd is then empty while the other
 	// threads still share the table. 0 means the leader itself.
 	TID int
+	// MntNS is the holder's mount namespace (the inode number of
+	// /proc/PID/ns/mnt, "mnt:[N]") when it is not the host's (PID 1's,
+	// or the scanner's own where PID 1 cannot be inspected); 0 for a
+	// holder in the host's namespace. Its Path is in its own view then.
+	MntNS uint64
+	// ContainerID is the container that /proc/PID/cgroup names for a
+	// holder in another mount namespace (a Docker, CRI or Podman id, an
+	// nspawn machine name), "" when it names none. A label, not proof:
+	// whoever creates a cgroup chooses its name.
+	ContainerID string
+	// OtherRoot is set for a holder in another mount namespace whose root
+	// directory is not the host's: a container's (pivot_root, chroot),
+	// unlike a service that systemd only sandboxes (ProtectSystem=,
+	// PrivateTmp=), whose paths are the host's.
+	OtherRoot bool
 
 	// Descriptor, from /proc/PID/fdinfo/FD (MntID, once pinned, from the
 	// pinned file's).
@@ -68,6 +86,38 @@ func (c *Candidate) ProcDir() string {
 		return strconv.Itoa(c.PID) + "/task/" + strconv.Itoa(c.TID)
 	}
 	return strconv.Itoa(c.PID)
+}
+
+// InContainer reports whether c's holder runs in a container of its own:
+// another mount namespace with its own root, or one a container's cgroup
+// names. Its files are then named in the container's view, and rescued
+// outside it (policy: rescue.containers).
+func (c *Candidate) InContainer() bool {
+	return c.MntNS != 0 && (c.OtherRoot || c.ContainerID != "")
+}
+
+// ContainerField returns the fields that name the holder's namespace in
+// an event about c's file: "mntns" and, when known, "container_id"; none
+// for a holder in the host's mount namespace. Every event and the sidecar
+// take them from here, so that all name a container alike.
+func (c *Candidate) ContainerField() zap.Field {
+	if c.MntNS == 0 {
+		return zap.Skip()
+	}
+	return zap.Inline(containerFields{mntNS: c.MntNS, id: c.ContainerID})
+}
+
+type containerFields struct {
+	mntNS uint64
+	id    string
+}
+
+func (f containerFields) MarshalLogObject(enc zapcore.ObjectEncoder) error {
+	enc.AddUint64("mntns", f.mntNS)
+	if f.id != "" {
+		enc.AddString("container_id", f.id)
+	}
+	return nil
 }
 
 // Key identifies an inode across processes and descriptors.

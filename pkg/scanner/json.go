@@ -35,6 +35,11 @@ type Record struct {
 	TmpFile    bool    `json:"tmpfile"`
 	Linkable   bool    `json:"linkable"`
 	Rule       *string `json:"rule"`
+
+	// The holder's mount namespace and container, only when it is not
+	// the host's (see Candidate.MntNS).
+	MntNS       uint64 `json:"mntns,omitempty"`
+	ContainerID string `json:"container_id,omitempty"`
 }
 
 // Record converts c for JSON output; rule is the matching watch rule's
@@ -46,6 +51,7 @@ func (c *Candidate) Record(rule string) Record {
 		Path: string(c.Path), Size: c.Size, Allocated: c.Blocks * 512, Nlink: c.Nlink, Dev: c.Dev, Ino: c.Ino,
 		Mode: octal(unixPerm(c.Mode)), Owner: c.Owner, Group: c.Group,
 		TmpFile: c.TmpFile, Linkable: c.Linkable,
+		MntNS: c.MntNS, ContainerID: c.ContainerID,
 	}
 	if !utf8.Valid(c.Path) {
 		r.Path = string([]rune(string(c.Path))) // invalid bytes become U+FFFD

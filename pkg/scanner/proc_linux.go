@@ -44,6 +44,24 @@ func statAt(dirfd int, name string, flags int) (unix.Stat_t, error) {
 	return st, err
 }
 
+// devIno is a file's identity.
+type devIno struct{ dev, ino uint64 }
+
+// rootStat returns the identity of the directory that name, a
+// /proc/PID/root magic link relative to dirfd, leads to. AT_STATX_DONT_SYNC
+// lets a network or FUSE filesystem answer from its cache (statx(2)): the
+// sweep must not wait on a container root that stopped answering.
+func rootStat(dirfd int, name string) (devIno, error) {
+	var st unix.Statx_t
+	err := eintr.Retry0(func() error {
+		return unix.Statx(dirfd, name, unix.AT_STATX_DONT_SYNC, unix.STATX_INO, &st)
+	})
+	if err != nil {
+		return devIno{}, err
+	}
+	return devIno{dev: unix.Mkdev(st.Dev_major, st.Dev_minor), ino: st.Ino}, nil
+}
+
 // readFileAt reads a small pseudo-file relative to dirfd into buf.
 func readFileAt(dirfd int, name string, buf *[]byte) ([]byte, error) {
 	fd, err := eintr.Retry(func() (int, error) {

@@ -46,6 +46,7 @@ type Scanner struct {
 	guard   *fsguard.Guard
 	track   atomic.Pointer[func(path []byte) bool]
 	log     *zap.Logger
+	host    func() hostNS // the host's mount namespace, read once
 }
 
 // Track makes every sweep list in Result.Held which process holds a file
@@ -72,7 +73,38 @@ func New(opts Options, log *zap.Logger) *Scanner {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Scanner{root: opts.ProcRoot, workers: opts.Workers, self: os.Getpid(), guard: opts.Guard, log: log}
+	s := &Scanner{root: opts.ProcRoot, workers: opts.Workers, self: os.Getpid(), guard: opts.Guard, log: log}
+	s.host = sync.OnceValue(func() hostNS { return findHostNS(s.root) })
+	return s
+}
+
+// hostNS is the host's mount namespace and root directory, to tell a
+// holder in a container from one in the host's namespace.
+type hostNS struct {
+	mntNS    uint64 // 0 when unknown: then no holder is taken for a container's
+	dev, ino uint64 // the host's root directory
+}
+
+// findHostNS reads the mount namespace and root of PID 1, the host's, or
+// where PID 1 may not be inspected (hidepid, a sandbox) the scanner's own.
+func findHostNS(procRoot string) hostNS {
+	for _, pid := range []string{"1", "self"} {
+		buf := make([]byte, 64)
+		link, err := readlinkAt(unix.AT_FDCWD, procRoot+"/"+pid+"/ns/mnt", &buf)
+		if err != nil {
+			continue
+		}
+		n, err := parseNSLink(link)
+		if err != nil {
+			continue
+		}
+		h := hostNS{mntNS: n}
+		if st, err := rootStat(unix.AT_FDCWD, procRoot+"/"+pid+"/root"); err == nil {
+			h.dev, h.ino = st.dev, st.ino
+		}
+		return h
+	}
+	return hostNS{}
 }
 
 // Sweep examines every process once and returns a candidate for each
@@ -409,13 +441,42 @@ func (w *worker) holder(pidDir string, cs []Candidate) error {
 	if link, err := readlinkAt(w.rootfd, pidDir+"/exe", &w.link); err == nil {
 		exe = string(link)
 	}
+	mntNS, cid, other := w.namespace(cs[0].ProcDir())
 	for i := range cs {
 		cs[i].StartTime = stat.StartTime
 		cs[i].Comm = stat.Comm
 		cs[i].Exe = exe
 		cs[i].UID = uid
+		cs[i].MntNS, cs[i].ContainerID, cs[i].OtherRoot = mntNS, cid, other
 	}
 	return nil
+}
+
+// namespace tells whether the holder whose directory below the proc root
+// is dir runs in another mount namespace than the host's, and then which
+// one, the container its cgroup names and whether its root is its own.
+// It runs for holders of candidates only, and costs a host holder one
+// readlink; a holder that cannot be asked is taken for the host's.
+func (w *worker) namespace(dir string) (mntNS uint64, containerID string, otherRoot bool) {
+	host := w.s.host()
+	if host.mntNS == 0 {
+		return 0, "", false
+	}
+	link, err := readlinkAt(w.rootfd, dir+"/ns/mnt", &w.link)
+	if err != nil {
+		return 0, "", false
+	}
+	n, err := parseNSLink(link)
+	if err != nil || n == host.mntNS {
+		return 0, "", false
+	}
+	if raw, err := readFileAt(w.rootfd, dir+"/cgroup", &w.file); err == nil {
+		containerID = parseContainerID(raw)
+	}
+	if st, err := rootStat(w.rootfd, dir+"/root"); err == nil {
+		otherRoot = host.dev != 0 && (st.dev != host.dev || st.ino != host.ino)
+	}
+	return n, containerID, otherRoot
 }
 
 // liveName reports whether link, read verbatim, names the inode st in the
