@@ -16,7 +16,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/relinkd/relinkd/internal/testcontainer"
 	"github.com/relinkd/relinkd/internal/testfs"
+	"github.com/relinkd/relinkd/internal/testproc"
 )
 
 // sqliteClient is a real SQLite client (python3's sqlite3 module) that
@@ -216,5 +218,56 @@ func waitMetric(t *testing.T, addr, series string, cond func(v float64, ok bool)
 			t.Fatalf("%s = %v (present %v) after 15 s", series, v, ok)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestContainerListRestore: a file deleted in a container, rescued by the
+// daemon into container_dir under the container's id, is listed with its
+// container and its path in the container's view; restore will not put it
+// at that path on the host, and puts it where --to says.
+func TestContainerListRestore(t *testing.T) {
+	ct := testcontainer.New(t, testcontainer.Options{Cgroup: testcontainer.Docker})
+	dir := t.TempDir()
+	containers := filepath.Join(dir, "containers")
+	cfg := writeConfig(t, `
+scan: {interval: 1s, events: true}
+watch:
+  - name: app
+    paths: ["/var/log/app/**"]
+rescue:
+  dirs: ["`+filepath.Join(dir, "rescued")+`"]
+  container_dir: "`+containers+`"
+  min_free: 0
+`)
+	d := startDaemon(t, cfg)
+	if err := os.MkdirAll(ct.Path("/var/log/app"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	data := content("container", 100_000)
+	if err := os.WriteFile(ct.Path("/var/log/app/x.log"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ct.Start(t, testproc.Open("/var/log/app/x.log", "r"), testproc.Unlink("/var/log/app/x.log"))
+	to := d.Wait("file rescued", 15*time.Second, Rescued("/var/log/app/x.log")).str("rescued_to")
+
+	out := runRelinkd(t, 0, "list", "--config", cfg, "--json", "/var/log/app/**")
+	var r map[string]any
+	if err := json.Unmarshal([]byte(strings.TrimSpace(out)), &r); err != nil {
+		t.Fatalf("list: %q: %v", out, err)
+	}
+	if r["sidecar"] != "ok" || r["container_id"] != ct.ID || r["path"] != "/var/log/app/x.log" || r["rescued_to"] != to {
+		t.Errorf("list: %s", out)
+	}
+	out = runRelinkd(t, 1, "restore", "--config", cfg, "/var/log/app/x.log")
+	if !strings.Contains(out, "container's view") {
+		t.Errorf("restore under the container's path on the host: %s", out)
+	}
+	if _, err := os.Stat("/var/log/app/x.log"); err == nil {
+		t.Errorf("restored onto the host's /var/log/app")
+	}
+	back := filepath.Join(dir, "back", "x.log")
+	runRelinkd(t, 0, "restore", "--config", cfg, "--to", back, to)
+	if sha(t, back) != shaBytes(data) {
+		t.Errorf("restored content differs")
 	}
 }

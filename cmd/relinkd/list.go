@@ -8,6 +8,7 @@ import (
 	"io"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/relinkd/relinkd/internal/layout"
 	"github.com/relinkd/relinkd/pkg/policy"
 	"github.com/relinkd/relinkd/pkg/relink"
+	"github.com/relinkd/relinkd/pkg/scanner"
 )
 
 // Sidecar states of a listed file.
@@ -44,7 +46,7 @@ type rescue struct {
 	at        time.Time   // when it was rescued (from the name)
 	status    string      // sidecarOK …
 	problem   string      // why status is not ok
-	sc        relink.StoredSidecar
+	sc        relink.Sidecar
 	follow    string // relink.Follow*, for a trusted sidecar
 }
 
@@ -66,15 +68,12 @@ func (r *rescue) original() string {
 
 // findRescues reads every known rescue root and checks each sidecar
 // against the file beside it, oldest rescue first. The roots are the
-// configured rescue.dirs and the fs_dir root of every host mount, read
-// through the policy's view of the host. A root that cannot be read is
+// configured rescue.dirs, the fs_dir root of every host mount and
+// rescue.container_dir (policy.Roots), read through the policy's view of
+// the host. A root that cannot be read is
 // reported in errs; the others are still listed.
 func findRescues(pol *policy.Policy) (out []rescue, errs []error) {
-	roots, err := pol.KnownRoots()
-	if err != nil {
-		errs = append(errs, fmt.Errorf("mount table: %w", err))
-	}
-	for _, root := range roots {
+	for _, root := range pol.Roots() {
 		err := pol.WalkRescued(root, func(f policy.RescuedFile) { out = append(out, checkRescue(f)) })
 		if err != nil {
 			errs = append(errs, err)
@@ -112,7 +111,7 @@ func checkRescue(f policy.RescuedFile) rescue {
 	}
 	found := relink.Found{Path: r.path, Dev: f.File.Dev, Ino: f.File.Ino, Nlink: f.File.Nlink, Size: f.File.Size, BirthTime: f.File.BirthTime,
 		Mtime: f.File.Mtime, SidecarMtime: f.SidecarFile.Mtime}
-	if err := policy.CheckRescuedName(f.Rel, sc.OriginalPath(), sc.PID, sc.FD); err != nil {
+	if err := policy.CheckRescuedName(f.Rel, holderOf(&sc)); err != nil {
 		return bad(sidecarForged, "%v: %v", relink.ErrSidecar, err)
 	}
 	if sc.Time.Before(r.at) {
@@ -134,6 +133,11 @@ func checkRescue(f policy.RescuedFile) rescue {
 	r.sc, r.status = sc, sidecarOK
 	r.follow = sc.FollowState(found)
 	return r
+}
+
+// holderOf is the candidate a sidecar describes, as far as naming goes.
+func holderOf(s *relink.Sidecar) *scanner.Candidate {
+	return &scanner.Candidate{Path: s.OriginalPath(), PID: s.PID, FD: s.FD, MntNS: s.MntNS, ContainerID: s.ContainerID}
 }
 
 // joinRoot is root/rel, cleaned as the engine cleans the root it writes
@@ -227,6 +231,7 @@ func cmdList(_ context.Context, e env, args []string) error {
 type listLine struct {
 	Path            string  `json:"path,omitempty"`
 	PathBase64      string  `json:"path_base64,omitempty"`
+	MntNS           uint64  `json:"mntns,omitempty"`
 	ContainerID     string  `json:"container_id,omitempty"`
 	Comm            string  `json:"comm,omitempty"`
 	PID             int     `json:"pid,omitempty"`
@@ -260,7 +265,7 @@ func listLineOf(r *rescue) listLine {
 	s := &r.sc
 	l.Path, l.PathBase64 = jsonName(r.original())
 	fd, uid, bytes := s.FD, s.UID, s.Bytes
-	l.ContainerID, l.Comm, l.PID, l.FD, l.UID = s.ContainerID, s.Comm, s.PID, &fd, &uid
+	l.MntNS, l.ContainerID, l.Comm, l.PID, l.FD, l.UID = s.MntNS, s.ContainerID, s.Comm, s.PID, &fd, &uid
 	l.Method, l.Bytes, l.Follow = string(s.Method), &bytes, r.follow
 	if s.Rule != nil {
 		rule := *s.Rule
@@ -291,8 +296,11 @@ func printRescues(w io.Writer, rs []rescue) error {
 		}
 		s := &r.sc
 		path := quoteIfNeeded(r.original())
-		if s.ContainerID != "" {
-			path = "[" + shortID(s.ContainerID) + "] " + path
+		switch {
+		case s.ContainerID != "":
+			path = "[" + shortID(s.ContainerID) + "] " + path // in the container's view
+		case s.MntNS != 0:
+			path = "[mntns-" + strconv.FormatUint(s.MntNS, 10) + "] " + path
 		}
 		rule := "-"
 		if s.Rule != nil {

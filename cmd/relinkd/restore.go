@@ -153,11 +153,14 @@ func selectRescues(all []rescue, args []string, out *restoreReporter) []int {
 // oldest file and takes those rescued within setWindow of it.
 func groupSets(all []rescue) []int {
 	sets := make([]int, len(all))
-	type key struct{ dir, container, root string }
+	type key struct {
+		dir, container, root string
+		mntns                uint64
+	}
 	byKey := map[key][]int{}
 	for i := range all {
 		if r := &all[i]; r.believed() {
-			k := key{filepath.Dir(r.original()), r.sc.ContainerID, r.root}
+			k := key{filepath.Dir(r.original()), r.sc.ContainerID, r.root, r.sc.MntNS}
 			byKey[k] = append(byKey[k], i)
 		}
 	}
@@ -211,9 +214,9 @@ func planRestore(all []rescue, sel []int, sets []int, o restoreOptions, pol *pol
 		switch {
 		case !r.trusted():
 			it.refuse = fmt.Sprintf("sidecar %s: %s", r.status, r.problem)
-		case o.to == "" && r.sc.ContainerID != "":
+		case o.to == "" && (r.sc.ContainerID != "" || filepath.Clean(r.root) == filepath.Clean(pol.Config().Rescue.ContainerDir)):
 			it.refuse = fmt.Sprintf("held in container %s: %s is a path in the container's view, not the host's (restore with --to)",
-				shortID(r.sc.ContainerID), quoteIfNeeded(r.original()))
+				shortID(policy.ContainerName(holderOf(&r.sc))), quoteIfNeeded(r.original()))
 		case o.to == "":
 			// The original name, in the host's view. Its directory must
 			// be on the filesystem the file was on: otherwise the name

@@ -238,7 +238,7 @@ func TestPlanRestore(t *testing.T) {
 	at := time.Date(2026, 11, 21, 20, 30, 0, 0, time.UTC)
 	res := func(path string, after time.Duration, container string) rescue {
 		return rescue{root: "/r", rel: strings.TrimPrefix(path, "/") + ".x", path: "/r" + path + ".x", at: at.Add(after),
-			status: sidecarOK, sc: relink.StoredSidecar{Sidecar: relink.Sidecar{Path: path, Dev: 1}, ContainerID: container}}
+			status: sidecarOK, sc: relink.Sidecar{Path: path, Dev: 1, ContainerID: container}}
 	}
 	all := []rescue{
 		res("/db/app.db", 0, ""),                     // 0

@@ -3,6 +3,7 @@ package policy
 import (
 	"errors"
 	"fmt"
+	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -211,20 +212,21 @@ func (r *RescuedFile) SidecarFileProblem() string {
 
 // CheckRescuedName checks that rel, a rescued file's path below its root,
 // is the name the engine gives the file that a sidecar describes: the
-// holder's path (path), pid and descriptor, as RelName writes them, with
-// the time the name itself carries and maybe a ".K" for a name that was
-// taken.
-func CheckRescuedName(rel string, path []byte, pid, fd int) error {
+// holder's path, pid and descriptor (and, for a holder in another mount
+// namespace, its container's directory in rescue.container_dir, see
+// ContainerName) as Location.Rel writes them, with the time the name
+// itself carries and maybe a ".K" for a name that was taken.
+func CheckRescuedName(rel string, c *scanner.Candidate) error {
 	n, ok := layout.ParseRescued(rel[strings.LastIndexByte(rel, '/')+1:])
 	if !ok {
 		return fmt.Errorf("%q is not a rescued file's name", rel)
 	}
-	want := RelName(&scanner.Candidate{Path: path, PID: pid, FD: fd}, n.Time)
+	want := RelName(c, n.Time)
 	if n.K > 0 {
 		want += "." + strconv.Itoa(n.K)
 	}
-	if rel != want {
-		return fmt.Errorf("the file is %s, but the engine would have named the file described (pid %d fd %d, %q) %s", rel, pid, fd, path, want)
+	if rel == want || c.MntNS != 0 && rel == path.Join(ContainerName(c), want) {
+		return nil
 	}
-	return nil
+	return fmt.Errorf("the file is %s, but the engine would have named the file described (pid %d fd %d, %q) %s", rel, c.PID, c.FD, c.Path, want)
 }

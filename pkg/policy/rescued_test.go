@@ -13,6 +13,7 @@ import (
 
 	"github.com/relinkd/relinkd/internal/layout"
 	"github.com/relinkd/relinkd/internal/testfs"
+	"github.com/relinkd/relinkd/pkg/scanner"
 )
 
 // TestWalkRescued: every rescued file with its sidecar, rescued files
@@ -154,20 +155,28 @@ func TestCheckRescuedName(t *testing.T) {
 	for _, tc := range []struct {
 		name, rel, path string
 		pid, fd         int
+		mntns           uint64
+		container       string
 		ok              bool
 	}{
-		{"plain", "var/log/app.log" + layout.Suffix(at, 12, 3), "/var/log/app.log", 12, 3, true},
-		{"taken name", "var/log/app.log" + layout.Suffix(at, 12, 3) + ".2", "/var/log/app.log", 12, 3, true},
-		{"control bytes", "srv/a_b" + layout.Suffix(at, 1, 4), "/srv/a\nb", 1, 4, true},
-		{"other pid", "var/log/app.log" + layout.Suffix(at, 12, 3), "/var/log/app.log", 13, 3, false},
-		{"other fd", "var/log/app.log" + layout.Suffix(at, 12, 3), "/var/log/app.log", 12, 4, false},
-		{"other path", "var/log/app.log" + layout.Suffix(at, 12, 3), "/etc/passwd", 12, 3, false},
-		{"not rescued", "var/log/app.log", "/var/log/app.log", 12, 3, false},
+		{"plain", "var/log/app.log" + layout.Suffix(at, 12, 3), "/var/log/app.log", 12, 3, 0, "", true},
+		{"taken name", "var/log/app.log" + layout.Suffix(at, 12, 3) + ".2", "/var/log/app.log", 12, 3, 0, "", true},
+		{"control bytes", "srv/a_b" + layout.Suffix(at, 1, 4), "/srv/a\nb", 1, 4, 0, "", true},
+		{"container", "0123abcd/var/log/app.log" + layout.Suffix(at, 12, 3), "/var/log/app.log", 12, 3, 99, "0123abcd", true},
+		{"mount namespace", "mntns-99/var/log/app.log" + layout.Suffix(at, 12, 3), "/var/log/app.log", 12, 3, 99, "", true},
+		{"container, inside it", "var/log/app.log" + layout.Suffix(at, 12, 3), "/var/log/app.log", 12, 3, 99, "0123abcd", true},
+		{"another container", "feed/var/log/app.log" + layout.Suffix(at, 12, 3), "/var/log/app.log", 12, 3, 99, "0123abcd", false},
+		{"a container's directory, no container", "0123abcd/var/log/app.log" + layout.Suffix(at, 12, 3), "/var/log/app.log", 12, 3, 0, "", false},
+		{"other pid", "var/log/app.log" + layout.Suffix(at, 12, 3), "/var/log/app.log", 13, 3, 0, "", false},
+		{"other fd", "var/log/app.log" + layout.Suffix(at, 12, 3), "/var/log/app.log", 12, 4, 0, "", false},
+		{"other path", "var/log/app.log" + layout.Suffix(at, 12, 3), "/etc/passwd", 12, 3, 0, "", false},
+		{"not rescued", "var/log/app.log", "/var/log/app.log", 12, 3, 0, "", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := CheckRescuedName(tc.rel, []byte(tc.path), tc.pid, tc.fd)
+			c := &scanner.Candidate{Path: []byte(tc.path), PID: tc.pid, FD: tc.fd, MntNS: tc.mntns, ContainerID: tc.container}
+			err := CheckRescuedName(tc.rel, c)
 			if (err == nil) != tc.ok {
-				t.Errorf("CheckRescuedName(%q, %q, %d, %d) = %v, want ok %v", tc.rel, tc.path, tc.pid, tc.fd, err, tc.ok)
+				t.Errorf("CheckRescuedName(%q, %+v) = %v, want ok %v", tc.rel, c, err, tc.ok)
 			}
 		})
 	}

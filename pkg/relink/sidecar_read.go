@@ -13,27 +13,19 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/relinkd/relinkd/internal/layout"
 )
 
-// StoredSidecar is a sidecar as read back from a rescue root: the fields
-// the engine writes, and those other versions add, read when present.
-type StoredSidecar struct {
-	Sidecar
-	// ContainerID names the holder's container, when it ran in one: then
-	// Path is in the container's view, not the host's.
-	ContainerID string `json:"container_id,omitempty"`
-}
-
 // hasIdentity reports whether s records the rescued file's own inode, as
 // sidecars have since relinkd became restart-safe; older ones do not.
-func (s *StoredSidecar) hasIdentity() bool { return s.RescuedIno != 0 }
+func (s *Sidecar) hasIdentity() bool { return s.RescuedIno != 0 }
 
 // OriginalPath returns the holder's name for the file, exactly (from
 // path_base64 when the name is not UTF-8).
-func (s *StoredSidecar) OriginalPath() []byte {
+func (s *Sidecar) OriginalPath() []byte {
 	if s.PathBase64 != "" {
 		if b, err := base64.StdEncoding.DecodeString(s.PathBase64); err == nil {
 			return b
@@ -43,7 +35,7 @@ func (s *StoredSidecar) OriginalPath() []byte {
 }
 
 // RescuedPath returns where the sidecar says the data is, exactly.
-func (s *StoredSidecar) RescuedPath() []byte {
+func (s *Sidecar) RescuedPath() []byte {
 	if s.RescuedToBase64 != "" {
 		if b, err := base64.StdEncoding.DecodeString(s.RescuedToBase64); err == nil {
 			return b
@@ -56,22 +48,23 @@ func (s *StoredSidecar) RescuedPath() []byte {
 // engine's: at most layout.MaxSidecarSize bytes of one JSON object with an absolute original
 // path, an absolute rescued_to, a known method, a non-negative size, the
 // source's inode and a time; base64 names that decode. Fields it does not
-// know are ignored (a later engine may add some).
-func ReadSidecar(b []byte) (StoredSidecar, error) {
-	var s StoredSidecar
+// know are ignored (a later engine may add some). Unlike ParseSidecar it
+// takes sidecars written before relinkd recorded the rescued file's inode.
+func ReadSidecar(b []byte) (Sidecar, error) {
+	var s Sidecar
 	if len(b) > layout.MaxSidecarSize {
 		return s, fmt.Errorf("%w: %d bytes, more than %d", ErrSidecar, len(b), layout.MaxSidecarSize)
 	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	if err := dec.Decode(&s); err != nil {
-		return StoredSidecar{}, fmt.Errorf("%w: %w", ErrSidecar, err)
+		return Sidecar{}, fmt.Errorf("%w: %w", ErrSidecar, err)
 	}
 	if dec.More() {
-		return StoredSidecar{}, fmt.Errorf("%w: more than one JSON value", ErrSidecar)
+		return Sidecar{}, fmt.Errorf("%w: more than one JSON value", ErrSidecar)
 	}
 	for _, b64 := range []string{s.PathBase64, s.RescuedToBase64} {
 		if _, err := base64.StdEncoding.DecodeString(b64); err != nil {
-			return StoredSidecar{}, fmt.Errorf("%w: base64 name: %w", ErrSidecar, err)
+			return Sidecar{}, fmt.Errorf("%w: base64 name: %w", ErrSidecar, err)
 		}
 	}
 	var why string
@@ -90,7 +83,7 @@ func ReadSidecar(b []byte) (StoredSidecar, error) {
 		why = "no time recorded"
 	}
 	if why != "" {
-		return StoredSidecar{}, fmt.Errorf("%w: %s", ErrSidecar, why)
+		return Sidecar{}, fmt.Errorf("%w: %s", ErrSidecar, why)
 	}
 	return s, nil
 }
@@ -108,14 +101,18 @@ type Found struct {
 }
 
 // Verify checks s against the rescued file f found beside it. rescued_to
-// must name that very file. A sidecar that records the rescued file's
+// must name that very file (for a holder in another mount namespace, maybe
+// as its own view names it). A sidecar that records the rescued file's
 // inode is then checked by Describes (the inode and birth time it
 // records; the size, or more while a follow is in progress). An older one
 // is checked as far as it can be: a link must be the source's inode, a
 // copy or reflink the size it gives, or more while it is being followed
 // (see FollowState). A link is the live source and may have any size.
-func (s *StoredSidecar) Verify(f Found) error {
-	if got := string(s.RescuedPath()); got != f.Path {
+func (s *Sidecar) Verify(f Found) error {
+	// A holder's file rescued inside its container (rescue.containers:
+	// inside) is named in the container's view, which the host reaches
+	// below the container's root.
+	if got := string(s.RescuedPath()); got != f.Path && !(s.MntNS != 0 && strings.HasSuffix(f.Path, got)) {
 		return fmt.Errorf("%w: rescued_to names %q, not this file", ErrSidecar, got)
 	}
 	if s.hasIdentity() {
@@ -150,7 +147,7 @@ const (
 // mtime; a follow that ends sets the source's times back and rewrites the
 // sidecar with the final size), unless another name shares its inode (it
 // was restored by link: what grew it may be whoever uses that name).
-func (s *StoredSidecar) FollowState(f Found) string {
+func (s *Sidecar) FollowState(f Found) string {
 	switch {
 	case s.Followed:
 		return FollowFinished
@@ -162,7 +159,7 @@ func (s *StoredSidecar) FollowState(f Found) string {
 	return FollowNone
 }
 
-func (s *StoredSidecar) followNote(f Found) string {
+func (s *Sidecar) followNote(f Found) string {
 	switch {
 	case s.Followed:
 		return "its follow had finished"

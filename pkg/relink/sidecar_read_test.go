@@ -46,11 +46,11 @@ func TestVerify(t *testing.T) {
 	at := time.Date(2026, 11, 21, 20, 30, 1, 0, time.UTC)
 	// old is a sidecar without the rescued file's identity; recorded one
 	// with it (rescued dev 10, ino 30).
-	old := func(m Method, bytes int64, following, followed bool) StoredSidecar {
-		return StoredSidecar{Sidecar: Sidecar{Path: "/var/log/app.log", RescuedTo: "/r/app", Method: m, Bytes: bytes,
-			Dev: 10, Ino: 20, Followed: followed, Following: following, Time: at}}
+	old := func(m Method, bytes int64, following, followed bool) Sidecar {
+		return Sidecar{Path: "/var/log/app.log", RescuedTo: "/r/app", Method: m, Bytes: bytes,
+			Dev: 10, Ino: 20, Followed: followed, Following: following, Time: at}
 	}
-	recorded := func(s StoredSidecar) StoredSidecar {
+	recorded := func(s Sidecar) Sidecar {
 		s.RescuedDev, s.RescuedIno = 10, 30
 		if s.Method == MethodLink {
 			s.RescuedIno = 20
@@ -67,7 +67,7 @@ func TestVerify(t *testing.T) {
 	linked := func(f Found) Found { f.Nlink = 2; return f }
 	for _, tc := range []struct {
 		name   string
-		s      StoredSidecar
+		s      Sidecar
 		f      Found
 		ok     bool
 		follow string
