@@ -33,6 +33,11 @@ const TimeFormat = "20060102T150405Z"
 // already exists.
 const MaxUnique = 999
 
+// MaxLeaf is the longest name the engine publishes a rescued file under
+// before its collision suffix: a 255-byte NAME_MAX leaves room for ".999"
+// and the sidecar's SidecarSuffix.
+const MaxLeaf = 255 - len(".999") - len(SidecarSuffix)
+
 // Suffix is what the engine appends to a file's base name when it rescues
 // it: ".TIME.pidPID.fdFD", the time in UTC.
 func Suffix(t time.Time, pid, fd int) string {

@@ -422,7 +422,9 @@ func RelName(c *scanner.Candidate, now time.Time) string {
 	}
 	suffix := layout.Suffix(now, c.PID, c.FD)
 	last := len(parts) - 1
-	parts[last] = truncName(parts[last], maxName-len(SidecarSuffix)-len(suffix)) + suffix
+	// The whole leaf must fit the engine's budget (layout.MaxLeaf), or the
+	// engine would cut the suffix that retention and list go by.
+	parts[last] = truncName(parts[last], layout.MaxLeaf-len(suffix)) + suffix
 	return strings.Join(parts, "/")
 }
 

@@ -20,7 +20,7 @@ import (
 
 // maxLeaf leaves room in a 255-byte name for a collision suffix (".999")
 // and the sidecar's ".relinkd.json".
-const maxLeaf = 255 - len(".999") - len(sidecarSuffix)
+const maxLeaf = layout.MaxLeaf
 
 // destDir is an open directory below the rescue root.
 type destDir struct {
