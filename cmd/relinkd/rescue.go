@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,7 +11,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/bmatcuk/doublestar/v4"
 	flag "github.com/spf13/pflag"
@@ -502,15 +500,8 @@ func (o *reporter) print(l rescueLine, count *int) {
 	}
 }
 
-// jsonName returns name as a JSON string carries it (each invalid byte as
-// U+FFFD) and, only when name is not valid UTF-8, its exact bytes in
-// standard base64, as scanner.Record does for `scan --json`.
-func jsonName(name string) (s, b64 string) {
-	if utf8.ValidString(name) {
-		return name, ""
-	}
-	return string([]rune(name)), base64.StdEncoding.EncodeToString([]byte(name))
-}
+// jsonName is logging.Name for a name held as a string.
+func jsonName(name string) (s, b64 string) { return logging.Name([]byte(name)) }
 
 // quoteIfNeeded quotes a path that holds spaces, quotes or control bytes
 // (names may even hold newlines), so that one file stays one line.

@@ -21,9 +21,30 @@ type pathField struct {
 }
 
 func (f pathField) MarshalLogObject(enc zapcore.ObjectEncoder) error {
-	enc.AddByteString(f.key, f.p)
-	if !utf8.Valid(f.p) {
-		enc.AddString(f.key+"_base64", base64.StdEncoding.EncodeToString(f.p))
+	text, b64 := Name(f.p)
+	enc.AddString(f.key, text)
+	if b64 != "" {
+		enc.AddString(f.key+"_base64", b64)
 	}
 	return nil
+}
+
+// Name is the one encoding of a file name that may not be UTF-8, for log
+// events, `scan --json`, `rescue --json`, `list --json`, `restore --json`
+// and sidecars alike: text is the name with each invalid byte as U+FFFD,
+// and b64, only when there is such a byte, holds the exact bytes in
+// standard base64 (otherwise "").
+func Name(p []byte) (text, b64 string) {
+	if utf8.Valid(p) {
+		return string(p), ""
+	}
+	return string([]rune(string(p))), base64.StdEncoding.EncodeToString(p)
+}
+
+// NameBytes is the inverse of Name: the exact bytes, from b64 when set.
+func NameBytes(text, b64 string) ([]byte, error) {
+	if b64 == "" {
+		return []byte(text), nil
+	}
+	return base64.StdEncoding.DecodeString(b64)
 }

@@ -2,19 +2,18 @@ package relink
 
 import (
 	"crypto/rand"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
 	"time"
-	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/relinkd/relinkd/internal/eintr"
 	"github.com/relinkd/relinkd/internal/layout"
+	"github.com/relinkd/relinkd/internal/logging"
 )
 
 const sidecarSuffix = layout.SidecarSuffix
@@ -124,7 +123,8 @@ func sidecarOf(p *Pin, d Destination, r Result, following bool) Sidecar {
 		Following: following,
 		MntNS:     c.MntNS, ContainerID: c.ContainerID,
 	}
-	s.PathBase64, s.RescuedToBase64 = base64IfInvalid(c.Path), base64IfInvalid([]byte(r.Path))
+	_, s.PathBase64 = logging.Name(c.Path)
+	_, s.RescuedToBase64 = logging.Name([]byte(r.Path))
 	if d.Rule != "" {
 		rule := d.Rule
 		s.Rule = &rule
@@ -136,14 +136,6 @@ func sidecarOf(p *Pin, d Destination, r Result, following bool) Sidecar {
 		s.Rule, s.Duration = o.Rule, o.Duration
 	}
 	return s
-}
-
-// base64IfInvalid returns b in base64 when it is not valid UTF-8, else "".
-func base64IfInvalid(b []byte) string {
-	if utf8.Valid(b) {
-		return ""
-	}
-	return base64.StdEncoding.EncodeToString(b)
 }
 
 // writeSidecar writes NAME.relinkd.json beside the rescued file, mode 0600.

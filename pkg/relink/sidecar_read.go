@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/relinkd/relinkd/internal/layout"
+	"github.com/relinkd/relinkd/internal/logging"
 )
 
 // hasIdentity reports whether s records the rescued file's own inode, as
@@ -26,20 +27,16 @@ func (s *Sidecar) hasIdentity() bool { return s.RescuedIno != 0 }
 // OriginalPath returns the holder's name for the file, exactly (from
 // path_base64 when the name is not UTF-8).
 func (s *Sidecar) OriginalPath() []byte {
-	if s.PathBase64 != "" {
-		if b, err := base64.StdEncoding.DecodeString(s.PathBase64); err == nil {
-			return b
-		}
+	if b, err := logging.NameBytes(s.Path, s.PathBase64); err == nil {
+		return b
 	}
 	return []byte(s.Path)
 }
 
 // RescuedPath returns where the sidecar says the data is, exactly.
 func (s *Sidecar) RescuedPath() []byte {
-	if s.RescuedToBase64 != "" {
-		if b, err := base64.StdEncoding.DecodeString(s.RescuedToBase64); err == nil {
-			return b
-		}
+	if b, err := logging.NameBytes(s.RescuedTo, s.RescuedToBase64); err == nil {
+		return b
 	}
 	return []byte(s.RescuedTo)
 }

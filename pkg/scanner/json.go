@@ -1,11 +1,11 @@
 package scanner
 
 import (
-	"encoding/base64"
 	"encoding/json"
 	"io/fs"
 	"strconv"
-	"unicode/utf8"
+
+	"github.com/relinkd/relinkd/internal/logging"
 )
 
 // Record is the JSON form of a Candidate (one object per line in
@@ -53,10 +53,7 @@ func (c *Candidate) Record(rule string) Record {
 		TmpFile: c.TmpFile, Linkable: c.Linkable,
 		MntNS: c.MntNS, ContainerID: c.ContainerID,
 	}
-	if !utf8.Valid(c.Path) {
-		r.Path = string([]rune(string(c.Path))) // invalid bytes become U+FFFD
-		r.PathBase64 = base64.StdEncoding.EncodeToString(c.Path)
-	}
+	r.Path, r.PathBase64 = logging.Name(c.Path)
 	if rule != "" {
 		r.Rule = &rule
 	}
