@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // A burst of identical rescue events must all reach the log: the product is
@@ -70,5 +71,20 @@ func TestPath(t *testing.T) {
 				t.Errorf("path_base64 = %q, want %q", got, tc.wantB64)
 			}
 		})
+	}
+}
+
+// TestName: valid names pass as they are; others get U+FFFD for each bad
+// byte and their exact bytes in base64, which NameBytes gives back.
+func TestName(t *testing.T) {
+	for _, name := range [][]byte{[]byte("/var/log/app.log"), []byte("/x/\xff\xfe y"), []byte("a\nb"), {}} {
+		text, b64 := Name(name)
+		if utf8.Valid(name) != (b64 == "") || !utf8.ValidString(text) {
+			t.Errorf("Name(%q) = %q, %q", name, text, b64)
+		}
+		back, err := NameBytes(text, b64)
+		if err != nil || string(back) != string(name) {
+			t.Errorf("NameBytes(Name(%q)) = %q, %v", name, back, err)
+		}
 	}
 }
