@@ -4,11 +4,11 @@ import (
 	"os"
 	"slices"
 	"strconv"
-	"strings"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/relinkd/relinkd/internal/eintr"
+	"github.com/relinkd/relinkd/internal/procfs"
 	"github.com/relinkd/relinkd/pkg/scanner"
 )
 
@@ -70,10 +70,7 @@ func lastPID(procRoot string) (int, bool) {
 	if err != nil {
 		return 0, false
 	}
-	s := strings.TrimSpace(string(b))
-	i := strings.LastIndexByte(s, ' ')
-	pid, err := strconv.Atoi(s[i+1:])
-	return pid, err == nil && pid > 0
+	return procfs.ParseLoadavgLastPID(b)
 }
 
 // newLeaders returns, newest first, the processes (thread-group leaders)

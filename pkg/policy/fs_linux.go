@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/relinkd/relinkd/internal/procfs"
 )
 
 // pathMount returns the mount id and device of path, or of its nearest
@@ -169,7 +171,7 @@ func (p *Policy) RootState(root string) (exists bool, err error) {
 }
 
 // HostMounts returns the host's mount table (see Policy.Via).
-func (p *Policy) HostMounts() ([]Mount, error) { return ReadMountInfo(p.host.mountinfo) }
+func (p *Policy) HostMounts() ([]Mount, error) { return procfs.ReadMountInfo(p.host.mountinfo) }
 
 // HostView describes where relinkd reaches the host's paths, for doctor.
 func (p *Policy) HostView() string {

@@ -1,14 +1,12 @@
 package policy
 
 import (
-	"bufio"
-	"errors"
 	"fmt"
 	"os"
-	"strconv"
-	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/relinkd/relinkd/internal/procfs"
 )
 
 // scratch opens an unnamed scratch file in dir: O_TMPFILE (open(2), Linux
@@ -92,28 +90,18 @@ func Capabilities() []Capability {
 }
 
 // ErrNoCapEff is returned when a status file has no CapEff line.
-var ErrNoCapEff = errors.New("no CapEff line")
+var ErrNoCapEff = procfs.ErrNoCapEff
 
 // EffectiveCaps reads the effective capability set from a proc(5) status
 // file such as /proc/self/status.
 func EffectiveCaps(statusPath string) (uint64, error) {
-	f, err := os.Open(statusPath)
+	b, err := os.ReadFile(statusPath)
 	if err != nil {
 		return 0, fmt.Errorf("read capabilities: %w", err)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "CapEff:"); ok {
-			n, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-			if err != nil {
-				return 0, fmt.Errorf("%s: CapEff %q: %w", statusPath, v, err)
-			}
-			return n, nil
-		}
+	n, err := procfs.ParseStatusCapEff(b)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", statusPath, err)
 	}
-	if err := sc.Err(); err != nil {
-		return 0, fmt.Errorf("read %s: %w", statusPath, err)
-	}
-	return 0, fmt.Errorf("%s: %w", statusPath, ErrNoCapEff)
+	return n, nil
 }

@@ -1,7 +1,6 @@
 package relink
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/relinkd/relinkd/internal/eintr"
 	"github.com/relinkd/relinkd/internal/logging"
+	"github.com/relinkd/relinkd/internal/procfs"
 )
 
 // Follow keeps the rescued copy in step with a file that is still being
@@ -367,8 +367,8 @@ func (w *Writers) writable(r fdRef) bool {
 	if err != nil {
 		return false
 	}
-	flags, err := parseFdinfoFlags(b)
-	return err == nil && flags&unix.O_ACCMODE != unix.O_RDONLY
+	fi, err := procfs.ParseFDInfo(b)
+	return err == nil && fi.Flags&unix.O_ACCMODE != unix.O_RDONLY
 }
 
 // identity is the dev and ino of the regular file open as r. statx with
@@ -391,20 +391,4 @@ func readDirNames(path string) ([]string, error) {
 	}
 	defer d.Close()
 	return d.Readdirnames(-1)
-}
-
-// parseFdinfoFlags returns the octal "flags:" field of /proc/PID/fdinfo/FD.
-func parseFdinfoFlags(b []byte) (uint32, error) {
-	for _, line := range bytes.Split(b, []byte("\n")) {
-		v, ok := bytes.CutPrefix(line, []byte("flags:"))
-		if !ok {
-			continue
-		}
-		f, err := strconv.ParseUint(string(bytes.TrimSpace(v)), 8, 32)
-		if err != nil {
-			return 0, fmt.Errorf("fdinfo flags %q: %w", v, err)
-		}
-		return uint32(f), nil
-	}
-	return 0, errors.New("fdinfo has no flags line")
 }

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/relinkd/relinkd/internal/eintr"
+	"github.com/relinkd/relinkd/internal/procfs"
 	"github.com/relinkd/relinkd/pkg/scanner"
 )
 
@@ -197,29 +198,9 @@ func (e *Engine) startTime(pid int) (uint64, error) {
 	if err != nil {
 		return 0, vanished("read "+path, err)
 	}
-	t, err := parseStartTime(b)
+	st, err := procfs.ParseStat(b)
 	if err != nil {
 		return 0, fmt.Errorf("parse %s: %w", path, err)
 	}
-	return t, nil
-}
-
-// parseStartTime returns field 22 (starttime, clock ticks after boot) of a
-// /proc/PID/stat line. Field 2, comm, is in parentheses and may contain
-// spaces and ')' itself, so fields are counted after the last ')'.
-func parseStartTime(b []byte) (uint64, error) {
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("no ')' in %q", b)
-	}
-	fields := bytes.Fields(b[i+1:])
-	// fields[0] is field 3 (state), so field 22 is fields[19].
-	if len(fields) < 20 {
-		return 0, fmt.Errorf("%d fields after comm, want at least 20", len(fields))
-	}
-	t, err := strconv.ParseUint(string(fields[19]), 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("starttime %q: %w", fields[19], err)
-	}
-	return t, nil
+	return st.StartTime, nil
 }

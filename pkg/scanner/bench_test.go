@@ -8,9 +8,10 @@ import (
 	"strconv"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/relinkd/relinkd/internal/testcontainer"
 	"github.com/relinkd/relinkd/internal/testproc"
-	"golang.org/x/sys/unix"
 )
 
 // startBenchHolders starts n holders with m descriptors each, 5% deleted.

@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/relinkd/relinkd/internal/eintr"
+	"github.com/relinkd/relinkd/internal/procfs"
 )
 
 // ErrNotCandidate means that an open file is not what a candidate is, a
@@ -69,7 +70,7 @@ func Identify(procRoot string, holder *Candidate, fd int) (Candidate, error) {
 	if err != nil {
 		return Candidate{}, fmt.Errorf("read %sfdinfo/%s: %w", self, n, err)
 	}
-	info, err := parseFDInfo(raw)
+	info, err := procfs.ParseFDInfo(raw)
 	if err != nil {
 		return Candidate{}, err
 	}
@@ -78,7 +79,7 @@ func Identify(procRoot string, holder *Candidate, fd int) (Candidate, error) {
 		if err != nil {
 			return Candidate{}, fmt.Errorf("read %s/mountinfo: %w", holderDir, err)
 		}
-		if !mountIDs(raw)[info.MntID] {
+		if !procfs.MountIDs(raw)[info.MntID] {
 			return Candidate{}, fmt.Errorf("%w: %q is on an internal mount", ErrNotCandidate, path)
 		}
 	}

@@ -1,13 +1,12 @@
 package scanner
 
 import (
-	"bytes"
-	"encoding/binary"
 	"errors"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/relinkd/relinkd/internal/eintr"
+	"github.com/relinkd/relinkd/internal/procfs"
 )
 
 // Thin wrappers over the *at(2) calls the sweep makes. Acting relative to an
@@ -101,25 +100,7 @@ func eachDirent(fd int, buf []byte, fn func(name []byte)) error {
 		if n <= 0 {
 			return nil
 		}
-		parseDirents(buf[:n], fn)
-	}
-}
-
-// parseDirents walks linux_dirent64 records: d_ino u64, d_off s64,
-// d_reclen u16, d_type u8, then the NUL-terminated name.
-func parseDirents(b []byte, fn func(name []byte)) {
-	const nameOff = 19
-	for len(b) >= nameOff {
-		reclen := int(binary.NativeEndian.Uint16(b[16:18]))
-		if reclen < nameOff || reclen > len(b) {
-			return
-		}
-		name := b[nameOff:reclen]
-		if i := bytes.IndexByte(name, 0); i >= 0 {
-			name = name[:i]
-		}
-		fn(name)
-		b = b[reclen:]
+		procfs.ParseDirents(buf[:n], fn)
 	}
 }
 

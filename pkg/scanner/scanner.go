@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/relinkd/relinkd/internal/fsguard"
+	"github.com/relinkd/relinkd/internal/procfs"
 )
 
 // oTmpfile is __O_TMPFILE as it shows in fdinfo flags: open(2) keeps it
@@ -94,7 +95,7 @@ func findHostNS(procRoot string) hostNS {
 		if err != nil {
 			continue
 		}
-		n, err := parseNSLink(link)
+		n, err := procfs.ParseNSLink(link)
 		if err != nil {
 			continue
 		}
@@ -120,7 +121,7 @@ func (s *Scanner) Sweep(ctx context.Context) (Result, error) {
 	var pids []int
 	buf := make([]byte, 32<<10)
 	err = eachDirent(rootfd, buf, func(name []byte) {
-		if pid, ok := parseFDName(name); ok {
+		if pid, ok := procfs.ParseID(name); ok {
 			pids = append(pids, pid)
 		}
 	})
@@ -273,7 +274,7 @@ func (w *worker) liveThread(pidDir string, pid int) int {
 	defer unix.Close(d)
 	tid := 0
 	_ = eachDirent(d, w.dirent, func(name []byte) {
-		if n, ok := parseFDName(name); ok && n != pid && tid == 0 {
+		if n, ok := procfs.ParseID(name); ok && n != pid && tid == 0 {
 			tid = n
 		}
 	})
@@ -307,7 +308,7 @@ func (w *worker) descriptors(pid int, dir string, res *Result) ([]Candidate, int
 	// which is then counted once as not inspectable.
 	var refused error
 	err = eachDirent(fdDir, w.dirent, func(name []byte) {
-		fd, ok := parseFDName(name)
+		fd, ok := procfs.ParseID(name)
 		if !ok || refused != nil {
 			return
 		}
@@ -344,7 +345,7 @@ func (w *worker) descriptors(pid int, dir string, res *Result) ([]Candidate, int
 			w.countFDErr(err, res)
 			return
 		}
-		info, err := parseFDInfo(raw)
+		info, err := procfs.ParseFDInfo(raw)
 		if err != nil {
 			w.s.log.Debug("skip descriptor", zap.Int("pid", pid), zap.Int("fd", fd), zap.Error(err))
 			return
@@ -425,7 +426,7 @@ func (w *worker) holder(pidDir string, cs []Candidate) error {
 	if err != nil {
 		return err
 	}
-	stat, err := parseStat(raw)
+	stat, err := procfs.ParseStat(raw)
 	if err != nil {
 		return err
 	}
@@ -433,7 +434,7 @@ func (w *worker) holder(pidDir string, cs []Candidate) error {
 	if err != nil {
 		return err
 	}
-	uid, err := parseStatusUID(raw)
+	uid, err := procfs.ParseStatusUID(raw)
 	if err != nil {
 		return err
 	}
@@ -466,7 +467,7 @@ func (w *worker) namespace(dir string) (mntNS uint64, containerID string, otherR
 	if err != nil {
 		return 0, "", false
 	}
-	n, err := parseNSLink(link)
+	n, err := procfs.ParseNSLink(link)
 	if err != nil || n == host.mntNS {
 		return 0, "", false
 	}
@@ -502,7 +503,7 @@ func (w *worker) mountIDs(dir string) map[int]bool {
 	if err != nil {
 		return map[int]bool{}
 	}
-	return mountIDs(raw)
+	return procfs.MountIDs(raw)
 }
 
 // countErr records why a whole process could not be read. A process that

@@ -7,6 +7,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/relinkd/relinkd/internal/procfs"
 	"github.com/relinkd/relinkd/pkg/policy"
 )
 
@@ -116,7 +117,7 @@ func isServerFS(fstype string) bool { return serverFS[fstype] || strings.HasPref
 type mounts []policy.Mount
 
 func readMounts() mounts {
-	ms, _ := policy.ReadMountInfo("/proc/self/mountinfo")
+	ms, _ := procfs.ReadMountInfo("/proc/self/mountinfo")
 	return ms
 }
 
