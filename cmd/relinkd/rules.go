@@ -1,9 +1,10 @@
 package main
 
 import (
+	"go.uber.org/zap"
+
 	"github.com/relinkd/relinkd/pkg/policy"
 	"github.com/relinkd/relinkd/pkg/scanner"
-	"go.uber.org/zap"
 )
 
 // ruleMatcher returns which watch rule of the configuration (resolved as

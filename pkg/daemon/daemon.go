@@ -47,6 +47,7 @@ import (
 
 	"github.com/relinkd/relinkd/internal/fsguard"
 	"github.com/relinkd/relinkd/internal/logging"
+	"github.com/relinkd/relinkd/internal/procfs"
 	"github.com/relinkd/relinkd/pkg/metrics"
 	"github.com/relinkd/relinkd/pkg/policy"
 	"github.com/relinkd/relinkd/pkg/relink"
@@ -124,6 +125,7 @@ type Options struct {
 // Daemon is one running relinkd.
 type Daemon struct {
 	opt     Options
+	proc    procfs.FS // opt.ProcRoot
 	log     *zap.Logger
 	sweeper Sweeper
 	m       *metrics.Metrics
@@ -292,6 +294,7 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 	}
 	d := &Daemon{
 		opt:      opt,
+		proc:     procfs.New(opt.ProcRoot),
 		log:      log,
 		sweeper:  opt.Sweeper,
 		m:        metrics.New(),
@@ -636,7 +639,7 @@ func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event) error {
 				}
 			}
 		case <-nsTick.C:
-			roots, changed, fresh := d.views.add(listPIDs(d.opt.ProcRoot), watchRoots(d.config()))
+			roots, changed, fresh := d.views.add(listPIDs(d.proc), watchRoots(d.config()))
 			if changed {
 				d.setRoots(roots)
 			}
@@ -749,7 +752,7 @@ func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-
 			zap.Bool("unknown_holders", unknown))
 		return 0
 	}
-	listed := listPIDs(d.opt.ProcRoot)
+	listed := listPIDs(d.proc)
 	listedAt := time.Now()
 	// Forgetting what this round did not see is right only if it saw
 	// every process.
@@ -814,7 +817,7 @@ const (
 // most recently allocated (proc(5)); pids are handed out in increasing
 // order until they wrap at pid_max. Then those found within youngTTL.
 func (d *Daemon) newPIDs() []int {
-	last, ok := lastPID(d.opt.ProcRoot)
+	last, ok := d.proc.LastPID()
 	if !ok {
 		return nil
 	}
@@ -824,7 +827,7 @@ func (d *Daemon) newPIDs() []int {
 	d.mu.Unlock()
 	var fresh []int
 	if prev != 0 && last > prev && last-prev <= maxNewPIDs {
-		fresh = newLeaders(d.opt.ProcRoot, prev, last)
+		fresh = newLeaders(d.proc, prev, last)
 	}
 	now := time.Now()
 	d.mu.Lock()
@@ -992,7 +995,7 @@ func (d *Daemon) sweep(ctx context.Context) {
 	// them that are new may delete a file a moment later: they become
 	// young.
 	d.newPIDs()
-	listed := listPIDs(d.opt.ProcRoot)
+	listed := listPIDs(d.proc)
 	start := time.Now()
 	res, err := d.sweeper.Sweep(ctx)
 	d.m.Sweeps.WithLabelValues("full").Inc()

@@ -96,7 +96,7 @@ func (p *Policy) resolveMount(c *scanner.Candidate, host []Mount) (fileMount, er
 		if m := byID(host, c.MntID); m != nil {
 			return fileMount{m: m, sameNS: true}, nil
 		}
-		ms, err := procfs.ReadMountInfo(filepath.Join(p.procRoot, strconv.Itoa(c.PID), "mountinfo"))
+		ms, err := p.proc.MountInfo(strconv.Itoa(c.PID))
 		if err == nil {
 			if m := byID(ms, c.MntID); m != nil {
 				return fileMount{m: m}, nil
@@ -241,7 +241,7 @@ func (p *Policy) locateInside(c *scanner.Candidate, cm *Mount) (Location, bool, 
 	if cm.ReadOnly() {
 		return Location{}, false, "fs_dir " + root + " in the container: " + p.readOnly(cm)
 	}
-	via := filepath.Join(p.procRoot, c.ProcDir(), "root")
+	via := p.proc.Path(c.ProcDir() + "/root")
 	if err := checkRoot(via, root); err != nil {
 		p.log.Warn("rescue dir refused", zap.String("dir", root), zap.Int("pid", c.PID), c.ContainerField(), zap.Error(err))
 		return Location{}, false, err.Error() + " (in the container)"

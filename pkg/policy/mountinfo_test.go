@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"reflect"
 	"testing"
+
+	"github.com/relinkd/relinkd/internal/procfs"
 )
 
 func TestGlobPrefix(t *testing.T) {
@@ -48,9 +50,13 @@ func TestCoveredMounts(t *testing.T) {
 
 func TestEffectiveCaps(t *testing.T) {
 	dir := t.TempDir()
-	status := filepath.Join(dir, "status")
+	proc := procfs.New(dir)
+	if err := os.Mkdir(filepath.Join(dir, "self"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	status := filepath.Join(dir, "self", "status")
 	writeFile(t, status, "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t0000000000280004\n")
-	caps, err := EffectiveCaps(status)
+	caps, err := proc.EffectiveCaps("self")
 	if err != nil || caps != 0x280004 {
 		t.Fatalf("caps %x %v", caps, err)
 	}
@@ -65,10 +71,10 @@ func TestEffectiveCaps(t *testing.T) {
 		t.Errorf("held %v, want %v", held, want)
 	}
 	writeFile(t, status, "Name:\tx\n")
-	if _, err := EffectiveCaps(status); !errors.Is(err, ErrNoCapEff) {
+	if _, err := proc.EffectiveCaps("self"); !errors.Is(err, procfs.ErrNoCapEff) {
 		t.Errorf("no CapEff: %v", err)
 	}
-	if _, err := EffectiveCaps(filepath.Join(dir, "none")); !errors.Is(err, os.ErrNotExist) {
+	if _, err := proc.EffectiveCaps("none"); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("missing file: %v", err)
 	}
 }

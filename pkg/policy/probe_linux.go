@@ -5,8 +5,6 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/relinkd/relinkd/internal/procfs"
 )
 
 // scratch opens an unnamed scratch file in dir: O_TMPFILE (open(2), Linux
@@ -87,21 +85,4 @@ func Capabilities() []Capability {
 		{"CAP_FOWNER", unix.CAP_FOWNER, "carry over mode and timestamps"},
 		{"CAP_CHOWN", unix.CAP_CHOWN, "carry over the owner"},
 	}
-}
-
-// ErrNoCapEff is returned when a status file has no CapEff line.
-var ErrNoCapEff = procfs.ErrNoCapEff
-
-// EffectiveCaps reads the effective capability set from a proc(5) status
-// file such as /proc/self/status.
-func EffectiveCaps(statusPath string) (uint64, error) {
-	b, err := os.ReadFile(statusPath)
-	if err != nil {
-		return 0, fmt.Errorf("read capabilities: %w", err)
-	}
-	n, err := procfs.ParseStatusCapEff(b)
-	if err != nil {
-		return 0, fmt.Errorf("%s: %w", statusPath, err)
-	}
-	return n, nil
 }

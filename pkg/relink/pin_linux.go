@@ -193,14 +193,9 @@ func vanished(op string, err error) error {
 
 // startTime reads field 22 of /proc/PID/stat.
 func (e *Engine) startTime(pid int) (uint64, error) {
-	path := e.procRoot + "/" + strconv.Itoa(pid) + "/stat"
-	b, err := os.ReadFile(path)
+	st, err := procfs.New(e.procRoot).Stat(pid)
 	if err != nil {
-		return 0, vanished("read "+path, err)
-	}
-	st, err := procfs.ParseStat(b)
-	if err != nil {
-		return 0, fmt.Errorf("parse %s: %w", path, err)
+		return 0, vanished("start time of pid "+strconv.Itoa(pid), err)
 	}
 	return st.StartTime, nil
 }
