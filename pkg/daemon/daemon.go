@@ -314,7 +314,7 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 		room:     make(chan struct{}, 1),
 		writers:  relink.NewWriters(opt.ProcRoot),
 	}
-	d.pol.Store(policy.New(opt.Config, log))
+	d.pol.Store(policy.New(opt.Config, log, policy.WithProcRoot(opt.ProcRoot)))
 	d.guard = fsguard.New(fsguard.Options{
 		Timeout:  opt.FSTimeout,
 		Describe: d.describeMount,
@@ -1645,7 +1645,7 @@ func (d *Daemon) forget(start time.Time, listed []int) {
 func (d *Daemon) apply(cfg *policy.Config) {
 	oldPol := d.pol.Load()
 	old := oldPol.Config()
-	pol := policy.New(cfg, d.log)
+	pol := policy.New(cfg, d.log, policy.WithProcRoot(d.opt.ProcRoot))
 	// Keep the per-user grants and the rescue roots' usage.
 	pol.Inherit(oldPol)
 	d.pol.Store(pol)

@@ -111,8 +111,17 @@ type grant struct {
 // walked again; in between the policy adds what it granted.
 const usageTTL = time.Minute
 
+// Option configures a Policy.
+type Option func(*Policy)
+
+// WithProcRoot makes the policy read procfs at root ("" means /proc): the
+// holders' mount tables and roots, and PID 1's mount namespace (hostView).
+func WithProcRoot(root string) Option {
+	return func(p *Policy) { p.proc = procfs.New(root) }
+}
+
 // New returns a policy for cfg. User names in rules are resolved now.
-func New(cfg *Config, log *zap.Logger) *Policy {
+func New(cfg *Config, log *zap.Logger, opts ...Option) *Policy {
 	p := &Policy{
 		cfg:    cfg,
 		log:    log,
@@ -121,6 +130,9 @@ func New(cfg *Config, log *zap.Logger) *Policy {
 		usage:  map[string]*rootUsage{},
 		users:  map[uint32][]grant{},
 		probes: newProbes(),
+	}
+	for _, o := range opts {
+		o(p)
 	}
 	p.host = findHostView(p.proc)
 	return p
