@@ -101,19 +101,6 @@ func (fs FS) Stat(pid int) (Stat, error) {
 	return st, nil
 }
 
-// StatusUID returns the real uid of dir, from dir/status.
-func (fs FS) StatusUID(dir string) (uint32, error) {
-	b, err := fs.read(dir + "/status")
-	if err != nil {
-		return 0, err
-	}
-	uid, err := ParseStatusUID(b)
-	if err != nil {
-		return 0, fmt.Errorf("%s: %w", fs.Path(dir+"/status"), err)
-	}
-	return uid, nil
-}
-
 // EffectiveCaps returns the effective capability set of dir ("self" for
 // relinkd), from dir/status.
 func (fs FS) EffectiveCaps(dir string) (uint64, error) {

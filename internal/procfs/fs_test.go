@@ -55,9 +55,6 @@ func TestFSReaders(t *testing.T) {
 	if _, err := fixture.Stat(99); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("Stat of a vanished process: %v, want ErrNotExist", err)
 	}
-	if uid, err := fixture.StatusUID("42"); err != nil || uid != 1000 {
-		t.Errorf("StatusUID(42) = %d, %v", uid, err)
-	}
 	if caps, err := fixture.EffectiveCaps("self"); err != nil || caps != 0x280004 {
 		t.Errorf("EffectiveCaps(self) = %#x, %v", caps, err)
 	}

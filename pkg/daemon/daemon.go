@@ -429,9 +429,6 @@ func (d *Daemon) pin(c *scanner.Candidate) (*relink.Pin, int64, error) {
 	return p, bt, err
 }
 
-// Metrics returns the daemon's metrics (its own registry).
-func (d *Daemon) Metrics() *metrics.Metrics { return d.m }
-
 // Reload replaces the configuration: rules, rescue settings and watched
 // directories take effect for the next candidate. Files already pinned or
 // rescued (or reported) are not revisited; skipped, failed and unmatched

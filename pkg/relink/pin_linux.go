@@ -43,9 +43,6 @@ type Pin struct {
 // quotas and the rescue act on.
 func (p *Pin) Candidate() scanner.Candidate { return p.c }
 
-// Size is the file's size when it was pinned.
-func (p *Pin) Size() int64 { return p.c.Size }
-
 // FD is the engine's descriptor on the pinned inode (for callers that need
 // to fstat or read it; do not close it).
 func (p *Pin) FD() int { return p.fd }
