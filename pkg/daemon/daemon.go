@@ -508,6 +508,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		w, err := watch.New(watch.Options{
 			Roots: watchRoots(cfg), MaxWatches: maxWatches,
 			OnChange: func(n int) { d.m.Watches.Set(float64(n)) },
+			ProcRoot: d.opt.ProcRoot,
 		}, d.log)
 		if err != nil {
 			// No inotify instance (fs.inotify.max_user_instances): the

@@ -7,7 +7,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/relinkd/relinkd/internal/procfs"
 	"github.com/relinkd/relinkd/pkg/policy"
 )
 
@@ -116,8 +115,8 @@ func isServerFS(fstype string) bool { return serverFS[fstype] || strings.HasPref
 // filesystem (proc(5) mountinfo).
 type mounts []policy.Mount
 
-func readMounts() mounts {
-	ms, _ := procfs.ReadMountInfo("/proc/self/mountinfo")
+func (w *Watcher) readMounts() mounts {
+	ms, _ := w.proc.MountInfo("self")
 	return ms
 }
 
