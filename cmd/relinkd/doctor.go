@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/relinkd/relinkd/internal/procfs"
 	"github.com/relinkd/relinkd/pkg/policy"
 	"github.com/relinkd/relinkd/pkg/relink"
 	"github.com/relinkd/relinkd/pkg/scanner"
@@ -49,7 +50,7 @@ func cmdDoctor(ctx context.Context, e env, args []string) error {
 
 	fmt.Fprintln(w, "capabilities")
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	caps, err := policy.EffectiveCaps("/proc/self/status")
+	caps, err := procfs.FS{}.EffectiveCaps("self")
 	if err != nil {
 		fmt.Fprintf(tw, "  ?\t%v\n", err)
 		problems++

@@ -63,14 +63,14 @@ func cmdRescue(ctx context.Context, e env, args []string) error {
 	}
 	r := &rescuer{
 		o: o, cfg: cfg, log: log,
-		pol:  policy.New(cfg, log),
+		pol:  policy.New(cfg, log, policy.WithProcRoot(o.procRoot)),
 		eng:  relink.New(relink.Options{ProcRoot: o.procRoot, Methods: methods, Sidecar: true}, log),
 		out:  &reporter{w: e.stdout, json: o.asJSON},
 		seen: map[scanner.Key]bool{},
 	}
 	r.decider = r.pol
 	if o.to != "" {
-		r.decider = policyTo(cfg, o.to, log)
+		r.decider = policyTo(cfg, o.to, o.procRoot, log)
 	}
 	for i := range res.Candidates {
 		if err := r.consider(ctx, &res.Candidates[i]); err != nil {
@@ -357,12 +357,12 @@ func (r *rescuer) follow(ctx context.Context, c *scanner.Candidate, eng *relink.
 // location is dir, on any filesystem: the rules, max_file_size, per_user
 // and the methods that can work there still apply, and min_free and
 // max_total_size are measured on dir.
-func policyTo(cfg *policy.Config, dir string, log *zap.Logger) *policy.Policy {
+func policyTo(cfg *policy.Config, dir, procRoot string, log *zap.Logger) *policy.Policy {
 	c := *cfg
 	c.Rescue.Dirs = []string{dir}
 	c.Rescue.FSDir = ""
 	c.Rescue.CrossFS = true
-	return policy.New(&c, log)
+	return policy.New(&c, log, policy.WithProcRoot(procRoot))
 }
 
 func parseMethods(names []string) ([]relink.Method, error) {

@@ -47,6 +47,7 @@ import (
 
 	"github.com/relinkd/relinkd/internal/fsguard"
 	"github.com/relinkd/relinkd/internal/logging"
+	"github.com/relinkd/relinkd/internal/procfs"
 	"github.com/relinkd/relinkd/pkg/metrics"
 	"github.com/relinkd/relinkd/pkg/policy"
 	"github.com/relinkd/relinkd/pkg/relink"
@@ -124,6 +125,7 @@ type Options struct {
 // Daemon is one running relinkd.
 type Daemon struct {
 	opt     Options
+	proc    procfs.FS // opt.ProcRoot
 	log     *zap.Logger
 	sweeper Sweeper
 	m       *metrics.Metrics
@@ -292,6 +294,7 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 	}
 	d := &Daemon{
 		opt:      opt,
+		proc:     procfs.New(opt.ProcRoot),
 		log:      log,
 		sweeper:  opt.Sweeper,
 		m:        metrics.New(),
@@ -311,7 +314,7 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 		room:     make(chan struct{}, 1),
 		writers:  relink.NewWriters(opt.ProcRoot),
 	}
-	d.pol.Store(policy.New(opt.Config, log))
+	d.pol.Store(policy.New(opt.Config, log, policy.WithProcRoot(opt.ProcRoot)))
 	d.guard = fsguard.New(fsguard.Options{
 		Timeout:  opt.FSTimeout,
 		Describe: d.describeMount,
@@ -426,9 +429,6 @@ func (d *Daemon) pin(c *scanner.Candidate) (*relink.Pin, int64, error) {
 	return p, bt, err
 }
 
-// Metrics returns the daemon's metrics (its own registry).
-func (d *Daemon) Metrics() *metrics.Metrics { return d.m }
-
 // Reload replaces the configuration: rules, rescue settings and watched
 // directories take effect for the next candidate. Files already pinned or
 // rescued (or reported) are not revisited; skipped, failed and unmatched
@@ -508,6 +508,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		w, err := watch.New(watch.Options{
 			Roots: watchRoots(cfg), MaxWatches: maxWatches,
 			OnChange: func(n int) { d.m.Watches.Set(float64(n)) },
+			ProcRoot: d.opt.ProcRoot,
 		}, d.log)
 		if err != nil {
 			// No inotify instance (fs.inotify.max_user_instances): the
@@ -636,7 +637,7 @@ func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event) error {
 				}
 			}
 		case <-nsTick.C:
-			roots, changed, fresh := d.views.add(listPIDs(d.opt.ProcRoot), watchRoots(d.config()))
+			roots, changed, fresh := d.views.add(listPIDs(d.proc), watchRoots(d.config()))
 			if changed {
 				d.setRoots(roots)
 			}
@@ -749,7 +750,7 @@ func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-
 			zap.Bool("unknown_holders", unknown))
 		return 0
 	}
-	listed := listPIDs(d.opt.ProcRoot)
+	listed := listPIDs(d.proc)
 	listedAt := time.Now()
 	// Forgetting what this round did not see is right only if it saw
 	// every process.
@@ -814,7 +815,7 @@ const (
 // most recently allocated (proc(5)); pids are handed out in increasing
 // order until they wrap at pid_max. Then those found within youngTTL.
 func (d *Daemon) newPIDs() []int {
-	last, ok := lastPID(d.opt.ProcRoot)
+	last, ok := d.proc.LastPID()
 	if !ok {
 		return nil
 	}
@@ -824,7 +825,7 @@ func (d *Daemon) newPIDs() []int {
 	d.mu.Unlock()
 	var fresh []int
 	if prev != 0 && last > prev && last-prev <= maxNewPIDs {
-		fresh = newLeaders(d.opt.ProcRoot, prev, last)
+		fresh = newLeaders(d.proc, prev, last)
 	}
 	now := time.Now()
 	d.mu.Lock()
@@ -992,7 +993,7 @@ func (d *Daemon) sweep(ctx context.Context) {
 	// them that are new may delete a file a moment later: they become
 	// young.
 	d.newPIDs()
-	listed := listPIDs(d.opt.ProcRoot)
+	listed := listPIDs(d.proc)
 	start := time.Now()
 	res, err := d.sweeper.Sweep(ctx)
 	d.m.Sweeps.WithLabelValues("full").Inc()
@@ -1643,7 +1644,7 @@ func (d *Daemon) forget(start time.Time, listed []int) {
 func (d *Daemon) apply(cfg *policy.Config) {
 	oldPol := d.pol.Load()
 	old := oldPol.Config()
-	pol := policy.New(cfg, d.log)
+	pol := policy.New(cfg, d.log, policy.WithProcRoot(d.opt.ProcRoot))
 	// Keep the per-user grants and the rescue roots' usage.
 	pol.Inherit(oldPol)
 	d.pol.Store(pol)

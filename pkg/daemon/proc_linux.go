@@ -1,37 +1,23 @@
 package daemon
 
 import (
-	"os"
 	"slices"
 	"strconv"
-	"strings"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/relinkd/relinkd/internal/eintr"
+	"github.com/relinkd/relinkd/internal/procfs"
 	"github.com/relinkd/relinkd/pkg/scanner"
 )
 
-// listPIDs returns the process ids under procRoot (one getdents pass; no
-// per-process reads). An unreadable root gives nil: the sweep reports it.
-func listPIDs(procRoot string) []int {
-	f, err := os.Open(procRoot)
-	if err != nil {
+// listPIDs returns the process ids under the proc root (one getdents
+// pass; no per-process reads). An unreadable root gives nil: the sweep
+// reports it.
+func listPIDs(proc procfs.FS) []int {
+	pids, err := proc.PIDs()
+	if err != nil && len(pids) == 0 {
 		return nil
-	}
-	defer f.Close()
-	names, err := f.Readdirnames(-1)
-	if err != nil && len(names) == 0 {
-		return nil
-	}
-	pids := make([]int, 0, len(names))
-	for _, n := range names {
-		if n == "" || n[0] < '1' || n[0] > '9' {
-			continue
-		}
-		if pid, err := strconv.Atoi(n); err == nil {
-			pids = append(pids, pid)
-		}
 	}
 	return pids
 }
@@ -63,19 +49,6 @@ func statxBirth(dirfd int, path string, flags int) (int64, bool) {
 	return stx.Btime.Sec*1_000_000_000 + int64(stx.Btime.Nsec), true
 }
 
-// lastPID returns the pid most recently created on the host: the last
-// field of /proc/loadavg (proc(5)).
-func lastPID(procRoot string) (int, bool) {
-	b, err := os.ReadFile(procRoot + "/loadavg")
-	if err != nil {
-		return 0, false
-	}
-	s := strings.TrimSpace(string(b))
-	i := strings.LastIndexByte(s, ' ')
-	pid, err := strconv.Atoi(s[i+1:])
-	return pid, err == nil && pid > 0
-}
-
 // newLeaders returns, newest first, the processes (thread-group leaders)
 // whose pid is in (prev, last]. The pid counter hands out thread ids too,
 // and /proc/TID/fd of a thread shows its whole process again: sweeping
@@ -83,25 +56,19 @@ func lastPID(procRoot string) (int, bool) {
 // thread, and the daemon's own threads would show its own pins. So each
 // id's thread group is read once (/proc/TID/task lists all of it) and only
 // leaders born in the range are kept; ids that are gone are skipped.
-func newLeaders(procRoot string, prev, last int) []int {
+func newLeaders(proc procfs.FS, prev, last int) []int {
 	seen := make(map[int]bool)
 	var out []int
 	for tid := prev + 1; tid <= last; tid++ {
 		if seen[tid] {
 			continue
 		}
-		f, err := os.Open(procRoot + "/" + strconv.Itoa(tid) + "/task")
-		if err != nil {
+		ids, err := proc.Threads(tid)
+		if err != nil && len(ids) == 0 {
 			continue
 		}
-		names, _ := f.Readdirnames(-1)
-		f.Close()
 		leader := 0
-		for _, n := range names {
-			id, err := strconv.Atoi(n)
-			if err != nil {
-				continue
-			}
+		for _, id := range ids {
 			seen[id] = true
 			if leader == 0 || id < leader {
 				leader = id

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/relinkd/relinkd/internal/procfs"
 	"github.com/relinkd/relinkd/internal/testproc"
 	"github.com/relinkd/relinkd/pkg/scanner"
 )
@@ -18,11 +19,11 @@ func TestNewLeaders(t *testing.T) {
 	var h *testproc.Holder
 	for try := 0; ; try++ {
 		var ok bool
-		if last, ok = lastPID("/proc"); !ok {
+		if last, ok = procfs.New("/proc").LastPID(); !ok {
 			t.Fatal("no last pid in /proc/loadavg")
 		}
 		h = testproc.Start(t, testproc.Sleep(0))
-		now, _ = lastPID("/proc")
+		now, _ = procfs.New("/proc").LastPID()
 		if last < h.PID && h.PID <= now {
 			break
 		}
@@ -38,7 +39,7 @@ func TestNewLeaders(t *testing.T) {
 	if len(tasks) < 2 {
 		t.Logf("holder has %d threads", len(tasks))
 	}
-	got := newLeaders("/proc", last, now)
+	got := newLeaders(procfs.New("/proc"), last, now)
 	if n := countOf(got, h.PID); n != 1 {
 		t.Errorf("holder pid %d appears %d times in %v", h.PID, n, got)
 	}
@@ -67,7 +68,7 @@ func countOf(s []int, v int) int {
 }
 
 func TestLastPIDAndBirthTime(t *testing.T) {
-	if _, ok := lastPID("/proc"); !ok {
+	if _, ok := procfs.New("/proc").LastPID(); !ok {
 		t.Fatal("lastPID failed")
 	}
 	f, err := os.CreateTemp(t.TempDir(), "bt")

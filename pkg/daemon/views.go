@@ -1,11 +1,12 @@
 package daemon
 
 import (
-	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/relinkd/relinkd/internal/procfs"
 )
 
 // views keeps the watched trees watched in every mount namespace that has
@@ -28,14 +29,15 @@ type views struct {
 
 func newViews(procRoot string) *views {
 	v := &views{procRoot: procRoot, reps: make(map[string]int), known: make(map[int]bool)}
-	v.own, _ = os.Readlink(procRoot + "/self/ns/mnt")
-	v.host, _ = os.Readlink(procRoot + "/1/ns/mnt")
+	proc := procfs.New(procRoot)
+	v.own, _ = proc.MountNS("self")
+	v.host, _ = proc.MountNS("1")
 	return v
 }
 
 // nsOf returns pid's mount namespace ("mnt:[N]"), "" when gone.
 func (v *views) nsOf(pid int) string {
-	ns, _ := os.Readlink(v.procRoot + "/" + strconv.Itoa(pid) + "/ns/mnt")
+	ns, _ := procfs.New(v.procRoot).MountNS(strconv.Itoa(pid))
 	return ns
 }
 

@@ -3,10 +3,11 @@ package policy
 import (
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/relinkd/relinkd/internal/procfs"
 )
 
 // pathMount returns the mount id and device of path, or of its nearest
@@ -58,16 +59,6 @@ func freeSpace(via, path string) (avail, total uint64, err error) {
 	}
 }
 
-// mountNS returns the mount namespace of a process as readlink shows it
-// ("mnt:[4026531841]"), to tell whether its mount ids and paths are ours.
-func mountNS(procRoot, pid string) (string, error) {
-	s, err := os.Readlink(filepath.Join(procRoot, pid, "ns", "mnt"))
-	if err != nil {
-		return "", fmt.Errorf("mount namespace of %s: %w", pid, err)
-	}
-	return s, nil
-}
-
 // hostView is how relinkd reaches the host's mount namespace, the one
 // PID 1 runs in, where holders' files and the rescue roots of the
 // configuration live. Under the shipped unit the daemon has a namespace
@@ -85,19 +76,19 @@ type hostView struct {
 	note      string // why the own view is used although it may differ, for messages
 }
 
-func findHostView(procRoot string) hostView {
-	self, err := mountNS(procRoot, "self")
-	v := hostView{mountinfo: filepath.Join(procRoot, "self", "mountinfo")}
+func findHostView(proc procfs.FS) hostView {
+	self, err := proc.MountNS("self")
+	v := hostView{mountinfo: proc.Path("self/mountinfo")}
 	if err != nil {
 		v.note = err.Error()
 		return v
 	}
-	init, err := mountNS(procRoot, "1")
+	init, err := proc.MountNS("1")
 	switch {
 	case err != nil:
 		v.note = "host mount namespace not reachable (" + err.Error() + "): relinkd's own is used"
 	case init != self:
-		v = hostView{via: filepath.Join(procRoot, "1", "root"), mountinfo: filepath.Join(procRoot, "1", "mountinfo")}
+		v = hostView{via: proc.Path("1/root"), mountinfo: proc.Path("1/mountinfo")}
 	}
 	return v
 }
@@ -169,7 +160,7 @@ func (p *Policy) RootState(root string) (exists bool, err error) {
 }
 
 // HostMounts returns the host's mount table (see Policy.Via).
-func (p *Policy) HostMounts() ([]Mount, error) { return ReadMountInfo(p.host.mountinfo) }
+func (p *Policy) HostMounts() ([]Mount, error) { return procfs.ReadMountInfo(p.host.mountinfo) }
 
 // HostView describes where relinkd reaches the host's paths, for doctor.
 func (p *Policy) HostView() string {

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/relinkd/relinkd/internal/procfs"
 	"github.com/relinkd/relinkd/pkg/scanner"
 )
 
@@ -95,7 +96,7 @@ func (p *Policy) resolveMount(c *scanner.Candidate, host []Mount) (fileMount, er
 		if m := byID(host, c.MntID); m != nil {
 			return fileMount{m: m, sameNS: true}, nil
 		}
-		ms, err := ReadMountInfo(filepath.Join(p.procRoot, strconv.Itoa(c.PID), "mountinfo"))
+		ms, err := p.proc.MountInfo(strconv.Itoa(c.PID))
 		if err == nil {
 			if m := byID(ms, c.MntID); m != nil {
 				return fileMount{m: m}, nil
@@ -132,7 +133,7 @@ func sameSuper(a, b *Mount) bool { return a.Major == b.Major && a.Minor == b.Min
 // returns ErrNoLocation, saying why each candidate root was refused, when
 // none is allowed.
 func (p *Policy) Locate(c *scanner.Candidate) (Location, error) {
-	host, err := ReadMountInfo(p.host.mountinfo)
+	host, err := procfs.ReadMountInfo(p.host.mountinfo)
 	if err != nil {
 		return Location{}, err
 	}
@@ -240,7 +241,7 @@ func (p *Policy) locateInside(c *scanner.Candidate, cm *Mount) (Location, bool, 
 	if cm.ReadOnly() {
 		return Location{}, false, "fs_dir " + root + " in the container: " + p.readOnly(cm)
 	}
-	via := filepath.Join(p.procRoot, c.ProcDir(), "root")
+	via := p.proc.Path(c.ProcDir() + "/root")
 	if err := checkRoot(via, root); err != nil {
 		p.log.Warn("rescue dir refused", zap.String("dir", root), zap.Int("pid", c.PID), c.ContainerField(), zap.Error(err))
 		return Location{}, false, err.Error() + " (in the container)"

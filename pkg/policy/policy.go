@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/relinkd/relinkd/internal/layout"
+	"github.com/relinkd/relinkd/internal/procfs"
 	"github.com/relinkd/relinkd/pkg/scanner"
 )
 
@@ -79,12 +80,12 @@ type Decision struct {
 
 // Policy decides what to do with candidates. It is safe for concurrent use.
 type Policy struct {
-	cfg      *Config
-	log      *zap.Logger
-	rules    []rule
-	procRoot string
-	host     hostView
-	now      func() time.Time
+	cfg   *Config
+	log   *zap.Logger
+	rules []rule
+	proc  procfs.FS
+	host  hostView
+	now   func() time.Time
 
 	mu    sync.Mutex
 	usage map[string]*rootUsage // by rescue root
@@ -110,19 +111,31 @@ type grant struct {
 // walked again; in between the policy adds what it granted.
 const usageTTL = time.Minute
 
+// Option configures a Policy.
+type Option func(*Policy)
+
+// WithProcRoot makes the policy read procfs at root ("" means /proc): the
+// holders' mount tables and roots, and PID 1's mount namespace (hostView).
+func WithProcRoot(root string) Option {
+	return func(p *Policy) { p.proc = procfs.New(root) }
+}
+
 // New returns a policy for cfg. User names in rules are resolved now.
-func New(cfg *Config, log *zap.Logger) *Policy {
-	return &Policy{
-		cfg:      cfg,
-		log:      log,
-		rules:    compileRules(cfg.Watch, log),
-		procRoot: "/proc",
-		host:     findHostView("/proc"),
-		now:      time.Now,
-		usage:    map[string]*rootUsage{},
-		users:    map[uint32][]grant{},
-		probes:   newProbes(),
+func New(cfg *Config, log *zap.Logger, opts ...Option) *Policy {
+	p := &Policy{
+		cfg:    cfg,
+		log:    log,
+		rules:  compileRules(cfg.Watch, log),
+		now:    time.Now,
+		usage:  map[string]*rootUsage{},
+		users:  map[uint32][]grant{},
+		probes: newProbes(),
 	}
+	for _, o := range opts {
+		o(p)
+	}
+	p.host = findHostView(p.proc)
+	return p
 }
 
 // Inherit carries the per-user grants and measured root usage of old (the

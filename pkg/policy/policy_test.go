@@ -491,3 +491,20 @@ func TestPlantedRescueRoot(t *testing.T) {
 		})
 	}
 }
+
+// TestWithProcRoot checks that the policy reads the proc root it is given,
+// not /proc: here one without PID 1 or self, so relinkd's own view is used
+// and the note says where it looked.
+func TestWithProcRoot(t *testing.T) {
+	root := t.TempDir()
+	p := New(&Config{}, zaptest.NewLogger(t), WithProcRoot(root))
+	if p.Via() != "" {
+		t.Errorf("Via = %q, want \"\" (no PID 1 under %s)", p.Via(), root)
+	}
+	if want := root + "/self/ns/mnt"; !strings.Contains(p.HostView(), want) {
+		t.Errorf("HostView = %q, want it to name %s", p.HostView(), want)
+	}
+	if _, err := p.HostMounts(); err == nil || !strings.Contains(err.Error(), root) {
+		t.Errorf("HostMounts: %v, want an error about %s", err, root)
+	}
+}

@@ -1,12 +1,8 @@
 package policy
 
 import (
-	"bufio"
-	"errors"
 	"fmt"
 	"os"
-	"strconv"
-	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -89,31 +85,4 @@ func Capabilities() []Capability {
 		{"CAP_FOWNER", unix.CAP_FOWNER, "carry over mode and timestamps"},
 		{"CAP_CHOWN", unix.CAP_CHOWN, "carry over the owner"},
 	}
-}
-
-// ErrNoCapEff is returned when a status file has no CapEff line.
-var ErrNoCapEff = errors.New("no CapEff line")
-
-// EffectiveCaps reads the effective capability set from a proc(5) status
-// file such as /proc/self/status.
-func EffectiveCaps(statusPath string) (uint64, error) {
-	f, err := os.Open(statusPath)
-	if err != nil {
-		return 0, fmt.Errorf("read capabilities: %w", err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "CapEff:"); ok {
-			n, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-			if err != nil {
-				return 0, fmt.Errorf("%s: CapEff %q: %w", statusPath, v, err)
-			}
-			return n, nil
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return 0, fmt.Errorf("read %s: %w", statusPath, err)
-	}
-	return 0, fmt.Errorf("%s: %w", statusPath, ErrNoCapEff)
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/relinkd/relinkd/internal/eintr"
 	"github.com/relinkd/relinkd/internal/layout"
+	"github.com/relinkd/relinkd/internal/procfs"
 )
 
 // KnownRoots returns every rescue root that may hold rescued files, as
@@ -40,7 +41,7 @@ func (p *Policy) KnownRoots() ([]string, error) {
 	if fsDir == "" {
 		return out, nil
 	}
-	host, err := ReadMountInfo(p.host.mountinfo)
+	host, err := procfs.ReadMountInfo(p.host.mountinfo)
 	if err != nil {
 		return out, err
 	}

@@ -7,11 +7,12 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/relinkd/relinkd/internal/testfs"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/sys/unix"
+
+	"github.com/relinkd/relinkd/internal/testfs"
 )
 
 // TestPlantedSymlinks: a symlink anywhere on the way to the destination
@@ -248,24 +249,6 @@ func TestPreallocation(t *testing.T) {
 			t.Errorf("no single \"preallocation unsupported\" debug event; logged: %v", logs.All())
 		}
 	})
-}
-
-// TestParse covers the /proc parsers on fixed input.
-func TestParse(t *testing.T) {
-	stat := []byte("4242 (a) b) (c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n")
-	if got, err := parseStartTime(stat); err != nil || got != 987654 {
-		t.Errorf("parseStartTime: want 987654, got %d %v", got, err)
-	}
-	if _, err := parseStartTime([]byte("4242 (x) S 1 2")); err == nil {
-		t.Error("parseStartTime: short line accepted")
-	}
-	info := []byte("pos:\t0\nflags:\t02100002\nmnt_id:\t31\nino:\t12\n")
-	if got, err := parseFdinfoFlags(info); err != nil || got != 0o2100002 {
-		t.Errorf("parseFdinfoFlags: want 02100002, got %o %v", got, err)
-	}
-	if _, err := parseFdinfoFlags([]byte("pos:\t0\n")); err == nil {
-		t.Error("parseFdinfoFlags: missing flags accepted")
-	}
 }
 
 // TestBeneathRoot: with Destination.Beneath the rescue root is a path in a

@@ -1,11 +1,9 @@
 package relink
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -15,6 +13,7 @@ import (
 
 	"github.com/relinkd/relinkd/internal/eintr"
 	"github.com/relinkd/relinkd/internal/logging"
+	"github.com/relinkd/relinkd/internal/procfs"
 )
 
 // Follow keeps the rescued copy in step with a file that is still being
@@ -221,7 +220,7 @@ func (e *Engine) appendRange(ctx context.Context, cp *copier, m Method, done, si
 // files whose holders exit together cost a pass or two, not one each. It
 // is safe for concurrent use.
 type Writers struct {
-	procRoot string
+	proc procfs.FS
 
 	mu    sync.Mutex
 	at    time.Time          // when the last pass started; zero: never
@@ -239,10 +238,7 @@ type fdRef struct {
 
 // NewWriters returns a Writers for procfs at procRoot ("" means /proc).
 func NewWriters(procRoot string) *Writers {
-	if procRoot == "" {
-		procRoot = "/proc"
-	}
-	return &Writers{procRoot: procRoot}
+	return &Writers{proc: procfs.New(procRoot)}
 }
 
 // busy reports whether the inode is open for writing somewhere. It
@@ -288,43 +284,33 @@ func (w *Writers) busy(ctx context.Context, id fileID, known *[]fdRef, lost *tim
 // open for writing on regular files. Call with w.mu held.
 func (w *Writers) pass(ctx context.Context) error {
 	start := time.Now()
-	d, err := os.Open(w.procRoot)
-	if err != nil {
-		return fmt.Errorf("list processes: %w", err)
-	}
-	names, err := d.Readdirnames(-1)
-	d.Close()
+	pids, err := w.proc.PIDs()
 	if err != nil {
 		return fmt.Errorf("list processes: %w", err)
 	}
 	found := make(map[fileID][]fdRef)
-	for _, name := range names {
+	for _, pid := range pids {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if _, err := strconv.Atoi(name); err != nil {
-			continue
-		}
-		dir := name
-		fds, err := readDirNames(w.procRoot + "/" + dir + "/fd")
+		dir := strconv.Itoa(pid)
+		fds, err := w.proc.FDs(dir)
 		if err != nil {
 			continue // gone, or not ours to look at
 		}
 		if len(fds) == 0 {
 			// A leader that has exited leaves the table to its
 			// threads (see scanner.Candidate.TID).
-			if dir = w.liveThread(name); dir == "" {
+			tid := w.proc.LiveThread(pid)
+			if tid == 0 {
 				continue
 			}
-			if fds, err = readDirNames(w.procRoot + "/" + dir + "/fd"); err != nil {
+			dir += "/task/" + strconv.Itoa(tid)
+			if fds, err = w.proc.FDs(dir); err != nil {
 				continue
 			}
 		}
-		for _, f := range fds {
-			fd, err := strconv.Atoi(f)
-			if err != nil {
-				continue
-			}
+		for _, fd := range fds {
 			r := fdRef{dir, fd}
 			if !w.writable(r) {
 				continue
@@ -338,21 +324,6 @@ func (w *Writers) pass(ctx context.Context) error {
 	return nil
 }
 
-// liveThread returns "PID/task/TID" for a thread of pid other than its
-// leader, "" if there is none.
-func (w *Writers) liveThread(pid string) string {
-	tids, err := readDirNames(w.procRoot + "/" + pid + "/task")
-	if err != nil {
-		return ""
-	}
-	for _, tid := range tids {
-		if tid != pid {
-			return pid + "/task/" + tid
-		}
-	}
-	return ""
-}
-
 // writes reports whether r still refers to the inode id, opened for
 // writing.
 func (w *Writers) writes(r fdRef, id fileID) bool {
@@ -363,12 +334,8 @@ func (w *Writers) writes(r fdRef, id fileID) bool {
 // writable reports whether r was opened for writing. fdinfo is read
 // first: it costs no call into the file's filesystem.
 func (w *Writers) writable(r fdRef) bool {
-	b, err := os.ReadFile(w.procRoot + "/" + r.dir + "/fdinfo/" + strconv.Itoa(r.fd))
-	if err != nil {
-		return false
-	}
-	flags, err := parseFdinfoFlags(b)
-	return err == nil && flags&unix.O_ACCMODE != unix.O_RDONLY
+	fi, err := w.proc.FDInfo(r.dir, r.fd)
+	return err == nil && fi.Flags&unix.O_ACCMODE != unix.O_RDONLY
 }
 
 // identity is the dev and ino of the regular file open as r. statx with
@@ -376,35 +343,10 @@ func (w *Writers) writable(r fdRef) bool {
 // would otherwise ask a server (FUSE, NFS).
 func (w *Writers) identity(r fdRef) (fileID, bool) {
 	var stx unix.Statx_t
-	err := unix.Statx(unix.AT_FDCWD, w.procRoot+"/"+r.dir+"/fd/"+strconv.Itoa(r.fd),
+	err := unix.Statx(unix.AT_FDCWD, w.proc.Path(r.dir+"/fd/"+strconv.Itoa(r.fd)),
 		unix.AT_STATX_DONT_SYNC, unix.STATX_TYPE|unix.STATX_INO, &stx)
 	if err != nil || stx.Mode&unix.S_IFMT != unix.S_IFREG {
 		return fileID{}, false
 	}
 	return fileID{dev: unix.Mkdev(stx.Dev_major, stx.Dev_minor), ino: stx.Ino}, true
-}
-
-func readDirNames(path string) ([]string, error) {
-	d, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer d.Close()
-	return d.Readdirnames(-1)
-}
-
-// parseFdinfoFlags returns the octal "flags:" field of /proc/PID/fdinfo/FD.
-func parseFdinfoFlags(b []byte) (uint32, error) {
-	for _, line := range bytes.Split(b, []byte("\n")) {
-		v, ok := bytes.CutPrefix(line, []byte("flags:"))
-		if !ok {
-			continue
-		}
-		f, err := strconv.ParseUint(string(bytes.TrimSpace(v)), 8, 32)
-		if err != nil {
-			return 0, fmt.Errorf("fdinfo flags %q: %w", v, err)
-		}
-		return uint32(f), nil
-	}
-	return 0, errors.New("fdinfo has no flags line")
 }

@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
 
+	"github.com/relinkd/relinkd/internal/procfs"
 	"github.com/relinkd/relinkd/internal/testfs"
 	"github.com/relinkd/relinkd/internal/testproc"
 	"github.com/relinkd/relinkd/pkg/scanner"
@@ -44,7 +45,7 @@ func candidateOf(t *testing.T, pid, fd int) scanner.Candidate {
 	if err != nil {
 		t.Fatal(err)
 	}
-	start, err := parseStartTime(statLine)
+	stat, err := procfs.ParseStat(statLine)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,14 +53,14 @@ func candidateOf(t *testing.T, pid, fd int) scanner.Candidate {
 	if err != nil {
 		t.Fatal(err)
 	}
-	flags, err := parseFdinfoFlags(info)
+	fi, err := procfs.ParseFDInfo(info)
 	if err != nil {
 		t.Fatal(err)
 	}
 	comm, _ := os.ReadFile(base + "/comm")
-	tmp := flags&unix.O_TMPFILE == unix.O_TMPFILE
+	tmp := fi.Flags&unix.O_TMPFILE == unix.O_TMPFILE
 	return scanner.Candidate{
-		PID: pid, StartTime: start, Comm: strings.TrimSpace(string(comm)), FD: fd, Flags: flags,
+		PID: pid, StartTime: stat.StartTime, Comm: strings.TrimSpace(string(comm)), FD: fd, Flags: fi.Flags,
 		Dev: st.Dev, Ino: st.Ino, Nlink: uint64(st.Nlink), Size: st.Size,
 		Mode: fs.FileMode(st.Mode & 0o777), Owner: st.Uid, Group: st.Gid,
 		Path:    []byte(strings.TrimSuffix(target, " (deleted)")),

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/relinkd/relinkd/internal/eintr"
+	"github.com/relinkd/relinkd/internal/procfs"
 	"github.com/relinkd/relinkd/pkg/scanner"
 )
 
@@ -41,9 +42,6 @@ type Pin struct {
 // (scanner.Identify). This, not the sweep's snapshot, is what rules,
 // quotas and the rescue act on.
 func (p *Pin) Candidate() scanner.Candidate { return p.c }
-
-// Size is the file's size when it was pinned.
-func (p *Pin) Size() int64 { return p.c.Size }
 
 // FD is the engine's descriptor on the pinned inode (for callers that need
 // to fstat or read it; do not close it).
@@ -192,34 +190,9 @@ func vanished(op string, err error) error {
 
 // startTime reads field 22 of /proc/PID/stat.
 func (e *Engine) startTime(pid int) (uint64, error) {
-	path := e.procRoot + "/" + strconv.Itoa(pid) + "/stat"
-	b, err := os.ReadFile(path)
+	st, err := procfs.New(e.procRoot).Stat(pid)
 	if err != nil {
-		return 0, vanished("read "+path, err)
+		return 0, vanished("start time of pid "+strconv.Itoa(pid), err)
 	}
-	t, err := parseStartTime(b)
-	if err != nil {
-		return 0, fmt.Errorf("parse %s: %w", path, err)
-	}
-	return t, nil
-}
-
-// parseStartTime returns field 22 (starttime, clock ticks after boot) of a
-// /proc/PID/stat line. Field 2, comm, is in parentheses and may contain
-// spaces and ')' itself, so fields are counted after the last ')'.
-func parseStartTime(b []byte) (uint64, error) {
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("no ')' in %q", b)
-	}
-	fields := bytes.Fields(b[i+1:])
-	// fields[0] is field 3 (state), so field 22 is fields[19].
-	if len(fields) < 20 {
-		return 0, fmt.Errorf("%d fields after comm, want at least 20", len(fields))
-	}
-	t, err := strconv.ParseUint(string(fields[19]), 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("starttime %q: %w", fields[19], err)
-	}
-	return t, nil
+	return st.StartTime, nil
 }

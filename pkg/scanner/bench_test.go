@@ -8,9 +8,11 @@ import (
 	"strconv"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/relinkd/relinkd/internal/procfs"
 	"github.com/relinkd/relinkd/internal/testcontainer"
 	"github.com/relinkd/relinkd/internal/testproc"
-	"golang.org/x/sys/unix"
 )
 
 // startBenchHolders starts n holders with m descriptors each, 5% deleted.
@@ -95,7 +97,7 @@ func BenchmarkHolderNamespace(b *testing.B) {
 	ct := testcontainer.New(b, testcontainer.Options{Cgroup: testcontainer.Docker})
 	inCt := ct.Start(b, testproc.Open("/a", "rw"), testproc.Unlink("/a"))
 	s := New(Options{}, nil)
-	rootfd, err := openDirAt(unix.AT_FDCWD, "/proc")
+	rootfd, err := procfs.OpenDirAt(unix.AT_FDCWD, "/proc")
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -2,26 +2,8 @@ package scanner
 
 import (
 	"bytes"
-	"fmt"
 	"strconv"
 )
-
-// parseNSLink parses the link text of /proc/PID/ns/mnt, "mnt:[4026531841]"
-// (namespaces(7)), into the namespace's inode number.
-func parseNSLink(b []byte) (uint64, error) {
-	v, ok := bytes.CutPrefix(b, []byte("mnt:["))
-	if ok {
-		v, ok = bytes.CutSuffix(v, []byte("]"))
-	}
-	if !ok {
-		return 0, fmt.Errorf("%w: mount namespace link %q", ErrParse, b)
-	}
-	n, err := strconv.ParseUint(string(v), 10, 64)
-	if err != nil || n == 0 {
-		return 0, fmt.Errorf("%w: mount namespace link %q", ErrParse, b)
-	}
-	return n, nil
-}
 
 // parseContainerID returns the container that /proc/PID/cgroup (cgroups(7):
 // "hierarchy-ID:controllers:path" lines) names, or "" when it names none.

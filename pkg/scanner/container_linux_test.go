@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/relinkd/relinkd/internal/procfs"
 	"github.com/relinkd/relinkd/internal/testcontainer"
 	"github.com/relinkd/relinkd/internal/testfs"
 	"github.com/relinkd/relinkd/internal/testproc"
@@ -23,7 +24,7 @@ func mntNSOf(t *testing.T, pid int) uint64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, err := parseNSLink([]byte(l))
+	n, err := procfs.ParseNSLink([]byte(l))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,36 +1,9 @@
 package scanner
 
 import (
-	"errors"
 	"strings"
 	"testing"
 )
-
-func TestParseNSLink(t *testing.T) {
-	for _, tc := range []struct {
-		name, in string
-		want     uint64
-		wantErr  bool
-	}{
-		{"host", "mnt:[4026531841]", 4026531841, false},
-		{"container", "mnt:[4026532289]", 4026532289, false},
-		{"other namespace type", "net:[4026531840]", 0, true},
-		{"no bracket", "mnt:4026531841", 0, true},
-		{"not a number", "mnt:[x]", 0, true},
-		{"zero", "mnt:[0]", 0, true},
-		{"empty", "", 0, true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			got, err := parseNSLink([]byte(tc.in))
-			if (err != nil) != tc.wantErr || got != tc.want {
-				t.Fatalf("parseNSLink(%q) = %d, %v; want %d, error %v", tc.in, got, err, tc.want, tc.wantErr)
-			}
-			if err != nil && !errors.Is(err, ErrParse) {
-				t.Errorf("err %v does not wrap ErrParse", err)
-			}
-		})
-	}
-}
 
 // The cgroup files below are as the runtimes write them: cgroup v2 (one
 // "0::" line) and v1 (one line per hierarchy), systemd and cgroupfs drivers.

@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/relinkd/relinkd/internal/eintr"
+	"github.com/relinkd/relinkd/internal/procfs"
 )
 
 // ErrNotCandidate means that an open file is not what a candidate is, a
@@ -52,7 +53,7 @@ func Identify(procRoot string, holder *Candidate, fd int) (Candidate, error) {
 	self := procRoot + "/self/"
 	n := strconv.Itoa(fd)
 	buf := make([]byte, 512)
-	link, err := readlinkAt(unix.AT_FDCWD, self+"fd/"+n, &buf)
+	link, err := procfs.ReadlinkAt(unix.AT_FDCWD, self+"fd/"+n, &buf)
 	if err != nil {
 		return Candidate{}, fmt.Errorf("readlink %sfd/%s: %w", self, n, err)
 	}
@@ -65,20 +66,20 @@ func Identify(procRoot string, holder *Candidate, fd int) (Candidate, error) {
 		return Candidate{}, fmt.Errorf("%w: %q is its live name", ErrNotCandidate, link)
 	}
 	path = bytes.Clone(path)
-	raw, err := readFileAt(unix.AT_FDCWD, self+"fdinfo/"+n, &buf)
+	raw, err := procfs.ReadFileAt(unix.AT_FDCWD, self+"fdinfo/"+n, &buf)
 	if err != nil {
 		return Candidate{}, fmt.Errorf("read %sfdinfo/%s: %w", self, n, err)
 	}
-	info, err := parseFDInfo(raw)
+	info, err := procfs.ParseFDInfo(raw)
 	if err != nil {
 		return Candidate{}, err
 	}
 	if onInternalMount(path) {
-		raw, err := readFileAt(unix.AT_FDCWD, holderDir+"/mountinfo", &buf)
+		raw, err := procfs.ReadFileAt(unix.AT_FDCWD, holderDir+"/mountinfo", &buf)
 		if err != nil {
 			return Candidate{}, fmt.Errorf("read %s/mountinfo: %w", holderDir, err)
 		}
-		if !mountIDs(raw)[info.MntID] {
+		if !procfs.MountIDs(raw)[info.MntID] {
 			return Candidate{}, fmt.Errorf("%w: %q is on an internal mount", ErrNotCandidate, path)
 		}
 	}

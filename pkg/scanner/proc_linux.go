@@ -1,8 +1,6 @@
 package scanner
 
 import (
-	"bytes"
-	"encoding/binary"
 	"errors"
 
 	"golang.org/x/sys/unix"
@@ -13,28 +11,6 @@ import (
 // Thin wrappers over the *at(2) calls the sweep makes. Acting relative to an
 // open /proc/PID/fd directory spares the kernel a path walk from /proc for
 // every descriptor, which is most of what lsof pays for.
-
-// openDirAt opens path relative to dirfd as a directory, close-on-exec.
-func openDirAt(dirfd int, path string) (int, error) {
-	return eintr.Retry(func() (int, error) {
-		return unix.Openat(dirfd, path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	})
-}
-
-// readlinkAt reads the target of name in dirfd into buf, growing it when
-// the target fills it (readlink(2) truncates silently).
-func readlinkAt(dirfd int, name string, buf *[]byte) ([]byte, error) {
-	for {
-		n, err := eintr.Retry(func() (int, error) { return unix.Readlinkat(dirfd, name, *buf) })
-		if err != nil {
-			return nil, err
-		}
-		if n < len(*buf) {
-			return (*buf)[:n], nil
-		}
-		*buf = make([]byte, 2*len(*buf))
-	}
-}
 
 // statAt stats what name in dirfd refers to, following the magic link of a
 // /proc/PID/fd entry to the open inode itself (no path lookup of the target).
@@ -60,67 +36,6 @@ func rootStat(dirfd int, name string) (devIno, error) {
 		return devIno{}, err
 	}
 	return devIno{dev: unix.Mkdev(st.Dev_major, st.Dev_minor), ino: st.Ino}, nil
-}
-
-// readFileAt reads a small pseudo-file relative to dirfd into buf.
-func readFileAt(dirfd int, name string, buf *[]byte) ([]byte, error) {
-	fd, err := eintr.Retry(func() (int, error) {
-		return unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
-	})
-	if err != nil {
-		return nil, err
-	}
-	defer unix.Close(fd)
-	n := 0
-	for {
-		if n == len(*buf) {
-			grown := make([]byte, 2*len(*buf))
-			copy(grown, *buf)
-			*buf = grown
-		}
-		m, err := eintr.Retry(func() (int, error) { return unix.Read(fd, (*buf)[n:]) })
-		if err != nil {
-			return nil, err
-		}
-		if m == 0 {
-			return (*buf)[:n], nil
-		}
-		n += m
-	}
-}
-
-// eachDirent calls fn with the name of every entry of the open directory
-// fd, reading with getdents64(2) into buf. The name slice is only valid
-// during the call.
-func eachDirent(fd int, buf []byte, fn func(name []byte)) error {
-	for {
-		n, err := eintr.Retry(func() (int, error) { return unix.Getdents(fd, buf) })
-		if err != nil {
-			return err
-		}
-		if n <= 0 {
-			return nil
-		}
-		parseDirents(buf[:n], fn)
-	}
-}
-
-// parseDirents walks linux_dirent64 records: d_ino u64, d_off s64,
-// d_reclen u16, d_type u8, then the NUL-terminated name.
-func parseDirents(b []byte, fn func(name []byte)) {
-	const nameOff = 19
-	for len(b) >= nameOff {
-		reclen := int(binary.NativeEndian.Uint16(b[16:18]))
-		if reclen < nameOff || reclen > len(b) {
-			return
-		}
-		name := b[nameOff:reclen]
-		if i := bytes.IndexByte(name, 0); i >= 0 {
-			name = name[:i]
-		}
-		fn(name)
-		b = b[reclen:]
-	}
 }
 
 // vanished reports whether err means the process or descriptor went away,

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/relinkd/relinkd/internal/fsguard"
+	"github.com/relinkd/relinkd/internal/procfs"
 )
 
 // oTmpfile is __O_TMPFILE as it shows in fdinfo flags: open(2) keeps it
@@ -74,7 +75,7 @@ func New(opts Options, log *zap.Logger) *Scanner {
 		log = zap.NewNop()
 	}
 	s := &Scanner{root: opts.ProcRoot, workers: opts.Workers, self: os.Getpid(), guard: opts.Guard, log: log}
-	s.host = sync.OnceValue(func() hostNS { return findHostNS(s.root) })
+	s.host = sync.OnceValue(func() hostNS { return findHostNS(procfs.New(s.root)) })
 	return s
 }
 
@@ -87,19 +88,18 @@ type hostNS struct {
 
 // findHostNS reads the mount namespace and root of PID 1, the host's, or
 // where PID 1 may not be inspected (hidepid, a sandbox) the scanner's own.
-func findHostNS(procRoot string) hostNS {
+func findHostNS(proc procfs.FS) hostNS {
 	for _, pid := range []string{"1", "self"} {
-		buf := make([]byte, 64)
-		link, err := readlinkAt(unix.AT_FDCWD, procRoot+"/"+pid+"/ns/mnt", &buf)
+		link, err := proc.MountNS(pid)
 		if err != nil {
 			continue
 		}
-		n, err := parseNSLink(link)
+		n, err := procfs.ParseNSLink([]byte(link))
 		if err != nil {
 			continue
 		}
 		h := hostNS{mntNS: n}
-		if st, err := rootStat(unix.AT_FDCWD, procRoot+"/"+pid+"/root"); err == nil {
+		if st, err := rootStat(unix.AT_FDCWD, proc.Path(pid+"/root")); err == nil {
 			h.dev, h.ino = st.dev, st.ino
 		}
 		return h
@@ -112,18 +112,12 @@ func findHostNS(procRoot string) hostNS {
 // It fails only when the proc root itself cannot be read; processes that
 // vanish or may not be inspected are counted in the Result.
 func (s *Scanner) Sweep(ctx context.Context) (Result, error) {
-	rootfd, err := openDirAt(unix.AT_FDCWD, s.root)
+	rootfd, err := procfs.OpenDirAt(unix.AT_FDCWD, s.root)
 	if err != nil {
 		return Result{}, fmt.Errorf("open proc root %s: %w", s.root, err)
 	}
 	defer unix.Close(rootfd)
-	var pids []int
-	buf := make([]byte, 32<<10)
-	err = eachDirent(rootfd, buf, func(name []byte) {
-		if pid, ok := parseFDName(name); ok {
-			pids = append(pids, pid)
-		}
-	})
+	pids, err := procfs.IDsAt(rootfd, make([]byte, 32<<10))
 	if err != nil {
 		return Result{}, fmt.Errorf("list proc root %s: %w", s.root, err)
 	}
@@ -133,7 +127,7 @@ func (s *Scanner) Sweep(ctx context.Context) (Result, error) {
 // SweepPIDs is Sweep restricted to the given processes; the daemon uses it
 // to look first at the processes most likely to hold a file just deleted.
 func (s *Scanner) SweepPIDs(ctx context.Context, pids []int) (Result, error) {
-	rootfd, err := openDirAt(unix.AT_FDCWD, s.root)
+	rootfd, err := procfs.OpenDirAt(unix.AT_FDCWD, s.root)
 	if err != nil {
 		return Result{}, fmt.Errorf("open proc root %s: %w", s.root, err)
 	}
@@ -242,7 +236,7 @@ func (w *worker) process(pid int, res *Result) {
 		// An empty table: a kernel thread, or a leader that has exited
 		// while other threads live on with the table (pthread_exit from
 		// main). Those threads still show it under task/TID.
-		if tid := w.liveThread(pidDir, pid); tid != 0 {
+		if tid := procfs.LiveThreadAt(w.rootfd, pidDir, pid, w.dirent); tid != 0 {
 			found, _, err = w.descriptors(pid, pidDir+"/task/"+strconv.Itoa(tid), res)
 			for i := range found {
 				found[i].TID = tid
@@ -264,26 +258,10 @@ func (w *worker) process(pid int, res *Result) {
 	res.Candidates = append(res.Candidates, found...)
 }
 
-// liveThread returns a thread of pid other than the leader, 0 if none.
-func (w *worker) liveThread(pidDir string, pid int) int {
-	d, err := openDirAt(w.rootfd, pidDir+"/task")
-	if err != nil {
-		return 0
-	}
-	defer unix.Close(d)
-	tid := 0
-	_ = eachDirent(d, w.dirent, func(name []byte) {
-		if n, ok := parseFDName(name); ok && n != pid && tid == 0 {
-			tid = n
-		}
-	})
-	return tid
-}
-
 // descriptors reads the descriptor table in dir (below the proc root) and
 // returns the deleted regular files in it and how many descriptors it saw.
 func (w *worker) descriptors(pid int, dir string, res *Result) ([]Candidate, int, error) {
-	fdDir, err := openDirAt(w.rootfd, dir+"/fd")
+	fdDir, err := procfs.OpenDirAt(w.rootfd, dir+"/fd")
 	if err != nil {
 		return nil, 0, err
 	}
@@ -306,15 +284,15 @@ func (w *worker) descriptors(pid int, dir string, res *Result) ([]Candidate, int
 	// refused for one descriptor it is refused for all of the process,
 	// which is then counted once as not inspectable.
 	var refused error
-	err = eachDirent(fdDir, w.dirent, func(name []byte) {
-		fd, ok := parseFDName(name)
+	err = procfs.EachDirent(fdDir, w.dirent, func(name []byte) {
+		fd, ok := procfs.ParseID(name)
 		if !ok || refused != nil {
 			return
 		}
 		nfds++
 		res.FDs++
 		n := string(name)
-		link, err := readlinkAt(fdDir, n, &w.link)
+		link, err := procfs.ReadlinkAt(fdDir, n, &w.link)
 		if err != nil {
 			if denied(err) {
 				refused = err
@@ -334,17 +312,17 @@ func (w *worker) descriptors(pid int, dir string, res *Result) ([]Candidate, int
 		// filesystem, and its mnt_id says which filesystem the stat
 		// below will ask.
 		if fdinfoDir < 0 {
-			if fdinfoDir, err = openDirAt(w.rootfd, dir+"/fdinfo"); err != nil {
+			if fdinfoDir, err = procfs.OpenDirAt(w.rootfd, dir+"/fdinfo"); err != nil {
 				w.countFDErr(err, res)
 				return
 			}
 		}
-		raw, err := readFileAt(fdinfoDir, n, &w.file)
+		raw, err := procfs.ReadFileAt(fdinfoDir, n, &w.file)
 		if err != nil {
 			w.countFDErr(err, res)
 			return
 		}
-		info, err := parseFDInfo(raw)
+		info, err := procfs.ParseFDInfo(raw)
 		if err != nil {
 			w.s.log.Debug("skip descriptor", zap.Int("pid", pid), zap.Int("fd", fd), zap.Error(err))
 			return
@@ -421,24 +399,24 @@ func (w *worker) confirm(dir, name string, link []byte, mntID int) (st unix.Stat
 // root: on the daemon's event path this runs within milliseconds of an
 // unlink, so it avoids per-call allocation and path walks from "/".
 func (w *worker) holder(pidDir string, cs []Candidate) error {
-	raw, err := readFileAt(w.rootfd, pidDir+"/stat", &w.file)
+	raw, err := procfs.ReadFileAt(w.rootfd, pidDir+"/stat", &w.file)
 	if err != nil {
 		return err
 	}
-	stat, err := parseStat(raw)
+	stat, err := procfs.ParseStat(raw)
 	if err != nil {
 		return err
 	}
-	raw, err = readFileAt(w.rootfd, pidDir+"/status", &w.file)
+	raw, err = procfs.ReadFileAt(w.rootfd, pidDir+"/status", &w.file)
 	if err != nil {
 		return err
 	}
-	uid, err := parseStatusUID(raw)
+	uid, err := procfs.ParseStatusUID(raw)
 	if err != nil {
 		return err
 	}
 	exe := "" // unreadable for kernel threads and exiting processes
-	if link, err := readlinkAt(w.rootfd, pidDir+"/exe", &w.link); err == nil {
+	if link, err := procfs.ReadlinkAt(w.rootfd, pidDir+"/exe", &w.link); err == nil {
 		exe = string(link)
 	}
 	mntNS, cid, other := w.namespace(cs[0].ProcDir())
@@ -462,15 +440,15 @@ func (w *worker) namespace(dir string) (mntNS uint64, containerID string, otherR
 	if host.mntNS == 0 {
 		return 0, "", false
 	}
-	link, err := readlinkAt(w.rootfd, dir+"/ns/mnt", &w.link)
+	link, err := procfs.ReadlinkAt(w.rootfd, dir+"/ns/mnt", &w.link)
 	if err != nil {
 		return 0, "", false
 	}
-	n, err := parseNSLink(link)
+	n, err := procfs.ParseNSLink(link)
 	if err != nil || n == host.mntNS {
 		return 0, "", false
 	}
-	if raw, err := readFileAt(w.rootfd, dir+"/cgroup", &w.file); err == nil {
+	if raw, err := procfs.ReadFileAt(w.rootfd, dir+"/cgroup", &w.file); err == nil {
 		containerID = parseContainerID(raw)
 	}
 	if st, err := rootStat(w.rootfd, dir+"/root"); err == nil {
@@ -498,11 +476,11 @@ func (c *Candidate) setInode(st *unix.Stat_t) {
 }
 
 func (w *worker) mountIDs(dir string) map[int]bool {
-	raw, err := readFileAt(w.rootfd, dir+"/mountinfo", &w.file)
+	raw, err := procfs.ReadFileAt(w.rootfd, dir+"/mountinfo", &w.file)
 	if err != nil {
 		return map[int]bool{}
 	}
-	return mountIDs(raw)
+	return procfs.MountIDs(raw)
 }
 
 // countErr records why a whole process could not be read. A process that

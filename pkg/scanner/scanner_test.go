@@ -15,10 +15,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/relinkd/relinkd/internal/testfs"
-	"github.com/relinkd/relinkd/internal/testproc"
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
+
+	"github.com/relinkd/relinkd/internal/procfs"
+	"github.com/relinkd/relinkd/internal/testfs"
+	"github.com/relinkd/relinkd/internal/testproc"
 )
 
 func newScanner(t *testing.T) *Scanner {
@@ -59,13 +61,13 @@ func statOf(t *testing.T, pid int) (uint64, string) {
 }
 
 // fdinfoOf reads mnt_id and flags of pid's fd independently.
-func fdinfoOf(t *testing.T, pid, fd int) fdInfo {
+func fdinfoOf(t *testing.T, pid, fd int) procfs.FDInfo {
 	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%d", pid, fd))
 	if err != nil {
 		t.Fatal(err)
 	}
-	fi, err := parseFDInfo(b)
+	fi, err := procfs.ParseFDInfo(b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -437,9 +439,9 @@ func TestSweepMountNamespace(t *testing.T) {
 	}
 	theirs, _ := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", cmd.Process.Pid))
 	ours, _ := os.ReadFile("/proc/self/mountinfo")
-	if !mountIDs(theirs)[c.MntID] || mountIDs(ours)[c.MntID] {
+	if !procfs.MountIDs(theirs)[c.MntID] || procfs.MountIDs(ours)[c.MntID] {
 		t.Errorf("mnt_id %d: in holder's mountinfo %v, in ours %v; want true, false",
-			c.MntID, mountIDs(theirs)[c.MntID], mountIDs(ours)[c.MntID])
+			c.MntID, procfs.MountIDs(theirs)[c.MntID], procfs.MountIDs(ours)[c.MntID])
 	}
 	if st := statPath(t, dir); st.Dev == c.Dev {
 		t.Errorf("dev %d is that of the host directory; want the private tmpfs", c.Dev)

@@ -115,8 +115,8 @@ func isServerFS(fstype string) bool { return serverFS[fstype] || strings.HasPref
 // filesystem (proc(5) mountinfo).
 type mounts []policy.Mount
 
-func readMounts() mounts {
-	ms, _ := policy.ReadMountInfo("/proc/self/mountinfo")
+func (w *Watcher) readMounts() mounts {
+	ms, _ := w.proc.MountInfo("self")
 	return ms
 }
 

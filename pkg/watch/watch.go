@@ -20,6 +20,8 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/relinkd/relinkd/internal/procfs"
 )
 
 // DefaultMaxWatches bounds the watches one Watcher adds when
@@ -39,6 +41,9 @@ type Options struct {
 	// it changes, so that a gauge never lags behind. It runs with the
 	// Watcher's lock held: it must be quick and must not call the Watcher.
 	OnChange func(watches int)
+	// ProcRoot is where procfs is mounted, for the mount table that
+	// tells filesystems with a server apart; "" means /proc.
+	ProcRoot string
 }
 
 // Event says that a name went away in Dir: unlinked or renamed out. An
@@ -61,6 +66,7 @@ type Watcher struct {
 	max      int
 	in       *os.File
 	onChange func(int)
+	proc     procfs.FS
 
 	mu      sync.Mutex
 	roots   []string
@@ -84,6 +90,7 @@ func New(opt Options, log *zap.Logger) (*Watcher, error) {
 		max:      opt.MaxWatches,
 		in:       in,
 		onChange: opt.OnChange,
+		proc:     procfs.New(opt.ProcRoot),
 		byWd:     make(map[int]string),
 		byPath:   make(map[string]int),
 	}
@@ -122,7 +129,7 @@ func (w *Watcher) SetRoots(roots []string) {
 	}
 	w.limited = false
 	w.mu.Unlock()
-	ms := readMounts()
+	ms := w.readMounts()
 	for _, r := range roots {
 		if fstype, server := ms.onServerFS(r); server {
 			w.log.Info("watched root is on a filesystem with a server, not watched (a hung server would stall the watch); the sweeps cover it",
@@ -149,7 +156,7 @@ func (w *Watcher) RestoreRoots() []string {
 	roots := slices.Clone(w.roots)
 	w.mu.Unlock()
 	var restored []string
-	ms := readMounts()
+	ms := w.readMounts()
 	for _, r := range roots {
 		if _, server := ms.onServerFS(r); server {
 			continue
@@ -324,7 +331,7 @@ func (w *Watcher) handle(wd int, mask uint32, name string) (Event, bool) {
 // Symlinks are not followed; pseudo filesystems are not entered. With
 // recheck, directories already watched are added again (see add).
 func (w *Watcher) addTree(root string, recheck bool) {
-	ms := readMounts()
+	ms := w.readMounts()
 	if w.skipServerFS(ms, root) {
 		return
 	}
