@@ -2,12 +2,12 @@ package policy
 
 import (
 	"cmp"
-	"path/filepath"
 	"slices"
 	"strconv"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/relinkd/relinkd/internal/procfs"
 	"github.com/relinkd/relinkd/pkg/scanner"
 )
 
@@ -50,7 +50,7 @@ type HolderUsage struct {
 // host's mount table once, and a holder's only for a mount the host does
 // not list.
 func (p *Policy) DeletedOpen(cs []scanner.Candidate) []FSUsage {
-	host, _ := ReadMountInfo(p.host.mountinfo) // without it, files are grouped by device
+	host, _ := procfs.ReadMountInfo(p.host.mountinfo) // without it, files are grouped by device
 	type holderKey struct {
 		pid   int
 		start uint64
@@ -129,7 +129,7 @@ func (p *Policy) filesystemOf(c *scanner.Candidate, host []Mount, holders map[in
 		} else {
 			ms, ok := holders[c.PID]
 			if !ok {
-				ms, _ = ReadMountInfo(filepath.Join(p.procRoot, strconv.Itoa(c.PID), "mountinfo"))
+				ms, _ = p.proc.MountInfo(strconv.Itoa(c.PID))
 				holders[c.PID] = ms
 			}
 			m = byID(ms, c.MntID)
