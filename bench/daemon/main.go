@@ -102,6 +102,8 @@ type options struct {
 	kinds     []string
 	hosts     []string
 	wait      time.Duration
+	gap       time.Duration // pause between two trials
+	churn     int           // short-lived processes a second during the race
 	oldPerDir int
 	busyProcs int
 	busyFDs   int
@@ -155,6 +157,8 @@ func run() error {
 	only := flag.String("only", "new,old,container", "holder kinds: new, old, container (both container kinds), container-bind, container-tmpfs")
 	hosts := flag.String("hosts", "idle,busy", "hosts to run the race on: idle, busy")
 	wait := flag.Duration("wait", 300*time.Millisecond, "how long a trial waits for its rescue before the next starts (a late one still counts)")
+	flag.DurationVar(&o.gap, "gap", 0, "pause between two trials (quiet time between unlinks)")
+	flag.IntVar(&o.churn, "churn", 0, "during the race, also start about this many short-lived processes a second (/bin/true)")
 	oldPerDir := flag.Int("old-per-dir", 10, "old holders per directory")
 	busyProcs := flag.Int("busy-procs", 400, "busy host: processes")
 	busyFDs := flag.Int("busy-fds", 100, "busy host: open files per process")

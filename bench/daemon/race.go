@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -138,7 +139,9 @@ func raceOn(o *options, root, self, host string, t tally) error {
 	fmt.Printf("  daemon READY=1 after %v (sweeps 1h apart: only the event path can catch a holder; rescue.follow %t)\n",
 		d.ready.Round(time.Millisecond), o.follow)
 	cpu0, _ := cpuTime(d.pid())
-	began := time.Now()
+	began, pid0 := time.Now(), lastPID()
+	stopChurn := churn(o.churn)
+	defer stopChurn()
 
 	var trials []trial
 	for _, delay := range o.delays {
@@ -147,20 +150,28 @@ func raceOn(o *options, root, self, host string, t tally) error {
 			// on the machine falls on all of them alike.
 			for _, kind := range o.kinds {
 				tr := trial{kind: kind, delay: delay, i: i}
-				start, pid0 := time.Now(), lastPID()
+				if o.gap > 0 {
+					time.Sleep(o.gap)
+				}
+				start, pidStart := time.Now(), lastPID()
 				if err := runTrial(&tr, l, self, old); err != nil {
 					return err
 				}
 				exited := time.Now()
 				d.waitFor(tr.path, o.wait)
 				o.log.record(map[string]any{"msg": "bench trial", "host": host, "kind": kind, "delay": delay,
-					"path": tr.path, "pid": tr.pid, "last_pid": pid0, "start": start, "exited": exited})
+					"path": tr.path, "pid": tr.pid, "last_pid": pidStart, "start": start, "exited": exited})
 				trials = append(trials, tr)
 			}
 			if (i+1)%max(1, o.trials/4) == 0 || i+1 == o.trials {
 				fmt.Printf("  %s %5s: %3d/%d trials%s\n", host, delay, i+1, o.trials, soFar(d, trials, delay))
 			}
 		}
+	}
+	stopChurn()
+	if pid1 := lastPID(); pid1 > pid0 {
+		fmt.Printf("  the host handed out %d pids (processes and threads) a second during the trials\n",
+			int(float64(pid1-pid0)/time.Since(began).Seconds()))
 	}
 	time.Sleep(grace)
 	for _, tr := range trials {
@@ -250,6 +261,31 @@ func runTrial(tr *trial, l *layout, self string, old map[string]*oldHolder) erro
 		return fmt.Errorf("%s holder %s: %w", tr.kind, tr.path, err)
 	}
 	return nil
+}
+
+// churn starts about rate short-lived processes a second until the
+// returned function (safe to call more than once) is called: a host that
+// forks all the time.
+func churn(rate int) (stop func()) {
+	if rate <= 0 {
+		return func() {}
+	}
+	done, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		tick := time.NewTicker(time.Second / time.Duration(rate))
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				_ = exec.Command("/bin/true").Run()
+			}
+		}
+	}()
+	var once sync.Once
+	return func() { once.Do(func() { close(done); <-stopped }) }
 }
 
 // lastPID returns the pid most recently allocated on the host, the last
