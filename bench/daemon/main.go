@@ -16,7 +16,9 @@
 //
 // Run as root from the repository root: go run ./bench/daemon
 // (-only new,old,container, -hosts idle,busy, -trials N, -idle 0 to skip
-// the idle cost).
+// the idle cost; -follow=false, -churn N and -gap D vary the race's
+// conditions; -log FILE keeps the daemons' debug log and every trial, to
+// see what the daemon was doing when it missed one).
 package main
 
 import (

@@ -98,8 +98,10 @@ func raceOn(o *options, root, self, host string, t tally) error {
 	if slices.Contains(o.kinds, kindOld) {
 		start := time.Now()
 		n := 0
-		for _, delay := range o.delays {
-			for i := range o.trials {
+		// In the order of the trials, so that a directory's holders
+		// leave it one after the other.
+		for i := range o.trials {
+			for _, delay := range o.delays {
 				dir := filepath.Join(l.tree, "old", fmt.Sprintf("g%03d", n/o.oldPerDir))
 				if err := os.MkdirAll(dir, 0o755); err != nil {
 					return err
@@ -139,21 +141,22 @@ func raceOn(o *options, root, self, host string, t tally) error {
 	fmt.Printf("  daemon READY=1 after %v (sweeps 1h apart: only the event path can catch a holder; rescue.follow %t)\n",
 		d.ready.Round(time.Millisecond), o.follow)
 	cpu0, _ := cpuTime(d.pid())
-	began, pid0 := time.Now(), lastPID()
+	began := time.Now()
+	pids := pidCounter{last: lastPID(), max: pidMax()}
 	stopChurn := churn(o.churn)
 	defer stopChurn()
 
 	var trials []trial
-	for _, delay := range o.delays {
-		for i := range o.trials {
-			// Kinds alternate trial by trial, so that a noisy moment
-			// on the machine falls on all of them alike.
+	for i := range o.trials {
+		// Delays and kinds alternate trial by trial, so that a noisy
+		// moment on the machine falls on all of them alike.
+		for _, delay := range o.delays {
 			for _, kind := range o.kinds {
 				tr := trial{kind: kind, delay: delay, i: i}
 				if o.gap > 0 {
 					time.Sleep(o.gap)
 				}
-				start, pidStart := time.Now(), lastPID()
+				start, pidStart := time.Now(), pids.sample()
 				if err := runTrial(&tr, l, self, old); err != nil {
 					return err
 				}
@@ -163,16 +166,15 @@ func raceOn(o *options, root, self, host string, t tally) error {
 					"path": tr.path, "pid": tr.pid, "last_pid": pidStart, "start": start, "exited": exited})
 				trials = append(trials, tr)
 			}
-			if (i+1)%max(1, o.trials/4) == 0 || i+1 == o.trials {
-				fmt.Printf("  %s %5s: %3d/%d trials%s\n", host, delay, i+1, o.trials, soFar(d, trials, delay))
-			}
+		}
+		if (i+1)%max(1, o.trials/4) == 0 || i+1 == o.trials {
+			fmt.Printf("  %s host, %3d/%d trials caught so far:%s\n", host, i+1, o.trials, soFar(d, trials, o))
 		}
 	}
 	stopChurn()
-	if pid1 := lastPID(); pid1 > pid0 {
-		fmt.Printf("  the host handed out %d pids (processes and threads) a second during the trials\n",
-			int(float64(pid1-pid0)/time.Since(began).Seconds()))
-	}
+	pids.sample()
+	fmt.Printf("  the host handed out %d pids (processes and threads) a second during the trials\n",
+		int(float64(pids.total)/time.Since(began).Seconds()))
 	time.Sleep(grace)
 	for _, tr := range trials {
 		c := t.cell(host, tr.kind, tr.delay)
@@ -195,25 +197,25 @@ func raceOn(o *options, root, self, host string, t tally) error {
 	return nil
 }
 
-// soFar summarises the catches of one delay's trials so far, per kind.
-func soFar(d *daemon, trials []trial, delay string) string {
-	caught, n := map[string]int{}, map[string]int{}
+// soFar summarises the catches so far, per delay and kind.
+func soFar(d *daemon, trials []trial, o *options) string {
+	caught := map[string]int{}
 	for _, tr := range trials {
-		if tr.delay != delay {
-			continue
-		}
-		n[tr.kind]++
 		if ok, _ := d.outcome(tr.path); ok {
-			caught[tr.kind]++
+			caught[tr.delay+" "+tr.kind]++
 		}
 	}
 	var b strings.Builder
-	for _, k := range kindOrder {
-		if n[k] > 0 {
-			fmt.Fprintf(&b, "; %s %d", k, caught[k])
+	for _, delay := range o.delays {
+		fmt.Fprintf(&b, " %s", delay)
+		for _, k := range kindOrder {
+			if slices.Contains(o.kinds, k) {
+				fmt.Fprintf(&b, " %d", caught[delay+" "+k])
+			}
 		}
+		b.WriteString(";")
 	}
-	return b.String()
+	return strings.TrimSuffix(b.String(), ";") + " (" + strings.Join(o.kinds, ", ") + ")"
 }
 
 // runTrial runs one holder to its exit.
@@ -302,6 +304,39 @@ func lastPID() int {
 		fmt.Sscan(f[4], &pid)
 	}
 	return pid
+}
+
+// pidMax returns kernel.pid_max (proc(5)), 4194304 if unreadable.
+func pidMax() int {
+	b, err := os.ReadFile("/proc/sys/kernel/pid_max")
+	var n int
+	if err == nil {
+		fmt.Sscan(string(b), &n)
+	}
+	if n <= 0 {
+		n = 4194304
+	}
+	return n
+}
+
+// pidCounter counts the pids the host hands out, sampled often enough
+// (every trial) that the counter wraps at pid_max at most once between
+// two samples.
+type pidCounter struct {
+	last, max, total int
+}
+
+// sample adds the pids handed out since the last sample and returns the
+// last pid.
+func (c *pidCounter) sample() int {
+	cur := lastPID()
+	if cur > 0 && c.last > 0 {
+		c.total += (cur - c.last + c.max) % c.max
+	}
+	if cur > 0 {
+		c.last = cur
+	}
+	return cur
 }
 
 // target is what issue 12 asks of a kind at a delay, on the busy host
