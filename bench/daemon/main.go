@@ -1,34 +1,43 @@
 // Command daemon benchmarks `relinkd run`:
 //
-//   - race window: holders that create a file, delete it and exit 2, 5 or
-//     20 ms later; the share rescued (sweeps an hour apart, so only the
-//     directory-event path can catch them);
-//   - idle cost: CPU time and peak RSS of the daemon over 60 s with the
-//     default configuration on a host with 500 processes × 100 open files.
+//   - race window: holders that delete a file and exit 2, 5 or 20 ms later;
+//     the share rescued, with sweeps an hour apart, so that only the
+//     directory-event path can catch them. Four kinds of holder:
+//     new (started just before), old (started before the daemon, holding
+//     its file since then, told over a pipe when to delete it), and two
+//     container kinds in their own mount and PID namespaces (unshare):
+//     container-bind sees the watched directory through a bind mount,
+//     container-tmpfs writes to a private tmpfs at a watched path of its
+//     own view. Each on an idle host and on a busy one (400 processes ×
+//     100 open files, a few of each inside the watched tree);
+//   - idle cost: CPU time and peak RSS of the daemon over 60 s with 40,000
+//     and 50,000 open descriptors (sweeps every 30 s), and with the default
+//     configuration at 50,000.
 //
 // Run as root from the repository root: go run ./bench/daemon
+// (-only new,old,container, -hosts idle,busy, -trials N, -idle 0 to skip
+// the idle cost; -follow=false, -churn N and -gap D vary the race's
+// conditions; -log FILE keeps the daemons' debug log and every trial, to
+// see what the daemon was doing when it missed one).
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"strconv"
+	"runtime"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/relinkd/relinkd/internal/benchbin"
 )
 
+// holderEnv carries a holder's job to a copy of this program (see holder).
 const holderEnv = "RELINKD_BENCH_HOLDER"
 
 func main() {
@@ -41,299 +50,227 @@ func main() {
 	}
 }
 
-// holder creates PATH, writes 4 KiB, deletes it, lingers, exits.
+// holder runs one holder process. spec is MODE|PATH|DELAY:
+//
+//   - new: create PATH, write 4 KiB, delete it, linger DELAY, exit;
+//   - old: create PATH, write 4 KiB, say "ready" on stdout, then idle
+//     until a byte arrives on stdin; delete PATH, linger DELAY, exit.
+//
+// Exiting closes the descriptor: after that the file is gone for good
+// unless the daemon pinned it.
 func holder(spec string) int {
-	path, ms, _ := strings.Cut(spec, "|")
-	linger, _ := time.ParseDuration(ms)
-	fd, err := syscall.Open(path, syscall.O_RDWR|syscall.O_CREAT|syscall.O_CLOEXEC, 0o644)
+	parts := strings.SplitN(spec, "|", 3)
+	if len(parts) != 3 {
+		fmt.Fprintf(os.Stderr, "holder: bad spec %q\n", spec)
+		return 2
+	}
+	mode, path := parts[0], parts[1]
+	linger, err := time.ParseDuration(parts[2])
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
+		fmt.Fprintln(os.Stderr, "holder:", err)
+		return 2
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "holder:", err)
 		return 1
 	}
 	buf := []byte(strings.Repeat("relinkd race window\n", 205))[:4096]
-	if _, err := syscall.Write(fd, buf); err != nil {
+	if _, err := f.Write(buf); err != nil {
+		fmt.Fprintln(os.Stderr, "holder:", err)
 		return 1
 	}
-	if err := syscall.Unlink(path); err != nil {
+	if mode == "old" {
+		fmt.Println("ready")
+		var cmd [1]byte
+		if n, _ := os.Stdin.Read(cmd[:]); n != 1 {
+			return 1 // the bench went away: keep the file
+		}
+	}
+	if err := os.Remove(path); err != nil {
+		fmt.Fprintln(os.Stderr, "holder:", err)
 		return 1
 	}
 	time.Sleep(linger)
-	return 0 // exit closes fd
+	// f stays open until the process exits.
+	runtime.KeepAlive(f)
+	return 0
+}
+
+type options struct {
+	bin       string
+	trials    int
+	delays    []string
+	kinds     []string
+	hosts     []string
+	wait      time.Duration
+	gap       time.Duration // pause between two trials
+	churn     int           // short-lived processes a second during the race
+	oldPerDir int
+	busyProcs int
+	busyFDs   int
+	inTree    int
+	idle      time.Duration
+	idleProcs []int
+	follow    bool
+	log       *lineLog // the race daemons' log at debug level and the trials (-log), or nil
+}
+
+func (o *options) logLevel() string {
+	if o.log != nil {
+		return "debug"
+	}
+	return "info"
+}
+
+// lineLog appends whole lines to a file from several goroutines: the
+// daemon's log lines and the bench's own records of its trials, for
+// finding out afterwards what the daemon was doing when it missed one.
+type lineLog struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+// line writes b and a newline; a nil lineLog discards it.
+func (l *lineLog) line(b []byte) {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	_, _ = l.w.Write(append(b[:len(b):len(b)], '\n'))
+}
+
+// record writes v as one JSON line.
+func (l *lineLog) record(v any) {
+	if l == nil {
+		return
+	}
+	b, err := json.Marshal(v)
+	if err == nil {
+		l.line(b)
+	}
 }
 
 func run() error {
-	trials := flag.Int("trials", 100, "race-window trials per delay")
+	var o options
+	trials := flag.Int("trials", 100, "race trials per kind, delay and host (0 skips the race)")
 	delays := flag.String("delays", "2ms,5ms,20ms", "holder lifetimes after the unlink")
-	idle := flag.Duration("idle", 60*time.Second, "idle measurement window (0 skips)")
-	procs := flag.Int("procs", 500, "idle: holder processes")
-	fds := flag.Int("fds", 100, "idle: open files per holder")
-	bin := flag.String("bin", "", "relinkd binary (default: go build ./cmd/relinkd into a temp dir)")
+	only := flag.String("only", "new,old,container", "holder kinds: new, old, container (both container kinds), container-bind, container-tmpfs")
+	hosts := flag.String("hosts", "idle,busy", "hosts to run the race on: idle, busy")
+	wait := flag.Duration("wait", 300*time.Millisecond, "how long a trial waits for its rescue before the next starts (a late one still counts)")
+	flag.DurationVar(&o.gap, "gap", 0, "pause between two trials (quiet time between unlinks)")
+	flag.IntVar(&o.churn, "churn", 0, "during the race, also start about this many short-lived processes a second (/bin/true)")
+	oldPerDir := flag.Int("old-per-dir", 10, "old holders per directory")
+	busyProcs := flag.Int("busy-procs", 400, "busy host: processes")
+	busyFDs := flag.Int("busy-fds", 100, "busy host: open files per process")
+	inTree := flag.Int("in-tree", 3, "busy host: of those, files inside the watched tree")
+	idle := flag.Duration("idle", 60*time.Second, "idle cost window (0 skips the idle cost)")
+	idleProcs := flag.String("idle-procs", "400,500", "idle cost: processes (of -busy-fds open files each), one measurement each")
+	flag.BoolVar(&o.follow, "follow", true, "race: rescue.follow (a holder writes its file, so each rescue is followed until it exits)")
+	logFile := flag.String("log", "", "append the race daemons' log, at debug level, to this file")
+	flag.StringVar(&o.bin, "bin", "", "relinkd binary (default: go build ./cmd/relinkd into a temp dir)")
 	flag.Parse()
+	o.trials, o.wait, o.oldPerDir = *trials, *wait, max(1, *oldPerDir)
+	o.busyProcs, o.busyFDs, o.inTree, o.idle = *busyProcs, *busyFDs, *inTree, *idle
+	o.delays = splitList(*delays)
+	for _, d := range o.delays {
+		if _, err := time.ParseDuration(d); err != nil {
+			return fmt.Errorf("-delays: %w", err)
+		}
+	}
+	for _, k := range splitList(*only) {
+		switch k {
+		case "new", "old", kindBind, kindTmpfs:
+			o.kinds = append(o.kinds, k)
+		case "container":
+			o.kinds = append(o.kinds, kindBind, kindTmpfs)
+		default:
+			return fmt.Errorf("-only: unknown kind %q", k)
+		}
+	}
+	for _, h := range splitList(*hosts) {
+		if h != "idle" && h != "busy" {
+			return fmt.Errorf("-hosts: unknown host %q", h)
+		}
+		o.hosts = append(o.hosts, h)
+	}
+	for _, s := range splitList(*idleProcs) {
+		var n int
+		if _, err := fmt.Sscan(s, &n); err != nil || n <= 0 {
+			return fmt.Errorf("-idle-procs: bad count %q", s)
+		}
+		o.idleProcs = append(o.idleProcs, n)
+	}
+	if o.inTree > o.busyFDs {
+		return errors.New("-in-tree exceeds -busy-fds")
+	}
+	if *logFile != "" {
+		f, err := os.OpenFile(*logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		o.log = &lineLog{w: f}
+	}
 	if os.Geteuid() != 0 {
-		return errors.New("run as root (the daemon reads other processes' descriptors)")
+		return errors.New("run as root (the daemon reads other processes' descriptors; containers need mounts)")
 	}
 	tmp, err := os.MkdirTemp("", "relinkd-bench-daemon-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	if *bin == "" {
-		if *bin, err = benchbin.Build(tmp); err != nil {
+	if o.bin == "" {
+		if o.bin, err = benchbin.Build(tmp); err != nil {
 			return err
 		}
 	}
-	if *trials > 0 {
-		if err := raceWindow(*bin, tmp, *trials, *delays); err != nil {
+	fmt.Printf("tree %s; load at start: %s\n", treeCommit(), loadavg())
+	began := time.Now()
+	if o.trials > 0 && len(o.kinds) > 0 && len(o.hosts) > 0 {
+		if err := race(&o, tmp); err != nil {
 			return err
 		}
 	}
-	if *idle > 0 {
-		if err := idleCost(*bin, tmp, *idle, *procs, *fds); err != nil {
+	if o.idle > 0 && len(o.idleProcs) > 0 {
+		if err := idleCosts(&o, tmp); err != nil {
 			return err
 		}
 	}
+	fmt.Printf("load at end: %s; total %v\n", loadavg(), time.Since(began).Round(time.Second))
 	return nil
 }
 
-// daemon is a running relinkd whose log lines are parsed.
-type daemon struct {
-	cmd  *exec.Cmd
-	mu   sync.Mutex
-	seen map[string]bool // path of each "file rescued"
-	wake chan struct{}
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
-func startDaemon(bin, dir string, args ...string) (*daemon, error) {
-	sock := filepath.Join(dir, "notify.sock")
-	os.Remove(sock)
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+// loadavg returns the first three fields of /proc/loadavg (proc(5)).
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
 	if err != nil {
-		return nil, err
+		return "?"
 	}
-	defer conn.Close()
-	d := &daemon{seen: map[string]bool{}, wake: make(chan struct{})}
-	d.cmd = exec.Command(bin, append([]string{"run"}, args...)...)
-	d.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
-	stderr, err := d.cmd.StderrPipe()
-	if err != nil {
-		return nil, err
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
 	}
-	if err := d.cmd.Start(); err != nil {
-		return nil, err
-	}
-	go d.read(stderr)
-	// READY=1 comes after the first full sweep.
-	conn.SetReadDeadline(time.Now().Add(2 * time.Minute))
-	buf := make([]byte, 256)
-	for {
-		n, _, err := conn.ReadFromUnix(buf)
-		if err != nil {
-			d.stop()
-			return nil, fmt.Errorf("no READY=1 from relinkd: %w", err)
-		}
-		if strings.Contains(string(buf[:n]), "READY=1") {
-			return d, nil
-		}
-	}
+	return strings.Join(f[:3], " ")
 }
 
-func (d *daemon) read(r io.Reader) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		var ev struct {
-			Msg, Path string
-		}
-		if json.Unmarshal(sc.Bytes(), &ev) != nil {
-			continue
-		}
-		if ev.Msg == "file rescued" {
-			d.mu.Lock()
-			d.seen[ev.Path] = true
-			close(d.wake)
-			d.wake = make(chan struct{})
-			d.mu.Unlock()
-		}
-	}
-}
-
-// rescued waits up to timeout for a "file rescued" event for path.
-func (d *daemon) rescued(path string, timeout time.Duration) bool {
-	deadline := time.After(timeout)
-	for {
-		d.mu.Lock()
-		ok, wake := d.seen[path], d.wake
-		d.mu.Unlock()
-		if ok {
-			return true
-		}
-		select {
-		case <-wake:
-		case <-deadline:
-			return false
-		}
-	}
-}
-
-func (d *daemon) stop() {
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
-	_ = d.cmd.Wait()
-}
-
-func raceWindow(bin, tmp string, trials int, delays string) error {
-	watched, rescued := filepath.Join(tmp, "w"), filepath.Join(tmp, "rescued")
-	if err := os.MkdirAll(watched, 0o755); err != nil {
-		return err
-	}
-	cfg := filepath.Join(tmp, "race.yaml")
-	yaml := fmt.Sprintf(`scan: {interval: 1h, events: true}
-watch:
-  - {name: bench, paths: [%q], action: rescue}
-rescue:
-  dirs: [%q]
-  min_free: 1%%
-  max_total_size: 0
-  per_user: {max_files: 0, max_bytes: 0}
-`, watched+"/**", rescued)
-	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
-		return err
-	}
-	d, err := startDaemon(bin, tmp, "--config", cfg)
+// treeCommit names the commit the binary is built from, "-dirty" when the
+// tree has changes.
+func treeCommit() string {
+	out, err := exec.Command("git", "describe", "--always", "--dirty", "--abbrev=12").Output()
 	if err != nil {
-		return err
+		return "(not a git tree)"
 	}
-	defer d.stop()
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	fmt.Printf("race window: %d trials per delay, sweeps 1h apart (event path only)\n", trials)
-	for _, ds := range strings.Split(delays, ",") {
-		delay, err := time.ParseDuration(ds)
-		if err != nil {
-			return err
-		}
-		ok := 0
-		for i := range trials {
-			path := filepath.Join(watched, fmt.Sprintf("t%s-%d.log", ds, i))
-			h := exec.Command(self)
-			h.Env = append(os.Environ(), holderEnv+"="+path+"|"+ds)
-			h.Stderr = os.Stderr
-			if err := h.Run(); err != nil {
-				return fmt.Errorf("holder: %w", err)
-			}
-			if d.rescued(path, 2*time.Second) {
-				ok++
-			}
-		}
-		fmt.Printf("  exit %5s after unlink: %3d/%d rescued (%.1f%%)\n", delay, ok, trials, 100*float64(ok)/float64(trials))
-	}
-	return nil
-}
-
-func idleCost(bin, tmp string, window time.Duration, procs, fds int) error {
-	dir := filepath.Join(tmp, "idle")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	fmt.Printf("idle cost: %d processes x %d open files, default configuration, %v\n", procs, fds, window)
-	var holders []*exec.Cmd
-	defer func() {
-		for _, h := range holders {
-			_ = h.Process.Kill()
-			_ = h.Wait()
-		}
-	}()
-	for p := range procs {
-		var script strings.Builder
-		for f := range fds {
-			name := filepath.Join(dir, fmt.Sprintf("h%d-f%d", p, f))
-			if p == 0 {
-				if err := os.WriteFile(name, []byte("data\n"), 0o644); err != nil {
-					return err
-				}
-			}
-			// One exec per line: bash keeps descriptors above 9 across
-			// exec then.
-			fmt.Fprintf(&script, "exec %d<'%s'\n", f+3, filepath.Join(dir, fmt.Sprintf("h0-f%d", f)))
-		}
-		script.WriteString("echo ready\nexec sleep 100000\n")
-		cmd := exec.Command("bash", "-c", script.String())
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			return err
-		}
-		if err := cmd.Start(); err != nil {
-			return err
-		}
-		holders = append(holders, cmd)
-		if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "ready\n" {
-			return fmt.Errorf("holder %d: %q %v", p, line, err)
-		}
-	}
-	// Check what the holders really hold.
-	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", holders[len(holders)-1].Process.Pid))
-	fmt.Printf("  last holder has %d descriptors open\n", len(ents))
-
-	start := time.Now()
-	d, err := startDaemon(bin, tmp, "--config", "configs/relinkd.yaml")
-	if err != nil {
-		return err
-	}
-	defer d.stop()
-	fmt.Printf("  start-up to READY=1 (first full sweep): %v\n", time.Since(start).Round(time.Millisecond))
-	pid := d.cmd.Process.Pid
-	c0, err := cpuTicks(pid)
-	if err != nil {
-		return err
-	}
-	t0 := time.Now()
-	time.Sleep(window)
-	c1, err := cpuTicks(pid)
-	if err != nil {
-		return err
-	}
-	elapsed := time.Since(t0)
-	const hz = 100 // USER_HZ, sysconf(_SC_CLK_TCK) on Linux
-	cpu := time.Duration(c1-c0) * time.Second / hz
-	hwm, rss := memKiB(pid)
-	fmt.Printf("  CPU time over %v: %v = %.3f%% of one core\n", elapsed.Round(time.Second), cpu,
-		100*cpu.Seconds()/elapsed.Seconds())
-	if total, err := cpuTicks(pid); err == nil {
-		fmt.Printf("  CPU time since start, first sweep included: %v\n", time.Duration(total)*time.Second/hz)
-	}
-	fmt.Printf("  peak RSS (VmHWM): %.1f MiB, RSS now %.1f MiB\n", float64(hwm)/1024, float64(rss)/1024)
-	return nil
-}
-
-// cpuTicks returns utime+stime of pid (proc(5) stat fields 14 and 15).
-func cpuTicks(pid int) (uint64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	u, _ := strconv.ParseUint(f[11], 10, 64)
-	st, _ := strconv.ParseUint(f[12], 10, 64)
-	return u + st, nil
-}
-
-// memKiB returns VmHWM and VmRSS of pid.
-func memKiB(pid int) (hwm, rss uint64) {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	for _, l := range strings.Split(string(b), "\n") {
-		k, v, ok := strings.Cut(l, ":")
-		if !ok {
-			continue
-		}
-		n, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-		switch k {
-		case "VmHWM":
-			hwm = n
-		case "VmRSS":
-			rss = n
-		}
-	}
-	return hwm, rss
+	return strings.TrimSpace(string(out))
 }
