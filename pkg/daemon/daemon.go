@@ -795,8 +795,9 @@ func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-
 	return arrived
 }
 
-// maxNewPIDs bounds the range of pids probed from /proc/loadavg; past it
-// (a fork storm, or pid numbers wrapping) the listing of /proc decides.
+// maxNewPIDs bounds the range of pids probed one by one from
+// /proc/loadavg; past it (a fork-heavy host) the listing of /proc gives
+// the new processes.
 const maxNewPIDs = 128
 
 // A new process stays "young" for youngTTL after it is first seen: every
@@ -824,8 +825,22 @@ func (d *Daemon) newPIDs() []int {
 	d.lastPID = last
 	d.mu.Unlock()
 	var fresh []int
-	if prev != 0 && last > prev && last-prev <= maxNewPIDs {
+	switch {
+	case prev == 0 || last <= prev:
+	case last-prev <= maxNewPIDs:
 		fresh = newLeaders(d.proc, prev, last)
+	default:
+		// More pids handed out since the last look than are worth
+		// probing one by one (a fork-heavy host): the listing of /proc,
+		// which shows thread-group leaders only, has the new processes
+		// above prev; the newest maxYoung of them are kept.
+		for _, pid := range listPIDs(d.proc) {
+			if pid > prev && pid <= last {
+				fresh = append(fresh, pid)
+			}
+		}
+		slices.Sort(fresh)
+		fresh = fresh[max(0, len(fresh)-maxYoung):]
 	}
 	now := time.Now()
 	d.mu.Lock()
