@@ -37,17 +37,7 @@ func cmdRescue(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	log := zap.NewNop()
-	if o.logLevel != "" {
-		if log, err = logging.New(e.stderr, o.logLevel, "json"); err != nil {
-			return fmt.Errorf("%w: %v", errUsage, err)
-		}
-	}
-	cfg, _, err := policy.Resolve(o.configPath)
-	if err != nil {
-		return err
-	}
-	methods, err := parseMethods(cfg.Rescue.Methods)
+	log, cfg, methods, err := engineSetup(e, o.logLevel, o.configPath)
 	if err != nil {
 		return err
 	}
@@ -498,6 +488,27 @@ func (o *reporter) print(l rescueLine, count *int) {
 	default:
 		fmt.Fprintf(o.w, "%s -> %s (%s, %d bytes)\n", path, quoteIfNeeded(l.RescuedTo), l.Method, l.Bytes)
 	}
+}
+
+// engineSetup is what rescue and restore start with: the logger of
+// --log-level (none without it), the configuration and its methods.
+func engineSetup(e env, logLevel, configPath string) (*zap.Logger, *policy.Config, []relink.Method, error) {
+	log := zap.NewNop()
+	if logLevel != "" {
+		var err error
+		if log, err = logging.New(e.stderr, logLevel, "json"); err != nil {
+			return nil, nil, nil, fmt.Errorf("%w: %v", errUsage, err)
+		}
+	}
+	cfg, _, err := policy.Resolve(configPath)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	methods, err := parseMethods(cfg.Rescue.Methods)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return log, cfg, methods, nil
 }
 
 // jsonName is logging.Name for a name held as a string.

@@ -13,10 +13,8 @@ import (
 	"time"
 
 	"github.com/bmatcuk/doublestar/v4"
-	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
-	"github.com/relinkd/relinkd/internal/logging"
 	"github.com/relinkd/relinkd/pkg/policy"
 	"github.com/relinkd/relinkd/pkg/relink"
 )
@@ -89,17 +87,7 @@ func cmdRestore(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	log := zap.NewNop()
-	if o.logLevel != "" {
-		if log, err = logging.New(e.stderr, o.logLevel, "json"); err != nil {
-			return fmt.Errorf("%w: %v", errUsage, err)
-		}
-	}
-	cfg, _, err := policy.Resolve(o.configPath)
-	if err != nil {
-		return err
-	}
-	methods, err := parseMethods(cfg.Rescue.Methods)
+	log, cfg, methods, err := engineSetup(e, o.logLevel, o.configPath)
 	if err != nil {
 		return err
 	}
