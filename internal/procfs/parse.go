@@ -105,6 +105,20 @@ func ParseStatusCapEff(b []byte) (uint64, error) {
 	return n, nil
 }
 
+// ParseStatusNSpidDepth returns how many pid namespaces the process is
+// in, from /proc/PID/status ("NSpid:", Linux 4.1: its pid in each, the
+// outermost first); 1 in the initial namespace, 0 when the line is absent.
+func ParseStatusNSpidDepth(b []byte) int {
+	for len(b) > 0 {
+		var line []byte
+		line, b, _ = bytes.Cut(b, []byte{'\n'})
+		if rest, ok := bytes.CutPrefix(line, []byte("NSpid:")); ok {
+			return len(bytes.Fields(rest))
+		}
+	}
+	return 0
+}
+
 // statusField returns the first word after key on the first line of a
 // status file that starts with key.
 func statusField(b []byte, key string) ([]byte, bool) {

@@ -150,3 +150,23 @@ func TestParseNSLink(t *testing.T) {
 		})
 	}
 }
+
+func TestParseStatusNSpidDepth(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want int
+	}{
+		{"initial namespace", "Name:\tx\nNSpid:\t42\nNSpgid:\t42\n", 1},
+		{"container", "NSpid:\t4242\t7\n", 2},
+		{"nested", "NSpid:\t9\t8\t1\n", 3},
+		{"no line", "Name:\tx\nPid:\t1\n", 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := ParseStatusNSpidDepth([]byte(tt.in)); got != tt.want {
+				t.Errorf("ParseStatusNSpidDepth(%q) = %d, want %d", tt.in, got, tt.want)
+			}
+		})
+	}
+}

@@ -37,7 +37,21 @@ type Options struct {
 	// answer leaves its descriptors in Result.Unanswered instead of
 	// stalling the sweep.
 	Guard *fsguard.Guard
+	// Backend is how sweeps find the files: BackendProc ("" too) reads
+	// /proc/PID/fd, BackendBPF walks the descriptor tables in the kernel
+	// (an eBPF iterator), BackendAuto takes BPF where the kernel, its BTF
+	// and the process's capabilities allow it and ProcRoot is this pid
+	// namespace's /proc. BPF that cannot be loaded, or that fails during
+	// a sweep, falls back to /proc with a warning: no sweep is lost.
+	Backend string
 }
+
+// Backends (scan.backend).
+const (
+	BackendAuto = "auto"
+	BackendProc = "proc"
+	BackendBPF  = "bpf"
+)
 
 // Scanner sweeps /proc for deleted-but-open regular files.
 type Scanner struct {
@@ -47,7 +61,11 @@ type Scanner struct {
 	guard   *fsguard.Guard
 	track   atomic.Pointer[func(path []byte) bool]
 	log     *zap.Logger
-	host    func() hostNS // the host's mount namespace, read once
+	host    func() hostNS            // the host's mount namespace, read once
+	bpf     atomic.Pointer[bpfSweep] // nil: the /proc backend
+	why     string                   // why this backend (Backend)
+	bufs    sync.Pool                // *[]byte: the BPF iterator's output
+	failed  atomic.Bool              // a BPF sweep failed since the last warning
 }
 
 // Track makes every sweep list in Result.Held which process holds a file
@@ -76,6 +94,8 @@ func New(opts Options, log *zap.Logger) *Scanner {
 	}
 	s := &Scanner{root: opts.ProcRoot, workers: opts.Workers, self: os.Getpid(), guard: opts.Guard, log: log}
 	s.host = sync.OnceValue(func() hostNS { return findHostNS(procfs.New(s.root)) })
+	s.bufs.New = func() any { b := make([]byte, 0, 256<<10); return &b }
+	s.pickBackend(opts.Backend)
 	return s
 }
 
@@ -117,11 +137,7 @@ func (s *Scanner) Sweep(ctx context.Context) (Result, error) {
 		return Result{}, fmt.Errorf("open proc root %s: %w", s.root, err)
 	}
 	defer unix.Close(rootfd)
-	pids, err := procfs.IDsAt(rootfd, make([]byte, 32<<10))
-	if err != nil {
-		return Result{}, fmt.Errorf("list proc root %s: %w", s.root, err)
-	}
-	return s.sweep(ctx, rootfd, pids)
+	return s.sweepWith(ctx, rootfd, nil, nil)
 }
 
 // SweepPIDs is Sweep restricted to the given processes; the daemon uses it
@@ -132,6 +148,33 @@ func (s *Scanner) SweepPIDs(ctx context.Context, pids []int) (Result, error) {
 		return Result{}, fmt.Errorf("open proc root %s: %w", s.root, err)
 	}
 	defer unix.Close(rootfd)
+	if pids == nil {
+		pids = []int{}
+	}
+	return s.sweepWith(ctx, rootfd, pids, pids)
+}
+
+// sweepWith sweeps through the backend: BPF when it is loaded (only, for
+// SweepPIDs, the processes in only), else, or when BPF fails, /proc
+// (the processes in pids).
+func (s *Scanner) sweepWith(ctx context.Context, rootfd int, pids, only []int) (Result, error) {
+	if b := s.bpf.Load(); b != nil {
+		res, err := s.sweepBPF(ctx, b, rootfd, only)
+		if err == nil {
+			s.failed.Store(false)
+			return res, nil
+		}
+		if ctx.Err() != nil {
+			return res, err
+		}
+		s.warnBPF(err)
+	}
+	if pids == nil {
+		var err error
+		if pids, err = procfs.IDsAt(rootfd, make([]byte, 32<<10)); err != nil {
+			return Result{}, fmt.Errorf("list proc root %s: %w", s.root, err)
+		}
+	}
 	return s.sweep(ctx, rootfd, pids)
 }
 
@@ -174,12 +217,7 @@ feed:
 		total.Unanswered = append(total.Unanswered, r.Unanswered...)
 		total.Held = append(total.Held, r.Held...)
 	}
-	slices.SortFunc(total.Candidates, func(a, b Candidate) int {
-		if a.PID != b.PID {
-			return a.PID - b.PID
-		}
-		return a.FD - b.FD
-	})
+	sortCandidates(total.Candidates)
 	total.Duration = time.Since(start)
 	s.log.Debug("sweep done", zap.Int("procs", total.Procs), zap.Int("fds", total.FDs),
 		zap.Int("candidates", len(total.Candidates)), zap.Int("vanished", total.Vanished),
@@ -188,6 +226,15 @@ feed:
 		return total, fmt.Errorf("sweep: %w", err)
 	}
 	return total, nil
+}
+
+func sortCandidates(cs []Candidate) {
+	slices.SortFunc(cs, func(a, b Candidate) int {
+		if a.PID != b.PID {
+			return a.PID - b.PID
+		}
+		return a.FD - b.FD
+	})
 }
 
 // worker holds one goroutine's buffers, reused across processes.

@@ -1,0 +1,193 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * relinkd's in-kernel sweep: a task_file iterator (Linux >= 5.8, BTF) that
+ * walks every descriptor table and writes, for each descriptor of a
+ * deleted regular file, one record to the iterator's seq_file, which the
+ * daemon reads (pkg/scanner/bpf_linux.go decodes the same layout).
+ *
+ * The program only reads kernel memory: it takes no lock, changes no
+ * state and calls bpf_d_path(), bpf_probe_read_kernel() and
+ * bpf_seq_write() only.
+ *
+ * Regenerate with `go generate ./pkg/scanner` (clang and llvm-strip from
+ * Debian's clang package; see the README's section on the BPF backend).
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define S_IFMT 00170000
+#define S_IFREG 0100000
+#define O_CLOEXEC 02000000
+/* include/linux/fs.h: a superblock made by kern_mount(), which no
+ * mountinfo lists: shmem's (memfd_create(2), SysV shm), secretmem, DRM,
+ * pipefs, sockfs, anon_inodefs. */
+#define SB_KERNMOUNT (1UL << 22)
+
+#define PATH_MAX 4096
+
+enum {
+	REC_CANDIDATE = 1, /* a deleted regular file: struct rec and its path */
+	REC_HELD = 2,      /* a descriptor's path only (Scanner.Track): struct held */
+};
+
+/* Every record starts with kind and the length of the path that follows
+ * its fixed part (0 when bpf_d_path failed: the reader then reads the
+ * link of that one descriptor). */
+struct rec {
+	__u16 kind;
+	__u16 path_len;
+	__s32 tgid;
+	__s32 tid;
+	__s32 fd;
+	__u32 flags; /* f_flags, O_CLOEXEC from the table, as fdinfo shows them */
+	__s32 mnt_id;
+	__u32 mode;
+	__u32 nlink;
+	__u64 dev; /* s_dev, the kernel's encoding (MAJOR << 20 | MINOR) */
+	__u64 ino;
+	__s64 size;
+	__s64 pos;
+};
+
+struct held {
+	__u16 kind;
+	__u16 path_len;
+	__s32 tgid;
+	__s32 tid;
+	__s32 fd;
+};
+
+/* One record with room for its path, per CPU: the stack (512 bytes) is
+ * too small for a path. */
+struct buf {
+	struct rec rec;
+	char path[PATH_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct buf);
+} scratch SEC(".maps");
+
+/* d_unlinked() (include/linux/dcache.h): the name was removed; d_path(3)
+ * appends " (deleted)" to such a dentry. A deleted name of an inode with
+ * another link is only unhashed; its inode keeps nlink > 0. */
+static __always_inline bool unlinked(struct dentry *d)
+{
+	return BPF_CORE_READ(d, d_hash.pprev) == 0 && BPF_CORE_READ(d, d_parent) != d;
+}
+
+/* path writes the descriptor's d_path(3) to dst and returns its length
+ * without the NUL, 0 when the kernel refused (ENAMETOOLONG). */
+static __always_inline __u32 path(struct file *file, char *dst)
+{
+	long n = bpf_d_path(&file->f_path, dst, PATH_MAX);
+	if (n <= 1 || n > PATH_MAX)
+		return 0;
+	return (__u32)(n - 1);
+}
+
+/* emit writes len bytes of the scratch buffer, bounded for the verifier. */
+static __always_inline void emit(struct seq_file *seq, void *p, __u32 len)
+{
+	if (len > sizeof(struct buf))
+		return;
+	bpf_seq_write(seq, p, len);
+}
+
+static __always_inline int visit(struct bpf_iter__task_file *ctx, bool track)
+{
+	struct seq_file *seq = ctx->meta->seq;
+	struct task_struct *task = ctx->task;
+	struct file *file = ctx->file;
+	__u32 zero = 0;
+
+	if (!task || !file)
+		return 0;
+	/* The iterator skips threads that share their leader's table. A
+	 * thread seen here either has a table of its own (unshare(2)
+	 * CLONE_FILES), which /proc/PID/fd does not show either, or its
+	 * leader has exited (pthread_exit(3) from main) and left no table:
+	 * then its descriptors are the process's, reported once per thread
+	 * and told apart by the reader. */
+	if (BPF_CORE_READ(task, pid) != BPF_CORE_READ(task, tgid) &&
+	    BPF_CORE_READ(task, group_leader, files) != 0)
+		return 0;
+	struct inode *inode = BPF_CORE_READ(file, f_inode);
+	if (!inode)
+		return 0;
+	struct super_block *sb = BPF_CORE_READ(inode, i_sb);
+	if (!sb || (BPF_CORE_READ(sb, s_flags) & SB_KERNMOUNT))
+		return 0;
+	struct buf *b = bpf_map_lookup_elem(&scratch, &zero);
+	if (!b)
+		return 0;
+	__u32 mode = BPF_CORE_READ(inode, i_mode);
+	__u32 nlink = BPF_CORE_READ(inode, i_nlink);
+	struct dentry *dentry = BPF_CORE_READ(file, f_path.dentry);
+	bool cand = (mode & S_IFMT) == S_IFREG && (nlink == 0 || unlinked(dentry));
+
+	if (!cand) {
+		if (!track)
+			return 0;
+		struct held *h = (struct held *)&b->rec;
+		__u32 n = path(file, (char *)h + sizeof(*h));
+		if (n == 0)
+			return 0;
+		h->kind = REC_HELD;
+		h->path_len = n;
+		h->tgid = BPF_CORE_READ(task, tgid);
+		h->tid = BPF_CORE_READ(task, pid);
+		h->fd = ctx->fd;
+		emit(seq, h, sizeof(*h) + n);
+		return 0;
+	}
+
+	struct rec *r = &b->rec;
+	r->kind = REC_CANDIDATE;
+	r->tgid = BPF_CORE_READ(task, tgid);
+	r->tid = BPF_CORE_READ(task, pid);
+	r->fd = ctx->fd;
+	r->flags = BPF_CORE_READ(file, f_flags);
+	/* fdinfo (fs/proc/fd.c) adds O_CLOEXEC from the table's bitmap. */
+	unsigned long *coe = BPF_CORE_READ(task, files, fdt, close_on_exec);
+	unsigned long word = 0;
+	if (coe && bpf_probe_read_kernel(&word, sizeof(word), coe + ctx->fd / 64) == 0 &&
+	    (word >> (ctx->fd % 64)) & 1)
+		r->flags |= O_CLOEXEC;
+	/* real_mount(): struct vfsmount is embedded in struct mount. */
+	struct vfsmount *vm = BPF_CORE_READ(file, f_path.mnt);
+	struct mount *m = (struct mount *)((char *)vm - bpf_core_field_offset(struct mount, mnt));
+	r->mnt_id = BPF_CORE_READ(m, mnt_id);
+	r->mode = mode;
+	r->nlink = nlink;
+	r->dev = BPF_CORE_READ(sb, s_dev);
+	r->ino = BPF_CORE_READ(inode, i_ino);
+	r->size = BPF_CORE_READ(inode, i_size);
+	r->pos = BPF_CORE_READ(file, f_pos);
+	__u32 n = path(file, b->path);
+	r->path_len = n;
+	emit(seq, r, sizeof(*r) + n);
+	return 0;
+}
+
+/* sweep emits the deleted regular files only. */
+SEC("iter/task_file")
+int sweep(struct bpf_iter__task_file *ctx)
+{
+	return visit(ctx, false);
+}
+
+/* sweep_track also emits every other descriptor's path (not those on
+ * internal mounts: pipes, sockets, anonymous inodes), for the daemon's
+ * holder index. */
+SEC("iter/task_file")
+int sweep_track(struct bpf_iter__task_file *ctx)
+{
+	return visit(ctx, true);
+}

@@ -1,0 +1,453 @@
+package scanner
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strconv"
+	"sync"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/relinkd/relinkd/internal/fsguard"
+	"github.com/relinkd/relinkd/internal/procfs"
+)
+
+// The in-kernel sweep: bpf/sweep.c, a task_file iterator (Linux >= 5.8,
+// BTF), compiled by `go generate` into sweep_bpfel.o and loaded with
+// cilium/ebpf, CO-RE relocated against /sys/kernel/btf/vmlinux. Reading
+// the iterator runs the program over every descriptor table in the
+// kernel; it writes a record for each deleted regular file (and, for the
+// holder index, the path of every other descriptor), so a sweep costs a
+// few read(2) calls instead of one readlink(2) per descriptor.
+
+// Record kinds and layouts, as bpf/sweep.c writes them (struct rec,
+// struct held), little-endian.
+const (
+	recCandidate = 1
+	recHeld      = 2
+	recSize      = 64
+	heldSize     = 16
+)
+
+// bpf(2) commands and the task iterator's link info (include/uapi/linux/bpf.h),
+// which cilium/ebpf's link.AttachIter does not fill in: a pid there makes
+// the kernel walk that process's threads only (Linux >= 6.1).
+const (
+	bpfLinkCreate = 28
+	bpfIterCreate = 33
+)
+
+// record is one decoded record.
+type record struct {
+	kind          uint16
+	tgid, tid, fd int
+	flags         uint32
+	mntID         int
+	mode, nlink   uint32
+	dev, ino      uint64
+	size, pos     int64
+	path          []byte // d_path(3), " (deleted)" included; nil when the kernel refused
+}
+
+// bpfSweep holds the loaded programs and the links of the full walks.
+// It is safe for concurrent use: each sweep opens its own iterator.
+type bpfSweep struct {
+	objs      sweepObjects
+	all       *link.Iter // sweep: candidates only
+	track     *link.Iter // sweep_track: candidates and every other path
+	pidFilter bool       // the kernel takes a pid in the task iterator's link info
+}
+
+// loadBPF loads the programs and attaches the full walks. It fails where
+// the kernel, its BTF or the caller's capabilities (CAP_BPF and
+// CAP_PERFMON, or CAP_SYS_ADMIN) do not allow it.
+func loadBPF() (*bpfSweep, error) {
+	b := &bpfSweep{}
+	if err := loadSweepObjects(&b.objs, nil); err != nil {
+		return nil, fmt.Errorf("load bpf sweep: %w", err)
+	}
+	var err error
+	if b.all, err = link.AttachIter(link.IterOptions{Program: b.objs.Sweep}); err != nil {
+		b.Close()
+		return nil, fmt.Errorf("attach bpf sweep: %w", err)
+	}
+	if b.track, err = link.AttachIter(link.IterOptions{Program: b.objs.SweepTrack}); err != nil {
+		b.Close()
+		return nil, fmt.Errorf("attach bpf sweep: %w", err)
+	}
+	// One walk of our own process tells whether the kernel filters by pid
+	// and proves that the program runs.
+	if _, err := b.read(b.objs.Sweep, unix.Getpid(), nil); err == nil {
+		b.pidFilter = true
+	} else if !errors.Is(err, unix.EINVAL) {
+		b.Close()
+		return nil, fmt.Errorf("run bpf sweep: %w", err)
+	}
+	if _, err := b.read(b.objs.Sweep, 0, nil); err != nil {
+		b.Close()
+		return nil, fmt.Errorf("run bpf sweep: %w", err)
+	}
+	return b, nil
+}
+
+// Close releases the programs and links.
+func (b *bpfSweep) Close() error {
+	if b.all != nil {
+		b.all.Close()
+	}
+	if b.track != nil {
+		b.track.Close()
+	}
+	return b.objs.Close()
+}
+
+// read runs one walk and appends its bytes to buf: the full walk of prog
+// when pid is 0, else a walk of process pid only.
+func (b *bpfSweep) read(prog *ebpf.Program, pid int, buf []byte) ([]byte, error) {
+	var r io.ReadCloser
+	if pid == 0 {
+		it := b.all
+		if prog == b.objs.SweepTrack {
+			it = b.track
+		}
+		f, err := it.Open()
+		if err != nil {
+			return buf, err
+		}
+		r = f
+	} else {
+		fd, err := openPIDIter(prog, pid)
+		if err != nil {
+			return buf, err
+		}
+		r = os.NewFile(uintptr(fd), "bpf_iter")
+	}
+	defer r.Close()
+	for {
+		if cap(buf)-len(buf) < 64<<10 {
+			buf = append(buf[:cap(buf)], make([]byte, max(64<<10, cap(buf)))...)[:len(buf)]
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF || (err == nil && n == 0) {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, fmt.Errorf("read bpf iterator: %w", err)
+		}
+	}
+}
+
+// openPIDIter makes a task_file iterator over process pid's threads only
+// and returns its fd; the link it is made from is closed at once (the
+// iterator holds its own reference). EINVAL means a kernel older than
+// 6.1, which takes no pid.
+func openPIDIter(prog *ebpf.Program, pid int) (int, error) {
+	var info [16]byte // union bpf_iter_link_info: task {tid, pid, pid_fd}
+	binary.LittleEndian.PutUint32(info[4:], uint32(pid))
+	attr := struct {
+		progFD, targetFD, attachType, flags uint32
+		iterInfo                            uint64
+		iterInfoLen                         uint32
+		_                                   uint32
+	}{
+		progFD:      uint32(prog.FD()),
+		attachType:  uint32(ebpf.AttachTraceIter),
+		iterInfo:    uint64(uintptr(unsafe.Pointer(&info[0]))),
+		iterInfoLen: uint32(len(info)),
+	}
+	lfd, _, errno := unix.Syscall(unix.SYS_BPF, bpfLinkCreate, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
+	runtime.KeepAlive(&info)
+	if errno != 0 {
+		return -1, fmt.Errorf("bpf link create (pid %d): %w", pid, errno)
+	}
+	defer unix.Close(int(lfd))
+	iattr := struct{ linkFD, flags uint32 }{linkFD: uint32(lfd)}
+	ifd, _, errno := unix.Syscall(unix.SYS_BPF, bpfIterCreate, uintptr(unsafe.Pointer(&iattr)), unsafe.Sizeof(iattr))
+	if errno != 0 {
+		return -1, fmt.Errorf("bpf iter create (pid %d): %w", pid, errno)
+	}
+	return int(ifd), nil
+}
+
+// errBadRecord means the iterator's output does not parse: a program
+// and a reader out of step, never expected.
+var errBadRecord = errors.New("bad bpf sweep record")
+
+// parseRecords decodes the iterator's output. Paths alias buf.
+func parseRecords(buf []byte, fn func(*record)) error {
+	le := binary.LittleEndian
+	var r record
+	for len(buf) > 0 {
+		if len(buf) < heldSize {
+			return fmt.Errorf("%w: %d trailing bytes", errBadRecord, len(buf))
+		}
+		r = record{
+			kind: le.Uint16(buf[0:]),
+			tgid: int(int32(le.Uint32(buf[4:]))),
+			tid:  int(int32(le.Uint32(buf[8:]))),
+			fd:   int(int32(le.Uint32(buf[12:]))),
+		}
+		n := int(le.Uint16(buf[2:]))
+		fixed := heldSize
+		switch r.kind {
+		case recHeld:
+		case recCandidate:
+			fixed = recSize
+			if len(buf) < fixed {
+				return fmt.Errorf("%w: short candidate", errBadRecord)
+			}
+			r.flags = le.Uint32(buf[16:])
+			r.mntID = int(int32(le.Uint32(buf[20:])))
+			r.mode = le.Uint32(buf[24:])
+			r.nlink = le.Uint32(buf[28:])
+			r.dev = le.Uint64(buf[32:])
+			r.ino = le.Uint64(buf[40:])
+			r.size = int64(le.Uint64(buf[48:]))
+			r.pos = int64(le.Uint64(buf[56:]))
+		default:
+			return fmt.Errorf("%w: kind %d", errBadRecord, r.kind)
+		}
+		if len(buf) < fixed+n {
+			return fmt.Errorf("%w: path of %d bytes cut", errBadRecord, n)
+		}
+		if n > 0 {
+			r.path = buf[fixed : fixed+n : fixed+n]
+		}
+		fn(&r)
+		buf = buf[fixed+n:]
+	}
+	return nil
+}
+
+// kernelDev converts a kernel dev_t (MAJOR << 20 | MINOR, include/linux/kdev_t.h)
+// to the st_dev encoding of stat(2).
+func kernelDev(d uint64) uint64 { return unix.Mkdev(uint32(d>>20), uint32(d&(1<<20-1))) }
+
+// maxPIDWalks is how many processes SweepPIDs walks one by one; beyond,
+// one walk of every table, filtered here, costs less than that many
+// iterators (each a link and an iterator made and closed).
+const maxPIDWalks = 64
+
+// group is what the walk found of one process.
+type group struct {
+	pid  int
+	recs []record
+}
+
+// sweepBPF is sweep through the kernel's iterator; pids nil means every
+// process. Any failure of the iterator is returned, and the caller then
+// sweeps /proc instead.
+func (s *Scanner) sweepBPF(ctx context.Context, b *bpfSweep, rootfd int, pids []int) (Result, error) {
+	start := time.Now()
+	var track func([]byte) bool
+	prog := b.objs.Sweep
+	if t := s.track.Load(); t != nil {
+		track = *t
+		prog = b.objs.SweepTrack
+	}
+	bufp := s.bufs.Get().(*[]byte)
+	defer s.bufs.Put(bufp)
+	buf := (*bufp)[:0]
+	var want map[int]bool
+	var err error
+	var total Result
+	switch {
+	case pids == nil:
+		buf, err = b.read(prog, 0, buf)
+	case len(pids) > maxPIDWalks || !b.pidFilter:
+		want = make(map[int]bool, len(pids))
+		for _, pid := range pids {
+			want[pid] = true
+		}
+		buf, err = b.read(prog, 0, buf)
+	default:
+		for _, pid := range pids {
+			if pid == s.self || pid <= 0 {
+				continue
+			}
+			buf, err = b.read(prog, pid, buf)
+			if errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENOENT) {
+				total.Vanished++ // the process exited before its walk
+				err = nil
+			}
+			if err != nil {
+				break
+			}
+		}
+	}
+	*bufp = buf
+	if err != nil {
+		return Result{}, err
+	}
+
+	// Records come process by process, a process's threads (those whose
+	// leader has exited) one after the other.
+	var groups []*group
+	byPID := make(map[int]*group)
+	err = parseRecords(buf, func(r *record) {
+		if r.tgid == s.self || (want != nil && !want[r.tgid]) {
+			return
+		}
+		g := byPID[r.tgid]
+		if g == nil {
+			g = &group{pid: r.tgid}
+			byPID[r.tgid] = g
+			groups = append(groups, g)
+		}
+		g.recs = append(g.recs, *r)
+		total.FDs++
+	})
+	if err != nil {
+		return Result{}, err
+	}
+	total.Procs = len(groups)
+
+	work := make(chan *group)
+	results := make([]Result, min(s.workers, max(len(groups), 1)))
+	var wg sync.WaitGroup
+	for i := range results {
+		wg.Add(1)
+		go func(res *Result) {
+			defer wg.Done()
+			w := newWorker(s, rootfd)
+			for g := range work {
+				w.processBPF(g, track, res)
+			}
+		}(&results[i])
+	}
+feed:
+	for _, g := range groups {
+		select {
+		case work <- g:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(work)
+	wg.Wait()
+	for _, r := range results {
+		total.Candidates = append(total.Candidates, r.Candidates...)
+		total.Vanished += r.Vanished
+		total.Denied += r.Denied
+		total.Unanswered = append(total.Unanswered, r.Unanswered...)
+		total.Held = append(total.Held, r.Held...)
+	}
+	sortCandidates(total.Candidates)
+	total.Duration = time.Since(start)
+	s.log.Debug("sweep done", zap.String("backend", BackendBPF), zap.Int("procs", total.Procs), zap.Int("fds", total.FDs),
+		zap.Int("candidates", len(total.Candidates)), zap.Int("vanished", total.Vanished),
+		zap.Int("denied", total.Denied), zap.Duration("duration", total.Duration))
+	if err := ctx.Err(); err != nil {
+		return total, fmt.Errorf("sweep: %w", err)
+	}
+	return total, nil
+}
+
+// processBPF turns what the walk found of one process into candidates
+// (and holder pairs), as process does from /proc.
+func (w *worker) processBPF(g *group, track func([]byte) bool, res *Result) {
+	clear(w.held)
+	pid := g.pid
+	pidDir := strconv.Itoa(pid)
+	// A leader that has exited leaves its table to the other threads,
+	// each of which the walk reports: keep one, the thread the /proc
+	// sweep would read (the first listed).
+	tid := 0
+	if g.recs[0].tid != pid {
+		tid = procfs.LiveThreadAt(w.rootfd, pidDir, pid, w.dirent)
+		if tid == 0 {
+			res.Vanished++
+			return
+		}
+	}
+	dir := pidDir
+	if tid != 0 {
+		dir = pidDir + "/task/" + strconv.Itoa(tid)
+	}
+	var found []Candidate
+	for i := range g.recs {
+		r := &g.recs[i]
+		if r.tid != pid && r.tid != tid {
+			continue
+		}
+		link := r.path
+		if link == nil {
+			// bpf_d_path(3) refused (a name longer than its buffer):
+			// the link text of that one descriptor says what it can.
+			l, err := procfs.ReadlinkAt(w.rootfd, dir+"/fd/"+strconv.Itoa(r.fd), &w.link)
+			if err != nil {
+				w.countFDErr(err, res)
+				continue
+			}
+			link = l
+		}
+		path, _ := trimDeleted(link)
+		if track != nil && track(path) {
+			w.hold(pid, path, res)
+		}
+		if r.kind != recCandidate {
+			continue
+		}
+		// The inode's fields come from stat(2) of the descriptor, as the
+		// /proc sweep takes them: some filesystems report another st_dev
+		// (btrfs subvolumes) or count delayed allocation in st_blocks
+		// (ext4, XFS), which the inode itself does not show.
+		n := strconv.Itoa(r.fd)
+		st, err := w.statFD(dir, n, r.mntID)
+		if err != nil {
+			if errors.Is(err, fsguard.ErrUnresponsive) || errors.Is(err, fsguard.ErrTooManyStuck) {
+				res.Unanswered = append(res.Unanswered, Unanswered{PID: pid, FD: r.fd, Path: bytes.Clone(path), MntID: r.mntID})
+				continue
+			}
+			w.countFDErr(err, res)
+			continue
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFREG {
+			continue // the number was given to another file since the walk
+		}
+		c := Candidate{
+			PID: pid, TID: tid, FD: r.fd,
+			Flags: r.flags, Pos: r.pos, MntID: r.mntID,
+			Path:    bytes.Clone(path),
+			TmpFile: r.flags&oTmpfile != 0,
+		}
+		c.setInode(&st)
+		found = append(found, c)
+	}
+	if len(found) == 0 {
+		return
+	}
+	if err := w.holder(pidDir, found); err != nil {
+		w.countErr(pid, "read holder", err, res)
+		return
+	}
+	res.Candidates = append(res.Candidates, found...)
+}
+
+// statFD stats the file open as dir/fd/name, under the guard when there
+// is one (see confirm).
+func (w *worker) statFD(dir, name string, mntID int) (unix.Stat_t, error) {
+	g := w.s.guard
+	if g == nil {
+		return statAt(w.rootfd, dir+"/fd/"+name, 0)
+	}
+	path := w.s.root + "/" + dir + "/fd/" + name
+	var st unix.Stat_t
+	var serr error
+	if err := g.Do(mntID, func() { st, serr = statAt(unix.AT_FDCWD, path, 0) }, nil); err != nil {
+		return unix.Stat_t{}, err
+	}
+	return st, serr
+}

@@ -1,0 +1,246 @@
+package scanner
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	"go.uber.org/zap/zaptest"
+	"golang.org/x/sys/unix"
+
+	"github.com/relinkd/relinkd/internal/testcontainer"
+	"github.com/relinkd/relinkd/internal/testfs"
+	"github.com/relinkd/relinkd/internal/testproc"
+)
+
+// newBPFScanner returns a scanner on the BPF backend, or skips (fails
+// under CI=true) where it cannot load.
+func newBPFScanner(t *testing.T) *Scanner {
+	t.Helper()
+	testfs.RequireRoot(t)
+	s := New(Options{Backend: BackendBPF}, zaptest.NewLogger(t))
+	t.Cleanup(func() { s.Close() })
+	if name, why := s.Backend(); name != BackendBPF {
+		testfs.Skip(t, "bpf backend unavailable: "+why)
+	}
+	return s
+}
+
+// trapSet starts holders of every kind of descriptor the scanner must
+// tell apart on a filesystem of type fstype, and returns them.
+func trapSet(t *testing.T, fstype string) (string, []*testproc.Holder) {
+	t.Helper()
+	dir := testfs.Mount(t, fstype, 300)
+	p := func(name string) string { return filepath.Join(dir, name) }
+	for _, n := range []string{"plain.log", "line\nbreak.log", "bad\xff\xfename.log", "linked.log", "live (deleted)", "kept.log", "gone (deleted)"} {
+		if err := os.WriteFile(p(n), []byte("seed"), 0o640); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h := testproc.Start(t,
+		testproc.Open(p("plain.log"), "a"),
+		testproc.Open(p("line\nbreak.log"), "r"),
+		testproc.Open(p("bad\xff\xfename.log"), "r"),
+		testproc.Open(p("linked.log"), "rw"),
+		testproc.Open(p("live (deleted)"), "r"),
+		testproc.Open(p("kept.log"), "r"),
+		testproc.Open(p("gone (deleted)"), "r"),
+		testproc.TmpFile(dir, false),
+		testproc.Memfd("decoy"),
+		testproc.Pipe(),
+		testproc.SocketPair(),
+		testproc.SecretMem(),
+		testproc.Open(dir, "r"),
+		testproc.Write(0, "hello world"),
+		testproc.Write(7, "tmp"),
+		testproc.Write(8, "memfd data"),
+		testproc.Link(p("linked.log"), p("other-name.log")),
+		testproc.Unlink(p("plain.log")),
+		testproc.Unlink(p("line\nbreak.log")),
+		testproc.Unlink(p("bad\xff\xfename.log")),
+		testproc.Unlink(p("linked.log")),
+		testproc.Unlink(p("gone (deleted)")),
+	)
+	return dir, []*testproc.Holder{h}
+}
+
+// TestBackendParity: on the same live state, the BPF and /proc backends
+// report the same candidates, every field, and the same holder pairs
+// (Track): the trap set on tmpfs, ext4, XFS and btrfs (literal
+// "x (deleted)" names live and deleted, memfd, secretmem, O_TMPFILE, a
+// second hard link, pipes, sockets, a directory), a holder in its own
+// mount namespace, holders in containers, and a process whose leader has
+// exited.
+func TestBackendParity(t *testing.T) {
+	b := newBPFScanner(t)
+	testfs.RequireTool(t, "python3")
+	p := New(Options{Backend: BackendProc}, zaptest.NewLogger(t))
+	var pids, roots []string
+	var pidList []int
+	add := func(hs ...*testproc.Holder) {
+		for _, h := range hs {
+			pidList = append(pidList, h.PID)
+		}
+	}
+	for _, fstype := range []string{"tmpfs", "ext4", "xfs", "btrfs"} {
+		dir, hs := trapSet(t, fstype)
+		roots = append(roots, dir)
+		add(hs...)
+	}
+	// A mount namespace of its own (a sandboxed service) and containers.
+	dir := t.TempDir()
+	roots = append(roots, dir, "/var/log")
+	add(testproc.StartWith(t, testproc.Options{Unshare: true},
+		testproc.Open(filepath.Join(dir, "s"), "w"), testproc.Write(0, "sandboxed"), testproc.Unlink(filepath.Join(dir, "s"))))
+	held := []testproc.Step{
+		testproc.Open("/var/log/app.log", "w"), testproc.Write(0, "in the container\n"), testproc.Unlink("/var/log/app.log"),
+		testproc.Open("/var/log/live.log", "w"),
+	}
+	add(testcontainer.New(t, testcontainer.Options{Cgroup: testcontainer.Docker}).Start(t, held...))
+	add(testcontainer.New(t, testcontainer.Options{}).Start(t, held...))
+	// An exited leader.
+	tdir := testfs.Mount(t, "tmpfs", 16)
+	roots = append(roots, tdir)
+	orphan := filepath.Join(tdir, "orphan.log")
+	if err := os.WriteFile(orphan, []byte("still here"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pidList = append(pidList, testproc.StartExitedLeader(t, orphan))
+	for _, pid := range pidList {
+		pids = append(pids, fmt.Sprint(pid))
+	}
+
+	keep := func(path []byte) bool {
+		for _, r := range roots {
+			if bytes.HasPrefix(path, []byte(r+"/")) || string(path) == r {
+				return true
+			}
+		}
+		return false
+	}
+	ctx := context.Background()
+	for _, track := range []bool{false, true} {
+		if track {
+			b.Track(keep)
+			p.Track(keep)
+		}
+		t.Run(fmt.Sprintf("track=%v", track), func(t *testing.T) {
+			want, err := p.SweepPIDs(ctx, pidList)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := len(want.Candidates); n < 4*6+4 {
+				t.Fatalf("the /proc backend found %d candidates, want at least %d: %+v", n, 4*6+4, want.Candidates)
+			}
+			got, err := b.SweepPIDs(ctx, pidList)
+			if err != nil {
+				t.Fatal(err)
+			}
+			compare(t, "SweepPIDs", want, got, track)
+			// A full walk, kept to the same processes.
+			full, err := b.Sweep(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			full.Candidates = slices.DeleteFunc(full.Candidates, func(c Candidate) bool { return !slices.Contains(pidList, c.PID) })
+			full.Held = slices.DeleteFunc(full.Held, func(h Held) bool { return !slices.Contains(pidList, h.PID) })
+			compare(t, "Sweep", want, full, track)
+			// Beyond maxPIDWalks processes, one walk filtered here.
+			many := append(slices.Clone(pidList), make([]int, maxPIDWalks)...)
+			for i := len(pidList); i < len(many); i++ {
+				many[i] = 1 << 30 // no such process
+			}
+			got, err = b.SweepPIDs(ctx, many)
+			if err != nil {
+				t.Fatal(err)
+			}
+			compare(t, "SweepPIDs(many)", want, got, track)
+		})
+	}
+	_ = strings.Join(pids, ",")
+}
+
+func compare(t *testing.T, what string, want, got Result, track bool) {
+	t.Helper()
+	if len(want.Candidates) != len(got.Candidates) {
+		t.Errorf("%s: %d candidates, want %d", what, len(got.Candidates), len(want.Candidates))
+	}
+	wm := map[[2]int]Candidate{}
+	for _, c := range want.Candidates {
+		wm[[2]int{c.PID, c.FD}] = c
+	}
+	for _, c := range got.Candidates {
+		w, ok := wm[[2]int{c.PID, c.FD}]
+		if !ok {
+			t.Errorf("%s: pid %d fd %d %q reported by bpf only: %+v", what, c.PID, c.FD, c.Path, c)
+			continue
+		}
+		delete(wm, [2]int{c.PID, c.FD})
+		if !reflect.DeepEqual(w, c) {
+			t.Errorf("%s: pid %d fd %d:\n-want %+v\n+got  %+v", what, c.PID, c.FD, w, c)
+		}
+	}
+	for _, c := range wm {
+		t.Errorf("%s: pid %d fd %d %q reported by /proc only", what, c.PID, c.FD, c.Path)
+	}
+	if !track {
+		return
+	}
+	sortHeld := func(h []Held) []Held {
+		h = slices.Clone(h)
+		slices.SortFunc(h, func(a, b Held) int {
+			if a.PID != b.PID {
+				return a.PID - b.PID
+			}
+			return strings.Compare(a.Dir, b.Dir)
+		})
+		return h
+	}
+	if w, g := sortHeld(want.Held), sortHeld(got.Held); !reflect.DeepEqual(w, g) {
+		t.Errorf("%s: holder pairs:\n-want %v\n+got  %v", what, w, g)
+	}
+	if len(want.Held) == 0 {
+		t.Errorf("%s: no holder pairs", what)
+	}
+}
+
+// TestBPFRecordFields: what the program reads of the inode (dev, ino,
+// nlink, size, mode) is what stat(2) says, on filesystems whose getattr
+// reports the inode as it is.
+func TestBPFRecordFields(t *testing.T) {
+	s := newBPFScanner(t)
+	for _, fstype := range []string{"tmpfs", "ext4", "xfs"} {
+		t.Run(fstype, func(t *testing.T) {
+			_, hs := trapSet(t, fstype)
+			h := hs[0]
+			buf, err := s.bpf.Load().read(s.bpf.Load().objs.Sweep, h.PID, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := 0
+			if err := parseRecords(buf, func(r *record) {
+				n++
+				var st unix.Stat_t
+				if err := unix.Stat(fmt.Sprintf("/proc/%d/fd/%d", r.tgid, r.fd), &st); err != nil {
+					t.Fatal(err)
+				}
+				got := [5]uint64{kernelDev(r.dev), r.ino, uint64(r.nlink), uint64(r.size), uint64(r.mode)}
+				want := [5]uint64{st.Dev, st.Ino, uint64(st.Nlink), uint64(st.Size), uint64(st.Mode)}
+				if got != want || r.kind != recCandidate || r.tid != h.PID {
+					t.Errorf("fd %d: -want %v +got %v (kind %d tid %d)", r.fd, want, got, r.kind, r.tid)
+				}
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if n != 6 {
+				t.Errorf("%d records, want 6 (four deleted, one deleted literal \"(deleted)\", O_TMPFILE)", n)
+			}
+		})
+	}
+}
