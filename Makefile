@@ -10,13 +10,15 @@ PREFIX  ?= /usr/local
 
 # Programs the tests drive: filesystems they create, lsof for parity, jq;
 # mmdebstrap and systemd-nspawn boot the unit under a real systemd
-# (e2e/systemd_test.go), nsenter runs commands inside that container.
+# (e2e/systemd_test.go), nsenter runs commands inside that container;
+# clang and llvm-strip regenerate the BPF sweep (bpf-check), which includes
+# libbpf-dev's bpf_helpers.h.
 TEST_TOOLS    := mkfs.ext4 mkfs.xfs mkfs.btrfs lsof jq unshare losetup python3 setfacl \
-                 mmdebstrap systemd-nspawn nsenter
+                 mmdebstrap systemd-nspawn nsenter clang llvm-strip
 TEST_PACKAGES := e2fsprogs xfsprogs btrfs-progs lsof jq util-linux mount python3 acl attr \
-                 mmdebstrap systemd-container
+                 mmdebstrap systemd-container clang llvm libbpf-dev
 
-.PHONY: all build run test test-deps vet bench install clean
+.PHONY: all build run test test-deps vet bpf-check bench install clean
 
 all: build
 
@@ -42,7 +44,17 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
 
-test: test-deps vet
+# The BPF sweep's object and bindings are committed (go build needs no
+# clang); this regenerates them and fails if they differ from the commit.
+# Byte-identical with Debian 12's clang 14 (bpf2go pins -fno-ident and the
+# debug prefix map; pkg/scanner/gen.go the other flags).
+bpf-check:
+	@command -v clang >/dev/null || { echo "bpf-check: clang missing (make test-deps)"; exit 1; }
+	$(GO) generate ./pkg/scanner
+	@git diff --exit-code --stat -- pkg/scanner/sweep_bpfel.go pkg/scanner/sweep_bpfel.o || \
+	  { echo "bpf-check: the committed BPF object differs from what pkg/scanner/bpf/sweep.c compiles to (clang $$(clang -dumpversion))"; exit 1; }
+
+test: test-deps vet bpf-check
 	$(GO) test -race -count=1 -timeout 40m ./...
 
 bench: build test-deps
