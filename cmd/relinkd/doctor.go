@@ -88,6 +88,12 @@ func cmdDoctor(ctx context.Context, e env, args []string) error {
 	} else {
 		fmt.Fprintf(tw, "  openat2\t%s\trescue paths resolved one component at a time with O_NOFOLLOW (as safe; openat2 is refused here, e.g. by a seccomp filter)\n", verdict(err))
 	}
+	// Loading the BPF sweep is the only test of whether it runs here
+	// (kernel, BTF, capabilities, a seccomp filter on bpf(2)).
+	sc := scanner.New(scanner.Options{Backend: cfg.Scan.Backend}, zap.NewNop())
+	backend, why := sc.Backend()
+	sc.Close()
+	fmt.Fprintf(tw, "  scan backend	%s	scan.backend %s: %s\n", backend, cfg.Scan.Backend, why)
 	tw.Flush()
 
 	fmt.Fprintln(w, "\nfilesystems covered by watch rules")

@@ -41,7 +41,8 @@ func cmdRescue(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	sc := scanner.New(scanner.Options{ProcRoot: o.procRoot}, log)
+	sc := scanner.New(scanner.Options{ProcRoot: o.procRoot, Backend: cfg.Scan.Backend}, log)
+	defer sc.Close()
 	var res scanner.Result
 	if o.pid > 0 {
 		res, err = sc.SweepPIDs(ctx, []int{o.pid})

@@ -49,7 +49,9 @@ func cmdScan(ctx context.Context, e env, args []string) error {
 		timeout = fsguard.DefaultTimeout
 	}
 	guard := fsguard.New(fsguard.Options{Timeout: timeout}, zap.NewNop())
-	res, err := scanner.New(scanner.Options{ProcRoot: *procRoot, Guard: guard}, zap.NewNop()).Sweep(ctx)
+	sc := scanner.New(scanner.Options{ProcRoot: *procRoot, Guard: guard, Backend: cfg.Scan.Backend}, zap.NewNop())
+	defer sc.Close()
+	res, err := sc.Sweep(ctx)
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
@@ -79,8 +81,12 @@ func cmdScan(ctx context.Context, e env, args []string) error {
 	if err := printSummary(e.stdout, sum); err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stderr, "%d deleted-but-open file(s); %d processes, %d descriptors read; %d vanished, %d not inspectable, %d on filesystems not answering\n",
-		len(rows), res.Procs, res.FDs, res.Vanished, res.Denied, len(res.Unanswered))
+	read := fmt.Sprintf("%d processes, %d descriptors read", res.Procs, res.FDs)
+	if backend, _ := sc.Backend(); backend == scanner.BackendBPF {
+		read = fmt.Sprintf("every descriptor table walked in the kernel (bpf), %d processes hold them", res.Procs)
+	}
+	fmt.Fprintf(e.stderr, "%d deleted-but-open file(s); %s; %d vanished, %d not inspectable, %d on filesystems not answering\n",
+		len(rows), read, res.Vanished, res.Denied, len(res.Unanswered))
 	return nil
 }
 

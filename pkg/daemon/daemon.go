@@ -35,6 +35,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"io"
 	"os"
 	"runtime"
 	"slices"
@@ -44,6 +45,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/relinkd/relinkd/internal/fsguard"
 	"github.com/relinkd/relinkd/internal/logging"
@@ -327,7 +329,7 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 		},
 	}, log)
 	if d.sweeper == nil {
-		d.sweeper = scanner.New(scanner.Options{ProcRoot: opt.ProcRoot, Guard: d.guard}, log)
+		d.sweeper = scanner.New(scanner.Options{ProcRoot: opt.ProcRoot, Guard: d.guard, Backend: opt.Config.Scan.Backend}, log)
 	}
 	d.track(opt.Config)
 	return d, nil
@@ -474,7 +476,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.log.Info("relinkd started", zap.String("version", d.opt.Version), zap.String("config", d.opt.ConfigPath),
 		zap.Duration("interval", time.Duration(cfg.Scan.Interval)), zap.Bool("events", cfg.Scan.Events),
 		zap.Int("workers", d.opt.Workers), zap.Int("pid", d.self),
-		zap.String("path_resolution", d.engine.Resolution()), zap.String("host_root", hostRoot(d.pol.Load().Via())))
+		zap.String("path_resolution", d.engine.Resolution()), zap.String("host_root", hostRoot(d.pol.Load().Via())),
+		scanBackend(d.sweeper))
 
 	// Workers get their own context, cancelled only once the loop is done,
 	// so that shutdown can first stop detection, then abandon rescues.
@@ -560,8 +563,26 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if srvDone != nil {
 		<-srvDone
 	}
+	if c, ok := d.sweeper.(io.Closer); ok {
+		c.Close() // the BPF programs, once no sweep runs
+	}
 	d.log.Info("relinkd stopped")
 	return err
+}
+
+// scanBackend names the sweeps' backend in the start-up event:
+// scan_backend (bpf or proc) and scan_backend_reason.
+func scanBackend(s Sweeper) zap.Field {
+	b, ok := s.(interface{ Backend() (string, string) })
+	if !ok {
+		return zap.Skip()
+	}
+	name, why := b.Backend()
+	return zap.Inline(zapcore.ObjectMarshalerFunc(func(enc zapcore.ObjectEncoder) error {
+		enc.AddString("scan_backend", name)
+		enc.AddString("scan_backend_reason", why)
+		return nil
+	}))
 }
 
 // loop is the detection side: sweeps, events, reloads, watchdog.

@@ -64,6 +64,12 @@ type ScanConfig struct {
 	// StallTimeout is how long a rescue may go without copying a chunk
 	// before its worker is taken for stuck and replaced.
 	StallTimeout Duration `yaml:"stall_timeout"`
+	// Backend is how sweeps find deleted-but-open files: "proc" reads
+	// /proc/PID/fd, "bpf" walks the descriptor tables in the kernel (an
+	// eBPF iterator: CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN), "auto"
+	// takes BPF where it loads and /proc elsewhere. BPF that fails falls
+	// back to /proc.
+	Backend string `yaml:"backend"`
 }
 
 // Rule is one watch rule. The first rule that matches a file decides.
@@ -146,7 +152,7 @@ const DefaultMaxWatches = 8192
 func Defaults() *Config {
 	return &Config{
 		Scan: ScanConfig{Interval: Duration(30 * time.Second), Events: true, MaxWatches: DefaultMaxWatches,
-			FSTimeout: Duration(3 * time.Second), StallTimeout: Duration(30 * time.Second)},
+			FSTimeout: Duration(3 * time.Second), StallTimeout: Duration(30 * time.Second), Backend: "auto"},
 		Watch: []Rule{
 			{
 				Name:    "logs",

@@ -555,6 +555,7 @@ func (p *parser) config(n *yaml.Node, c *Config) {
 						p.errf(v, f, "%q is out of range (100ms to 10m)", v.Value)
 					}
 				},
+				"backend": func(v *yaml.Node, f string) { p.enum(v, f, &c.Scan.Backend, "auto", "proc", "bpf") },
 				"stall_timeout": func(v *yaml.Node, f string) {
 					p.duration(v, f, &c.Scan.StallTimeout)
 					if c.Scan.StallTimeout < Duration(1e9) || c.Scan.StallTimeout > Duration(3600e9) {

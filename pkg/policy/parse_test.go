@@ -63,7 +63,7 @@ func TestEmptyFile(t *testing.T) {
 
 func TestParseValues(t *testing.T) {
 	cfg, err := Parse("/etc/relinkd/relinkd.yaml", []byte(`
-scan: {interval: 2m, events: false, max_watches: 100, fs_timeout: 500ms, stall_timeout: 2m}
+scan: {interval: 2m, events: false, max_watches: 100, fs_timeout: 500ms, stall_timeout: 2m, backend: proc}
 watch:
   - name: app
     paths: /srv/app/**
@@ -93,7 +93,7 @@ metrics: {listen: "127.0.0.1:9847"}
 	want.File = "/etc/relinkd/relinkd.yaml"
 	want.RulesFromFile = true
 	want.Scan = ScanConfig{Interval: Duration(2 * time.Minute), Events: false, MaxWatches: 100,
-		FSTimeout: Duration(500 * time.Millisecond), StallTimeout: Duration(2 * time.Minute)}
+		FSTimeout: Duration(500 * time.Millisecond), StallTimeout: Duration(2 * time.Minute), Backend: "proc"}
 	want.Watch = []Rule{{Name: "app", Paths: []string{"/srv/app/**"}, Commands: []string{"java*", "nginx"},
 		Users: []string{"root", "1000"}, MinSize: 1024, MaxSize: 1500 * 1000 * 1000, Action: ActionReport}}
 	want.Rescue.Dirs = []string{"/data/rescue", "/var/rescue"}
@@ -164,6 +164,7 @@ func TestParseErrors(t *testing.T) {
 		{"bad containers", "rescue:\n  containers: outside\n", `c.yaml:2: rescue.containers: "outside" is not one of host, inside`},
 		{"relative container_dir", "rescue:\n  container_dir: containers\n", `c.yaml:2: rescue.container_dir: "containers" is not an absolute directory (and not /)`},
 		{"container_dir list", "rescue:\n  container_dir: [/a]\n", `c.yaml:2: rescue.container_dir: expected a directory, got a list`},
+		{"bad backend", "scan:\n  backend: ebpf\n", `c.yaml:2: scan.backend: "ebpf" is not one of auto, proc, bpf`},
 		{"zero watches", "scan:\n  max_watches: 0\n", `c.yaml:2: scan.max_watches: must be at least 1 (set events: false to watch nothing)`},
 		{"max_share not a share", "rescue:\n  per_user:\n    max_share: 1GiB\n", `c.yaml:3: rescue.per_user.max_share: "1GiB" is not a percentage (0-99.9%; 0% for no cap)`},
 		{"fs_timeout too short", "scan:\n  fs_timeout: 1ms\n", `c.yaml:2: scan.fs_timeout: "1ms" is out of range (100ms to 10m)`},

@@ -138,11 +138,15 @@ func (c *Candidate) Writable() bool {
 // Result is what one sweep found and what it could not look at.
 type Result struct {
 	Candidates []Candidate
-	Procs      int           // processes whose descriptors were read
-	FDs        int           // descriptors examined
-	Vanished   int           // processes or descriptors gone during the sweep (normal)
-	Denied     int           // processes the sweep was not allowed to inspect
-	Duration   time.Duration // wall time of the sweep
+	// Procs and FDs count the processes whose descriptors were read and
+	// the descriptors examined; from the BPF backend, which examines every
+	// descriptor in the kernel, the processes that hold candidates (or,
+	// with Track, tracked files) and those descriptors.
+	Procs    int
+	FDs      int
+	Vanished int           // processes or descriptors gone during the sweep (normal)
+	Denied   int           // processes the sweep was not allowed to inspect
+	Duration time.Duration // wall time of the sweep
 	// Unanswered lists the descriptors that look deleted but could not be
 	// confirmed: their filesystem did not answer (see Options.Guard).
 	Unanswered []Unanswered
