@@ -5,13 +5,17 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/sys/unix"
 
 	"github.com/relinkd/relinkd/internal/testcontainer"
@@ -81,7 +85,7 @@ func TestBackendParity(t *testing.T) {
 	b := newBPFScanner(t)
 	testfs.RequireTool(t, "python3")
 	p := New(Options{Backend: BackendProc}, zaptest.NewLogger(t))
-	var pids, roots []string
+	var roots []string
 	var pidList []int
 	add := func(hs ...*testproc.Holder) {
 		for _, h := range hs {
@@ -112,9 +116,6 @@ func TestBackendParity(t *testing.T) {
 		t.Fatal(err)
 	}
 	pidList = append(pidList, testproc.StartExitedLeader(t, orphan))
-	for _, pid := range pidList {
-		pids = append(pids, fmt.Sprint(pid))
-	}
 
 	keep := func(path []byte) bool {
 		for _, r := range roots {
@@ -163,7 +164,6 @@ func TestBackendParity(t *testing.T) {
 			compare(t, "SweepPIDs(many)", want, got, track)
 		})
 	}
-	_ = strings.Join(pids, ",")
 }
 
 func compare(t *testing.T, what string, want, got Result, track bool) {
@@ -242,5 +242,93 @@ func TestBPFRecordFields(t *testing.T) {
 				t.Errorf("%d records, want 6 (four deleted, one deleted literal \"(deleted)\", O_TMPFILE)", n)
 			}
 		})
+	}
+}
+
+// envBackendChild makes the test binary print the backend that
+// New(Options{Backend: auto}) picks, and why, and exit.
+const envBackendChild = "RELINKD_TEST_BACKEND_CHILD"
+
+func backendChild() int {
+	s := New(Options{Backend: BackendAuto}, nil)
+	name, why := s.Backend()
+	fmt.Printf("%s\n%s\n", name, why)
+	s.Close()
+	return 0
+}
+
+// TestBackendFallbackAtLoad: where BPF cannot load or does not fit, the
+// /proc backend serves and Backend says why: a proc root that is no
+// procfs (a fixture tree), a process without CAP_BPF, CAP_PERFMON and
+// CAP_SYS_ADMIN (setpriv(1) drops them from the bounding set), and a
+// configuration that asks for proc.
+func TestBackendFallbackAtLoad(t *testing.T) {
+	testfs.RequireRoot(t)
+	testfs.RequireTool(t, "setpriv")
+	newBPFScanner(t) // BPF loads here with full capabilities
+	core, logs := observer.New(zapcore.WarnLevel)
+	fixture := New(Options{Backend: BackendBPF, ProcRoot: "../../internal/procfs/testdata/proc"}, zap.New(core))
+	if name, why := fixture.Backend(); name != BackendProc || !strings.Contains(why, "not a procfs") {
+		t.Errorf("fixture root: backend %s (%s), want proc because it is not a procfs", name, why)
+	}
+	if logs.FilterMessage("scan backend bpf unavailable, sweeping /proc").Len() != 1 {
+		t.Errorf("backend bpf asked for and unavailable: want one warning, got %v", logs.All())
+	}
+	if res, err := fixture.Sweep(context.Background()); err != nil || res.Procs == 0 {
+		t.Errorf("fixture sweep through /proc: %d processes read, %v; want the fixture's", res.Procs, err)
+	}
+	if name, _ := New(Options{Backend: BackendProc}, nil).Backend(); name != BackendProc {
+		t.Errorf("backend proc: got %s", name)
+	}
+
+	cmd := exec.Command("setpriv", "--bounding-set", "-bpf,-perfmon,-sys_admin", "--", os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), envBackendChild+"=1")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("setpriv child: %v", err)
+	}
+	lines := strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)
+	if len(lines) != 2 || lines[0] != BackendProc || !strings.Contains(lines[1], "operation not permitted") {
+		t.Errorf("without CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN: %q, want proc and the permission error", out)
+	}
+}
+
+// TestBackendFallbackAtRun: a BPF sweep that fails (its iterator links or
+// its program closed under it) falls back to /proc for that sweep, with
+// one warning, and finds the same files.
+func TestBackendFallbackAtRun(t *testing.T) {
+	testfs.RequireRoot(t)
+	dir := testfs.Mount(t, "tmpfs", 16)
+	f := filepath.Join(dir, "a.log")
+	h := testproc.Start(t, testproc.Open(f, "w"), testproc.Write(0, "abc"), testproc.Unlink(f))
+	core, logs := observer.New(zapcore.WarnLevel)
+	s := New(Options{Backend: BackendBPF}, zap.New(core))
+	t.Cleanup(func() { s.Close() })
+	if name, why := s.Backend(); name != BackendBPF {
+		testfs.Skip(t, "bpf backend unavailable: "+why)
+	}
+	want, err := New(Options{Backend: BackendProc}, nil).SweepPIDs(context.Background(), []int{h.PID})
+	if err != nil || len(want.Candidates) != 1 {
+		t.Fatalf("/proc sweep: %+v, %v", want.Candidates, err)
+	}
+	b := s.bpf.Load()
+	b.all.Close()
+	b.track.Close()
+	b.objs.Sweep.Close()
+	for i := range 2 {
+		full, err := s.Sweep(context.Background())
+		if err != nil {
+			t.Fatalf("sweep %d: %v", i, err)
+		}
+		if !slices.ContainsFunc(full.Candidates, func(c Candidate) bool { return reflect.DeepEqual(c, want.Candidates[0]) }) {
+			t.Errorf("full sweep %d after the failure: %+v not found", i, want.Candidates[0])
+		}
+		got, err := s.SweepPIDs(context.Background(), []int{h.PID})
+		if err != nil || !reflect.DeepEqual(got.Candidates, want.Candidates) {
+			t.Errorf("targeted sweep %d after the failure:\n-want %+v\n+got  %+v, %v", i, want.Candidates, got.Candidates, err)
+		}
+	}
+	if n := logs.FilterMessage("bpf sweep failed, sweeping /proc instead").Len(); n != 1 {
+		t.Errorf("%d warnings, want 1 (once until BPF works again): %v", n, logs.All())
 	}
 }

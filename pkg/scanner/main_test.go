@@ -11,5 +11,8 @@ func TestMain(m *testing.M) {
 	if pid, ok := os.LookupEnv(envSweepChild); ok {
 		os.Exit(sweepChild(pid))
 	}
+	if _, ok := os.LookupEnv(envBackendChild); ok {
+		os.Exit(backendChild())
+	}
 	testproc.Main(m)
 }
