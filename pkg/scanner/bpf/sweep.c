@@ -16,6 +16,12 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 
+/* Fields are read by direct loads through the iterator's BTF pointers
+ * (the verifier turns them into faulting-safe loads, CO-RE relocates
+ * their offsets); bpf_probe_read_kernel() is used only where the
+ * verifier has no type to go by (the close-on-exec bitmap, struct mount
+ * reached from its embedded vfsmount). */
+
 char LICENSE[] SEC("license") = "GPL";
 
 #define S_IFMT 00170000
@@ -79,7 +85,7 @@ struct {
  * another link is only unhashed; its inode keeps nlink > 0. */
 static __always_inline bool unlinked(struct dentry *d)
 {
-	return BPF_CORE_READ(d, d_hash.pprev) == 0 && BPF_CORE_READ(d, d_parent) != d;
+	return d->d_hash.pprev == 0 && d->d_parent != d;
 }
 
 /* path writes the descriptor's d_path(3) to dst and returns its length
@@ -115,22 +121,20 @@ static __always_inline int visit(struct bpf_iter__task_file *ctx, bool track)
 	 * leader has exited (pthread_exit(3) from main) and left no table:
 	 * then its descriptors are the process's, reported once per thread
 	 * and told apart by the reader. */
-	if (BPF_CORE_READ(task, pid) != BPF_CORE_READ(task, tgid) &&
-	    BPF_CORE_READ(task, group_leader, files) != 0)
+	if (task->pid != task->tgid && task->group_leader->files != 0)
 		return 0;
-	struct inode *inode = BPF_CORE_READ(file, f_inode);
+	struct inode *inode = file->f_inode;
 	if (!inode)
 		return 0;
-	struct super_block *sb = BPF_CORE_READ(inode, i_sb);
-	if (!sb || (BPF_CORE_READ(sb, s_flags) & SB_KERNMOUNT))
+	struct super_block *sb = inode->i_sb;
+	if (!sb || (sb->s_flags & SB_KERNMOUNT))
 		return 0;
 	struct buf *b = bpf_map_lookup_elem(&scratch, &zero);
 	if (!b)
 		return 0;
-	__u32 mode = BPF_CORE_READ(inode, i_mode);
-	__u32 nlink = BPF_CORE_READ(inode, i_nlink);
-	struct dentry *dentry = BPF_CORE_READ(file, f_path.dentry);
-	bool cand = (mode & S_IFMT) == S_IFREG && (nlink == 0 || unlinked(dentry));
+	__u32 mode = inode->i_mode;
+	__u32 nlink = inode->i_nlink;
+	bool cand = (mode & S_IFMT) == S_IFREG && (nlink == 0 || unlinked(file->f_path.dentry));
 
 	if (!cand) {
 		if (!track)
@@ -141,8 +145,8 @@ static __always_inline int visit(struct bpf_iter__task_file *ctx, bool track)
 			return 0;
 		h->kind = REC_HELD;
 		h->path_len = n;
-		h->tgid = BPF_CORE_READ(task, tgid);
-		h->tid = BPF_CORE_READ(task, pid);
+		h->tgid = task->tgid;
+		h->tid = task->pid;
 		h->fd = ctx->fd;
 		emit(seq, h, sizeof(*h) + n);
 		return 0;
@@ -150,26 +154,26 @@ static __always_inline int visit(struct bpf_iter__task_file *ctx, bool track)
 
 	struct rec *r = &b->rec;
 	r->kind = REC_CANDIDATE;
-	r->tgid = BPF_CORE_READ(task, tgid);
-	r->tid = BPF_CORE_READ(task, pid);
+	r->tgid = task->tgid;
+	r->tid = task->pid;
 	r->fd = ctx->fd;
-	r->flags = BPF_CORE_READ(file, f_flags);
+	r->flags = file->f_flags;
 	/* fdinfo (fs/proc/fd.c) adds O_CLOEXEC from the table's bitmap. */
-	unsigned long *coe = BPF_CORE_READ(task, files, fdt, close_on_exec);
+	unsigned long *coe = task->files->fdt->close_on_exec;
 	unsigned long word = 0;
 	if (coe && bpf_probe_read_kernel(&word, sizeof(word), coe + ctx->fd / 64) == 0 &&
 	    (word >> (ctx->fd % 64)) & 1)
 		r->flags |= O_CLOEXEC;
 	/* real_mount(): struct vfsmount is embedded in struct mount. */
-	struct vfsmount *vm = BPF_CORE_READ(file, f_path.mnt);
+	struct vfsmount *vm = file->f_path.mnt;
 	struct mount *m = (struct mount *)((char *)vm - bpf_core_field_offset(struct mount, mnt));
 	r->mnt_id = BPF_CORE_READ(m, mnt_id);
 	r->mode = mode;
 	r->nlink = nlink;
-	r->dev = BPF_CORE_READ(sb, s_dev);
-	r->ino = BPF_CORE_READ(inode, i_ino);
-	r->size = BPF_CORE_READ(inode, i_size);
-	r->pos = BPF_CORE_READ(file, f_pos);
+	r->dev = sb->s_dev;
+	r->ino = inode->i_ino;
+	r->size = inode->i_size;
+	r->pos = file->f_pos;
 	__u32 n = path(file, b->path);
 	r->path_len = n;
 	emit(seq, r, sizeof(*r) + n);
