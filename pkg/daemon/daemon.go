@@ -570,6 +570,16 @@ func (d *Daemon) Run(ctx context.Context) error {
 	return err
 }
 
+// walksInKernel reports whether s sweeps with the BPF backend.
+func walksInKernel(s Sweeper) bool {
+	b, ok := s.(interface{ Backend() (string, string) })
+	if !ok {
+		return false
+	}
+	name, _ := b.Backend()
+	return name == scanner.BackendBPF
+}
+
 // scanBackend names the sweeps' backend in the start-up event:
 // scan_backend (bpf or proc) and scan_backend_reason.
 func scanBackend(s Sweeper) zap.Field {
@@ -801,6 +811,11 @@ func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-
 			}
 		}
 		k := min(eventChunk, len(rest))
+		if walksInKernel(d.sweeper) {
+			// One walk of every table in the kernel, filtered to rest,
+			// costs less than the per-process walks of the chunks.
+			k = len(rest)
+		}
 		complete = d.sweepPIDs(ctx, "event", rest[:k], swept) && complete
 		rest = rest[k:]
 	}
