@@ -143,3 +143,13 @@ func (fs FS) MountNS(dir string) (string, error) {
 	}
 	return s, nil
 }
+
+// PIDNS returns the inode number of the pid namespace of the process in
+// dir (below the root): ns/pid, namespaces(7).
+func (fs FS) PIDNS(dir string) (uint64, error) {
+	s, err := os.Readlink(fs.Path(dir + "/ns/pid"))
+	if err != nil {
+		return 0, fmt.Errorf("pid namespace of %s: %w", dir, err)
+	}
+	return ParsePIDNSLink([]byte(s))
+}

@@ -185,17 +185,22 @@ func ParseFDInfo(b []byte) (FDInfo, error) {
 
 // ParseNSLink parses the link text of /proc/PID/ns/mnt, "mnt:[4026531841]"
 // (namespaces(7)), into the namespace's inode number.
-func ParseNSLink(b []byte) (uint64, error) {
-	v, ok := bytes.CutPrefix(b, []byte("mnt:["))
+func ParseNSLink(b []byte) (uint64, error) { return parseNSLink("mnt", "mount", b) }
+
+// ParsePIDNSLink parses the link text of /proc/PID/ns/pid, "pid:[4026531836]".
+func ParsePIDNSLink(b []byte) (uint64, error) { return parseNSLink("pid", "pid", b) }
+
+func parseNSLink(kind, what string, b []byte) (uint64, error) {
+	v, ok := bytes.CutPrefix(b, []byte(kind+":["))
 	if ok {
 		v, ok = bytes.CutSuffix(v, []byte("]"))
 	}
 	if !ok {
-		return 0, fmt.Errorf("%w: mount namespace link %q", ErrParse, b)
+		return 0, fmt.Errorf("%w: %s namespace link %q", ErrParse, what, b)
 	}
 	n, err := strconv.ParseUint(string(v), 10, 64)
 	if err != nil || n == 0 {
-		return 0, fmt.Errorf("%w: mount namespace link %q", ErrParse, b)
+		return 0, fmt.Errorf("%w: %s namespace link %q", ErrParse, what, b)
 	}
 	return n, nil
 }

@@ -170,3 +170,23 @@ func TestParseStatusNSpidDepth(t *testing.T) {
 		})
 	}
 }
+
+func TestParsePIDNSLink(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		want     uint64
+		wantErr  bool
+	}{
+		{"initial", "pid:[4026531836]", 4026531836, false},
+		{"container", "pid:[4026532290]", 4026532290, false},
+		{"mount namespace", "mnt:[4026531841]", 0, true},
+		{"not a number", "pid:[x]", 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := ParsePIDNSLink([]byte(tc.in))
+			if (err != nil) != tc.wantErr || got != tc.want {
+				t.Fatalf("ParsePIDNSLink(%q) = %d, %v; want %d, error %v", tc.in, got, err, tc.want, tc.wantErr)
+			}
+		})
+	}
+}

@@ -25,9 +25,9 @@ func (s *Scanner) pickBackend(want string) {
 		s.log.Warn("scan backend: /proc", zap.String("reason", s.why))
 		return
 	}
-	if err := s.bpfFits(); err != nil {
+	if ns, own, err := s.bpfFits(); err != nil {
 		s.why = err.Error()
-	} else if b, err := loadBPF(); err != nil {
+	} else if b, err := loadBPF(ns, own); err != nil {
 		s.why = err.Error()
 	} else {
 		s.bpf.Store(b)
@@ -40,34 +40,36 @@ func (s *Scanner) pickBackend(want string) {
 	}
 }
 
-// bpfFits tells whether the kernel's view of processes is the proc
-// root's: the iterator reports pids of the initial pid namespace and
-// paths relative to our root, so the proc root must be the procfs of
-// that namespace (not a fixture tree, not a container's /proc).
-func (s *Scanner) bpfFits() error {
+// bpfFits tells whether the BPF sweep can serve this proc root, and in
+// which pid namespace it must report pids: the kernel's walk sees every
+// task, so the proc root must be a procfs (not a fixture tree), whose
+// pid namespace, that of its PID 1, the walk translates task ids to
+// (tasks that namespace does not show are left out, as /proc leaves them
+// out). own tells whether that namespace is ours.
+func (s *Scanner) bpfFits() (pidNS uint64, own bool, err error) {
 	var fs unix.Statfs_t
 	if err := unix.Statfs(s.root, &fs); err != nil {
-		return fmt.Errorf("statfs %s: %w", s.root, err)
+		return 0, false, fmt.Errorf("statfs %s: %w", s.root, err)
 	}
 	if fs.Type != unix.PROC_SUPER_MAGIC {
-		return fmt.Errorf("%s is not a procfs", s.root)
-	}
-	self, err := os.Readlink(s.root + "/self")
-	if err != nil || self != strconv.Itoa(os.Getpid()) {
-		return fmt.Errorf("%s is not this pid namespace's procfs", s.root)
+		return 0, false, fmt.Errorf("%s is not a procfs", s.root)
 	}
 	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
-		return fmt.Errorf("no kernel BTF: %w", err)
+		return 0, false, fmt.Errorf("no kernel BTF: %w", err)
 	}
-	// The kernel's pids are the initial namespace's: ours must be too.
-	raw, err := os.ReadFile(s.root + "/self/status")
+	ours, err := procfs.New("/proc").PIDNS("self")
 	if err != nil {
-		return fmt.Errorf("read %s/self/status: %w", s.root, err)
+		return 0, false, err
 	}
-	if n := procfs.ParseStatusNSpidDepth(raw); n != 1 {
-		return fmt.Errorf("not in the initial pid namespace (NSpid has %d entries)", n)
+	// A procfs whose "self" is this process shows our namespace; another
+	// (a host's /proc mounted into a container) that of its PID 1.
+	if self, err := os.Readlink(s.root + "/self"); err == nil && self == strconv.Itoa(os.Getpid()) {
+		return ours, true, nil
 	}
-	return nil
+	if pidNS, err = procfs.New(s.root).PIDNS("1"); err != nil {
+		return 0, false, err
+	}
+	return pidNS, pidNS == ours, nil
 }
 
 // warnBPF reports a failed BPF sweep (the /proc sweep then serves that

@@ -69,15 +69,32 @@ type bpfSweep struct {
 	pidFilter bool       // the kernel takes a pid in the task iterator's link info
 }
 
-// loadBPF loads the programs and attaches the full walks. It fails where
-// the kernel, its BTF or the caller's capabilities (CAP_BPF and
-// CAP_PERFMON, or CAP_SYS_ADMIN) do not allow it.
-func loadBPF() (*bpfSweep, error) {
-	b := &bpfSweep{}
-	if err := loadSweepObjects(&b.objs, nil); err != nil {
+// initPIDNS is the inode number of the initial pid namespace
+// (PROC_PID_INIT_INO, include/linux/proc_ns.h).
+const initPIDNS = 0xEFFFFFFC
+
+// loadBPF loads the programs for a reader whose proc root shows the pid
+// namespace pidNS (its inode number) and attaches the full walks. ownNS
+// tells whether that is the caller's own namespace, the one in which the
+// kernel reads the pid of a walk of one process. It fails where the
+// kernel, its BTF or the caller's capabilities (CAP_BPF and CAP_PERFMON,
+// or CAP_SYS_ADMIN) do not allow it.
+func loadBPF(pidNS uint64, ownNS bool) (*bpfSweep, error) {
+	spec, err := loadSweep()
+	if err != nil {
 		return nil, fmt.Errorf("load bpf sweep: %w", err)
 	}
-	var err error
+	ns := uint32(pidNS)
+	if true || pidNS == initPIDNS {
+		ns = 0 // task->pid and task->tgid as they are
+	}
+	if err := spec.Variables["pidns_inum"].Set(ns); err != nil {
+		return nil, fmt.Errorf("load bpf sweep: %w", err)
+	}
+	b := &bpfSweep{}
+	if err := spec.LoadAndAssign(&b.objs, nil); err != nil {
+		return nil, fmt.Errorf("load bpf sweep: %w", err)
+	}
 	if b.all, err = link.AttachIter(link.IterOptions{Program: b.objs.Sweep}); err != nil {
 		b.Close()
 		return nil, fmt.Errorf("attach bpf sweep: %w", err)
@@ -88,11 +105,13 @@ func loadBPF() (*bpfSweep, error) {
 	}
 	// One walk of our own process tells whether the kernel filters by pid
 	// and proves that the program runs.
-	if _, err := b.read(b.objs.Sweep, unix.Getpid(), nil); err == nil {
-		b.pidFilter = true
-	} else if !errors.Is(err, unix.EINVAL) {
-		b.Close()
-		return nil, fmt.Errorf("run bpf sweep: %w", err)
+	if ownNS {
+		if _, err := b.read(b.objs.Sweep, unix.Getpid(), nil); err == nil {
+			b.pidFilter = true
+		} else if !errors.Is(err, unix.EINVAL) {
+			b.Close()
+			return nil, fmt.Errorf("run bpf sweep: %w", err)
+		}
 	}
 	if _, err := b.read(b.objs.Sweep, 0, nil); err != nil {
 		b.Close()

@@ -1,8 +1,10 @@
 package scanner
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -330,5 +332,72 @@ func TestBackendFallbackAtRun(t *testing.T) {
 	}
 	if n := logs.FilterMessage("bpf sweep failed, sweeping /proc instead").Len(); n != 1 {
 		t.Errorf("%d warnings, want 1 (once until BPF works again): %v", n, logs.All())
+	}
+}
+
+// envPIDNSChild makes the test binary, run in a pid namespace of its own,
+// hold a deleted file in the directory it names, sweep with both
+// backends and print "ok N" when they agree on N candidates.
+const envPIDNSChild = "RELINKD_TEST_PIDNS_CHILD"
+
+func pidnsChild(dir string) int {
+	f := filepath.Join(dir, "inner.log")
+	h := exec.Command("sh", "-c", `exec 3>"$1"; echo inner >&3; rm "$1"; echo ready; exec sleep 60`, "sh", f)
+	out, _ := h.StdoutPipe()
+	if err := h.Start(); err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	defer func() { h.Process.Kill(); h.Wait() }()
+	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "ready\n" {
+		fmt.Println("holder:", line, err)
+		return 1
+	}
+	b := New(Options{Backend: BackendBPF}, nil)
+	defer b.Close()
+	if name, why := b.Backend(); name != BackendBPF {
+		fmt.Println("bpf backend unavailable:", why)
+		return 1
+	}
+	p := New(Options{Backend: BackendProc}, nil)
+	ctx := context.Background()
+	want, err1 := p.Sweep(ctx)
+	got, err2 := b.Sweep(ctx)
+	one, err3 := b.SweepPIDs(ctx, []int{h.Process.Pid})
+	if err := errors.Join(err1, err2, err3); err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	if !reflect.DeepEqual(want.Candidates, got.Candidates) {
+		fmt.Printf("full sweeps differ:\n-want %+v\n+got  %+v\n", want.Candidates, got.Candidates)
+		return 1
+	}
+	if len(one.Candidates) != 1 || one.Candidates[0].PID != h.Process.Pid || string(one.Candidates[0].Path) != f {
+		fmt.Printf("SweepPIDs(%d): %+v\n", h.Process.Pid, one.Candidates)
+		return 1
+	}
+	fmt.Printf("ok %d\n", len(got.Candidates))
+	return 0
+}
+
+// TestBackendPIDNamespace: in a pid namespace of its own (unshare
+// --pid --mount-proc, as a container runs the daemon), the BPF backend
+// reports the namespace's pids and leaves out processes it does not show
+// (the holder of a deleted file outside), as /proc does: both backends
+// agree there, and a walk of one process takes the namespace's pid.
+func TestBackendPIDNamespace(t *testing.T) {
+	newBPFScanner(t)
+	testfs.RequireTool(t, "unshare")
+	dir := testfs.Mount(t, "tmpfs", 16)
+	outside := filepath.Join(dir, "outside.log")
+	testproc.Start(t, testproc.Open(outside, "w"), testproc.Write(0, "outside"), testproc.Unlink(outside))
+	cmd := exec.Command("unshare", "--pid", "--fork", "--mount-proc", os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), envPIDNSChild+"="+dir)
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.HasPrefix(string(out), "ok ") {
+		t.Fatalf("in a pid namespace: %v\n%s", err, out)
+	}
+	if strings.TrimSpace(string(out)) != "ok 1" {
+		t.Errorf("in a pid namespace: %s, want the one file held there (not the one outside)", out)
 	}
 }

@@ -11,6 +11,9 @@ func TestMain(m *testing.M) {
 	if pid, ok := os.LookupEnv(envSweepChild); ok {
 		os.Exit(sweepChild(pid))
 	}
+	if dir, ok := os.LookupEnv(envPIDNSChild); ok {
+		os.Exit(pidnsChild(dir))
+	}
 	if _, ok := os.LookupEnv(envBackendChild); ok {
 		os.Exit(backendChild())
 	}

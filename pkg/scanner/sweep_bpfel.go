@@ -41,6 +41,7 @@ const (
 	sweepMapScratch     = "scratch"
 	sweepProgSweep      = "sweep"
 	sweepProgSweepTrack = "sweep_track"
+	sweepVarPidnsInum   = "pidns_inum"
 )
 
 // loadSweep returns the embedded CollectionSpec for sweep.
@@ -100,6 +101,7 @@ type sweepMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sweepVariableSpecs struct {
+	PidnsInum *ebpf.VariableSpec `ebpf:"pidns_inum"`
 }
 
 // sweepObjects contains all objects after they have been loaded into the kernel.
@@ -135,6 +137,7 @@ func (m *sweepMaps) Close() error {
 //
 // It can be passed to loadSweepObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sweepVariables struct {
+	PidnsInum *ebpf.Variable `ebpf:"pidns_inum"`
 }
 
 // sweepPrograms contains all programs after they have been loaded into the kernel.

@@ -66,6 +66,49 @@ struct held {
 	__s32 fd;
 };
 
+/* The inode number of the pid namespace whose pids the reader uses (its
+ * proc root's), set at load; 0 for the initial namespace, whose pids are
+ * task->pid and task->tgid. */
+volatile const __u32 pidns_inum = 0;
+
+/* MAX_PID_NS_LEVEL (include/linux/pid_namespace.h). */
+#define MAX_PID_NS_LEVEL 32
+
+/* pid_nr_ns(): the number of pid in the namespace pidns_inum, 0 when the
+ * process is not visible there (as /proc would not list it). */
+static __always_inline int nr_in_ns(struct pid *pid)
+{
+	if (!pid)
+		return 0;
+	unsigned int level = BPF_CORE_READ(pid, level);
+	unsigned long base = (unsigned long)pid + bpf_core_field_offset(struct pid, numbers);
+	unsigned long size = bpf_core_type_size(struct upid);
+	for (int i = 0; i < MAX_PID_NS_LEVEL; i++) {
+		if (i > level)
+			break;
+		struct upid u = {};
+		if (bpf_probe_read_kernel(&u, sizeof(u), (void *)(base + i * size)) != 0)
+			return 0;
+		if (BPF_CORE_READ(u.ns, ns.inum) == pidns_inum)
+			return u.nr;
+	}
+	return 0;
+}
+
+/* ids sets the process and thread ids the reader knows the task by; it
+ * returns false for a task its pid namespace does not show. */
+static __always_inline bool ids(struct task_struct *task, __s32 *tgid, __s32 *tid)
+{
+	if (pidns_inum == 0) {
+		*tgid = task->tgid;
+		*tid = task->pid;
+		return true;
+	}
+	*tgid = nr_in_ns(task->signal->pids[PIDTYPE_TGID]);
+	*tid = nr_in_ns(task->thread_pid);
+	return *tgid != 0 && *tid != 0;
+}
+
 /* One record with room for its path, per CPU: the stack (512 bytes) is
  * too small for a path. */
 struct buf {
@@ -145,8 +188,8 @@ static __always_inline int visit(struct bpf_iter__task_file *ctx, bool track)
 			return 0;
 		h->kind = REC_HELD;
 		h->path_len = n;
-		h->tgid = task->tgid;
-		h->tid = task->pid;
+		if (!ids(task, &h->tgid, &h->tid))
+			return 0;
 		h->fd = ctx->fd;
 		emit(seq, h, sizeof(*h) + n);
 		return 0;
@@ -154,8 +197,8 @@ static __always_inline int visit(struct bpf_iter__task_file *ctx, bool track)
 
 	struct rec *r = &b->rec;
 	r->kind = REC_CANDIDATE;
-	r->tgid = task->tgid;
-	r->tid = task->pid;
+	if (!ids(task, &r->tgid, &r->tid))
+		return 0;
 	r->fd = ctx->fd;
 	r->flags = file->f_flags;
 	/* fdinfo (fs/proc/fd.c) adds O_CLOEXEC from the table's bitmap. */
