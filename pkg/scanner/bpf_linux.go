@@ -85,7 +85,7 @@ func loadBPF(pidNS uint64, ownNS bool) (*bpfSweep, error) {
 		return nil, fmt.Errorf("load bpf sweep: %w", err)
 	}
 	ns := uint32(pidNS)
-	if true || pidNS == initPIDNS {
+	if pidNS == initPIDNS {
 		ns = 0 // task->pid and task->tgid as they are
 	}
 	if err := spec.Variables["pidns_inum"].Set(ns); err != nil {
