@@ -103,7 +103,9 @@ func TestSystemd(t *testing.T) {
 	}
 	t.Cleanup(func() { testfs.Unmount(t, srvInRoot) })
 
-	c, err := nspawn.Boot(ctx, root)
+	// The container may grant what the BPF drop-in asks for; the shipped
+	// unit's bounding set still keeps it from the daemon (EnableNow).
+	c, err := nspawn.Boot(ctx, root, "--capability=CAP_BPF,CAP_PERFMON", "--system-call-filter=bpf")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,6 +148,7 @@ func TestSystemd(t *testing.T) {
 	t.Run("Watchdog", s.watchdog)
 	t.Run("Stop", s.stop)
 	t.Run("Security", s.security)
+	t.Run("BPF", func(t *testing.T) { s.bpf(t, repo) })
 	t.Logf("TestSystemd took %v", time.Since(began).Round(time.Millisecond))
 }
 
@@ -322,6 +325,11 @@ func (s *systemdRun) enableNow(t *testing.T) {
 	ev := s.waitEvent(t, "relinkd started", 0, 10*time.Second, Msg("relinkd started"))
 	if ev.str("config") != "/etc/relinkd/relinkd.yaml" || strconv.FormatInt(ev.num("pid"), 10) != p["MainPID"] {
 		t.Errorf("relinkd started: %v, want config /etc/relinkd/relinkd.yaml and pid %s (MainPID)", ev, p["MainPID"])
+	}
+	// The shipped unit grants no CAP_BPF: scan.backend auto sweeps /proc.
+	if ev.str("scan_backend") != "proc" || !strings.Contains(ev.str("scan_backend_reason"), "operation not permitted") {
+		t.Errorf("relinkd started: scan_backend %q (%s), want proc: BPF not permitted under the shipped unit",
+			ev.str("scan_backend"), ev.str("scan_backend_reason"))
 	}
 }
 
@@ -552,13 +560,58 @@ func (s *systemdRun) stop(t *testing.T) {
 
 // 8. The hardening, as systemd itself rates it (informational).
 func (s *systemdRun) security(t *testing.T) {
+	if out := s.exposure(t); !strings.Contains(out, "✓ CapabilityBoundingSet=~CAP_BPF") {
+		t.Errorf("the shipped unit: systemd-analyze does not say that it may not load BPF programs")
+	}
+}
+
+// exposure logs systemd-analyze security's report and its overall
+// exposure line, and returns the report.
+func (s *systemdRun) exposure(t *testing.T) string {
+	t.Helper()
 	out := s.run(t, "systemd-analyze", "security", "--no-pager", unit)
 	t.Logf("systemd-analyze security %s:\n%s", unit, out)
 	for _, line := range strings.Split(out, "\n") {
 		if strings.Contains(line, "Overall exposure level") {
 			t.Log(strings.TrimSpace(line))
-			return
+			return out
 		}
 	}
 	t.Errorf("systemd-analyze security printed no overall exposure level")
+	return out
+}
+
+// 9. The BPF drop-in, installed as the README says: the daemon sweeps
+// with the BPF backend (in the container's pid namespace), a deleted log
+// is rescued, and systemd-analyze rates the unit with the two
+// capabilities added.
+func (s *systemdRun) bpf(t *testing.T, repo string) {
+	dropIn, err := os.ReadFile(filepath.Join(repo, "deploy/systemd/relinkd-bpf.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.run(t, "install", "-d", "-m", "0755", "/etc/systemd/system/"+unit+".d")
+	if err := os.WriteFile(filepath.Join(s.root, "etc/systemd/system", unit+".d", "bpf.conf"), dropIn, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.run(t, "systemctl", "daemon-reload")
+	from := s.j.Len()
+	s.run(t, "systemctl", "restart", "relinkd")
+	ev := s.waitEvent(t, "relinkd started", from, 15*time.Second, Msg("relinkd started"))
+	if ev.str("scan_backend") != "bpf" {
+		t.Fatalf("with the BPF drop-in: scan_backend %q (%s), want bpf", ev.str("scan_backend"), ev.str("scan_backend_reason"))
+	}
+	const path = "/var/log/relinkd-systemd-bpf.log"
+	from = s.j.Len()
+	deleted := time.Now()
+	sum := s.holdDeleted(t, path, 1<<20)
+	s.checkSum(t, s.outcome(t, path, from, deleted), sum)
+	if p := s.show(t, "CapabilityBoundingSet"); !strings.Contains(p["CapabilityBoundingSet"], "cap_bpf") ||
+		!strings.Contains(p["CapabilityBoundingSet"], "cap_perfmon") || strings.Contains(p["CapabilityBoundingSet"], "cap_sys_admin") {
+		t.Errorf("with the drop-in: CapabilityBoundingSet %q, want the unit's plus cap_bpf cap_perfmon, no cap_sys_admin", p["CapabilityBoundingSet"])
+	}
+	if out := s.exposure(t); !strings.Contains(out, "✗ CapabilityBoundingSet=~CAP_BPF") {
+		t.Errorf("with the drop-in: systemd-analyze does not count CAP_BPF")
+	}
+	s.run(t, "systemctl", "stop", "relinkd")
 }
