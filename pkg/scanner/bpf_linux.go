@@ -103,11 +103,13 @@ func loadBPF(pidNS uint64, ownNS bool) (*bpfSweep, error) {
 		b.Close()
 		return nil, fmt.Errorf("attach bpf sweep: %w", err)
 	}
-	// One walk of our own process tells whether the kernel filters by pid
-	// and proves that the program runs.
+	// A walk of our own process tells whether the kernel filters by pid
+	// and proves that the program runs; where it cannot tell (no pid
+	// filter, or pids of another namespace), a full walk proves it.
 	if ownNS {
 		if _, err := b.read(b.objs.Sweep, unix.Getpid(), nil); err == nil {
 			b.pidFilter = true
+			return b, nil
 		} else if !errors.Is(err, unix.EINVAL) {
 			b.Close()
 			return nil, fmt.Errorf("run bpf sweep: %w", err)
