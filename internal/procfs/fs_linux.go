@@ -146,10 +146,14 @@ func (fs FS) MountNS(dir string) (string, error) {
 
 // PIDNS returns the inode number of the pid namespace of the process in
 // dir (below the root): ns/pid, namespaces(7).
-func (fs FS) PIDNS(dir string) (uint64, error) {
-	s, err := os.Readlink(fs.Path(dir + "/ns/pid"))
+func (fs FS) PIDNS(dir string) (uint64, error) { return fs.NS(dir, "pid") }
+
+// NS returns the inode number of the namespace of type kind ("pid",
+// "user", "time", …) of the process in dir: the link ns/KIND, "KIND:[N]".
+func (fs FS) NS(dir, kind string) (uint64, error) {
+	s, err := os.Readlink(fs.Path(dir + "/ns/" + kind))
 	if err != nil {
-		return 0, fmt.Errorf("pid namespace of %s: %w", dir, err)
+		return 0, fmt.Errorf("%s namespace of %s: %w", kind, dir, err)
 	}
-	return ParsePIDNSLink([]byte(s))
+	return parseNSLink(kind, kind, []byte(s))
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"runtime"
 	"strconv"
@@ -36,7 +37,7 @@ import (
 const (
 	recCandidate = 1
 	recHeld      = 2
-	recSize      = 64
+	recSize      = 96
 	heldSize     = 16
 )
 
@@ -58,6 +59,13 @@ type record struct {
 	dev, ino      uint64
 	size, pos     int64
 	path          []byte // d_path(3), " (deleted)" included; nil when the kernel refused
+	// The holder (candidates only): its leader's start time in ns since
+	// boot, real uid and comm, and the mount namespace of the task
+	// walked (0: exiting).
+	startBoot uint64
+	uid       uint32
+	mntNS     uint64
+	comm      []byte
 }
 
 // bpfSweep holds the loaded programs and the links of the full walks.
@@ -67,11 +75,32 @@ type bpfSweep struct {
 	all       *link.Iter // sweep: candidates only
 	track     *link.Iter // sweep_track: candidates and every other path
 	pidFilter bool       // the kernel takes a pid in the task iterator's link info
+	// holder is set when the records' holder fields are what /proc shows
+	// this reader: its user and time namespaces are the initial ones (proc(5)
+	// maps uids into the reader's user namespace and start times by its
+	// time namespace's boot offset).
+	holder bool
 }
 
-// initPIDNS is the inode number of the initial pid namespace
-// (PROC_PID_INIT_INO, include/linux/proc_ns.h).
-const initPIDNS = 0xEFFFFFFC
+// The inode numbers of the initial namespaces (PROC_*_INIT_INO,
+// include/linux/proc_ns.h).
+const (
+	initPIDNS  = 0xEFFFFFFC
+	initUserNS = 0xEFFFFFFD
+	initTimeNS = 0xEFFFFFFA
+)
+
+// initialUserTime reports whether this process is in the initial user and
+// time namespaces (a kernel without time namespaces has only the initial one).
+func initialUserTime() bool {
+	self := procfs.New("/proc")
+	user, err := self.NS("self", "user")
+	if err != nil || user != initUserNS {
+		return false
+	}
+	t, err := self.NS("self", "time")
+	return errors.Is(err, fs.ErrNotExist) || (err == nil && t == initTimeNS)
+}
 
 // loadBPF loads the programs for a reader whose proc root shows the pid
 // namespace pidNS (its inode number) and attaches the full walks. ownNS
@@ -91,7 +120,7 @@ func loadBPF(pidNS uint64, ownNS bool) (*bpfSweep, error) {
 	if err := spec.Variables["pidns_inum"].Set(ns); err != nil {
 		return nil, fmt.Errorf("load bpf sweep: %w", err)
 	}
-	b := &bpfSweep{}
+	b := &bpfSweep{holder: initialUserTime()}
 	if err := spec.LoadAndAssign(&b.objs, nil); err != nil {
 		return nil, fmt.Errorf("load bpf sweep: %w", err)
 	}
@@ -237,6 +266,14 @@ func parseRecords(buf []byte, fn func(*record)) error {
 			r.ino = le.Uint64(buf[40:])
 			r.size = int64(le.Uint64(buf[48:]))
 			r.pos = int64(le.Uint64(buf[56:]))
+			r.startBoot = le.Uint64(buf[64:])
+			r.uid = le.Uint32(buf[72:])
+			r.mntNS = uint64(le.Uint32(buf[76:]))
+			comm := buf[80:96:96]
+			if i := bytes.IndexByte(comm, 0); i >= 0 {
+				comm = comm[:i]
+			}
+			r.comm = comm
 		default:
 			return fmt.Errorf("%w: kind %d", errBadRecord, r.kind)
 		}
@@ -398,6 +435,8 @@ func (w *worker) processBPF(g *group, track func([]byte) bool, res *Result) {
 		dir = pidDir + "/task/" + strconv.Itoa(tid)
 	}
 	var found []Candidate
+	var first *record // the first candidate's record, for the holder fields
+	holder := w.s.bpf.Load() != nil && w.s.bpf.Load().holder
 	for i := range g.recs {
 		r := &g.recs[i]
 		if r.tid != pid && r.tid != tid {
@@ -446,16 +485,52 @@ func (w *worker) processBPF(g *group, track func([]byte) bool, res *Result) {
 		}
 		c.setInode(&st)
 		found = append(found, c)
+		if first == nil {
+			first = r
+		}
 	}
 	if len(found) == 0 {
 		return
 	}
-	if err := w.holder(pidDir, found); err != nil {
-		w.countErr(pid, "read holder", err, res)
+	if !holder {
+		if err := w.holder(pidDir, found); err != nil {
+			w.countErr(pid, "read holder", err, res)
+			return
+		}
+		res.Candidates = append(res.Candidates, found...)
 		return
+	}
+	// The walk read the holder's stat and status fields in the kernel:
+	// only its executable's name is left to read.
+	exe := "" // unreadable for exiting processes
+	if link, err := procfs.ReadlinkAt(w.rootfd, pidDir+"/exe", &w.link); err == nil {
+		exe = string(link)
+	}
+	r := first
+	var mntNS uint64
+	var cid string
+	var other bool
+	if r.mntNS != 0 {
+		mntNS, cid, other = w.namespaceOf(dir, r.mntNS)
+	} else {
+		mntNS, cid, other = w.namespace(dir)
+	}
+	comm := string(r.comm)
+	for i := range found {
+		c := &found[i]
+		c.StartTime = r.startBoot / nsPerTick
+		c.Comm = comm
+		c.Exe = exe
+		c.UID = r.uid
+		c.MntNS, c.ContainerID, c.OtherRoot = mntNS, cid, other
 	}
 	res.Candidates = append(res.Candidates, found...)
 }
+
+// nsPerTick converts the kernel's start time to clock ticks as proc(5)
+// gives it (nsec_to_clock_t): USER_HZ is 100 on every architecture Go
+// supports.
+const nsPerTick = 1e9 / 100
 
 // statFD stats the file open as dir/fd/name, under the guard when there
 // is one (see confirm).

@@ -237,6 +237,12 @@ func TestBPFRecordFields(t *testing.T) {
 				if got != want || r.kind != recCandidate || r.tid != h.PID {
 					t.Errorf("fd %d: -want %v +got %v (kind %d tid %d)", r.fd, want, got, r.kind, r.tid)
 				}
+				// The holder, as /proc/PID/stat, status and ns/mnt say.
+				start, comm := statOf(t, h.PID)
+				if r.startBoot/nsPerTick != start || string(r.comm) != comm || r.uid != 0 || r.mntNS != mntNSOf(t, h.PID) {
+					t.Errorf("fd %d holder: -want start %d comm %q uid 0 mntns %d +got start %d comm %q uid %d mntns %d",
+						r.fd, start, comm, mntNSOf(t, h.PID), r.startBoot/nsPerTick, r.comm, r.uid, r.mntNS)
+				}
 			}); err != nil {
 				t.Fatal(err)
 			}

@@ -492,7 +492,17 @@ func (w *worker) namespace(dir string) (mntNS uint64, containerID string, otherR
 		return 0, "", false
 	}
 	n, err := procfs.ParseNSLink(link)
-	if err != nil || n == host.mntNS {
+	if err != nil {
+		return 0, "", false
+	}
+	return w.namespaceOf(dir, n)
+}
+
+// namespaceOf is namespace for a holder whose mount namespace is known
+// to be n.
+func (w *worker) namespaceOf(dir string, n uint64) (mntNS uint64, containerID string, otherRoot bool) {
+	host := w.s.host()
+	if host.mntNS == 0 || n == host.mntNS {
 		return 0, "", false
 	}
 	if raw, err := procfs.ReadFileAt(w.rootfd, dir+"/cgroup", &w.file); err == nil {

@@ -16,20 +16,24 @@ import (
 type sweepBuf struct {
 	_   structs.HostLayout
 	Rec struct {
-		_       structs.HostLayout
-		Kind    uint16
-		PathLen uint16
-		Tgid    int32
-		Tid     int32
-		Fd      int32
-		Flags   uint32
-		MntId   int32
-		Mode    uint32
-		Nlink   uint32
-		Dev     uint64
-		Ino     uint64
-		Size    int64
-		Pos     int64
+		_             structs.HostLayout
+		Kind          uint16
+		PathLen       uint16
+		Tgid          int32
+		Tid           int32
+		Fd            int32
+		Flags         uint32
+		MntId         int32
+		Mode          uint32
+		Nlink         uint32
+		Dev           uint64
+		Ino           uint64
+		Size          int64
+		Pos           int64
+		StartBoottime uint64
+		Uid           uint32
+		Mntns         uint32
+		Comm          [16]int8
 	}
 	Path [4096]int8
 }

@@ -56,6 +56,13 @@ struct rec {
 	__u64 ino;
 	__s64 size;
 	__s64 pos;
+	/* The holder, as /proc/PID/stat and status show it: its leader's
+	 * start time (ns since boot), real uid and comm, and the mount
+	 * namespace of the task walked (0 when it is exiting). */
+	__u64 start_boottime;
+	__u32 uid;
+	__u32 mntns;
+	char comm[16];
 };
 
 struct held {
@@ -217,6 +224,13 @@ static __always_inline int visit(struct bpf_iter__task_file *ctx, bool track)
 	r->ino = inode->i_ino;
 	r->size = inode->i_size;
 	r->pos = file->f_pos;
+	struct task_struct *leader = task->group_leader;
+	r->start_boottime = leader->start_boottime;
+	r->uid = leader->real_cred->uid.val;
+	struct nsproxy *nsp = task->nsproxy;
+	r->mntns = nsp ? nsp->mnt_ns->ns.inum : 0;
+	if (bpf_probe_read_kernel(r->comm, sizeof(r->comm), &leader->comm) != 0)
+		r->comm[0] = 0;
 	__u32 n = path(file, b->path);
 	r->path_len = n;
 	emit(seq, r, sizeof(*r) + n);

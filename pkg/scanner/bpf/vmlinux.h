@@ -113,6 +113,22 @@ struct signal_struct {
 	struct pid *pids[4];
 } __attribute__((preserve_access_index));
 
+typedef struct {
+	unsigned int val;
+} kuid_t;
+
+struct cred {
+	kuid_t uid;
+} __attribute__((preserve_access_index));
+
+struct mnt_namespace {
+	struct ns_common ns;
+} __attribute__((preserve_access_index));
+
+struct nsproxy {
+	struct mnt_namespace *mnt_ns;
+} __attribute__((preserve_access_index));
+
 struct task_struct {
 	pid_t pid;
 	pid_t tgid;
@@ -120,6 +136,10 @@ struct task_struct {
 	struct files_struct *files;
 	struct pid *thread_pid;
 	struct signal_struct *signal;
+	u64 start_boottime;
+	const struct cred *real_cred;
+	char comm[16];
+	struct nsproxy *nsproxy;
 } __attribute__((preserve_access_index));
 
 struct bpf_iter_meta {
