@@ -35,6 +35,7 @@ func latency(dir string, procs, fds, pct, trials int) error {
 		return err
 	}
 	spin := exec.Command("sh", "-c", "while :; do :; done")
+	spin.SysProcAttr = dieWithUs
 	if err := spin.Start(); err != nil {
 		return err
 	}
@@ -57,6 +58,7 @@ func latency(dir string, procs, fds, pct, trials int) error {
 	}
 	script.WriteString("echo ready\nexec sleep 100000\n")
 	h := exec.Command("bash", "-c", "ulimit -n 65536\n"+script.String())
+	h.SysProcAttr = dieWithUs
 	out, err := h.StdoutPipe()
 	if err != nil {
 		return err

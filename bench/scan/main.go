@@ -18,6 +18,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -217,6 +218,11 @@ func cpuSelf() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// dieWithUs makes a child get SIGKILL when this program dies (a killed
+// benchmark leaves no holders behind; prctl(2) PR_SET_PDEATHSIG, which
+// survives the holders' exec of sleep).
+var dieWithUs = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+
 func stopHolders(holders []*exec.Cmd) {
 	for _, h := range holders {
 		_ = h.Process.Kill()
@@ -244,6 +250,7 @@ func startHolders(dir string, procs, fds, pct int) ([]*exec.Cmd, error) {
 		}
 		script.WriteString("echo ready\nexec sleep 100000\n")
 		cmd := exec.Command("bash", "-c", script.String())
+		cmd.SysProcAttr = dieWithUs
 		out, err := cmd.StdoutPipe()
 		if err != nil {
 			return holders, err
