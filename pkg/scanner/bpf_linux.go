@@ -381,7 +381,7 @@ func (s *Scanner) sweepBPF(ctx context.Context, b *bpfSweep, rootfd int, pids []
 			defer wg.Done()
 			w := newWorker(s, rootfd)
 			for g := range work {
-				w.processBPF(g, track, res)
+				w.processBPF(g, track, b.holder, res)
 			}
 		}(&results[i])
 	}
@@ -415,7 +415,7 @@ feed:
 
 // processBPF turns what the walk found of one process into candidates
 // (and holder pairs), as process does from /proc.
-func (w *worker) processBPF(g *group, track func([]byte) bool, res *Result) {
+func (w *worker) processBPF(g *group, track func([]byte) bool, holder bool, res *Result) {
 	clear(w.held)
 	pid := g.pid
 	pidDir := strconv.Itoa(pid)
@@ -436,7 +436,6 @@ func (w *worker) processBPF(g *group, track func([]byte) bool, res *Result) {
 	}
 	var found []Candidate
 	var first *record // the first candidate's record, for the holder fields
-	holder := w.s.bpf.Load() != nil && w.s.bpf.Load().holder
 	for i := range g.recs {
 		r := &g.recs[i]
 		if r.tid != pid && r.tid != tid {
