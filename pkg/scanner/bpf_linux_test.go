@@ -99,6 +99,34 @@ func TestBackendParity(t *testing.T) {
 		roots = append(roots, dir)
 		add(hs...)
 	}
+	// Holder pairs the walk writes once per run of descriptors in one
+	// directory of one mount: directories interleaved, and one directory
+	// seen through two mounts (a bind mount), must each give their pair.
+	{
+		base := testfs.Mount(t, "tmpfs", 16)
+		bind := t.TempDir()
+		if err := unix.Mount(base, bind, "", unix.MS_BIND, ""); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { testfs.Unmount(t, bind) })
+		roots = append(roots, base, bind)
+		if err := os.Mkdir(filepath.Join(base, "sub"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		var steps []testproc.Step
+		for i, p := range []string{"sub/a", "top-a", "sub/b", "top-b", "sub/c"} {
+			f := filepath.Join(base, p)
+			if err := os.WriteFile(f, []byte("x"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			steps = append(steps, testproc.Open(f, "r"), testproc.Open(filepath.Join(bind, p), "r"))
+			if i == 2 {
+				steps = append(steps, testproc.Open(filepath.Join(base, "sub"), "r"))
+			}
+		}
+		steps = append(steps, testproc.Unlink(filepath.Join(base, "sub/c")))
+		add(testproc.Start(t, steps...))
+	}
 	// A mount namespace of its own (a sandboxed service) and containers.
 	dir := t.TempDir()
 	roots = append(roots, dir, "/var/log")

@@ -36,6 +36,14 @@ type sweepBuf struct {
 		Comm          [16]int8
 	}
 	Path [4096]int8
+	Last struct {
+		_       structs.HostLayout
+		Session uint64
+		Mnt     uint64
+		Parent  uint64
+		Tid     int32
+		_       [4]byte
+	}
 }
 
 // Names of all BPF objects in the ELF.

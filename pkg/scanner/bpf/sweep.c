@@ -26,6 +26,7 @@ char LICENSE[] SEC("license") = "GPL";
 
 #define S_IFMT 00170000
 #define S_IFREG 0100000
+#define S_IFDIR 0040000
 #define O_CLOEXEC 02000000
 /* include/linux/fs.h: a superblock made by kern_mount(), which no
  * mountinfo lists: shmem's (memfd_create(2), SysV shm), secretmem, DRM,
@@ -121,6 +122,17 @@ static __always_inline bool ids(struct task_struct *task, __s32 *tgid, __s32 *ti
 struct buf {
 	struct rec rec;
 	char path[PATH_MAX];
+	/* The last holder pair written on this CPU (sweep_track): a thread's
+	 * descriptors in one directory, one after the other, make one pair,
+	 * so the next of them is not written (nor its d_path made). Keyed by
+	 * the iterator session, since a session's reads may move between
+	 * CPUs. Kernel addresses are compared here, never written out. */
+	struct {
+		__u64 session;
+		__u64 mnt;
+		__u64 parent;
+		__s32 tid;
+	} last;
 };
 
 struct {
@@ -148,12 +160,13 @@ static __always_inline __u32 path(struct file *file, char *dst)
 	return (__u32)(n - 1);
 }
 
-/* emit writes len bytes of the scratch buffer, bounded for the verifier. */
-static __always_inline void emit(struct seq_file *seq, void *p, __u32 len)
+/* emit writes len bytes of the scratch buffer, bounded for the verifier;
+ * 0 when written. */
+static __always_inline long emit(struct seq_file *seq, void *p, __u32 len)
 {
-	if (len > sizeof(struct buf))
-		return;
-	bpf_seq_write(seq, p, len);
+	if (len > sizeof(struct rec) + PATH_MAX)
+		return -1;
+	return bpf_seq_write(seq, p, len);
 }
 
 static __always_inline int visit(struct bpf_iter__task_file *ctx, bool track)
@@ -189,6 +202,19 @@ static __always_inline int visit(struct bpf_iter__task_file *ctx, bool track)
 	if (!cand) {
 		if (!track)
 			return 0;
+		__u64 session = ctx->meta->session_id;
+		__u64 mnt = (__u64)file->f_path.mnt;
+		struct dentry *dentry = file->f_path.dentry;
+		/* A mount's root is its own parent, and its name's directory is
+		 * in the mount below: never taken for its children's pair. A
+		 * directory is never skipped either: the daemon's Track keeps a
+		 * path by its prefix, and a watched root is a directory whose
+		 * own name, unlike its siblings', may be kept. */
+		__u64 parent = dentry->d_parent == dentry || (mode & S_IFMT) == S_IFDIR ? 0 : (__u64)dentry->d_parent;
+		__s32 tid = task->pid;
+		if (parent && b->last.session == session && b->last.tid == tid && b->last.mnt == mnt &&
+		    b->last.parent == parent)
+			return 0; /* the same directory, same mount: the pair is written */
 		struct held *h = (struct held *)&b->rec;
 		__u32 n = path(file, (char *)h + sizeof(*h));
 		if (n == 0)
@@ -198,7 +224,15 @@ static __always_inline int visit(struct bpf_iter__task_file *ctx, bool track)
 		if (!ids(task, &h->tgid, &h->tid))
 			return 0;
 		h->fd = ctx->fd;
-		emit(seq, h, sizeof(*h) + n);
+		/* A write that does not fit the seq_file buffer fails, and the
+		 * kernel shows this descriptor again at the next read: only a
+		 * written pair counts. */
+		if (emit(seq, h, sizeof(*h) + n) == 0 && parent) {
+			b->last.session = session;
+			b->last.mnt = mnt;
+			b->last.parent = parent;
+			b->last.tid = tid;
+		}
 		return 0;
 	}
 
