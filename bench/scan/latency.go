@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,7 +23,8 @@ import (
 // directory's inotify IN_DELETE, a sweep (of the holder when it is known,
 // of every process when it is not), the candidate of that name, and the
 // open of /proc/PID/fd/N that pins it. The host is busy: procs × fds
-// holders as in the sweep benchmark, and a shell spinning on one CPU.
+// holders as in the sweep benchmark; each trial's holder has fds
+// descriptors too, one of them the deleted file.
 func latency(dir string, procs, fds, pct, trials int) error {
 	sub := filepath.Join(dir, "latency")
 	if err := os.Mkdir(sub, 0o755); err != nil {
@@ -34,43 +36,68 @@ func latency(dir string, procs, fds, pct, trials int) error {
 	if err != nil {
 		return err
 	}
-	spin := exec.Command("sh", "-c", "while :; do :; done")
-	spin.SysProcAttr = dieWithUs
-	if err := spin.Start(); err != nil {
-		return err
-	}
-	defer func() { _ = spin.Process.Kill(); _ = spin.Wait() }()
-
-	// One holder keeps a file per trial and series open.
+	// One holder per series, with fds descriptors like the busy host's;
+	// before each trial it closes the previous trial's file and opens the
+	// next (told over its stdin), so that it holds one deleted file when
+	// the sweep looks.
 	watched := filepath.Join(sub, "watched")
 	if err := os.Mkdir(watched, 0o755); err != nil {
 		return err
 	}
 	const series = 4
-	n := trials * series
-	var script strings.Builder
-	for i := 0; i < n; i++ {
-		name := filepath.Join(watched, fmt.Sprintf("t%d.log", i))
-		if err := os.WriteFile(name, []byte("data\n"), 0o644); err != nil {
+	type holder struct {
+		pid int
+		in  io.Writer
+		out *bufio.Reader
+	}
+	var hs []holder
+	for k := 0; k < series; k++ {
+		var script strings.Builder
+		for i := 1; i < fds; i++ {
+			name := filepath.Join(sub, fmt.Sprintf("other-%d-%d", k, i))
+			if err := os.WriteFile(name, []byte("data\n"), 0o644); err != nil {
+				return err
+			}
+			fmt.Fprintf(&script, "exec %d<'%s'\n", i+9, name)
+		}
+		script.WriteString(`echo ready
+while read -r cmd arg; do
+  case $cmd in
+    open) exec {t}<"$arg"; echo ok ;;
+    close) exec {t}<&-; echo ok ;;
+  esac
+done
+`)
+		h := exec.Command("bash", "-c", script.String())
+		h.SysProcAttr = dieWithUs
+		in, err := h.StdinPipe()
+		if err != nil {
 			return err
 		}
-		fmt.Fprintf(&script, "exec %d<'%s'\n", i+3, name)
+		out, err := h.StdoutPipe()
+		if err != nil {
+			return err
+		}
+		if err := h.Start(); err != nil {
+			return err
+		}
+		defer func() { in.Close(); _ = h.Process.Kill(); _ = h.Wait() }()
+		r := bufio.NewReader(out)
+		if line, err := r.ReadString('\n'); err != nil || line != "ready\n" {
+			return fmt.Errorf("latency holder: %q %v", line, err)
+		}
+		hs = append(hs, holder{h.Process.Pid, in, r})
 	}
-	script.WriteString("echo ready\nexec sleep 100000\n")
-	h := exec.Command("bash", "-c", "ulimit -n 65536\n"+script.String())
-	h.SysProcAttr = dieWithUs
-	out, err := h.StdoutPipe()
-	if err != nil {
-		return err
+	tell := func(h holder, cmd string) error {
+		if _, err := fmt.Fprintln(h.in, cmd); err != nil {
+			return err
+		}
+		if line, err := h.out.ReadString('\n'); err != nil || line != "ok\n" {
+			return fmt.Errorf("latency holder %d: %s: %q %v", h.pid, cmd, line, err)
+		}
+		return nil
 	}
-	if err := h.Start(); err != nil {
-		return err
-	}
-	defer func() { _ = h.Process.Kill(); _ = h.Wait() }()
-	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "ready\n" {
-		return fmt.Errorf("latency holder: %q %v", line, err)
-	}
-	pid := h.Process.Pid
+	n := trials * series
 
 	in, err := unix.InotifyInit1(unix.IN_CLOEXEC)
 	if err != nil {
@@ -86,19 +113,31 @@ func latency(dir string, procs, fds, pct, trials int) error {
 	defer bpf.Close()
 	type kind struct {
 		name  string
-		sweep func() (scanner.Result, error)
+		sweep func(pid int) (scanner.Result, error)
 	}
 	kinds := []kind{
-		{"known holder, /proc (SweepPIDs)", func() (scanner.Result, error) { return proc.SweepPIDs(ctx, []int{pid}) }},
-		{"known holder, BPF (SweepPIDs)", func() (scanner.Result, error) { return bpf.SweepPIDs(ctx, []int{pid}) }},
-		{"unknown holder, /proc (Sweep)", func() (scanner.Result, error) { return proc.Sweep(ctx) }},
-		{"unknown holder, BPF (Sweep)", func() (scanner.Result, error) { return bpf.Sweep(ctx) }},
+		{"known holder, /proc (SweepPIDs)", func(pid int) (scanner.Result, error) { return proc.SweepPIDs(ctx, []int{pid}) }},
+		{"known holder, BPF (SweepPIDs)", func(pid int) (scanner.Result, error) { return bpf.SweepPIDs(ctx, []int{pid}) }},
+		{"unknown holder, /proc (Sweep)", func(int) (scanner.Result, error) { return proc.Sweep(ctx) }},
+		{"unknown holder, BPF (Sweep)", func(int) (scanner.Result, error) { return bpf.Sweep(ctx) }},
 	}
 	times := make([][]time.Duration, len(kinds))
 	ev := make([]byte, 4096)
 	for i := 0; i < n; i++ {
 		k := i % series
+		pid := hs[k].pid
 		name := filepath.Join(watched, fmt.Sprintf("t%d.log", i))
+		if err := os.WriteFile(name, []byte("data\n"), 0o644); err != nil {
+			return err
+		}
+		if i >= series {
+			if err := tell(hs[k], "close"); err != nil {
+				return err
+			}
+		}
+		if err := tell(hs[k], "open "+name); err != nil {
+			return err
+		}
 		start := time.Now()
 		if err := unix.Unlink(name); err != nil {
 			return err
@@ -106,17 +145,17 @@ func latency(dir string, procs, fds, pct, trials int) error {
 		if _, err := unix.Read(in, ev); err != nil {
 			return fmt.Errorf("inotify: %w", err)
 		}
-		res, err := kinds[k].sweep()
+		res, err := kinds[k].sweep(pid)
 		if err != nil {
 			return fmt.Errorf("%s: %w", kinds[k].name, err)
 		}
-		i := slices.IndexFunc(res.Candidates, func(c scanner.Candidate) bool {
+		j := slices.IndexFunc(res.Candidates, func(c scanner.Candidate) bool {
 			return c.PID == pid && bytes.Equal(c.Path, []byte(name))
 		})
-		if i < 0 {
+		if j < 0 {
 			return fmt.Errorf("%s: %s not found", kinds[k].name, name)
 		}
-		c := res.Candidates[i]
+		c := res.Candidates[j]
 		pin, err := unix.Open(fmt.Sprintf("/proc/%d/fd/%d", pid, c.FD), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return fmt.Errorf("pin: %w", err)
@@ -125,8 +164,8 @@ func latency(dir string, procs, fds, pct, trials int) error {
 		unix.Close(pin)
 		times[k] = append(times[k], d)
 	}
-	fmt.Printf("\nunlink → pin, busy host (%d holders x %d descriptors, one CPU spinning), %d trials each, alternating; load average %s\n",
-		procs, fds, trials, loadavg())
+	fmt.Printf("\nunlink → pin, busy host (%d holders x %d descriptors; each trial's holder has %d, one of them deleted), %d trials each, alternating; load average %s\n",
+		procs, fds, fds, trials, loadavg())
 	fmt.Printf("%-40s %10s %10s %10s\n", "holder", "median", "p90", "p99")
 	for k, kd := range kinds {
 		s := slices.Clone(times[k])
