@@ -89,8 +89,8 @@ func (s *Scanner) Backend() (name, reason string) {
 	return BackendProc, s.why
 }
 
-// Close releases the BPF programs, if any; the Scanner sweeps /proc
-// after. Call it once no sweep runs.
+// Close releases the BPF programs, if any, once the sweeps that use them
+// end; later sweeps read /proc.
 func (s *Scanner) Close() error {
 	if b := s.bpf.Swap(nil); b != nil {
 		return b.Close()

@@ -71,6 +71,13 @@ type record struct {
 // bpfSweep holds the loaded programs and the links of the full walks.
 // It is safe for concurrent use: each sweep opens its own iterator.
 type bpfSweep struct {
+	// mu guards users and closing: the programs are closed once Close
+	// was called and no sweep uses them (a full pass may still be
+	// running when the daemon stops).
+	mu      sync.Mutex
+	users   int
+	closing bool
+
 	objs      sweepObjects
 	all       *link.Iter // sweep: candidates only
 	track     *link.Iter // sweep_track: candidates and every other path
@@ -151,8 +158,42 @@ func loadBPF(pidNS uint64, ownNS bool) (*bpfSweep, error) {
 	return b, nil
 }
 
-// Close releases the programs and links.
+// acquire reserves the programs for one sweep; false once Close was called.
+func (b *bpfSweep) acquire() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closing {
+		return false
+	}
+	b.users++
+	return true
+}
+
+// release ends a sweep's use, closing the programs if Close came meanwhile.
+func (b *bpfSweep) release() {
+	b.mu.Lock()
+	b.users--
+	last := b.closing && b.users == 0
+	b.mu.Unlock()
+	if last {
+		b.close()
+	}
+}
+
+// Close releases the programs and links now, or when the last sweep that
+// uses them ends.
 func (b *bpfSweep) Close() error {
+	b.mu.Lock()
+	b.closing = true
+	idle := b.users == 0
+	b.mu.Unlock()
+	if idle {
+		return b.close()
+	}
+	return nil
+}
+
+func (b *bpfSweep) close() error {
 	if b.all != nil {
 		b.all.Close()
 	}

@@ -435,3 +435,42 @@ func TestBackendPIDNamespace(t *testing.T) {
 		t.Errorf("in a pid namespace: %s, want the one file held there (not the one outside)", out)
 	}
 }
+
+// TestBackendCloseDuringSweeps: Close while sweeps run (a daemon stopping
+// during a full pass) waits for none and breaks none: the programs go
+// when the last sweep using them ends, later sweeps read /proc. Run with
+// -race.
+func TestBackendCloseDuringSweeps(t *testing.T) {
+	s := newBPFScanner(t)
+	dir := testfs.Mount(t, "tmpfs", 16)
+	f := filepath.Join(dir, "a.log")
+	h := testproc.Start(t, testproc.Open(f, "w"), testproc.Unlink(f))
+	ctx := context.Background()
+	done := make(chan error)
+	for range 4 {
+		go func() {
+			var err error
+			for range 20 {
+				var res Result
+				if res, err = s.SweepPIDs(ctx, []int{h.PID}); err == nil && len(res.Candidates) != 1 {
+					err = fmt.Errorf("%d candidates, want 1", len(res.Candidates))
+				}
+				if err != nil {
+					break
+				}
+			}
+			done <- err
+		}()
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for range 4 {
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}
+	if name, _ := s.Backend(); name != BackendProc {
+		t.Errorf("after Close: backend %s, want proc", name)
+	}
+}

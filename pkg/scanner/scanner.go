@@ -158,8 +158,9 @@ func (s *Scanner) SweepPIDs(ctx context.Context, pids []int) (Result, error) {
 // SweepPIDs, the processes in only), else, or when BPF fails, /proc
 // (the processes in pids).
 func (s *Scanner) sweepWith(ctx context.Context, rootfd int, pids, only []int) (Result, error) {
-	if b := s.bpf.Load(); b != nil {
+	if b := s.bpf.Load(); b != nil && b.acquire() {
 		res, err := s.sweepBPF(ctx, b, rootfd, only)
+		b.release()
 		if err == nil {
 			s.failed.Store(false)
 			return res, nil
