@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -372,17 +373,39 @@ func (s *Scanner) sweepBPF(ctx context.Context, b *bpfSweep, rootfd int, pids []
 		}
 		buf, err = b.read(prog, 0, buf)
 	default:
-		for _, pid := range pids {
-			if pid == s.self || pid <= 0 {
-				continue
-			}
-			buf, err = b.read(prog, pid, buf)
-			if errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENOENT) {
+		// The processes' walks run in parallel, as the /proc sweep reads
+		// processes in parallel: on the event path every millisecond
+		// counts (a holder may exit right after its unlink).
+		outs := make([][]byte, len(pids))
+		errs := make([]error, len(pids))
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		for range min(s.workers, len(pids)) {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var local []byte
+				for {
+					i := int(next.Add(1) - 1)
+					if i >= len(pids) {
+						return
+					}
+					if pid := pids[i]; pid != s.self && pid > 0 {
+						local, errs[i] = b.read(prog, pid, local[:0])
+						outs[i] = bytes.Clone(local)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		for i := range pids {
+			switch {
+			case errors.Is(errs[i], unix.ESRCH) || errors.Is(errs[i], unix.ENOENT):
 				total.Vanished++ // the process exited before its walk
-				err = nil
-			}
-			if err != nil {
-				break
+			case errs[i] != nil:
+				err = errs[i]
+			default:
+				buf = append(buf, outs[i]...)
 			}
 		}
 	}
