@@ -27,22 +27,11 @@ func msg(m string) func(observer.LoggedEntry) bool {
 	return func(e observer.LoggedEntry) bool { return e.Message == m }
 }
 
-// waitFor polls cond until it holds, failing after 20 s with what.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-// waitWatcher waits until Run has created its inotify instance.
-func waitWatcher(t *testing.T, d *Daemon) {
-	t.Helper()
-	waitFor(t, "the watcher", func() bool { return d.getWatcher() != nil })
+// waitWatcher waits until Run has created its inotify instance (the
+// first full sweep, which logs, comes after).
+func waitWatcher(h *harness) {
+	h.t.Helper()
+	h.waitFor("the watcher", func() bool { return h.d.getWatcher() != nil })
 }
 
 // TestOverflow: with a 4-event inotify queue, directories created in a
@@ -53,7 +42,7 @@ func waitWatcher(t *testing.T, d *Daemon) {
 func TestOverflow(t *testing.T) {
 	restore := watchtest.LowQueue(t, 4)
 	h := startHooked(t, "tmpfs", func(w, r string) *policy.Config { return config(t, w, r, "", "") }, nil,
-		hooks{running: func(d *Daemon) { waitWatcher(t, d); restore() }})
+		hooks{running: func(h *harness) { waitWatcher(h); restore() }})
 	restore()
 	fullBefore := value(h.d.m.Sweeps.WithLabelValues("full"))
 
@@ -73,14 +62,24 @@ func TestOverflow(t *testing.T) {
 			}
 			dirs = append(dirs, d)
 		}
-		deadline := time.Now().Add(time.Second)
-		for time.Now().Before(deadline) && len(h.logs.FilterMessage("inotify queue overflowed; rescanning watched trees").All()) == 0 {
-			time.Sleep(5 * time.Millisecond)
+		// A second for the overflow's warning, woken by every log line.
+		deadline := time.After(time.Second)
+	burst:
+		for {
+			ch := h.wake.C()
+			if len(h.logs.FilterMessage("inotify queue overflowed; rescanning watched trees").All()) > 0 {
+				break
+			}
+			select {
+			case <-ch:
+			case <-deadline:
+				break burst
+			}
 		}
 	}
 	want := len(dirs) + 1 // and the root
-	waitFor(t, fmt.Sprintf("%d watches", want), func() bool { return h.d.getWatcher().Watches() == want })
-	waitFor(t, "the watch gauge", func() bool { return value(h.d.m.Watches) == float64(want) })
+	h.waitFor(fmt.Sprintf("%d watches", want), func() bool { return h.d.getWatcher().Watches() == want })
+	h.waitFor("the watch gauge", func() bool { return value(h.d.m.Watches) == float64(want) })
 
 	// One warning per overflow handled, each counting the overflows it
 	// covers; a later one may still be on its way, so both are re-read.
@@ -94,11 +93,11 @@ func TestOverflow(t *testing.T) {
 		}
 		return n
 	}
-	waitFor(t, "the overflow counter to match the warnings", func() bool {
+	h.waitFor("the overflow counter to match the warnings", func() bool {
 		return value(h.d.m.Overflows) == float64(warnings())
 	})
 	// Sweeps are an hour apart: only the overflow can start one now.
-	waitFor(t, "a full sweep after the overflow", func() bool {
+	h.waitFor("a full sweep after the overflow", func() bool {
 		return value(h.d.m.Sweeps.WithLabelValues("full")) > fullBefore
 	})
 	if got := value(h.d.m.Events); got != 0 {
@@ -382,7 +381,7 @@ func TestHoldersPruned(t *testing.T) {
 		}
 		return pids
 	}
-	waitFor(t, "both holders known", func() bool { return len(holders()) == 2 })
+	h.waitFor("both holders known", func() bool { return len(holders()) == 2 })
 	b.Exit(t)
 	h.fullSweeps(2)
 	if got := holders(); len(got) != 1 || got[0] != a.PID {
