@@ -142,8 +142,9 @@ type Daemon struct {
 	// O_TMPFILE into looks empty, and the pruner removes empty ones.
 	publishing sync.RWMutex
 
+	ledger *ledger // what is known of each deleted inode seen
+
 	mu      sync.Mutex
-	inodes  map[scanner.Key]*inode
 	pins    int
 	pinned  int64
 	follows int             // follows running
@@ -187,67 +188,6 @@ type Daemon struct {
 type reloadReq struct {
 	cfg  *policy.Config
 	done chan struct{}
-}
-
-// state of one inode the daemon has seen.
-type state int
-
-const (
-	stQueued   state = iota // pinned, waiting for or under rescue (or follow)
-	stRescued               // rescued; never again while it stays open
-	stReported              // report rule: logged once
-	stSkipped               // policy said no: logged once
-	stFailed                // rescue failed: retried with a backoff (see retryBackoff)
-	stIgnored               // no rule matches
-	stNoSpace               // did not fit: retried once the destination has the room (see spaceBack)
-)
-
-type inode struct {
-	st       state
-	seen     time.Time              // last sweep that showed it
-	btime    int64                  // birth time (ns), 0 where the filesystem has none
-	holders  map[holderID]time.Time // when each was last seen
-	failures int                    // failed attempts so far
-	retryAt  time.Time              // stFailed: sweeps from then on try again
-	// stNoSpace: the rescue root and what the copy needs there.
-	spaceRoot           string
-	spaceNeed, spaceMin uint64
-}
-
-// retryDue reports whether a failed rescue of in may be tried again by a
-// sweep that started at now.
-func (in *inode) retryDue(now time.Time) bool {
-	return in.st == stFailed && !now.Before(in.retryAt)
-}
-
-// failed records a failed attempt made for the sweep that started at
-// found. The next is due a backoff after that sweep, less half an
-// interval so that the periodic sweep due then is not missed by a hair.
-func (in *inode) failed(found time.Time, interval time.Duration) {
-	in.st = stFailed
-	in.failures++
-	in.retryAt = found.Add(retryBackoff(in.failures, interval) - interval/2)
-}
-
-// retryBackoff is the wait before the attempt after the nth failure: one
-// sweep interval, doubling with each failure up to MaxRetryBackoff (or the
-// interval, if longer). A failure may be transient (ENOSPC, a destination
-// being repaired) and the data lives only as long as its holder, so
-// retrying is worth it; the backoff keeps a lasting cause from costing a
-// rescue attempt and an error event on every sweep.
-func retryBackoff(n int, interval time.Duration) time.Duration {
-	limit := max(MaxRetryBackoff, interval)
-	b := interval
-	for i := 1; i < n && b < limit; i++ {
-		b *= 2
-	}
-	return min(b, limit)
-}
-
-// holderID names a process across pid reuse.
-type holderID struct {
-	pid   int
-	start uint64
 }
 
 type job struct {
@@ -302,7 +242,7 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 		engine:   relink.New(relink.Options{ProcRoot: opt.ProcRoot}, log),
 		reload:   make(chan reloadReq),
 		jobs:     make(chan *job, opt.MaxPins),
-		inodes:   make(map[scanner.Key]*inode),
+		ledger:   newLedger(log),
 		dirPIDs:  make(map[string]map[int]time.Time),
 		knownPID: make(map[int]struct{}),
 		young:    make(map[int]time.Time),
@@ -1066,11 +1006,11 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 	rule, ok := pol.Match(c)
 	if !ok {
 		d.log.Debug("no watch rule matches", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD))
-		d.record(c, stIgnored, now, bt())
+		d.ledger.record(c, stIgnored, bt())
 		return
 	}
 	if rule.Action == policy.ActionReport {
-		d.record(c, stReported, now, bt())
+		d.ledger.record(c, stReported, bt())
 		d.reportOpen(c, rule.Name)
 		return
 	}
@@ -1115,9 +1055,9 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 			// gains nothing but this line.
 			d.log.Debug("pin: candidate gone", zap.Int("pid", c.PID), zap.Int("fd", c.FD), zap.Error(err))
 		case errors.Is(err, relink.ErrNotRegular):
-			d.record(c, stIgnored, now, bt())
+			d.ledger.record(c, stIgnored, bt())
 		default:
-			d.recordFailure(c, now, bt())
+			d.ledger.recordFailure(c, now, d.interval(), bt())
 			d.m.Failures.Inc()
 			d.log.Error("rescue failed", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
 				zap.Error(err), c.ContainerField())
@@ -1135,10 +1075,10 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 		if !ok {
 			d.log.Debug("no watch rule matches the pinned file", logging.Path("path", pc.Path), zap.Int("pid", pc.PID),
 				zap.Int("fd", pc.FD), zap.Int64("size", pc.Size), zap.Uint32("owner", pc.Owner))
-			d.record(&pc, stIgnored, now, pbt)
+			d.ledger.record(&pc, stIgnored, pbt)
 			return
 		}
-		d.record(&pc, stReported, now, pbt)
+		d.ledger.record(&pc, stReported, pbt)
 		d.reportOpen(&pc, rule.Name)
 		return
 	}
@@ -1146,7 +1086,7 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 		return
 	}
 	size = max(pc.Size, 0)
-	d.record(&pc, stQueued, now, pbt)
+	d.ledger.record(&pc, stQueued, pbt)
 	d.mu.Lock()
 	d.pins++
 	d.pinned += size
@@ -1161,80 +1101,36 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 // its number now belongs to another file, or its rescue failed and the
 // retry is due. Otherwise c only joins the inode's holders.
 func (d *Daemon) fresh(c *scanner.Candidate, now time.Time) bool {
-	key := c.Key()
-	hid := holderID{pid: c.PID, start: c.StartTime}
 	d.mu.Lock()
 	d.notePID(c, now)
-	in, known := d.inodes[key]
-	if !known {
-		d.mu.Unlock()
-		return true
-	}
-	in.seen = time.Now() // see recordLocked
-	_, same := in.holders[hid]
-	if same || in.st == stQueued {
-		// A pinned inode cannot be freed, so its number cannot have
-		// been reused: another descriptor of the same file.
-		if !same {
-			d.log.Debug("pinned inode, new holder", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD))
-		}
-		in.holders[hid] = time.Now()
-		retry, failures := in.retryDue(now), in.failures
-		space, root, need, minFree := in.st == stNoSpace, in.spaceRoot, in.spaceNeed, in.spaceMin
-		d.mu.Unlock()
-		if space {
-			return d.retrySpace(c, root, need, minFree)
-		}
-		if retry {
-			d.logRetry(c, failures)
-		}
-		return retry
-	}
 	d.mu.Unlock()
-
-	// A holder not seen with this inode before: inode numbers are reused
-	// once a file is freed, so tell a new file from the same one by its
-	// birth time (statx(2) STATX_BTIME).
-	bt, alive := d.birthTime(c)
-	if !alive {
-		return false
-	}
-	d.mu.Lock()
-	if cur := d.inodes[key]; cur == in {
-		d.log.Debug("known inode, new holder", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-			zap.Bool("same_file", in.btime == bt), zap.Int("state", int(in.st)))
-		if in.btime == bt {
-			in.holders[hid] = time.Now()
-			retry, failures := in.retryDue(now), in.failures
-			// No rule matched the inode for its other holders, but the
-			// rules may for this one (commands, users); and a sweep's
-			// look is no proof that no rule wants the inode: a holder
-			// flipping a descriptor can make a sweep pair this inode with
-			// another file's name. Matching again costs only the globs.
-			again := in.st == stIgnored
-			space, root, need, minFree := in.st == stNoSpace, in.spaceRoot, in.spaceNeed, in.spaceMin
-			d.mu.Unlock()
-			if space {
-				return d.retrySpace(c, root, need, minFree)
-			}
-			if retry {
-				d.logRetry(c, failures)
-			}
-			return retry || again
+	s := d.ledger.see(c, now)
+	if s.check {
+		// A holder not seen with this inode before: inode numbers are
+		// reused once a file is freed, so tell a new file from the same
+		// one by its birth time (statx(2) STATX_BTIME).
+		bt, alive := d.birthTime(c)
+		if !alive {
+			return false
 		}
-		delete(d.inodes, key)
+		s = d.ledger.confirm(c, s.entry, bt, now)
 	}
-	d.mu.Unlock()
-	return true
+	if s.wait {
+		return d.retrySpace(c, s.spaceWait)
+	}
+	if s.retry {
+		d.logRetry(c, s.failures)
+	}
+	return s.handle
 }
 
 // retrySpace says whether a file that did not fit is tried again now.
-func (d *Daemon) retrySpace(c *scanner.Candidate, root string, need, minFree uint64) bool {
-	if !d.spaceBack(root, need, minFree) {
+func (d *Daemon) retrySpace(c *scanner.Candidate, w spaceWait) bool {
+	if !d.spaceBack(w) {
 		return false
 	}
 	d.log.Debug("room again at the destination, retrying", logging.Path("path", c.Path), zap.Int("pid", c.PID),
-		zap.Int("fd", c.FD), zap.String("root", root))
+		zap.Int("fd", c.FD), zap.String("root", w.root))
 	return true
 }
 
@@ -1503,45 +1399,28 @@ func (d *Daemon) pruneAll(ctx context.Context) {
 // unpin releases a job's pin and records the inode's final state.
 func (d *Daemon) unpin(j *job, st state) {
 	d.release(j)
-	interval := d.interval()
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if in, ok := d.inodes[j.c.Key()]; ok {
-		if st == stFailed {
-			in.failed(j.found, interval)
-		} else {
-			in.st = st
-		}
-	}
+	d.ledger.finish(j.c.Key(), st, j.found, d.interval())
 }
 
 // unpinNoSpace releases a job's pin for a file that did not fit in root:
 // a copy needs need bytes there above minFree.
 func (d *Daemon) unpinNoSpace(j *job, root string, need, minFree uint64) {
 	d.release(j)
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if in, ok := d.inodes[j.c.Key()]; ok {
-		in.st, in.spaceRoot, in.spaceNeed, in.spaceMin = stNoSpace, root, need, minFree
-	}
+	d.ledger.noSpace(j.c.Key(), spaceWait{root: root, need: need, min: minFree})
 }
 
 // spaceBack reports whether the destination of a file that did not fit
 // has the room now (statfs, no more): only then is it tried again.
-func (d *Daemon) spaceBack(root string, need, minFree uint64) bool {
-	avail, _, err := d.pol.Load().FreeSpace(root)
-	return err == nil && avail >= need+minFree
+func (d *Daemon) spaceBack(w spaceWait) bool {
+	avail, _, err := d.pol.Load().FreeSpace(w.root)
+	return err == nil && avail >= w.need+w.min
 }
 
 // abandon releases the pin of a job given up at shutdown and forgets its
 // inode, so that nothing about it holds if it is looked at again.
 func (d *Daemon) abandon(j *job) {
 	d.release(j)
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if in, ok := d.inodes[j.c.Key()]; ok && in.st == stQueued {
-		delete(d.inodes, j.c.Key())
-	}
+	d.ledger.abandon(j.c.Key())
 }
 
 // release closes a job's pin and takes it off the pin counts.
@@ -1580,36 +1459,6 @@ func (d *Daemon) takeDeferred() []int {
 	return pids
 }
 
-// record sets the state of c's inode, creating its entry.
-func (d *Daemon) record(c *scanner.Candidate, st state, now time.Time, btime int64) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.recordLocked(c, st, now, btime)
-}
-
-// recordFailure records a failed attempt at c's inode (see inode.failed).
-func (d *Daemon) recordFailure(c *scanner.Candidate, now time.Time, btime int64) {
-	interval := d.interval()
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.recordLocked(c, stFailed, now, btime).failed(now, interval)
-}
-
-func (d *Daemon) recordLocked(c *scanner.Candidate, st state, now time.Time, btime int64) *inode {
-	in, ok := d.inodes[c.Key()]
-	if !ok {
-		in = &inode{holders: make(map[holderID]time.Time), btime: btime}
-		d.inodes[c.Key()] = in
-	}
-	// When it was looked at, not when its sweep started: a full pass
-	// runs beside targeted sweeps, and forget must not drop what one of
-	// them saw after the pass had read that process.
-	at := time.Now()
-	in.st, in.seen = st, at
-	in.holders[holderID{pid: c.PID, start: c.StartTime}] = at
-	return in
-}
-
 // notePID remembers that c's holder had a deleted file in its directory.
 func (d *Daemon) notePID(c *scanner.Candidate, now time.Time) {
 	dir := parentDir(c.Path)
@@ -1618,7 +1467,7 @@ func (d *Daemon) notePID(c *scanner.Candidate, now time.Time) {
 		m = make(map[int]time.Time)
 		d.dirPIDs[dir] = m
 	}
-	m[c.PID] = time.Now() // see recordLocked
+	m[c.PID] = time.Now() // see ledger.see
 }
 
 // forget drops what the full sweep that started at start no longer
@@ -1626,19 +1475,9 @@ func (d *Daemon) notePID(c *scanner.Candidate, now time.Time) {
 // holders that closed theirs or exited (their pids may be reused), and
 // stale pid hints. Inodes still queued keep their entry.
 func (d *Daemon) forget(start time.Time, listed []int) {
+	d.ledger.forget(start)
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for k, in := range d.inodes {
-		if in.st != stQueued && in.seen.Before(start) {
-			delete(d.inodes, k)
-			continue
-		}
-		for h, t := range in.holders {
-			if t.Before(start) {
-				delete(in.holders, h)
-			}
-		}
-	}
 	for dir, m := range d.dirPIDs {
 		for pid, t := range m {
 			if t.Before(start) {
@@ -1663,14 +1502,7 @@ func (d *Daemon) apply(cfg *policy.Config) {
 	// Keep the per-user grants and the rescue roots' usage.
 	pol.Inherit(oldPol)
 	d.pol.Store(pol)
-	d.mu.Lock()
-	for k, in := range d.inodes {
-		// Reported files stay reported: their event is not repeated.
-		if in.st == stSkipped || in.st == stFailed || in.st == stIgnored || in.st == stNoSpace {
-			delete(d.inodes, k)
-		}
-	}
-	d.mu.Unlock()
+	d.ledger.reconsider()
 	d.track(cfg)
 	if w := d.getWatcher(); w != nil {
 		d.rootsMu.Lock()

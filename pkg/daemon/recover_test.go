@@ -328,8 +328,8 @@ func TestShutdownReleasesQueued(t *testing.T) {
 	if got := value(d.m.PinsHeld); got != 0 {
 		t.Errorf("pins_held = %v, want 0", got)
 	}
-	if len(d.inodes) != 0 {
-		t.Errorf("%d inodes still known after their jobs were abandoned, want 0", len(d.inodes))
+	if n := d.ledger.len(); n != 0 {
+		t.Errorf("%d inodes still known after their jobs were abandoned, want 0", n)
 	}
 }
 
@@ -370,17 +370,7 @@ func TestHoldersPruned(t *testing.T) {
 	b := testproc.Start(t, testproc.Open(p, "r"), testproc.Unlink(p))
 	h.wait("file rescued", 1, msgPath("file rescued", p))
 	// Sweeps see every process on the host: look at this file only.
-	holders := func() []int {
-		h.d.mu.Lock()
-		defer h.d.mu.Unlock()
-		var pids []int
-		if in, ok := h.d.inodes[key]; ok {
-			for hid := range in.holders {
-				pids = append(pids, hid.pid)
-			}
-		}
-		return pids
-	}
+	holders := func() []int { return h.d.ledger.holders(key) }
 	h.waitFor("both holders known", func() bool { return len(holders()) == 2 })
 	b.Exit(t)
 	h.fullSweeps(2)

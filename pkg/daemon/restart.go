@@ -218,7 +218,7 @@ func (d *Daemon) takePrior(c *scanner.Candidate, pin *relink.Pin, btime int64, n
 		return false
 	}
 	if p.side.Following && d.config().Rescue.Follow {
-		d.record(c, stQueued, now, btime)
+		d.ledger.record(c, stQueued, btime)
 		size := max(c.Size, 0)
 		d.mu.Lock()
 		d.pins++
@@ -233,7 +233,7 @@ func (d *Daemon) takePrior(c *scanner.Candidate, pin *relink.Pin, btime int64, n
 	if err := pin.Close(); err != nil {
 		d.log.Warn("release pin", zap.Int("pid", c.PID), zap.Int("fd", c.FD), zap.Error(err))
 	}
-	d.record(c, stRescued, now, btime)
+	d.ledger.record(c, stRescued, btime)
 	d.alreadyRescued(c, p.rescuedTo(), p.side.Method, false)
 	return true
 }
