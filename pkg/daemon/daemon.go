@@ -144,25 +144,17 @@ type Daemon struct {
 
 	ledger *ledger // what is known of each deleted inode seen
 
-	mu      sync.Mutex
-	pins    int
-	pinned  int64
-	follows int             // follows running
-	writers *relink.Writers // shared by every follow's search for writers
-	guard   *fsguard.Guard  // bounds calls on holders' filesystems
-	slots   []*slot         // one per worker started, stalled ones included
-	stalled int             // workers replaced because they were stuck
-	// Budget bursts: deferred holds the pids whose files found no pin
-	// (swept again as soon as a pin is released, see room); each
-	// budget is said once per burst.
-	deferred      map[int]struct{}
-	pinsWarned    bool
-	followsWarned bool
-	room          chan struct{}                // a pin was released while files were deferred
-	dirPIDs       map[string]map[int]time.Time // dir of a deleted file -> pids seen holding it
-	knownPID      map[int]struct{}             // pids listed at the last full sweep
-	lastPID       int                          // the newest pid at the last look
-	young         map[int]time.Time            // new processes, when first seen (see youngTTL)
+	budget *budget // pins, pinned bytes and follows held at once
+
+	mu       sync.Mutex
+	writers  *relink.Writers              // shared by every follow's search for writers
+	guard    *fsguard.Guard               // bounds calls on holders' filesystems
+	slots    []*slot                      // one per worker started, stalled ones included
+	stalled  int                          // workers replaced because they were stuck
+	dirPIDs  map[string]map[int]time.Time // dir of a deleted file -> pids seen holding it
+	knownPID map[int]struct{}             // pids listed at the last full sweep
+	lastPID  int                          // the newest pid at the last look
+	young    map[int]time.Time            // new processes, when first seen (see youngTTL)
 
 	// Rescues made before this start (see loadPrior); priorMu guards
 	// prior, priorLoaded is the main loop's.
@@ -246,14 +238,13 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 		dirPIDs:  make(map[string]map[int]time.Time),
 		knownPID: make(map[int]struct{}),
 		young:    make(map[int]time.Time),
-		deferred: make(map[int]struct{}),
 		created:  make(map[string]time.Time),
 		fullReq:  make(chan struct{}, 1),
 		holders:  newHolderIndex(maxHolderPairs),
 		views:    newViews(opt.ProcRoot),
-		room:     make(chan struct{}, 1),
 		writers:  relink.NewWriters(opt.ProcRoot),
 	}
+	d.budget = newBudget(opt.MaxPins, opt.MaxPinnedBytes, opt.MaxFollows, d.m)
 	d.pol.Store(policy.New(opt.Config, log, policy.WithProcRoot(opt.ProcRoot)))
 	d.guard = fsguard.New(fsguard.Options{
 		Timeout:  opt.FSTimeout,
@@ -565,16 +556,17 @@ func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event) error {
 				full.Reset(max(time.Millisecond, d.fullGap(interval)-time.Since(d.lastFullAt())))
 				fullArmed = true
 			}
-		case <-d.room:
+		case <-d.budget.room:
 			// Pins were released while files waited for one: their
 			// holders may not live until the next sweep. A second
 			// signal with nothing deferred ends the burst.
-			if pids := d.takeDeferred(); len(pids) > 0 {
+			pids, released, pins := d.budget.takeDeferred()
+			if released {
+				d.log.Info("rescue budget released", zap.Int("pins", pins))
+			}
+			if len(pids) > 0 {
 				d.sweepPIDs(ctx, "deferred", pids, nil)
-				select {
-				case d.room <- struct{}{}:
-				default:
-				}
+				d.budget.signal()
 			}
 		case <-nsTick.C:
 			roots, changed, fresh := d.views.add(listPIDs(d.proc), watchRoots(d.config()))
@@ -1016,29 +1008,19 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 	}
 
 	size := max(c.Size, 0)
-	d.mu.Lock()
-	if pins, pinned := d.pins, d.pinned; pins >= d.opt.MaxPins || pinned+size > d.opt.MaxPinnedBytes {
+	if f, ok := d.budget.check(c.PID, size); !ok {
 		// Not recorded: its holder is swept again as soon as a pin is
-		// released (see room), and by every later sweep.
-		d.deferred[c.PID] = struct{}{}
-		warn := !d.pinsWarned
-		d.pinsWarned = true
-		d.mu.Unlock()
-		budget := "pins"
-		if pins < d.opt.MaxPins {
-			budget = "pinned_bytes"
-		}
+		// released (see budget.room), and by every later sweep.
 		d.m.Skips.WithLabelValues("budget").Inc()
-		if warn {
-			d.log.Warn("rescue budget reached", zap.String("budget", budget), zap.Int("pins", pins),
-				zap.Int("max_pins", d.opt.MaxPins), zap.Int64("pinned_bytes", pinned), zap.Int64("max_pinned_bytes", d.opt.MaxPinnedBytes),
+		if f.warn {
+			d.log.Warn("rescue budget reached", zap.String("budget", f.budget), zap.Int("pins", f.pins),
+				zap.Int("max_pins", d.opt.MaxPins), zap.Int64("pinned_bytes", f.pinned), zap.Int64("max_pinned_bytes", d.opt.MaxPinnedBytes),
 				zap.String("detail", "files beyond it are taken up as soon as a pin is released"))
 		}
 		d.log.Debug("rescue deferred", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-			zap.String("reason", "budget"), zap.String("budget", budget))
+			zap.String("reason", "budget"), zap.String("budget", f.budget))
 		return
 	}
-	d.mu.Unlock()
 
 	pin, pbt, err := d.pin(c)
 	if err != nil {
@@ -1085,14 +1067,8 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 	if d.takePrior(&pc, pin, pbt, now) {
 		return
 	}
-	size = max(pc.Size, 0)
 	d.ledger.record(&pc, stQueued, pbt)
-	d.mu.Lock()
-	d.pins++
-	d.pinned += size
-	d.m.PinsHeld.Set(float64(d.pins))
-	d.m.PinnedBytes.Set(float64(d.pinned))
-	d.mu.Unlock()
+	d.budget.take(max(pc.Size, 0))
 	// Never blocks: the queue has room for MaxPins jobs.
 	d.jobs <- &job{c: pc, pin: pin, found: now}
 }
@@ -1316,16 +1292,7 @@ func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup, progres
 // within the follow budget, and releases the pin then.
 func (d *Daemon) follow(ctx context.Context, j *job, eng *relink.Engine, res relink.Result, wg *sync.WaitGroup) {
 	c := &j.c
-	d.mu.Lock()
-	over := d.follows >= d.opt.MaxFollows
-	warn := over && !d.followsWarned
-	if over {
-		d.followsWarned = true
-	} else {
-		d.follows++
-	}
-	d.mu.Unlock()
-	if over {
+	if ok, warn := d.budget.startFollow(); !ok {
 		// The copy stands as it is: a one-shot rescue, not a loss.
 		if warn {
 			d.log.Warn("follow budget reached", zap.Int("max_follows", d.opt.MaxFollows),
@@ -1348,12 +1315,7 @@ func (d *Daemon) follow(ctx context.Context, j *job, eng *relink.Engine, res rel
 		if err != nil && !errors.Is(err, context.Canceled) {
 			d.m.Failures.Inc()
 		}
-		d.mu.Lock()
-		d.follows--
-		if d.followsWarned && d.follows == 0 {
-			d.followsWarned = false
-		}
-		d.mu.Unlock()
+		d.budget.endFollow()
 		d.unpin(j, stRescued)
 	}()
 }
@@ -1428,35 +1390,7 @@ func (d *Daemon) release(j *job) {
 	if err := j.pin.Close(); err != nil {
 		d.log.Warn("release pin", zap.Int("pid", j.c.PID), zap.Int("fd", j.c.FD), zap.Error(err))
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.pins--
-	d.pinned -= max(j.c.Size, 0)
-	d.m.PinsHeld.Set(float64(d.pins))
-	d.m.PinnedBytes.Set(float64(d.pinned))
-	if len(d.deferred) > 0 {
-		select {
-		case d.room <- struct{}{}:
-		default:
-		}
-	}
-}
-
-// takeDeferred returns the pids whose files waited for a pin, and ends
-// the budget burst when there are none.
-func (d *Daemon) takeDeferred() []int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	pids := make([]int, 0, len(d.deferred))
-	for pid := range d.deferred {
-		pids = append(pids, pid)
-	}
-	clear(d.deferred)
-	if len(pids) == 0 && d.pinsWarned {
-		d.pinsWarned = false
-		d.log.Info("rescue budget released", zap.Int("pins", d.pins))
-	}
-	return pids
+	d.budget.give(max(j.c.Size, 0))
 }
 
 // notePID remembers that c's holder had a deleted file in its directory.

@@ -219,13 +219,7 @@ func (d *Daemon) takePrior(c *scanner.Candidate, pin *relink.Pin, btime int64, n
 	}
 	if p.side.Following && d.config().Rescue.Follow {
 		d.ledger.record(c, stQueued, btime)
-		size := max(c.Size, 0)
-		d.mu.Lock()
-		d.pins++
-		d.pinned += size
-		d.m.PinsHeld.Set(float64(d.pins))
-		d.m.PinnedBytes.Set(float64(d.pinned))
-		d.mu.Unlock()
+		d.budget.take(max(c.Size, 0))
 		// Never blocks: the queue has room for MaxPins jobs.
 		d.jobs <- &job{c: *c, pin: pin, found: now, prior: p}
 		return true
