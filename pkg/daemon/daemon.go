@@ -38,7 +38,6 @@ import (
 	"os"
 	"runtime"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -146,15 +145,11 @@ type Daemon struct {
 
 	budget *budget // pins, pinned bytes and follows held at once
 
-	mu       sync.Mutex
-	writers  *relink.Writers              // shared by every follow's search for writers
-	guard    *fsguard.Guard               // bounds calls on holders' filesystems
-	slots    []*slot                      // one per worker started, stalled ones included
-	stalled  int                          // workers replaced because they were stuck
-	dirPIDs  map[string]map[int]time.Time // dir of a deleted file -> pids seen holding it
-	knownPID map[int]struct{}             // pids listed at the last full sweep
-	lastPID  int                          // the newest pid at the last look
-	young    map[int]time.Time            // new processes, when first seen (see youngTTL)
+	mu      sync.Mutex
+	writers *relink.Writers // shared by every follow's search for writers
+	guard   *fsguard.Guard  // bounds calls on holders' filesystems
+	slots   []*slot         // one per worker started, stalled ones included
+	stalled int             // workers replaced because they were stuck
 
 	// Rescues made before this start (see loadPrior); priorMu guards
 	// prior, priorLoaded is the main loop's.
@@ -162,18 +157,10 @@ type Daemon struct {
 	prior       map[scanner.Key][]*prior
 	priorLoaded bool
 
-	// Main loop only.
-	fullDeferred bool                 // an event round left its full pass for later
-	created      map[string]time.Time // watched directories where files were created, when last
-	createdNew   bool                 // files were created since the loop last asked for a pass
-	// Shared by the loop and the full-pass goroutine.
-	lastFull   atomic.Int64  // unix ns of the start of the last pass over every process
-	fullReq    chan struct{} // asks the full-pass goroutine for a pass
-	considerMu sync.Mutex    // candidates are considered one at a time
-	holders    *holderIndex
+	sched      *scheduler // which processes to sweep first, and when to sweep all
+	considerMu sync.Mutex // candidates are considered one at a time
 	views      *views     // watched trees in other mount namespaces
 	rootsMu    sync.Mutex // one SetRoots at a time
-	overflows  int        // inotify queue overflows not yet handled
 	watcher    *watch.Watcher
 }
 
@@ -225,25 +212,20 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 		opt.Notify = func(string) {}
 	}
 	d := &Daemon{
-		opt:      opt,
-		proc:     procfs.New(opt.ProcRoot),
-		log:      log,
-		sweeper:  opt.Sweeper,
-		m:        metrics.New(),
-		self:     os.Getpid(),
-		engine:   relink.New(relink.Options{ProcRoot: opt.ProcRoot}, log),
-		reload:   make(chan reloadReq),
-		jobs:     make(chan *job, opt.MaxPins),
-		ledger:   newLedger(log),
-		dirPIDs:  make(map[string]map[int]time.Time),
-		knownPID: make(map[int]struct{}),
-		young:    make(map[int]time.Time),
-		created:  make(map[string]time.Time),
-		fullReq:  make(chan struct{}, 1),
-		holders:  newHolderIndex(maxHolderPairs),
-		views:    newViews(opt.ProcRoot),
-		writers:  relink.NewWriters(opt.ProcRoot),
+		opt:     opt,
+		proc:    procfs.New(opt.ProcRoot),
+		log:     log,
+		sweeper: opt.Sweeper,
+		m:       metrics.New(),
+		self:    os.Getpid(),
+		engine:  relink.New(relink.Options{ProcRoot: opt.ProcRoot}, log),
+		reload:  make(chan reloadReq),
+		jobs:    make(chan *job, opt.MaxPins),
+		ledger:  newLedger(log),
+		views:   newViews(opt.ProcRoot),
+		writers: relink.NewWriters(opt.ProcRoot),
 	}
+	d.sched = newScheduler(d.proc, d.self, d.views)
 	d.budget = newBudget(opt.MaxPins, opt.MaxPinnedBytes, opt.MaxFollows, d.m)
 	d.pol.Store(policy.New(opt.Config, log, policy.WithProcRoot(opt.ProcRoot)))
 	d.guard = fsguard.New(fsguard.Options{
@@ -286,19 +268,6 @@ func (d *Daemon) setRoots(roots []string) {
 		zap.Int("watches", w.Watches()))
 }
 
-// lastFullAt is the start of the last pass over every process.
-func (d *Daemon) lastFullAt() time.Time { return time.Unix(0, d.lastFull.Load()) }
-
-// requestFull asks the full-pass goroutine for a pass; one asked for
-// already and not started yet covers this one too.
-func (d *Daemon) requestFull() {
-	d.fullDeferred = false
-	select {
-	case d.fullReq <- struct{}{}:
-	default:
-	}
-}
-
 // fullPasses runs the passes over every process that the loop asks for,
 // off the loop: an event's targeted sweep never waits behind one.
 func (d *Daemon) fullPasses(ctx context.Context) {
@@ -306,7 +275,7 @@ func (d *Daemon) fullPasses(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-d.fullReq:
+		case <-d.sched.fullReq:
 			d.sweep(ctx)
 		}
 	}
@@ -529,31 +498,30 @@ func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event) error {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
-			d.requestFull()
+			d.sched.requestFull()
 		case <-full.C:
 			fullArmed = false
-			if d.fullDeferred {
-				d.requestFull()
+			if d.sched.fullPending() {
+				d.sched.requestFull()
 			}
 		case ev := <-events:
 			d.onEvents(ctx, ev, events)
-			if d.overflows > 0 {
+			if d.sched.overflowed() {
 				d.recoverOverflow(ctx)
 			}
-			if d.createdNew {
+			if d.sched.takeCreated() {
 				// Whoever created files in the watched trees may be a
 				// process the holder index does not know yet: a pass
 				// over every process finds it, within the full-pass
 				// gap, off the loop.
-				d.createdNew = false
-				if time.Since(d.lastFullAt()) >= d.fullGap(interval) {
-					d.requestFull()
+				if time.Since(d.sched.lastFullAt()) >= fullGap(interval) {
+					d.sched.requestFull()
 				} else {
-					d.fullDeferred = true
+					d.sched.deferFull()
 				}
 			}
-			if d.fullDeferred && !fullArmed {
-				full.Reset(max(time.Millisecond, d.fullGap(interval)-time.Since(d.lastFullAt())))
+			if d.sched.fullPending() && !fullArmed {
+				full.Reset(max(time.Millisecond, fullGap(interval)-time.Since(d.sched.lastFullAt())))
 				fullArmed = true
 			}
 		case <-d.budget.room:
@@ -593,16 +561,6 @@ func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event) error {
 // reads before its candidates are pinned.
 const eventChunk = 24
 
-// fullGap is the least time between two full passes over every process
-// that events trigger: a tenth of scan.interval, within 1 to 5 seconds. A
-// directory with constant churn would otherwise cost one full sweep per
-// event; within the gap an event round sweeps only the likely holders
-// (new processes and those seen in the same directories) and the full pass
-// follows when the gap has passed.
-func (d *Daemon) fullGap(interval time.Duration) time.Duration {
-	return min(max(time.Second, interval/10), 5*time.Second)
-}
-
 // onEvents handles a removal event and every other one already queued.
 // The scanner returns its candidates only at the end of a sweep, so
 // instead of one full sweep the processes are swept in small chunks, the
@@ -625,14 +583,14 @@ func (d *Daemon) fullGap(interval time.Duration) time.Duration {
 // rescans and sweeps everything (recoverOverflow).
 func (d *Daemon) onEvents(ctx context.Context, first watch.Event, events <-chan watch.Event) {
 	pending := make(map[string]bool)
-	n := d.note(first, pending) + d.drainEvents(events, pending)
+	n := d.sched.note(first, pending) + d.sched.drainEvents(events, pending)
 	queued := time.Since(first.At)
 	// Rounds continue while events arrive during them, a few times at
 	// most so that the main loop is not starved; what is left is covered
 	// by the deferred full pass.
-	for round := 0; len(pending) > 0 && d.overflows == 0 && ctx.Err() == nil; round++ {
+	for round := 0; len(pending) > 0 && !d.sched.overflowed() && ctx.Err() == nil; round++ {
 		if round == 3 {
-			d.fullDeferred = true
+			d.sched.deferFull()
 			break
 		}
 		dirs := pending
@@ -648,7 +606,7 @@ func (d *Daemon) onEvents(ctx context.Context, first watch.Event, events <-chan 
 func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-chan watch.Event, pending map[string]bool, queued time.Duration) int {
 	start := time.Now()
 	swept := make(map[int]bool)
-	likely := append(d.newPIDs(), d.likelyPIDs(dirs, nil, swept)...)
+	likely := append(d.sched.newPIDs(), d.sched.likelyPIDs(dirs, nil, swept)...)
 	likelyOK := d.sweepPIDs(ctx, "event", likely, swept)
 	targeted := time.Since(start)
 	// The holder index knows who held files in these directories at the
@@ -656,26 +614,16 @@ func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-
 	// not know (a process that had nothing open there): then, and only
 	// then, every other process is swept here, newest first. Otherwise the
 	// full pass that follows events runs on its own goroutine.
-	last := d.lastFullAt()
-	unknown := false
-	for dir := range dirs {
-		if t, ok := d.created[dir]; ok && !t.Before(last) {
-			unknown = true
-		}
-	}
-	for dir, t := range d.created {
-		if t.Before(last) {
-			delete(d.created, dir)
-		}
-	}
-	gapOK := time.Since(last) >= d.fullGap(d.interval())
+	last := d.sched.lastFullAt()
+	unknown := d.sched.unknownHolders(dirs, last)
+	gapOK := time.Since(last) >= fullGap(d.interval())
 	if !unknown || !gapOK {
 		// Events still queued are left to the main loop, which keeps
 		// serving ticks, reloads and the watchdog between them.
 		if gapOK {
-			d.requestFull()
+			d.sched.requestFull()
 		} else {
-			d.fullDeferred = true
+			d.sched.deferFull()
 		}
 		d.log.Debug("removal events handled", zap.Int("dirs", len(dirs)), zap.Int("likely_pids", len(likely)),
 			zap.Duration("queued", queued), zap.Duration("targeted", targeted), zap.Bool("full_deferred", !gapOK),
@@ -687,7 +635,7 @@ func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-
 	// Forgetting what this round did not see is right only if it saw
 	// every process.
 	complete := likelyOK && listed != nil
-	complete = d.sweepPIDs(ctx, "event", d.likelyPIDs(nil, listed, swept), swept) && complete
+	complete = d.sweepPIDs(ctx, "event", d.sched.likelyPIDs(nil, listed, swept), swept) && complete
 
 	rest := make([]int, 0, len(listed))
 	for _, pid := range listed {
@@ -698,11 +646,11 @@ func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-
 	slices.Sort(rest)
 	slices.Reverse(rest)
 	arrived := 0
-	for len(rest) > 0 && d.overflows == 0 && ctx.Err() == nil {
+	for len(rest) > 0 && !d.sched.overflowed() && ctx.Err() == nil {
 		more := make(map[string]bool)
-		if got := d.drainEvents(events, more); got > 0 {
+		if got := d.sched.drainEvents(events, more); got > 0 {
 			arrived += got
-			quick := append(d.newPIDs(), d.likelyPIDs(more, nil, nil)...)
+			quick := append(d.sched.newPIDs(), d.sched.likelyPIDs(more, nil, nil)...)
 			complete = d.sweepPIDs(ctx, "event", quick, nil) && complete
 			for _, pid := range quick {
 				swept[pid] = true
@@ -719,118 +667,11 @@ func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-
 	if complete && ctx.Err() == nil {
 		d.forget(start, listed)
 	}
-	d.lastFull.Store(start.UnixNano())
-	d.fullDeferred = false
+	d.sched.roundDone(start)
 	d.log.Debug("removal events handled", zap.Int("dirs", len(dirs)), zap.Int("likely_pids", len(likely)),
 		zap.Int("procs", len(listed)), zap.Duration("queued", queued), zap.Duration("listed", listedAt.Sub(start)),
 		zap.Duration("targeted", targeted), zap.Duration("total", time.Since(start)), zap.Int("arrived", arrived))
 	return arrived
-}
-
-// maxNewPIDs bounds the range of pids probed one by one from
-// /proc/loadavg; past it (a fork-heavy host) the listing of /proc gives
-// the new processes.
-const maxNewPIDs = 128
-
-// A new process stays "young" for youngTTL after it is first seen: every
-// event round sweeps it again. A program spends its first milliseconds
-// starting up, and in a fork storm a sibling's unlink starts the round
-// that first sees it before it has deleted anything. At most maxYoung are
-// kept, the newest; older processes are left to the pids known to have
-// held files in the directory and to the full pass.
-const (
-	youngTTL = 2 * time.Second
-	maxYoung = 256
-)
-
-// newPIDs returns, newest first, the young processes: those created since
-// the previous call, found through /proc/loadavg, which ends with the pid
-// most recently allocated (proc(5)); pids are handed out in increasing
-// order until they wrap at pid_max. Then those found within youngTTL.
-func (d *Daemon) newPIDs() []int {
-	last, ok := d.proc.LastPID()
-	if !ok {
-		return nil
-	}
-	d.mu.Lock()
-	prev := d.lastPID
-	d.lastPID = last
-	d.mu.Unlock()
-	var fresh []int
-	switch {
-	case prev == 0 || last <= prev:
-	case last-prev <= maxNewPIDs:
-		fresh = newLeaders(d.proc, prev, last)
-	default:
-		// More pids handed out since the last look than are worth
-		// probing one by one (a fork-heavy host): the listing of /proc,
-		// which shows thread-group leaders only, has the new processes
-		// above prev; the newest maxYoung of them are kept.
-		for _, pid := range listPIDs(d.proc) {
-			if pid > prev && pid <= last {
-				fresh = append(fresh, pid)
-			}
-		}
-		slices.Sort(fresh)
-		fresh = fresh[max(0, len(fresh)-maxYoung):]
-	}
-	now := time.Now()
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for _, pid := range fresh {
-		d.young[pid] = now
-	}
-	out := make([]int, 0, len(d.young))
-	for pid, at := range d.young {
-		if now.Sub(at) > youngTTL {
-			delete(d.young, pid)
-			continue
-		}
-		out = append(out, pid)
-	}
-	slices.SortFunc(out, func(a, b int) int {
-		if c := d.young[b].Compare(d.young[a]); c != 0 {
-			return c
-		}
-		return b - a
-	})
-	for _, pid := range out[min(len(out), maxYoung):] {
-		delete(d.young, pid)
-	}
-	return out[:min(len(out), maxYoung)]
-}
-
-// drainEvents notes every queued event (see note) and returns how many
-// were removals.
-func (d *Daemon) drainEvents(events <-chan watch.Event, dirs map[string]bool) int {
-	n := 0
-	for {
-		select {
-		case ev := <-events:
-			n += d.note(ev, dirs)
-		default:
-			return n
-		}
-	}
-}
-
-// note adds a removal's directory to dirs and returns 1, or counts an
-// overflow, which is no removal, and returns 0.
-func (d *Daemon) note(ev watch.Event, dirs map[string]bool) int {
-	if ev.Overflow {
-		d.overflows++
-		return 0
-	}
-	// A view in another mount namespace: the holders there name the
-	// directory as they see it.
-	ev.Dir = d.views.viewOf(ev.Dir)
-	if ev.Created {
-		d.created[ev.Dir] = ev.At
-		d.createdNew = true
-		return 0
-	}
-	dirs[ev.Dir] = true
-	return 1
 }
 
 // recoverOverflow makes up for lost events. Past fs.inotify.max_queued_events
@@ -840,8 +681,7 @@ func (d *Daemon) note(ev watch.Event, dirs map[string]bool) int {
 // and every process swept at once, without waiting for fullGap: the
 // overflow is the sign of a burst, the very time holders come and go.
 func (d *Daemon) recoverOverflow(ctx context.Context) {
-	n := d.overflows
-	d.overflows = 0
+	n := d.sched.takeOverflows()
 	d.m.Overflows.Add(float64(n))
 	d.log.Warn("inotify queue overflowed; rescanning watched trees", zap.Int("overflows", n))
 	if w := d.getWatcher(); w != nil {
@@ -850,44 +690,7 @@ func (d *Daemon) recoverOverflow(ctx context.Context) {
 		d.log.Debug("watched trees rescanned", zap.Int("added", added), zap.Int("watches", w.Watches()),
 			zap.Duration("duration", time.Since(start)))
 	}
-	d.requestFull()
-}
-
-// likelyPIDs returns, newest first and not yet swept, the pids last seen
-// under dirs plus those in listed that the previous listing did not have;
-// listed becomes the new reference. A nil listed only adds dirs' pids.
-func (d *Daemon) likelyPIDs(dirs map[string]bool, listed []int, swept map[int]bool) []int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	set := make(map[int]struct{})
-	for dir := range dirs {
-		for pid := range d.dirPIDs[dir] {
-			set[pid] = struct{}{}
-		}
-		for _, pid := range d.holders.pids(dir) {
-			set[pid] = struct{}{}
-		}
-	}
-	for _, pid := range listed {
-		if _, ok := d.knownPID[pid]; !ok {
-			set[pid] = struct{}{}
-		}
-	}
-	if listed != nil {
-		clear(d.knownPID)
-		for _, pid := range listed {
-			d.knownPID[pid] = struct{}{}
-		}
-	}
-	pids := make([]int, 0, len(set))
-	for pid := range set {
-		if !swept[pid] && pid != d.self {
-			pids = append(pids, pid)
-		}
-	}
-	slices.Sort(pids)
-	slices.Reverse(pids)
-	return pids
+	d.sched.requestFull()
 }
 
 // sweepPIDs sweeps pids and feeds the candidates. With swept non-nil,
@@ -920,7 +723,7 @@ func (d *Daemon) sweepPIDs(ctx context.Context, kind string, pids []int, swept m
 		return false
 	}
 	d.m.Candidates.Add(float64(len(res.Candidates)))
-	d.holders.update(todo, res.Held)
+	d.sched.holders.update(todo, res.Held)
 	d.considerMu.Lock()
 	for i := range res.Candidates {
 		d.consider(&res.Candidates[i], start)
@@ -939,7 +742,7 @@ func (d *Daemon) sweep(ctx context.Context) {
 	// The sweep covers the processes that exist now, but those among
 	// them that are new may delete a file a moment later: they become
 	// young.
-	d.newPIDs()
+	d.sched.newPIDs()
 	listed := listPIDs(d.proc)
 	start := time.Now()
 	res, err := d.sweeper.Sweep(ctx)
@@ -952,7 +755,7 @@ func (d *Daemon) sweep(ctx context.Context) {
 		return
 	}
 	d.m.Candidates.Add(float64(len(res.Candidates)))
-	d.holders.replace(res.Held)
+	d.sched.holders.replace(res.Held)
 	d.considerMu.Lock()
 	if !d.priorLoaded {
 		d.loadPrior(ctx, res.Candidates)
@@ -963,11 +766,11 @@ func (d *Daemon) sweep(ctx context.Context) {
 	d.keepPrior(res.Candidates)
 	d.considerMu.Unlock()
 	d.forget(start, listed)
-	d.lastFull.Store(start.UnixNano())
+	d.sched.fullDone(start)
 	if roots, changed := d.views.full(listed, watchRoots(d.config())); changed {
 		d.setRoots(roots)
 	}
-	if pairs, capped := d.holders.size(); capped {
+	if pairs, capped := d.sched.holders.size(); capped {
 		d.log.Warn("holder index full; the rest is left to the sweeps", zap.Int("pairs", pairs))
 	}
 	d.exportDeletedOpen(res.Candidates)
@@ -1077,9 +880,7 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 // its number now belongs to another file, or its rescue failed and the
 // retry is due. Otherwise c only joins the inode's holders.
 func (d *Daemon) fresh(c *scanner.Candidate, now time.Time) bool {
-	d.mu.Lock()
-	d.notePID(c, now)
-	d.mu.Unlock()
+	d.sched.notePID(c)
 	s := d.ledger.see(c, now)
 	if s.check {
 		// A holder not seen with this inode before: inode numbers are
@@ -1393,39 +1194,13 @@ func (d *Daemon) release(j *job) {
 	d.budget.give(max(j.c.Size, 0))
 }
 
-// notePID remembers that c's holder had a deleted file in its directory.
-func (d *Daemon) notePID(c *scanner.Candidate, now time.Time) {
-	dir := parentDir(c.Path)
-	m := d.dirPIDs[dir]
-	if m == nil {
-		m = make(map[int]time.Time)
-		d.dirPIDs[dir] = m
-	}
-	m[c.PID] = time.Now() // see ledger.see
-}
-
 // forget drops what the full sweep that started at start no longer
 // showed: inodes closed by every holder (their numbers may be reused),
 // holders that closed theirs or exited (their pids may be reused), and
 // stale pid hints. Inodes still queued keep their entry.
 func (d *Daemon) forget(start time.Time, listed []int) {
 	d.ledger.forget(start)
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for dir, m := range d.dirPIDs {
-		for pid, t := range m {
-			if t.Before(start) {
-				delete(m, pid)
-			}
-		}
-		if len(m) == 0 {
-			delete(d.dirPIDs, dir)
-		}
-	}
-	clear(d.knownPID)
-	for _, pid := range listed {
-		d.knownPID[pid] = struct{}{}
-	}
+	d.sched.forget(start, listed)
 }
 
 // apply installs a new configuration (from the main loop).
@@ -1483,13 +1258,4 @@ func watchRoots(cfg *policy.Config) []string {
 		}
 	}
 	return watch.Roots(globs)
-}
-
-// parentDir returns the directory part of a holder-view path.
-func parentDir(p []byte) string {
-	s := string(p)
-	if i := strings.LastIndexByte(s, '/'); i > 0 {
-		return s[:i]
-	}
-	return "/"
 }

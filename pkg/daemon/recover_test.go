@@ -183,6 +183,9 @@ func TestRetryFailed(t *testing.T) {
 
 	// The first attempt, and a retry a sweep interval later.
 	h.wait("two failed attempts", 2, msgPath("rescue failed", p))
+	// The engine logs "rescue failed"; the daemon counts the failure
+	// after it, then releases the pin (pins_held wakes the wait).
+	h.waitFor("the failures counted", func() bool { return value(h.d.m.Failures) >= 2 })
 	if got := value(h.d.m.Failures); got < 2 {
 		t.Errorf("rescue_failures_total = %v, want at least 2", got)
 	}
