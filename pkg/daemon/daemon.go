@@ -134,7 +134,6 @@ type Daemon struct {
 	engine *relink.Engine // pins; rescues use an engine per method list
 
 	reload chan reloadReq
-	jobs   chan *job
 
 	// publishing is held shared by every rescue and exclusively by each
 	// prune of a root: a directory a rescue is about to link its
@@ -143,13 +142,12 @@ type Daemon struct {
 
 	ledger *ledger // what is known of each deleted inode seen
 
-	budget *budget // pins, pinned bytes and follows held at once
+	budget  *budget  // pins, pinned bytes and follows held at once
+	workers *workers // the rescue workers and their queue
 
 	mu      sync.Mutex
 	writers *relink.Writers // shared by every follow's search for writers
 	guard   *fsguard.Guard  // bounds calls on holders' filesystems
-	slots   []*slot         // one per worker started, stalled ones included
-	stalled int             // workers replaced because they were stuck
 
 	// Rescues made before this start (see loadPrior); priorMu guards
 	// prior, priorLoaded is the main loop's.
@@ -167,13 +165,6 @@ type Daemon struct {
 type reloadReq struct {
 	cfg  *policy.Config
 	done chan struct{}
-}
-
-type job struct {
-	c     scanner.Candidate // the pinned file (pin.Candidate())
-	pin   *relink.Pin
-	found time.Time // start of the sweep that found it
-	prior *prior    // a follow an earlier daemon left unfinished: resume it (see resume)
 }
 
 // New builds a daemon for opt.Config. Nothing runs until Run.
@@ -220,7 +211,6 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 		self:    os.Getpid(),
 		engine:  relink.New(relink.Options{ProcRoot: opt.ProcRoot}, log),
 		reload:  make(chan reloadReq),
-		jobs:    make(chan *job, opt.MaxPins),
 		ledger:  newLedger(log),
 		views:   newViews(opt.ProcRoot),
 		writers: relink.NewWriters(opt.ProcRoot),
@@ -239,6 +229,8 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 			}
 		},
 	}, log)
+	d.workers = &workers{log: log, guard: d.guard, stall: opt.StallTimeout, do: d.handle, abandon: d.abandon,
+		jobs: make(chan *job, opt.MaxPins)}
 	if d.sweeper == nil {
 		d.sweeper = scanner.New(scanner.Options{ProcRoot: opt.ProcRoot, Guard: d.guard}, log)
 	}
@@ -382,9 +374,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	defer wcancel()
 	var wg sync.WaitGroup
 	for range d.opt.Workers {
-		d.startWorker(wctx, &wg)
+		d.workers.start(wctx, &wg)
 	}
-	go d.watchStalls(wctx, &wg)
+	go d.workers.watchStalls(wctx, &wg)
 
 	var srvDone chan error
 	if cfg.Metrics.Listen != "" {
@@ -443,15 +435,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.log.Warn("workers did not stop in time", zap.Duration("waited", d.opt.StopTimeout))
 	}
 	// Release whatever is still queued.
-	for {
-		select {
-		case j := <-d.jobs:
-			d.abandon(j)
-			continue
-		default:
-		}
-		break
-	}
+	d.workers.drain()
 	if watchDone != nil {
 		if werr := <-watchDone; werr != nil {
 			d.log.Warn("watcher", zap.Error(werr))
@@ -873,7 +857,7 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 	d.ledger.record(&pc, stQueued, pbt)
 	d.budget.take(max(pc.Size, 0))
 	// Never blocks: the queue has room for MaxPins jobs.
-	d.jobs <- &job{c: pc, pin: pin, found: now}
+	d.workers.queue(&job{c: pc, pin: pin, found: now})
 }
 
 // fresh reports whether c needs handling: its inode was not seen before,
@@ -922,108 +906,14 @@ func (d *Daemon) reportOpen(c *scanner.Candidate, rule string) {
 		zap.String("comm", c.Comm), zap.Uint32("uid", c.UID), zap.Int64("size", c.Size), zap.String("rule", rule), c.ContainerField())
 }
 
-// slot is what the stall watch knows of one worker.
-type slot struct {
-	mnt     atomic.Int64 // mount of the file under rescue
-	busy    atomic.Int64 // unix ns of the last sign of life; 0 when idle
-	retired atomic.Bool  // replaced: exits after its job
-	release func()       // set (under Daemon.mu) when retired: clears the mount's mark
-}
-
-func (s *slot) touch() { s.busy.Store(time.Now().UnixNano()) }
-
-// startWorker starts a worker with a slot of its own.
-func (d *Daemon) startWorker(ctx context.Context, wg *sync.WaitGroup) {
-	s := &slot{}
-	d.mu.Lock()
-	d.slots = append(d.slots, s)
-	d.mu.Unlock()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		d.worker(ctx, wg, s)
-	}()
-}
-
-// watchStalls retires a worker whose rescue has made no progress for
-// StallTimeout: a read or write in a filesystem that stopped answering
-// never returns, and the thread cannot be taken back. The file's mount is
-// marked unresponsive (its other files are skipped until the call
-// returns) and a new worker takes the stuck one's place, up to
-// maxStalledWorkers.
-func (d *Daemon) watchStalls(ctx context.Context, wg *sync.WaitGroup) {
-	t := time.NewTicker(min(time.Second, d.opt.StallTimeout/4))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		now := time.Now().UnixNano()
-		d.mu.Lock()
-		var stuck []*slot
-		for _, s := range d.slots {
-			if b := s.busy.Load(); b != 0 && !s.retired.Load() && now-b > int64(d.opt.StallTimeout) {
-				s.retired.Store(true)
-				stuck = append(stuck, s)
-			}
-		}
-		d.mu.Unlock()
-		for _, s := range stuck {
-			mnt := int(s.mnt.Load())
-			rel := d.guard.Hold(mnt)
-			d.mu.Lock()
-			s.release = rel
-			replace := d.stalled < maxStalledWorkers
-			if replace {
-				d.stalled++
-			}
-			d.mu.Unlock()
-			d.log.Warn("rescue stalled", zap.Int("mnt_id", mnt), zap.Duration("no_progress_for", d.opt.StallTimeout),
-				zap.Bool("replaced", replace))
-			if replace {
-				d.startWorker(ctx, wg)
-			}
-		}
+// handle is what a worker does with a job: resume the follow an earlier
+// daemon left, or rescue.
+func (d *Daemon) handle(ctx context.Context, j *job, wg *sync.WaitGroup, progress func()) {
+	if j.prior != nil {
+		d.resume(ctx, j, wg, progress)
+		return
 	}
-}
-
-// worker rescues queued pins until ctx ends, or until it was found stuck
-// and replaced.
-func (d *Daemon) worker(ctx context.Context, wg *sync.WaitGroup, s *slot) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case j := <-d.jobs:
-			// select picks at random among ready cases: a job taken
-			// after shutdown began is released, not started only to
-			// be cancelled.
-			if ctx.Err() != nil {
-				d.abandon(j)
-				return
-			}
-			s.mnt.Store(int64(j.c.MntID))
-			s.touch()
-			if j.prior != nil {
-				d.resume(ctx, j, wg, s.touch)
-			} else {
-				d.rescue(ctx, j, wg, s.touch)
-			}
-			s.busy.Store(0)
-			if s.retired.Load() {
-				d.mu.Lock()
-				rel := s.release
-				d.mu.Unlock()
-				if rel != nil {
-					rel()
-				}
-				d.log.Info("stalled rescue returned", zap.Int("mnt_id", j.c.MntID))
-				return
-			}
-		}
-	}
+	d.rescue(ctx, j, wg, progress)
 }
 
 func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup, progress func()) {

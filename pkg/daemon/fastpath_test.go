@@ -53,7 +53,7 @@ func BenchmarkFastPath(b *testing.B) {
 		for range b.N {
 			d.consider(&c, time.Now())
 			select {
-			case j := <-d.jobs:
+			case j := <-d.workers.jobs:
 				d.abandon(j)
 			default:
 				b.Fatal("nothing queued")
@@ -78,11 +78,11 @@ func BenchmarkFastPath(b *testing.B) {
 			d.sweepPIDs(ctx, "event", pids, nil)
 		}
 	})
-	if len(d.jobs) != 16 {
-		b.Fatalf("%d jobs queued, want 16", len(d.jobs))
+	if len(d.workers.jobs) != 16 {
+		b.Fatalf("%d jobs queued, want 16", len(d.workers.jobs))
 	}
-	for len(d.jobs) > 0 {
-		d.abandon(<-d.jobs)
+	for len(d.workers.jobs) > 0 {
+		d.abandon(<-d.workers.jobs)
 	}
 }
 

@@ -301,7 +301,7 @@ func queueJobs(t *testing.T, n int) (*Daemon, *observer.ObservedLogs) {
 	for i := range res.Candidates {
 		d.consider(&res.Candidates[i], now)
 	}
-	if got := len(d.jobs); got != n {
+	if got := len(d.workers.jobs); got != n {
 		t.Fatalf("%d jobs queued, want %d", got, n)
 	}
 	return d, logs
@@ -316,8 +316,8 @@ func TestShutdownReleasesQueued(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	var wg sync.WaitGroup
-	for len(d.jobs) > 0 {
-		d.worker(ctx, &wg, &slot{})
+	for len(d.workers.jobs) > 0 {
+		d.workers.work(ctx, &wg, &slot{})
 	}
 	wg.Wait()
 	for _, m := range []string{"rescue failed", "rescue cancelled", "file rescued"} {
@@ -344,7 +344,7 @@ func TestCancelledRescueIsNoFailure(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	var wg sync.WaitGroup
-	d.rescue(ctx, <-d.jobs, &wg, nil)
+	d.rescue(ctx, <-d.workers.jobs, &wg, nil)
 	wg.Wait()
 	if n := logs.FilterMessage("rescue failed").Len(); n != 0 {
 		t.Errorf(`%d "rescue failed" events for a cancelled rescue, want 0: %v`, n, logs.FilterMessage("rescue failed").All())

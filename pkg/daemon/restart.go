@@ -221,7 +221,7 @@ func (d *Daemon) takePrior(c *scanner.Candidate, pin *relink.Pin, btime int64, n
 		d.ledger.record(c, stQueued, btime)
 		d.budget.take(max(c.Size, 0))
 		// Never blocks: the queue has room for MaxPins jobs.
-		d.jobs <- &job{c: *c, pin: pin, found: now, prior: p}
+		d.workers.queue(&job{c: *c, pin: pin, found: now, prior: p})
 		return true
 	}
 	if err := pin.Close(); err != nil {
