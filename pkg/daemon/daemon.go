@@ -135,10 +135,7 @@ type Daemon struct {
 
 	reload chan reloadReq
 
-	// publishing is held shared by every rescue and exclusively by each
-	// prune of a root: a directory a rescue is about to link its
-	// O_TMPFILE into looks empty, and the pruner removes empty ones.
-	publishing sync.RWMutex
+	retention *retention // rescue.retention, never beside a rescue that publishes
 
 	ledger *ledger // what is known of each deleted inode seen
 
@@ -215,6 +212,7 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 		views:   newViews(opt.ProcRoot),
 		writers: relink.NewWriters(opt.ProcRoot),
 	}
+	d.retention = &retention{log: log, interval: opt.PruneInterval, policy: d.pol.Load}
 	d.sched = newScheduler(d.proc, d.self, d.views)
 	d.budget = newBudget(opt.MaxPins, opt.MaxPinnedBytes, opt.MaxFollows, d.m)
 	d.pol.Store(policy.New(opt.Config, log, policy.WithProcRoot(opt.ProcRoot)))
@@ -416,7 +414,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		d.pruner(wctx)
+		d.retention.run(wctx)
 	}()
 
 	err := d.loop(ctx, events)
@@ -944,12 +942,14 @@ func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup, progres
 		methods = append(methods, relink.Method(m))
 	}
 	eng := relink.New(relink.Options{ProcRoot: d.opt.ProcRoot, Methods: methods, Sidecar: true, Writers: d.writers, Progress: progress}, d.log)
-	d.publishing.RLock()
-	res, err := eng.Rescue(ctx, j.pin, relink.Destination{
-		Root: dec.Root, Via: dec.Via, Rel: dec.Rel, MinFreeBytes: dec.MinFreeBytes, Rule: dec.Rule,
-		NoRoomToCopy: dec.NoRoomToCopy, Beneath: dec.Beneath,
+	var res relink.Result
+	var err error
+	d.retention.publish(func() {
+		res, err = eng.Rescue(ctx, j.pin, relink.Destination{
+			Root: dec.Root, Via: dec.Via, Rel: dec.Rel, MinFreeBytes: dec.MinFreeBytes, Rule: dec.Rule,
+			NoRoomToCopy: dec.NoRoomToCopy, Beneath: dec.Beneath,
+		})
 	})
-	d.publishing.RUnlock()
 	if err != nil {
 		pol.Release(c, dec)
 		if errors.Is(err, context.Canceled) {
@@ -1009,44 +1009,6 @@ func (d *Daemon) follow(ctx context.Context, j *job, eng *relink.Engine, res rel
 		d.budget.endFollow()
 		d.unpin(j, stRescued)
 	}()
-}
-
-// pruner applies rescue.retention (age) and rescue.max_total_size to
-// every rescue root, at start and every PruneInterval.
-func (d *Daemon) pruner(ctx context.Context) {
-	t := time.NewTicker(d.opt.PruneInterval)
-	defer t.Stop()
-	for {
-		d.pruneAll(ctx)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
-// pruneAll prunes every rescue root once, each while no rescue runs (see
-// Daemon.publishing).
-func (d *Daemon) pruneAll(ctx context.Context) {
-	pol := d.pol.Load()
-	for _, root := range pol.Roots() {
-		if ctx.Err() != nil {
-			return
-		}
-		d.publishing.Lock()
-		res, err := pol.Prune(root)
-		d.publishing.Unlock()
-		if err != nil {
-			d.log.Warn("prune failed", zap.String("root", root), zap.Error(err))
-			continue
-		}
-		if res.Removed > 0 || res.StaleTemps > 0 {
-			d.log.Info("rescued files pruned", zap.String("root", root), zap.Int("removed", res.Removed),
-				zap.Uint64("removed_bytes", res.RemovedBytes), zap.Uint64("kept_bytes", res.Kept),
-				zap.Int("stale_temps", res.StaleTemps))
-		}
-	}
 }
 
 // unpin releases a job's pin and records the inode's final state.

@@ -413,11 +413,11 @@ func TestPruneWaitsForRescue(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.publishing.RLock() // a rescue in flight
+	d.retention.publishing.RLock() // a rescue in flight
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		d.pruneAll(context.Background())
+		d.retention.pruneAll(context.Background())
 	}()
 	select {
 	case <-done:
@@ -427,7 +427,7 @@ func TestPruneWaitsForRescue(t *testing.T) {
 	if _, err := os.Stat(dir); err != nil {
 		t.Fatalf("the rescue's directory went during the rescue: %v", err)
 	}
-	d.publishing.RUnlock()
+	d.retention.publishing.RUnlock()
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):

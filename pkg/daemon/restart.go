@@ -247,9 +247,11 @@ func (d *Daemon) resume(ctx context.Context, j *job, wg *sync.WaitGroup, progres
 	j.prior = nil
 	c := &j.c
 	eng := relink.New(relink.Options{ProcRoot: d.opt.ProcRoot, Sidecar: true, Writers: d.writers, Progress: progress}, d.log)
-	d.publishing.RLock()
-	res, err := eng.Adopt(j.pin, relink.Adoption{Root: p.root, Via: p.via, Rel: p.rel, Sidecar: p.side})
-	d.publishing.RUnlock()
+	var res relink.Result
+	var err error
+	d.retention.publish(func() {
+		res, err = eng.Adopt(j.pin, relink.Adoption{Root: p.root, Via: p.via, Rel: p.rel, Sidecar: p.side})
+	})
 	if err != nil {
 		d.log.Warn("follow not resumed; rescuing again", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
 			logging.Path("rescued_to", []byte(p.rescuedTo())), zap.Error(err))
