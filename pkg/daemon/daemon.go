@@ -142,21 +142,15 @@ type Daemon struct {
 	budget  *budget  // pins, pinned bytes and follows held at once
 	workers *workers // the rescue workers and their queue
 
-	mu      sync.Mutex
 	writers *relink.Writers // shared by every follow's search for writers
 	guard   *fsguard.Guard  // bounds calls on holders' filesystems
 
-	// Rescues made before this start (see loadPrior); priorMu guards
-	// prior, priorLoaded is the main loop's.
-	priorMu     sync.Mutex
-	prior       map[scanner.Key][]*prior
-	priorLoaded bool
+	priors *priors // rescues made before this start (see loadPrior)
 
 	sched      *scheduler // which processes to sweep first, and when to sweep all
 	considerMu sync.Mutex // candidates are considered one at a time
 	views      *views     // watched trees in other mount namespaces
-	rootsMu    sync.Mutex // one SetRoots at a time
-	watcher    *watch.Watcher
+	trees      *trees     // the watcher and its trees
 }
 
 type reloadReq struct {
@@ -209,9 +203,11 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 		engine:  relink.New(relink.Options{ProcRoot: opt.ProcRoot}, log),
 		reload:  make(chan reloadReq),
 		ledger:  newLedger(log),
+		priors:  &priors{},
 		views:   newViews(opt.ProcRoot),
 		writers: relink.NewWriters(opt.ProcRoot),
 	}
+	d.trees = &trees{log: log, views: d.views}
 	d.retention = &retention{log: log, interval: opt.PruneInterval, policy: d.pol.Load}
 	d.sched = newScheduler(d.proc, d.self, d.views)
 	d.budget = newBudget(opt.MaxPins, opt.MaxPinnedBytes, opt.MaxFollows, d.m)
@@ -246,17 +242,7 @@ func (d *Daemon) track(cfg *policy.Config) {
 
 // setRoots gives the watcher its trees: the rules' roots and their views
 // in other mount namespaces.
-func (d *Daemon) setRoots(roots []string) {
-	w := d.getWatcher()
-	if w == nil || !d.config().Scan.Events {
-		return
-	}
-	d.rootsMu.Lock()
-	defer d.rootsMu.Unlock()
-	w.SetRoots(roots)
-	d.log.Debug("watched trees", zap.Int("roots", len(roots)), zap.Strings("mntns", d.views.namespaces()),
-		zap.Int("watches", w.Watches()))
-}
+func (d *Daemon) setRoots(roots []string) { d.trees.set(roots, d.config().Scan.Events) }
 
 // fullPasses runs the passes over every process that the loop asks for,
 // off the loop: an event's targeted sweep never waits behind one.
@@ -405,7 +391,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			// sweeps still work.
 			d.log.Warn("directory events unavailable, relying on sweeps", zap.Error(err))
 		} else {
-			d.setWatcher(w)
+			d.trees.setWatcher(w)
 			watchDone = make(chan error, 1)
 			go func() { watchDone <- w.Run(wctx, events) }()
 		}
@@ -421,7 +407,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	d.log.Info("relinkd stopping")
 	d.opt.Notify("STOPPING=1")
-	if w := d.getWatcher(); w != nil {
+	if w := d.trees.watcher(); w != nil {
 		w.Close()
 	}
 	wcancel()
@@ -666,7 +652,7 @@ func (d *Daemon) recoverOverflow(ctx context.Context) {
 	n := d.sched.takeOverflows()
 	d.m.Overflows.Add(float64(n))
 	d.log.Warn("inotify queue overflowed; rescanning watched trees", zap.Int("overflows", n))
-	if w := d.getWatcher(); w != nil {
+	if w := d.trees.watcher(); w != nil {
 		start := time.Now()
 		added := w.Rescan()
 		d.log.Debug("watched trees rescanned", zap.Int("added", added), zap.Int("watches", w.Watches()),
@@ -718,7 +704,7 @@ func (d *Daemon) sweepPIDs(ctx context.Context, kind string, pids []int, swept m
 // the watches are restored first, so that a removal after that is an
 // event and one before it is found by the sweep.
 func (d *Daemon) sweep(ctx context.Context) {
-	if w := d.getWatcher(); w != nil {
+	if w := d.trees.watcher(); w != nil {
 		w.RestoreRoots()
 	}
 	// The sweep covers the processes that exist now, but those among
@@ -739,13 +725,13 @@ func (d *Daemon) sweep(ctx context.Context) {
 	d.m.Candidates.Add(float64(len(res.Candidates)))
 	d.sched.holders.replace(res.Held)
 	d.considerMu.Lock()
-	if !d.priorLoaded {
+	if !d.priors.loaded {
 		d.loadPrior(ctx, res.Candidates)
 	}
 	for i := range res.Candidates {
 		d.consider(&res.Candidates[i], start)
 	}
-	d.keepPrior(res.Candidates)
+	d.priors.keep(res.Candidates)
 	d.considerMu.Unlock()
 	d.forget(start, listed)
 	d.sched.fullDone(start)
@@ -1065,16 +1051,7 @@ func (d *Daemon) apply(cfg *policy.Config) {
 	d.pol.Store(pol)
 	d.ledger.reconsider()
 	d.track(cfg)
-	if w := d.getWatcher(); w != nil {
-		d.rootsMu.Lock()
-		if cfg.Scan.Events {
-			roots, _, _ := d.views.add(nil, watchRoots(cfg))
-			w.SetRoots(roots)
-		} else {
-			w.SetRoots(nil)
-		}
-		d.rootsMu.Unlock()
-	}
+	d.trees.reload(watchRoots(cfg), cfg.Scan.Events)
 	fields := []zap.Field{zap.String("config", cfg.File), zap.Int("rules", len(cfg.Watch))}
 	if old.Log != cfg.Log {
 		fields = append(fields, zap.String("note", "log.level and log.format take effect at restart"))
@@ -1082,22 +1059,10 @@ func (d *Daemon) apply(cfg *policy.Config) {
 	if old.Metrics != cfg.Metrics {
 		fields = append(fields, zap.String("note_metrics", "metrics.listen takes effect at restart"))
 	}
-	if old.Scan.Events != cfg.Scan.Events && d.getWatcher() == nil && cfg.Scan.Events {
+	if old.Scan.Events != cfg.Scan.Events && d.trees.watcher() == nil && cfg.Scan.Events {
 		fields = append(fields, zap.String("note_events", "scan.events turned on takes effect at restart"))
 	}
 	d.log.Info("config reloaded", fields...)
-}
-
-func (d *Daemon) setWatcher(w *watch.Watcher) {
-	d.mu.Lock()
-	d.watcher = w
-	d.mu.Unlock()
-}
-
-func (d *Daemon) getWatcher() *watch.Watcher {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.watcher
 }
 
 // watchRoots returns the directory trees the rescue rules cover. Report

@@ -31,7 +31,7 @@ func msg(m string) func(observer.LoggedEntry) bool {
 // first full sweep, which logs, comes after).
 func waitWatcher(h *harness) {
 	h.t.Helper()
-	h.waitFor("the watcher", func() bool { return h.d.getWatcher() != nil })
+	h.waitFor("the watcher", func() bool { return h.d.trees.watcher() != nil })
 }
 
 // TestOverflow: with a 4-event inotify queue, directories created in a
@@ -78,7 +78,7 @@ func TestOverflow(t *testing.T) {
 		}
 	}
 	want := len(dirs) + 1 // and the root
-	h.waitFor(fmt.Sprintf("%d watches", want), func() bool { return h.d.getWatcher().Watches() == want })
+	h.waitFor(fmt.Sprintf("%d watches", want), func() bool { return h.d.trees.watcher().Watches() == want })
 	h.waitFor("the watch gauge", func() bool { return value(h.d.m.Watches) == float64(want) })
 
 	// One warning per overflow handled, each counting the overflows it

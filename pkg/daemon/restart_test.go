@@ -243,8 +243,8 @@ func TestFindPrior(t *testing.T) {
 	old := &prior{rel: "old", side: relink.Sidecar{BirthTime: 7, Time: time.Unix(100, 0)}}
 	newer := &prior{rel: "newer", side: relink.Sidecar{BirthTime: 7, Time: time.Unix(200, 0)}}
 	other := &prior{rel: "other", side: relink.Sidecar{BirthTime: 8, Time: time.Unix(300, 0)}}
-	d := &Daemon{}
-	reset := func() { d.prior = map[scanner.Key][]*prior{k: {old, newer, other}} }
+	x := &priors{}
+	reset := func() { x.set(map[scanner.Key][]*prior{k: {old, newer, other}}) }
 	for _, tt := range []struct {
 		name  string
 		key   scanner.Key
@@ -259,10 +259,10 @@ func TestFindPrior(t *testing.T) {
 	} {
 		t.Run(strings.ReplaceAll(tt.name, " ", "_"), func(t *testing.T) {
 			reset()
-			if got := d.findPrior(tt.key, tt.btime); got != tt.want {
+			if got := x.find(tt.key, tt.btime); got != tt.want {
 				t.Errorf("want %v, got %v", tt.want, got)
 			}
-			if tt.want != nil && d.findPrior(tt.key, tt.btime) != nil {
+			if tt.want != nil && x.find(tt.key, tt.btime) != nil {
 				t.Error("found twice")
 			}
 		})
