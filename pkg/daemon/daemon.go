@@ -146,11 +146,10 @@ type Daemon struct {
 	inodes  map[scanner.Key]*inode
 	pins    int
 	pinned  int64
-	follows int             // follows running
-	writers *relink.Writers // shared by every follow's search for writers
-	guard   *fsguard.Guard  // bounds calls on holders' filesystems
-	slots   []*slot         // one per worker started, stalled ones included
-	stalled int             // workers replaced because they were stuck
+	follows int            // follows running
+	guard   *fsguard.Guard // bounds calls on holders' filesystems
+	slots   []*slot        // one per worker started, stalled ones included
+	stalled int            // workers replaced because they were stuck
 	// Budget bursts: deferred holds the pids whose files found no pin
 	// (swept again as soon as a pin is released, see room); each
 	// budget is said once per burst.
@@ -252,6 +251,7 @@ type holderID struct {
 
 type job struct {
 	c     scanner.Candidate // the pinned file (pin.Candidate())
+	rule  policy.Rule       // the rule that matched it, once pinned
 	pin   *relink.Pin
 	found time.Time // start of the sweep that found it
 	prior *prior    // a follow an earlier daemon left unfinished: resume it (see resume)
@@ -299,7 +299,7 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 		sweeper:  opt.Sweeper,
 		m:        metrics.New(),
 		self:     os.Getpid(),
-		engine:   relink.New(relink.Options{ProcRoot: opt.ProcRoot}, log),
+		engine:   relink.New(relink.Options{ProcRoot: opt.ProcRoot, Sidecar: true}, log),
 		reload:   make(chan reloadReq),
 		jobs:     make(chan *job, opt.MaxPins),
 		inodes:   make(map[scanner.Key]*inode),
@@ -312,7 +312,6 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 		holders:  newHolderIndex(maxHolderPairs),
 		views:    newViews(opt.ProcRoot),
 		room:     make(chan struct{}, 1),
-		writers:  relink.NewWriters(opt.ProcRoot),
 	}
 	d.pol.Store(policy.New(opt.Config, log, policy.WithProcRoot(opt.ProcRoot)))
 	d.guard = fsguard.New(fsguard.Options{
@@ -1154,7 +1153,7 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 	d.m.PinnedBytes.Set(float64(d.pinned))
 	d.mu.Unlock()
 	// Never blocks: the queue has room for MaxPins jobs.
-	d.jobs <- &job{c: pc, pin: pin, found: now}
+	d.jobs <- &job{c: pc, rule: rule, pin: pin, found: now}
 }
 
 // fresh reports whether c needs handling: its inode was not seen before,
@@ -1356,7 +1355,7 @@ func (d *Daemon) worker(ctx context.Context, wg *sync.WaitGroup, s *slot) {
 func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup, progress func()) {
 	c := &j.c
 	pol := d.pol.Load()
-	dec := pol.Decide(c)
+	dec := pol.DecideRule(c, j.rule)
 	switch dec.Action {
 	case policy.Ignore:
 		d.unpin(j, stIgnored)
@@ -1380,11 +1379,10 @@ func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup, progres
 	for _, m := range dec.Methods {
 		methods = append(methods, relink.Method(m))
 	}
-	eng := relink.New(relink.Options{ProcRoot: d.opt.ProcRoot, Methods: methods, Sidecar: true, Writers: d.writers, Progress: progress}, d.log)
 	d.publishing.RLock()
-	res, err := eng.Rescue(ctx, j.pin, relink.Destination{
+	rs, err := d.engine.Rescue(ctx, j.pin, relink.Destination{
 		Root: dec.Root, Via: dec.Via, Rel: dec.Rel, MinFreeBytes: dec.MinFreeBytes, Rule: dec.Rule,
-		NoRoomToCopy: dec.NoRoomToCopy, Beneath: dec.Beneath,
+		NoRoomToCopy: dec.NoRoomToCopy, Beneath: dec.Beneath, Methods: methods, Progress: progress,
 	})
 	d.publishing.RUnlock()
 	if err != nil {
@@ -1407,19 +1405,21 @@ func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup, progres
 		d.unpin(j, stFailed)
 		return
 	}
+	res := rs.Result()
 	d.m.Rescues.WithLabelValues(string(res.Method)).Inc()
 	d.m.RescuedBytes.Add(float64(res.Bytes))
 	if !dec.Follow || !c.Writable() {
 		d.unpin(j, stRescued)
 		return
 	}
-	d.follow(ctx, j, eng, res, wg)
+	d.follow(ctx, j, rs, wg)
 }
 
 // follow follows a rescued job's file until its last writer closes it,
 // within the follow budget, and releases the pin then.
-func (d *Daemon) follow(ctx context.Context, j *job, eng *relink.Engine, res relink.Result, wg *sync.WaitGroup) {
+func (d *Daemon) follow(ctx context.Context, j *job, rs *relink.Rescued, wg *sync.WaitGroup) {
 	c := &j.c
+	res := rs.Result()
 	d.mu.Lock()
 	over := d.follows >= d.opt.MaxFollows
 	warn := over && !d.followsWarned
@@ -1445,7 +1445,7 @@ func (d *Daemon) follow(ctx context.Context, j *job, eng *relink.Engine, res rel
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		fres, err := eng.Follow(ctx, j.pin)
+		fres, err := rs.Follow(ctx)
 		if err == nil && fres.Bytes > res.Bytes {
 			d.m.RescuedBytes.Add(float64(fres.Bytes - res.Bytes))
 		}

@@ -252,9 +252,8 @@ func (d *Daemon) resume(ctx context.Context, j *job, wg *sync.WaitGroup, progres
 	p := j.prior
 	j.prior = nil
 	c := &j.c
-	eng := relink.New(relink.Options{ProcRoot: d.opt.ProcRoot, Sidecar: true, Writers: d.writers, Progress: progress}, d.log)
 	d.publishing.RLock()
-	res, err := eng.Adopt(j.pin, relink.Adoption{Root: p.root, Via: p.via, Rel: p.rel, Sidecar: p.side})
+	rs, err := d.engine.Adopt(j.pin, relink.Adoption{Root: p.root, Via: p.via, Rel: p.rel, Sidecar: p.side, Progress: progress})
 	d.publishing.RUnlock()
 	if err != nil {
 		d.log.Warn("follow not resumed; rescuing again", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
@@ -262,6 +261,7 @@ func (d *Daemon) resume(ctx context.Context, j *job, wg *sync.WaitGroup, progres
 		d.rescue(ctx, j, wg, progress)
 		return
 	}
+	res := rs.Result()
 	d.alreadyRescued(c, res.Path, res.Method, true)
-	d.follow(ctx, j, eng, res, wg)
+	d.follow(ctx, j, rs, wg)
 }
