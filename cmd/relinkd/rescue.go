@@ -60,7 +60,7 @@ func cmdRescue(ctx context.Context, e env, args []string) error {
 	}
 	r.decider = r.pol
 	if o.to != "" {
-		r.decider = policyTo(cfg, o.to, o.procRoot, log)
+		r.decider = policy.New(cfg, log, policy.WithProcRoot(o.procRoot), policy.WithOnlyRoot(o.to))
 	}
 	for i := range res.Candidates {
 		if err := r.consider(ctx, &res.Candidates[i]); err != nil {
@@ -158,7 +158,7 @@ type rescuer struct {
 	// decider decides without an explicit selection: pol, or with --to
 	// a policy whose only location is --to.
 	decider *policy.Policy
-	eng     *relink.Engine // for an explicit selection
+	eng     *relink.Engine // the one engine: the configured methods unless a plan names its own
 	out     *reporter
 	seen    map[scanner.Key]bool
 	follows sync.WaitGroup
@@ -182,8 +182,7 @@ func (r *rescuer) verdict(stderr io.Writer) error {
 
 // plan is how one file is rescued.
 type plan struct {
-	eng  *relink.Engine
-	dest relink.Destination
+	dest relink.Destination // where, and by which methods
 	// release gives back what the policy reserved for the file when it
 	// is not rescued after all.
 	release func()
@@ -270,7 +269,7 @@ func (r *rescuer) planExplicit(c *scanner.Candidate) (plan, bool) {
 		r.out.failed(c, err)
 		return plan{}, false
 	}
-	return plan{eng: r.eng, dest: dest, release: func() {}}, true
+	return plan{dest: dest, release: func() {}}, true
 }
 
 // planDecided does what the daemon would do now: its policy decides
@@ -300,9 +299,8 @@ func (r *rescuer) planDecided(c *scanner.Candidate) (plan, bool, error) {
 		return plan{}, false, err
 	}
 	return plan{
-		eng: relink.New(relink.Options{ProcRoot: r.o.procRoot, Methods: ms, Sidecar: true}, r.log),
 		dest: relink.Destination{Root: d.Root, Via: d.Via, Rel: d.Rel, MinFreeBytes: d.MinFreeBytes, Rule: d.Rule,
-			NoRoomToCopy: d.NoRoomToCopy, Beneath: d.Beneath},
+			NoRoomToCopy: d.NoRoomToCopy, Beneath: d.Beneath, Methods: ms},
 		release: func() { r.decider.Release(c, d) },
 	}, true, nil
 }
@@ -310,27 +308,30 @@ func (r *rescuer) planDecided(c *scanner.Candidate) (plan, bool, error) {
 // rescue rescues the pinned c by pl, then follows it in the background
 // with --follow. It closes p.
 func (r *rescuer) rescue(ctx context.Context, c *scanner.Candidate, p *relink.Pin, pl plan) {
-	res, err := pl.eng.Rescue(ctx, p, pl.dest)
+	rs, err := r.eng.Rescue(ctx, p, pl.dest)
 	if err != nil {
 		pl.release()
-	}
-	if err != nil || !r.o.follow {
 		p.Close()
-		r.out.result(c, res, err)
+		r.out.result(c, relink.Result{}, err)
+		return
+	}
+	if !r.o.follow {
+		rs.Close()
+		r.out.result(c, rs.Result(), nil)
 		return
 	}
 	r.follows.Add(1)
 	go func() {
 		defer r.follows.Done()
-		defer p.Close()
-		r.follow(ctx, c, pl.eng, p)
+		defer rs.Close()
+		r.follow(ctx, c, rs)
 	}()
 }
 
 // follow appends what writers add to the rescued c until the last one
 // closes it, and reports the result.
-func (r *rescuer) follow(ctx context.Context, c *scanner.Candidate, eng *relink.Engine, p *relink.Pin) {
-	res, err := eng.Follow(ctx, p)
+func (r *rescuer) follow(ctx context.Context, c *scanner.Candidate, rs *relink.Rescued) {
+	res, err := rs.Follow(ctx)
 	switch {
 	case err == nil:
 		r.out.result(c, res, nil)
@@ -341,18 +342,6 @@ func (r *rescuer) follow(ctx context.Context, c *scanner.Candidate, eng *relink.
 	default:
 		r.out.failed(c, err)
 	}
-}
-
-// policyTo returns a policy that decides as cfg does but whose only rescue
-// location is dir, on any filesystem: the rules, max_file_size, per_user
-// and the methods that can work there still apply, and min_free and
-// max_total_size are measured on dir.
-func policyTo(cfg *policy.Config, dir, procRoot string, log *zap.Logger) *policy.Policy {
-	c := *cfg
-	c.Rescue.Dirs = []string{dir}
-	c.Rescue.FSDir = ""
-	c.Rescue.CrossFS = true
-	return policy.New(&c, log, policy.WithProcRoot(procRoot))
 }
 
 func parseMethods(names []string) ([]relink.Method, error) {

@@ -101,13 +101,13 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 		d.reportOpen(&pc, rule.Name)
 		return
 	}
-	if d.takePrior(&pc, pin, pbt, now) {
+	if d.takePrior(&pc, rule, pin, pbt, now) {
 		return
 	}
 	d.ledger.record(&pc, stQueued, pbt)
 	d.budget.take(max(pc.Size, 0))
 	// Never blocks: the queue has room for MaxPins jobs.
-	d.workers.queue(&job{c: pc, pin: pin, found: now})
+	d.workers.queue(&job{c: pc, rule: rule, pin: pin, found: now})
 }
 
 // fresh reports whether c needs handling: its inode was not seen before,

@@ -142,10 +142,9 @@ type Daemon struct {
 	m       *metrics.Metrics
 	self    int
 
-	pol     atomic.Pointer[policy.Policy] // swapped by reload
-	engine  *relink.Engine                // pins; rescues use an engine per method list
-	writers *relink.Writers               // shared by every follow's search for writers
-	guard   *fsguard.Guard                // bounds calls on holders' filesystems
+	pol    atomic.Pointer[policy.Policy] // swapped by reload
+	engine *relink.Engine                // pins, rescues (methods per call) and adopts
+	guard  *fsguard.Guard                // bounds calls on holders' filesystems
 
 	// considerMu makes candidates considered one at a time, whichever
 	// sweep found them (the loop's targeted ones or the full pass).
@@ -204,12 +203,11 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 		sweeper: opt.Sweeper,
 		m:       metrics.New(),
 		self:    os.Getpid(),
-		engine:  relink.New(relink.Options{ProcRoot: opt.ProcRoot}, log),
+		engine:  relink.New(relink.Options{ProcRoot: opt.ProcRoot, Sidecar: true}, log),
 		reload:  make(chan reloadReq),
 		ledger:  newLedger(log),
 		priors:  &priors{},
 		views:   newViews(opt.ProcRoot),
-		writers: relink.NewWriters(opt.ProcRoot),
 	}
 	d.trees = &trees{log: log, views: d.views}
 	d.retention = &retention{log: log, interval: opt.PruneInterval, policy: d.pol.Load}

@@ -198,14 +198,15 @@ func field(e observer.LoggedEntry, key string) any {
 	return e.ContextMap()[key]
 }
 
-// fullSweeps waits for n more full sweeps than now.
+// fullSweeps waits for n more full sweeps than now, each done to its end:
+// a full sweep logs "sweep" (kind full) once it has considered its
+// candidates and forgotten what it did not see. (The sweep counter is
+// bumped before that, so it is no sign that the sweep is over.)
 func (h *harness) fullSweeps(n int) {
 	h.t.Helper()
-	before := value(h.d.m.Sweeps.WithLabelValues("full"))
-	// Each full sweep logs "sweep" once it has been counted.
-	h.wake.until(h.t, fmt.Sprintf("%d more full sweeps", n), func() bool {
-		return value(h.d.m.Sweeps.WithLabelValues("full")) >= before+float64(n)
-	})
+	done := func(e observer.LoggedEntry) bool { return e.Message == "sweep" && field(e, "kind") == "full" }
+	before := h.logs.Filter(done).Len()
+	h.wait(fmt.Sprintf("%d more full sweeps", n), before+n, done)
 }
 
 func write(t *testing.T, path, data string) {

@@ -25,7 +25,7 @@ func (d *Daemon) handle(ctx context.Context, j *job, wg *sync.WaitGroup, progres
 func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup, progress func()) {
 	c := &j.c
 	pol := d.pol.Load()
-	dec := pol.Decide(c)
+	dec := pol.DecideRule(c, j.rule)
 	switch dec.Action {
 	case policy.Ignore:
 		d.unpin(j, stIgnored)
@@ -49,13 +49,12 @@ func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup, progres
 	for _, m := range dec.Methods {
 		methods = append(methods, relink.Method(m))
 	}
-	eng := relink.New(relink.Options{ProcRoot: d.opt.ProcRoot, Methods: methods, Sidecar: true, Writers: d.writers, Progress: progress}, d.log)
-	var res relink.Result
+	var rs *relink.Rescued
 	var err error
 	d.retention.publish(func() {
-		res, err = eng.Rescue(ctx, j.pin, relink.Destination{
+		rs, err = d.engine.Rescue(ctx, j.pin, relink.Destination{
 			Root: dec.Root, Via: dec.Via, Rel: dec.Rel, MinFreeBytes: dec.MinFreeBytes, Rule: dec.Rule,
-			NoRoomToCopy: dec.NoRoomToCopy, Beneath: dec.Beneath,
+			NoRoomToCopy: dec.NoRoomToCopy, Beneath: dec.Beneath, Methods: methods, Progress: progress,
 		})
 	})
 	if err != nil {
@@ -78,19 +77,21 @@ func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup, progres
 		d.unpin(j, stFailed)
 		return
 	}
+	res := rs.Result()
 	d.m.Rescues.WithLabelValues(string(res.Method)).Inc()
 	d.m.RescuedBytes.Add(float64(res.Bytes))
 	if !dec.Follow || !c.Writable() {
 		d.unpin(j, stRescued)
 		return
 	}
-	d.follow(ctx, j, eng, res, wg)
+	d.follow(ctx, j, rs, wg)
 }
 
 // follow follows a rescued job's file until its last writer closes it,
 // within the follow budget, and releases the pin then.
-func (d *Daemon) follow(ctx context.Context, j *job, eng *relink.Engine, res relink.Result, wg *sync.WaitGroup) {
+func (d *Daemon) follow(ctx context.Context, j *job, rs *relink.Rescued, wg *sync.WaitGroup) {
 	c := &j.c
+	res := rs.Result()
 	if ok, warn := d.budget.startFollow(); !ok {
 		// The copy stands as it is: a one-shot rescue, not a loss.
 		if warn {
@@ -107,7 +108,7 @@ func (d *Daemon) follow(ctx context.Context, j *job, eng *relink.Engine, res rel
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		fres, err := eng.Follow(ctx, j.pin)
+		fres, err := rs.Follow(ctx)
 		if err == nil && fres.Bytes > res.Bytes {
 			d.m.RescuedBytes.Add(float64(fres.Bytes - res.Bytes))
 		}

@@ -226,7 +226,7 @@ func (x *priors) find(key scanner.Key, btime int64) *prior {
 // it reports whether it did. A finished rescue is recorded as rescued,
 // without a copy, and the pin released; an unfinished follow is queued to
 // be resumed (see resume), still pinned.
-func (d *Daemon) takePrior(c *scanner.Candidate, pin *relink.Pin, btime int64, now time.Time) bool {
+func (d *Daemon) takePrior(c *scanner.Candidate, rule policy.Rule, pin *relink.Pin, btime int64, now time.Time) bool {
 	p := d.priors.find(c.Key(), btime)
 	if p == nil {
 		return false
@@ -235,7 +235,7 @@ func (d *Daemon) takePrior(c *scanner.Candidate, pin *relink.Pin, btime int64, n
 		d.ledger.record(c, stQueued, btime)
 		d.budget.take(max(c.Size, 0))
 		// Never blocks: the queue has room for MaxPins jobs.
-		d.workers.queue(&job{c: *c, pin: pin, found: now, prior: p})
+		d.workers.queue(&job{c: *c, rule: rule, pin: pin, found: now, prior: p})
 		return true
 	}
 	if err := pin.Close(); err != nil {
@@ -260,11 +260,10 @@ func (d *Daemon) resume(ctx context.Context, j *job, wg *sync.WaitGroup, progres
 	p := j.prior
 	j.prior = nil
 	c := &j.c
-	eng := relink.New(relink.Options{ProcRoot: d.opt.ProcRoot, Sidecar: true, Writers: d.writers, Progress: progress}, d.log)
-	var res relink.Result
+	var rs *relink.Rescued
 	var err error
 	d.retention.publish(func() {
-		res, err = eng.Adopt(j.pin, relink.Adoption{Root: p.root, Via: p.via, Rel: p.rel, Sidecar: p.side})
+		rs, err = d.engine.Adopt(j.pin, relink.Adoption{Root: p.root, Via: p.via, Rel: p.rel, Sidecar: p.side, Progress: progress})
 	})
 	if err != nil {
 		d.log.Warn("follow not resumed; rescuing again", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
@@ -272,6 +271,7 @@ func (d *Daemon) resume(ctx context.Context, j *job, wg *sync.WaitGroup, progres
 		d.rescue(ctx, j, wg, progress)
 		return
 	}
+	res := rs.Result()
 	d.alreadyRescued(c, res.Path, res.Method, true)
-	d.follow(ctx, j, eng, res, wg)
+	d.follow(ctx, j, rs, wg)
 }
