@@ -85,6 +85,10 @@ func (b *budget) give(size int64) {
 	}
 }
 
+// released delivers a token when a pin was released while files were
+// deferred (see room).
+func (b *budget) released() <-chan struct{} { return b.room }
+
 // signal puts a token in room unless one waits there already.
 func (b *budget) signal() {
 	select {

@@ -162,7 +162,7 @@ func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event) error {
 				full.Reset(max(time.Millisecond, fullGap(interval)-time.Since(d.sched.lastFullAt())))
 				fullArmed = true
 			}
-		case <-d.budget.room:
+		case <-d.budget.released():
 			// Pins were released while files waited for one: their
 			// holders may not live until the next sweep. A second
 			// signal with nothing deferred ends the burst.
@@ -202,7 +202,7 @@ func (d *Daemon) fullPasses(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-d.sched.fullReq:
+		case <-d.sched.fullRequests():
 			d.sweep(ctx)
 		}
 	}
@@ -378,7 +378,7 @@ func (d *Daemon) sweepPIDs(ctx context.Context, kind string, pids []int, swept m
 		return false
 	}
 	d.m.Candidates.Add(float64(len(res.Candidates)))
-	d.sched.holders.update(todo, res.Held)
+	d.sched.swept(todo, res.Held)
 	d.considerMu.Lock()
 	for i := range res.Candidates {
 		d.consider(&res.Candidates[i], start)
@@ -410,9 +410,9 @@ func (d *Daemon) sweep(ctx context.Context) {
 		return
 	}
 	d.m.Candidates.Add(float64(len(res.Candidates)))
-	d.sched.holders.replace(res.Held)
+	pairs, capped := d.sched.sweptAll(res.Held)
 	d.considerMu.Lock()
-	if !d.priors.loaded {
+	if d.priors.load() {
 		d.loadPrior(ctx, res.Candidates)
 	}
 	for i := range res.Candidates {
@@ -425,7 +425,7 @@ func (d *Daemon) sweep(ctx context.Context) {
 	if roots, changed := d.views.full(listed, watchRoots(d.config())); changed {
 		d.setRoots(roots)
 	}
-	if pairs, capped := d.sched.holders.size(); capped {
+	if capped {
 		d.log.Warn("holder index full; the rest is left to the sweeps", zap.Int("pairs", pairs))
 	}
 	d.exportDeletedOpen(res.Candidates)

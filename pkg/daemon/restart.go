@@ -57,6 +57,14 @@ type priors struct {
 	loaded bool
 }
 
+// load marks the index loaded and reports whether it was not before
+// (the first full sweep loads it).
+func (x *priors) load() bool {
+	first := !x.loaded
+	x.loaded = true
+	return first
+}
+
 func (x *priors) set(index map[scanner.Key][]*prior) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
@@ -67,7 +75,6 @@ func (x *priors) set(index map[scanner.Key][]*prior) {
 // whose source is one of cands (nothing else can matter: a file not held
 // now is never held again). It runs once, at the first full sweep.
 func (d *Daemon) loadPrior(ctx context.Context, cands []scanner.Candidate) {
-	d.priors.loaded = true
 	want := make(map[scanner.Key]bool, len(cands))
 	for i := range cands {
 		want[cands[i].Key()] = true

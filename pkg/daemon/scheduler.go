@@ -91,6 +91,20 @@ func (s *scheduler) requestFull() {
 	}
 }
 
+// fullRequests delivers the passes asked for, to the full-pass goroutine.
+func (s *scheduler) fullRequests() <-chan struct{} { return s.fullReq }
+
+// swept replaces what the holder index knows of pids with what a sweep of
+// them saw.
+func (s *scheduler) swept(pids []int, held []scanner.Held) { s.holders.update(pids, held) }
+
+// sweptAll installs what a full sweep saw in the holder index; capped
+// reports that the index's bound cut it (pairs: what it holds).
+func (s *scheduler) sweptAll(held []scanner.Held) (pairs int, capped bool) {
+	s.holders.replace(held)
+	return s.holders.size()
+}
+
 // deferFull leaves the full pass to the end of the gap. Main loop only.
 func (s *scheduler) deferFull() { s.fullDeferred = true }
 
