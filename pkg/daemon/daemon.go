@@ -45,6 +45,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/relinkd/relinkd/internal/events"
 	"github.com/relinkd/relinkd/internal/fsguard"
 	"github.com/relinkd/relinkd/internal/logging"
 	"github.com/relinkd/relinkd/internal/procfs"
@@ -127,6 +128,7 @@ type Daemon struct {
 	opt     Options
 	proc    procfs.FS // opt.ProcRoot
 	log     *zap.Logger
+	ev      events.Emitter // the rescue events, on log
 	sweeper Sweeper
 	m       *metrics.Metrics
 	self    int
@@ -296,6 +298,7 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 		opt:      opt,
 		proc:     procfs.New(opt.ProcRoot),
 		log:      log,
+		ev:       events.New(log),
 		sweeper:  opt.Sweeper,
 		m:        metrics.New(),
 		self:     os.Getpid(),
@@ -1118,8 +1121,7 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 		default:
 			d.recordFailure(c, now, bt())
 			d.m.Failures.Inc()
-			d.log.Error("rescue failed", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-				zap.Error(err), c.ContainerField())
+			d.ev.Failed(c, err)
 		}
 		return
 	}
@@ -1244,8 +1246,7 @@ func (d *Daemon) logRetry(c *scanner.Candidate, failures int) {
 
 func (d *Daemon) reportOpen(c *scanner.Candidate, rule string) {
 	d.m.Reports.Inc()
-	d.log.Info("deleted file open", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-		zap.String("comm", c.Comm), zap.Uint32("uid", c.UID), zap.Int64("size", c.Size), zap.String("rule", rule), c.ContainerField())
+	d.ev.Open(c, rule)
 }
 
 // slot is what the stall watch knows of one worker.
@@ -1366,8 +1367,7 @@ func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup, progres
 		return
 	case policy.Skip:
 		d.m.Skips.WithLabelValues(dec.Reason).Inc()
-		d.log.Info("rescue skipped", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-			zap.String("reason", dec.Reason), zap.String("rule", dec.Rule), zap.String("detail", dec.Detail), c.ContainerField())
+		d.ev.Skipped(c, dec.Reason, dec.Rule, dec.Detail)
 		if dec.Reason == policy.ReasonSpace && dec.Root != "" {
 			d.unpinNoSpace(j, dec.Root, uint64(max(c.Size, 0)), dec.MinFreeBytes)
 			return
