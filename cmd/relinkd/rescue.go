@@ -198,7 +198,7 @@ type plan struct {
 // to the pinned file, whose name and inode the engine read through its
 // own descriptor (relink.Pin refuses one that is not c).
 func (r *rescuer) consider(ctx context.Context, c *scanner.Candidate) error {
-	if !r.wants(c) {
+	if _, ok := r.wants(c); !ok {
 		return nil
 	}
 	if err := ctx.Err(); err != nil {
@@ -220,16 +220,16 @@ func (r *rescuer) consider(ctx context.Context, c *scanner.Candidate) error {
 		return nil
 	}
 	pc := p.Candidate()
-	if !r.wants(&pc) {
+	rule, ok := r.wants(&pc)
+	if !ok {
 		p.Close()
 		return nil
 	}
 	var pl plan
-	var ok bool
 	if r.o.explicit() {
-		pl, ok = r.planExplicit(&pc)
+		pl, ok = r.planExplicit(&pc, rule)
 	} else {
-		pl, ok, err = r.planDecided(&pc)
+		pl, ok, err = r.planDecided(&pc, rule)
 	}
 	if !ok || err != nil {
 		p.Close()
@@ -241,29 +241,25 @@ func (r *rescuer) consider(ctx context.Context, c *scanner.Candidate) error {
 }
 
 // wants reports whether c is selected, not seen yet and, without an
-// explicit selection, matched by a rule.
-func (r *rescuer) wants(c *scanner.Candidate) bool {
+// explicit selection, matched by a rule; and the rule that matches it, if
+// any (matched once: the decision takes it from here).
+func (r *rescuer) wants(c *scanner.Candidate) (policy.Rule, bool) {
 	if !r.o.selects(c) || r.seen[c.Key()] {
-		return false
+		return policy.Rule{}, false
 	}
-	if !r.o.explicit() {
-		// The configured policy still keeps its own rescue directories
-		// out when --to replaces them.
-		if _, ok := r.pol.Match(c); !ok {
-			return false
-		}
+	// The configured policy still keeps its own rescue directories out
+	// when --to replaces them, and --to is kept out too.
+	rule, ok := r.pol.Match(c)
+	if ok && r.decider != r.pol && r.decider.InRescueDir(c) {
+		ok = false
 	}
-	return true
+	return rule, ok || r.o.explicit()
 }
 
 // planExplicit rescues what the selection names, to --to or the
 // configured location, with only min_free as a limit.
-func (r *rescuer) planExplicit(c *scanner.Candidate) (plan, bool) {
-	rule := ""
-	if rl, ok := r.pol.Match(c); ok {
-		rule = rl.Name
-	}
-	dest, err := destination(c, r.o.to, rule, r.cfg, r.pol)
+func (r *rescuer) planExplicit(c *scanner.Candidate, rule policy.Rule) (plan, bool) {
+	dest, err := destination(c, r.o.to, rule.Name, r.cfg, r.pol)
 	if err != nil {
 		r.seen[c.Key()] = true
 		r.out.failed(c, err)
@@ -275,8 +271,8 @@ func (r *rescuer) planExplicit(c *scanner.Candidate) (plan, bool) {
 // planDecided does what the daemon would do now: its policy decides
 // (rules, max_file_size, max_total_size, per_user, min_free, methods),
 // with --to as the only location when given. It reports skips itself.
-func (r *rescuer) planDecided(c *scanner.Candidate) (plan, bool, error) {
-	d := r.decider.Decide(c)
+func (r *rescuer) planDecided(c *scanner.Candidate, rule policy.Rule) (plan, bool, error) {
+	d := r.decider.DecideRule(c, rule)
 	switch d.Action {
 	case policy.Rescue:
 	case policy.Skip:

@@ -78,8 +78,7 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 		default:
 			d.ledger.recordFailure(c, now, d.interval(), bt())
 			d.m.Failures.Inc()
-			d.log.Error("rescue failed", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-				zap.Error(err), c.ContainerField())
+			d.ev.Failed(c, err)
 		}
 		return
 	}
@@ -152,8 +151,7 @@ func (d *Daemon) logRetry(c *scanner.Candidate, failures int) {
 
 func (d *Daemon) reportOpen(c *scanner.Candidate, rule string) {
 	d.m.Reports.Inc()
-	d.log.Info("deleted file open", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-		zap.String("comm", c.Comm), zap.Uint32("uid", c.UID), zap.Int64("size", c.Size), zap.String("rule", rule), c.ContainerField())
+	d.ev.Open(c, rule)
 }
 
 // birthTime is birthTime of c's file, under the guard: false when the

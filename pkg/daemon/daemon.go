@@ -52,6 +52,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/relinkd/relinkd/internal/events"
 	"github.com/relinkd/relinkd/internal/fsguard"
 	"github.com/relinkd/relinkd/internal/procfs"
 	"github.com/relinkd/relinkd/pkg/metrics"
@@ -138,6 +139,7 @@ type Daemon struct {
 	opt     Options
 	proc    procfs.FS // opt.ProcRoot
 	log     *zap.Logger
+	ev      events.Emitter // the rescue events, on log
 	sweeper Sweeper
 	m       *metrics.Metrics
 	self    int
@@ -200,6 +202,7 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 		opt:     opt,
 		proc:    procfs.New(opt.ProcRoot),
 		log:     log,
+		ev:      events.New(log),
 		sweeper: opt.Sweeper,
 		m:       metrics.New(),
 		self:    os.Getpid(),

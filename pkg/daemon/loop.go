@@ -238,7 +238,9 @@ const eventChunk = 24
 // rescans and sweeps everything (recoverOverflow).
 func (d *Daemon) onEvents(ctx context.Context, first watch.Event, events <-chan watch.Event) {
 	pending := make(map[string]bool)
-	n := d.sched.note(first, pending) + d.sched.drainEvents(events, pending)
+	// Removals are counted as they are taken, before the sweeps they
+	// start: a file they lead to may be rescued before the rounds end.
+	d.m.Events.Add(float64(d.sched.note(first, pending) + d.sched.drainEvents(events, pending)))
 	queued := time.Since(first.At)
 	// Rounds continue while events arrive during them, a few times at
 	// most so that the main loop is not starved; what is left is covered
@@ -250,15 +252,14 @@ func (d *Daemon) onEvents(ctx context.Context, first watch.Event, events <-chan 
 		}
 		dirs := pending
 		pending = make(map[string]bool)
-		n += d.eventRound(ctx, dirs, events, pending, queued)
+		d.eventRound(ctx, dirs, events, pending, queued)
 		queued = 0
 	}
-	d.m.Events.Add(float64(n))
 }
 
 // eventRound is one round of onEvents; events arriving meanwhile go to
-// pending. It returns how many arrived.
-func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-chan watch.Event, pending map[string]bool, queued time.Duration) int {
+// pending (their removals counted at once).
+func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-chan watch.Event, pending map[string]bool, queued time.Duration) {
 	start := time.Now()
 	swept := make(map[int]bool)
 	likely := append(d.sched.newPIDs(), d.sched.likelyPIDs(dirs, nil, swept)...)
@@ -283,7 +284,7 @@ func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-
 		d.log.Debug("removal events handled", zap.Int("dirs", len(dirs)), zap.Int("likely_pids", len(likely)),
 			zap.Duration("queued", queued), zap.Duration("targeted", targeted), zap.Bool("full_deferred", !gapOK),
 			zap.Bool("unknown_holders", unknown))
-		return 0
+		return
 	}
 	listed := listPIDs(d.proc)
 	listedAt := time.Now()
@@ -305,6 +306,7 @@ func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-
 		more := make(map[string]bool)
 		if got := d.sched.drainEvents(events, more); got > 0 {
 			arrived += got
+			d.m.Events.Add(float64(got))
 			quick := append(d.sched.newPIDs(), d.sched.likelyPIDs(more, nil, nil)...)
 			complete = d.sweepPIDs(ctx, "event", quick, nil) && complete
 			for _, pid := range quick {
@@ -326,7 +328,6 @@ func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-
 	d.log.Debug("removal events handled", zap.Int("dirs", len(dirs)), zap.Int("likely_pids", len(likely)),
 		zap.Int("procs", len(listed)), zap.Duration("queued", queued), zap.Duration("listed", listedAt.Sub(start)),
 		zap.Duration("targeted", targeted), zap.Duration("total", time.Since(start)), zap.Int("arrived", arrived))
-	return arrived
 }
 
 // recoverOverflow makes up for lost events. Past fs.inotify.max_queued_events

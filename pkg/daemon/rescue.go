@@ -36,8 +36,7 @@ func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup, progres
 		return
 	case policy.Skip:
 		d.m.Skips.WithLabelValues(dec.Reason).Inc()
-		d.log.Info("rescue skipped", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-			zap.String("reason", dec.Reason), zap.String("rule", dec.Rule), zap.String("detail", dec.Detail), c.ContainerField())
+		d.ev.Skipped(c, dec.Reason, dec.Rule, dec.Detail)
 		if dec.Reason == policy.ReasonSpace && dec.Root != "" {
 			d.unpinNoSpace(j, dec.Root, uint64(max(c.Size, 0)), dec.MinFreeBytes)
 			return

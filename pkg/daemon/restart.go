@@ -254,8 +254,7 @@ func (d *Daemon) takePrior(c *scanner.Candidate, rule policy.Rule, pin *relink.P
 }
 
 func (d *Daemon) alreadyRescued(c *scanner.Candidate, to string, m relink.Method, follow bool) {
-	d.log.Info("already rescued", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-		logging.Path("rescued_to", []byte(to)), zap.String("method", string(m)), zap.Bool("follow", follow))
+	d.ev.AlreadyRescued(c, to, string(m), follow)
 }
 
 // resume continues the follow of a job whose file an earlier daemon

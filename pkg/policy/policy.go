@@ -216,7 +216,7 @@ func (p *Policy) Config() *Config { return p.given }
 // Match returns the first rule matching c, without any side effect
 // (for `relinkd scan`). Files inside rescue directories never match.
 func (p *Policy) Match(c *scanner.Candidate) (Rule, bool) {
-	if p.inRescueDir(c) {
+	if p.InRescueDir(c) {
 		return Rule{}, false
 	}
 	for i := range p.rules {
@@ -227,9 +227,9 @@ func (p *Policy) Match(c *scanner.Candidate) (Rule, bool) {
 	return Rule{}, false
 }
 
-// inRescueDir reports whether c's path is in a configured rescue directory
+// InRescueDir reports whether c's path is in a configured rescue directory
 // or in a per-filesystem directory, so relinkd never rescues its own files.
-func (p *Policy) inRescueDir(c *scanner.Candidate) bool {
+func (p *Policy) InRescueDir(c *scanner.Candidate) bool {
 	s := string(c.Path)
 	for _, d := range append(p.cfg.Rescue.Dirs, p.cfg.Rescue.ContainerDir) {
 		if d != "" && isUnder(s, path.Clean(d)) {

@@ -42,8 +42,7 @@ func (r *Rescued) Follow(ctx context.Context) (Result, error) {
 	res, dst, rule, marked := r.res, r.dst, r.rule, r.following
 	r.mu.Unlock()
 	fail := func(err error) (Result, error) {
-		e.log.Error("rescue failed", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-			logging.Path("rescued_to", []byte(res.Path)), zap.String("op", "follow"), zap.Error(err), c.ContainerField())
+		e.ev.Failed(&c, err, logging.Path("rescued_to", []byte(res.Path)), zap.String("op", "follow"))
 		return res, &RescueError{Op: "follow", Method: res.Method, PID: c.PID, FD: c.FD, Path: res.Path, Err: err}
 	}
 	if dst == nil && res.Method != MethodLink || p.fd < 0 {
@@ -158,8 +157,7 @@ loop:
 	r.following = following
 	r.mu.Unlock()
 	if reason != "" {
-		e.log.Info("follow stopped", logging.Path("path", c.Path), logging.Path("rescued_to", []byte(res.Path)),
-			zap.Int64("bytes", res.Bytes), zap.String("reason", reason), c.ContainerField())
+		e.ev.FollowStopped(&c, res.Path, res.Bytes, reason)
 	}
 	if stopped != nil {
 		return res, &RescueError{Op: "follow", Method: res.Method, PID: c.PID, FD: c.FD, Path: res.Path, Err: stopped}
@@ -167,8 +165,7 @@ loop:
 	if reason != "" {
 		return res, nil
 	}
-	e.log.Info("follow finished", logging.Path("path", c.Path), logging.Path("rescued_to", []byte(res.Path)),
-		zap.Int64("bytes", res.Bytes), c.ContainerField())
+	e.ev.FollowFinished(&c, res.Path, res.Bytes)
 	return res, nil
 }
 

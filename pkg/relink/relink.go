@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/relinkd/relinkd/internal/events"
 	"go.uber.org/zap"
 )
 
@@ -127,6 +128,7 @@ type Engine struct {
 	hash     bool
 	sidecar  bool
 	log      *zap.Logger
+	ev       events.Emitter
 	walk     walker // how destinations are resolved, probed once
 	writers  *Writers
 	progress func()
@@ -150,6 +152,7 @@ func New(opts Options, log *zap.Logger) *Engine {
 		hash:     opts.Hash,
 		sidecar:  opts.Sidecar,
 		log:      log,
+		ev:       events.New(log),
 		walk:     newWalker(),
 		progress: opts.Progress,
 	}

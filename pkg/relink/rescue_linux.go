@@ -53,35 +53,21 @@ func (e *Engine) Rescue(ctx context.Context, p *Pin, d Destination) (*Rescued, e
 		if errors.Is(re.Err, context.Canceled) {
 			// Shutdown or an interrupted command: abandoned by the
 			// caller, nothing published, not a failure to alert on.
-			e.log.Info("rescue cancelled", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-				zap.String("method", string(re.Method)), c.ContainerField())
+			e.ev.Cancelled(&c, string(re.Method))
 			return nil, re
 		}
 		if errors.Is(re.Err, ErrNoSpace) {
 			// Not a failure to alert on: the destination is full or
 			// the copy would go below min_free. Nothing was left.
-			e.log.Info("rescue skipped", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-				zap.String("reason", "space"), ruleField(d.Rule), zap.String("method", string(re.Method)),
-				zap.String("detail", re.Err.Error()), c.ContainerField())
+			e.ev.Skipped(&c, "space", d.Rule, re.Err.Error(), zap.String("method", string(re.Method)))
 			return nil, re
 		}
-		e.log.Error("rescue failed", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-			zap.String("method", string(re.Method)), zap.Error(re.Err), c.ContainerField())
+		e.ev.Failed(&c, re.Err, zap.String("method", string(re.Method)))
 		return nil, re
 	}
 	res := r.Result()
-	e.log.Info("file rescued",
-		logging.Path("path", c.Path), logging.Path("rescued_to", []byte(res.Path)), zap.String("method", string(res.Method)),
-		zap.Int64("bytes", res.Bytes), zap.Int("pid", c.PID), zap.Int("fd", c.FD), zap.String("comm", c.Comm),
-		zap.Uint32("uid", c.UID), ruleField(d.Rule), zap.Duration("duration", res.Duration), c.ContainerField())
+	e.ev.Rescued(&c, res.Path, string(res.Method), res.Bytes, d.Rule, res.Duration)
 	return r, nil
-}
-
-func ruleField(rule string) zap.Field {
-	if rule == "" {
-		return zap.Reflect("rule", nil)
-	}
-	return zap.String("rule", rule)
 }
 
 func (e *Engine) rescue(ctx context.Context, p *Pin, d Destination, start time.Time) (*Rescued, error) {
