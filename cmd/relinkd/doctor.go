@@ -27,6 +27,8 @@ import (
 func cmdDoctor(ctx context.Context, e env, args []string) error {
 	fl := newFlagSet("doctor")
 	configPath := fl.String("config", "", "configuration `file` (default /etc/relinkd/relinkd.yaml, else embedded)")
+	var hf hostFlags
+	hf.add(fl)
 	pos, err := parseArgs(e.stdout, fl, "[FLAGS]", args)
 	if err != nil {
 		return err
@@ -34,11 +36,15 @@ func cmdDoctor(ctx context.Context, e env, args []string) error {
 	if len(pos) > 0 {
 		return fmt.Errorf("%w: doctor takes no arguments", errUsage)
 	}
+	mode, err := hf.resolve(fl)
+	if err != nil {
+		return err
+	}
 	cfg, source, err := policy.Resolve(*configPath)
 	if err != nil {
 		return err
 	}
-	p := policy.New(cfg, zap.NewNop())
+	p := policy.New(cfg, zap.NewNop(), mode.policyOptions()...)
 	host, err := p.HostMounts()
 	if err != nil {
 		return err
@@ -114,6 +120,12 @@ func cmdDoctor(ctx context.Context, e env, args []string) error {
 		}
 		c := &scanner.Candidate{PID: pid, MntID: m.ID, Dev: unix.Mkdev(m.Major, m.Minor),
 			Path: []byte(filepath.Join(m.MountPoint, "x"))}
+		if mode.hostRoot != "" {
+			// Container mode lists relinkd's own copies of the host's
+			// mounts; a holder's file is on the host's mount, never on
+			// one of them (so link cannot work), and is placed by device.
+			c.MntID = 0
+		}
 		loc, lerr := p.Locate(c)
 		var where, root string
 		if lerr == nil {

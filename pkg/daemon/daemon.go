@@ -93,11 +93,16 @@ type Options struct {
 	ConfigPath string // for the start-up event
 	Version    string // for the start-up event
 
-	ProcRoot       string // "" means /proc
-	Workers        int    // rescue workers; 0 means NumCPU, within 2 to DefaultMaxWorkers
-	MaxPins        int    // inodes pinned at once; 0 means DefaultMaxPins
-	MaxPinnedBytes int64  // their total size; 0 means DefaultMaxPinnedBytes
-	MaxFollows     int    // files followed at once; 0 means DefaultMaxFollows
+	ProcRoot string // "" means /proc
+	// HostRoot is container mode's host root (relinkd run --host-root):
+	// the host's "/" mounted in the daemon's view, through which its
+	// watched trees and rescue roots are reached (policy.WithHostRoot).
+	// "" means none.
+	HostRoot       string
+	Workers        int   // rescue workers; 0 means NumCPU, within 2 to DefaultMaxWorkers
+	MaxPins        int   // inodes pinned at once; 0 means DefaultMaxPins
+	MaxPinnedBytes int64 // their total size; 0 means DefaultMaxPinnedBytes
+	MaxFollows     int   // files followed at once; 0 means DefaultMaxFollows
 	// FSTimeout is how long a call that asks a holder's filesystem (stat,
 	// open of the pin) may take before the filesystem is taken for
 	// unresponsive; 0 means fsguard.DefaultTimeout.
@@ -310,11 +315,11 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 		created:  make(map[string]time.Time),
 		fullReq:  make(chan struct{}, 1),
 		holders:  newHolderIndex(maxHolderPairs),
-		views:    newViews(opt.ProcRoot),
+		views:    newViews(opt.ProcRoot, opt.HostRoot),
 		room:     make(chan struct{}, 1),
 		writers:  relink.NewWriters(opt.ProcRoot),
 	}
-	d.pol.Store(policy.New(opt.Config, log, policy.WithProcRoot(opt.ProcRoot)))
+	d.pol.Store(policy.New(opt.Config, log, policy.WithProcRoot(opt.ProcRoot), policy.WithHostRoot(opt.HostRoot)))
 	d.guard = fsguard.New(fsguard.Options{
 		Timeout:  opt.FSTimeout,
 		Describe: d.describeMount,
@@ -1659,7 +1664,7 @@ func (d *Daemon) forget(start time.Time, listed []int) {
 func (d *Daemon) apply(cfg *policy.Config) {
 	oldPol := d.pol.Load()
 	old := oldPol.Config()
-	pol := policy.New(cfg, d.log, policy.WithProcRoot(d.opt.ProcRoot))
+	pol := policy.New(cfg, d.log, policy.WithProcRoot(d.opt.ProcRoot), policy.WithHostRoot(d.opt.HostRoot))
 	// Keep the per-user grants and the rescue roots' usage.
 	pol.Inherit(oldPol)
 	d.pol.Store(pol)
