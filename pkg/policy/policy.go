@@ -91,6 +91,7 @@ type Policy struct {
 
 	mu    sync.Mutex
 	usage map[string]*rootUsage // by rescue root
+	walks map[string]*walk      // roots being measured, outside mu
 	users map[uint32][]grant    // by file owner, within the window
 
 	probes *probes // KnownRoots' looks, shared with the policies that inherit from this one
@@ -100,6 +101,27 @@ type rootUsage struct {
 	bytes  uint64
 	owners map[uint32]uint64 // bytes of rescued files by owner
 	at     time.Time         // when bytes was last measured on disk
+}
+
+// walk is a measurement of a rescue root on disk in progress. It runs
+// without p.mu, so that no worker waits for a disk walk; what Decide
+// grants and Release gives back meanwhile is kept in delta and applied
+// to the walk's result.
+type walk struct {
+	done  chan struct{} // closed when the result is stored
+	delta rootUsage
+}
+
+// add counts size bytes of owner's (negative: given back).
+func (u *rootUsage) add(owner uint32, size int64) {
+	if size >= 0 {
+		u.bytes += uint64(size)
+		u.owners[owner] += uint64(size)
+		return
+	}
+	n := uint64(-size)
+	u.bytes -= min(u.bytes, n)
+	u.owners[owner] -= min(u.owners[owner], n)
 }
 
 // grant is one rescue counted against an owner's per-user cap.
@@ -139,6 +161,7 @@ func New(cfg *Config, log *zap.Logger, opts ...Option) *Policy {
 		rules:  compileRules(cfg.Watch, log),
 		now:    time.Now,
 		usage:  map[string]*rootUsage{},
+		walks:  map[string]*walk{},
 		users:  map[uint32][]grant{},
 		probes: newProbes(),
 	}
@@ -273,15 +296,20 @@ func (p *Policy) Decide(c *scanner.Candidate) Decision {
 		}
 	}
 
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	now := p.now()
 	// A root inside a container (Beneath) is that container's business:
 	// it is not measured, capped or pruned from here (it goes with the
 	// container, and its path means something only in the container).
 	counted := !loc.Beneath
+	share := rc.PerUser.MaxShare
+	shared := share.IsPercent && share.Percent > 0 && c.Owner != 0
+	if counted && (rc.MaxTotalSize != 0 || shared) {
+		p.measure(loc.Root)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := p.now()
 	if rc.MaxTotalSize != 0 && counted {
-		used := p.usedLocked(loc.Root, now)
+		used := p.usageLocked(loc.Root).bytes
 		if used+size > uint64(rc.MaxTotalSize) {
 			return skip(ReasonSpace, "%s holds %d bytes, %d more would pass rescue.max_total_size %s", loc.Root, used, size, rc.MaxTotalSize)
 		}
@@ -307,8 +335,8 @@ func (p *Policy) Decide(c *scanner.Candidate) Decision {
 	}
 	// The share bounds what an unprivileged user can make relinkd keep;
 	// root's own files (the system's logs and data) are not capped by it.
-	if share := rc.PerUser.MaxShare; share.IsPercent && share.Percent > 0 && c.Owner != 0 && counted {
-		held := p.usageLocked(loc.Root, now).owners[c.Owner]
+	if shared && counted {
+		held := p.usageLocked(loc.Root).owners[c.Owner]
 		if limit := share.Floor(total); held+size > limit {
 			p.releaseGrantLocked(c)
 			return skip(ReasonQuota, "uid %d holds %d bytes in %s, %d more would pass per_user.max_share %s of the filesystem (%d bytes)",
@@ -318,8 +346,7 @@ func (p *Policy) Decide(c *scanner.Candidate) Decision {
 	switch u := p.usage[loc.Root]; {
 	case !counted:
 	case u != nil:
-		u.bytes += size
-		u.owners[c.Owner] += size
+		p.countLocked(loc.Root, c.Owner, int64(size))
 	default:
 		// Remember the root for Roots; it is measured when next needed.
 		p.usage[loc.Root] = &rootUsage{owners: map[uint32]uint64{}}
@@ -337,9 +364,8 @@ func (p *Policy) Release(c *scanner.Candidate, d Decision) {
 	size := uint64(max(c.Size, 0))
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if u := p.usage[d.Root]; u != nil && !d.Beneath {
-		u.bytes -= min(u.bytes, size)
-		u.owners[c.Owner] -= min(u.owners[c.Owner], size)
+	if !d.Beneath {
+		p.countLocked(d.Root, c.Owner, -int64(size))
 	}
 	p.releaseGrantLocked(c)
 }
@@ -355,25 +381,68 @@ func (p *Policy) releaseGrantLocked(c *scanner.Candidate) {
 	}
 }
 
-// usedLocked returns the bytes held in root, walking it when the last
-// measurement is older than usageTTL.
-func (p *Policy) usedLocked(root string, now time.Time) uint64 {
-	return p.usageLocked(root, now).bytes
+// countLocked adds size bytes of owner's (negative: gives them back) to
+// root's usage, and to the walk of root in progress, if any.
+func (p *Policy) countLocked(root string, owner uint32, size int64) {
+	if u := p.usage[root]; u != nil {
+		u.add(owner, size)
+	}
+	if w := p.walks[root]; w != nil {
+		w.delta.add(owner, size)
+	}
 }
 
-// usageLocked returns root's usage, walking it when the last measurement
-// is older than usageTTL.
-func (p *Policy) usageLocked(root string, now time.Time) *rootUsage {
-	u := p.usage[root]
-	if u == nil || now.Sub(u.at) > usageTTL {
+// usageLocked returns root's usage as last measured (measure), with what
+// was granted since; nothing when it was never measured.
+func (p *Policy) usageLocked(root string) rootUsage {
+	if u := p.usage[root]; u != nil {
+		return *u
+	}
+	return rootUsage{}
+}
+
+// measure walks root on disk when its last measurement is older than
+// usageTTL, without holding p.mu. One walk of a root runs at a time:
+// others who need it wait for its result.
+func (p *Policy) measure(root string) {
+	for {
+		p.mu.Lock()
+		if u := p.usage[root]; u != nil && p.now().Sub(u.at) <= usageTTL {
+			p.mu.Unlock()
+			return
+		}
+		if w := p.walks[root]; w != nil {
+			p.mu.Unlock()
+			<-w.done
+			continue
+		}
+		w := &walk{done: make(chan struct{}), delta: rootUsage{owners: map[uint32]uint64{}}}
+		p.walks[root] = w
+		p.mu.Unlock()
+
 		n, owners, err := diskUsage(p.host.via + root)
 		if err != nil && !errors.Is(err, errNotExist) {
 			p.log.Warn("measure rescue root", zap.String("root", root), zap.Error(err))
 		}
-		u = &rootUsage{bytes: n, owners: owners, at: now}
+		if owners == nil {
+			owners = map[uint32]uint64{}
+		}
+		u := &rootUsage{bytes: n, owners: owners}
+		// Grants made while the walk ran; a rescue that finished
+		// meanwhile may be counted twice until the next walk, which
+		// errs on the side of keeping less.
+		u.bytes += w.delta.bytes
+		for uid, b := range w.delta.owners {
+			u.owners[uid] += b
+		}
+		p.mu.Lock()
+		u.at = p.now()
 		p.usage[root] = u
+		delete(p.walks, root)
+		close(w.done)
+		p.mu.Unlock()
+		return
 	}
-	return u
 }
 
 // Roots returns the configured rescue directories, the fs_dir roots that

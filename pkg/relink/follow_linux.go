@@ -75,7 +75,7 @@ loop:
 		// Look for writers before reading the size: a writer that has
 		// closed the file has finished its writes, so the size read
 		// after seeing no writer is final.
-		busy, err := e.writers.busy(ctx, id, &known, &lost)
+		busy, err := e.writers.busy(ctx, e.log, p.fd, id, &known, &lost)
 		if ctx.Err() != nil {
 			stopped, reason = ctx.Err(), "shutdown"
 			break loop
@@ -211,16 +211,21 @@ func (e *Engine) appendRange(ctx context.Context, cp *copier, m Method, done, si
 	return end, err
 }
 
-// Writers tells whether some process holds an inode open for writing
-// (the flags in /proc/PID/fdinfo/FD, proc(5)). A follow first re-checks
-// the descriptors where a writer was found last time, the steady state of
-// a long follow. Only when none of those is left is every /proc/PID/fd
-// read, and that pass is shared by every follow of every engine given the
-// same Writers that asks while it runs, so that thousands of followed
-// files whose holders exit together cost a pass or two, not one each. It
-// is safe for concurrent use.
+// Writers tells whether some process holds an inode open for writing.
+// It asks the kernel first, with a read lease on the pinned descriptor
+// (openForWrite): two calls, whatever the host runs. Where no lease can
+// be taken it searches /proc (the flags in /proc/PID/fdinfo/FD, proc(5)):
+// a follow first re-checks the descriptors where a writer was found last
+// time, the steady state of a long follow. Only when none of those is
+// left is every /proc/PID/fd read, and that pass is shared by every
+// follow of every engine given the same Writers that asks while it runs,
+// so that thousands of followed files whose holders exit together cost a
+// pass or two, not one each. It is safe for concurrent use.
 type Writers struct {
-	proc procfs.FS
+	proc     procfs.FS
+	scanOnly bool // never ask by lease (tests of the /proc search)
+
+	refused sync.Once // the first lease refused is said in the log
 
 	mu    sync.Mutex
 	at    time.Time          // when the last pass started; zero: never
@@ -241,15 +246,24 @@ func NewWriters(procRoot string) *Writers {
 	return &Writers{proc: procfs.New(procRoot)}
 }
 
-// busy reports whether the inode is open for writing somewhere. It
-// re-checks the descriptors in known first, which it updates. When none of
+// busy reports whether the inode id, pinned as fd, is open for writing
+// somewhere. Where the kernel cannot be asked by lease, it re-checks the descriptors in known first, which it updates. When none of
 // them writes any more, only a pass over /proc that started after that was
 // noticed (at *lost) can tell that no other writer is left. Rather than
 // start one at once, busy answers true and waits for the next poll: by
 // then another follow may have run a pass that will do, so that follows
 // losing their writers together (a burst of holders exiting) share
 // passes, about one per poll interval.
-func (w *Writers) busy(ctx context.Context, id fileID, known *[]fdRef, lost *time.Time) (bool, error) {
+func (w *Writers) busy(ctx context.Context, log *zap.Logger, fd int, id fileID, known *[]fdRef, lost *time.Time) (bool, error) {
+	if !w.scanOnly {
+		writing, ok, err := openForWrite(fd)
+		if ok {
+			return writing, err
+		}
+		w.refused.Do(func() {
+			log.Info("follow: read lease refused, searching /proc for writers instead", zap.Error(err))
+		})
+	}
 	for _, r := range *known {
 		if w.writes(r, id) {
 			*lost = time.Time{}

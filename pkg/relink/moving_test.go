@@ -84,16 +84,23 @@ func TestMovingTargets(t *testing.T) {
 func TestFollow(t *testing.T) {
 	testfs.RequireRoot(t)
 	for _, tt := range []struct {
-		fstype string
-		method Method
-	}{{"ext4", MethodCopy}, {"btrfs", MethodReflink}, {"xfs", MethodReflink}} {
-		t.Run(tt.fstype, func(t *testing.T) {
+		fstype   string
+		method   Method
+		scanOnly bool // writers searched in /proc, not asked by lease
+	}{{"ext4", MethodCopy, false}, {"ext4", MethodCopy, true}, {"btrfs", MethodReflink, false}, {"xfs", MethodReflink, false}} {
+		name := tt.fstype
+		if tt.scanOnly {
+			name += "/proc_search"
+		}
+		t.Run(name, func(t *testing.T) {
 			mnt := testfs.Mount(t, tt.fstype, 64)
 			src := filepath.Join(mnt, "app.log")
 			head := randomBytes(1<<20+17, 8)
 			writeFile(t, src, head)
 			h, c := holdDeleted(t, src, "a")
-			e := newEngine(t, Options{FollowPoll: 100 * time.Millisecond, Hash: true, Sidecar: true})
+			w := NewWriters("")
+			w.scanOnly = tt.scanOnly
+			e := newEngine(t, Options{FollowPoll: 100 * time.Millisecond, Hash: true, Sidecar: true, Writers: w})
 			polls := 0
 			e.hookPoll = func(int64) { polls++ }
 			p := pin(t, e, c)
@@ -128,6 +135,9 @@ func TestFollow(t *testing.T) {
 				t.Errorf("only %d polls: follow did not wait for the writer", polls)
 			}
 			checkSidecar(t, final, c.PID, c.FD, "logs")
+			if ran := !w.at.IsZero(); ran != tt.scanOnly {
+				t.Errorf("a pass over /proc ran: %v, want %v (asked by lease: %v)", ran, tt.scanOnly, !tt.scanOnly)
+			}
 		})
 	}
 }
@@ -242,12 +252,22 @@ func TestNoOverwrite(t *testing.T) {
 // waits for the last writer and reports the final size.
 func TestFollowLink(t *testing.T) {
 	testfs.RequireRoot(t)
+	for _, scanOnly := range []bool{false, true} {
+		t.Run(map[bool]string{false: "lease", true: "proc_search"}[scanOnly], func(t *testing.T) {
+			followLink(t, scanOnly)
+		})
+	}
+}
+
+func followLink(t *testing.T, scanOnly bool) {
 	mnt := testfs.Mount(t, "ext4", 32)
 	src := filepath.Join(mnt, "linked.log")
 	writeFile(t, src, []byte("start\n"))
 	h := testproc.Start(t, testproc.Link(src, src+".keep"), testproc.Open(src, "a"), testproc.Unlink(src))
 	c := candidateOf(t, h.PID, h.FDs[0])
-	e := newEngine(t, Options{FollowPoll: 50 * time.Millisecond})
+	w := NewWriters("")
+	w.scanOnly = scanOnly
+	e := newEngine(t, Options{FollowPoll: 50 * time.Millisecond, Writers: w})
 	p := pin(t, e, c)
 	res, err := e.Rescue(ctx(t), p, Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: "linked.log"})
 	if err != nil || res.Method != MethodLink {
