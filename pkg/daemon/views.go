@@ -146,8 +146,13 @@ func (v *views) namespaces() []string {
 }
 
 // viewOf turns a watched directory back into the path its namespace sees:
-// /proc/PID/root/var/log/app is /var/log/app for the holders there.
+// /proc/PID/root/var/log/app is /var/log/app for the holders there, and in
+// container mode HOSTROOT/var/log/app is the host's /var/log/app (the proc
+// root may itself be below the host root: it is looked at first).
 func (v *views) viewOf(dir string) string {
+	if view, ok := v.procView(dir); ok {
+		return view
+	}
 	if v.hostRoot != "" {
 		if rest, ok := strings.CutPrefix(dir, v.hostRoot); ok && (rest == "" || rest[0] == '/') {
 			if rest == "" {
@@ -156,20 +161,25 @@ func (v *views) viewOf(dir string) string {
 			return rest
 		}
 	}
+	return dir
+}
+
+// procView is the path that PROC/PID/root/… names in PID's namespace.
+func (v *views) procView(dir string) (string, bool) {
 	rest, ok := strings.CutPrefix(dir, v.procRoot+"/")
 	if !ok {
-		return dir
+		return "", false
 	}
 	pid, after, ok := strings.Cut(rest, "/")
 	if !ok || pid == "" || strings.Trim(pid, "0123456789") != "" {
-		return dir
+		return "", false
 	}
 	view, ok := strings.CutPrefix(after, "root")
 	if !ok || view != "" && view[0] != '/' {
-		return dir
+		return "", false
 	}
 	if view == "" {
-		return "/"
+		return "/", true
 	}
-	return view
+	return view, true
 }
