@@ -244,6 +244,11 @@ metrics | grep '^relinkd_' | sed 's/^/METRIC /' || echo "METRICS FAILED"
 grep '"file rescued"' "$OUT/daemon.log" | jq -r .rescued_to | while read -r p; do
   echo "RESULT $(sha256sum < "$p" | cut -d' ' -f1) $(stat -c '%U %a' "$p") $p"
 done
+# The other commands, in the container (its mount namespace and root).
+incontainer() { nsenter -t $daemon -m -r -w "$@"; }
+incontainer /usr/bin/relinkd list --config /etc/relinkd/relinkd.yaml --host-root /host --json | sed 's/^/LISTJ /' || echo "LIST FAILED"
+incontainer /usr/bin/relinkd scan --config /etc/relinkd/relinkd.yaml --host-root /host --json | sed 's/^/SCANJ /' || echo "SCAN FAILED"
+incontainer /usr/bin/relinkd doctor --config /etc/relinkd/relinkd.yaml --host-root /host | sed 's/^/DOCTOR /' || true
 kill -TERM $daemon; wait $daemon || true
 kill $holder 2>/dev/null || true
 sed 's/^/LOG /' "$OUT/daemon.log"
@@ -334,7 +339,8 @@ func TestContainerMode(t *testing.T) {
 		t.Fatalf("scenario: %v\n%s", err, out)
 	}
 
-	var events []Event
+	var events, listed, scanned []Event
+	var doctor []string
 	metrics := map[string]string{}
 	var wrote, caps, nnp, afterMS string
 	var results [][]string
@@ -363,6 +369,21 @@ func TestContainerMode(t *testing.T) {
 			afterMS = f[1]
 		case strings.HasPrefix(line, "RESULT "):
 			results = append(results, f[1:])
+		case strings.HasPrefix(line, "LISTJ "), strings.HasPrefix(line, "SCANJ "):
+			var ev Event
+			if err := json.Unmarshal([]byte(line[6:]), &ev); err != nil {
+				t.Errorf("%s: %v", line, err)
+			}
+			if line[:4] == "LIST" {
+				listed = append(listed, ev)
+			} else if ev["summary"] == nil && ev.str("comm") != "relinkd" {
+				// The daemon's own pins are deleted-open files too.
+				scanned = append(scanned, ev)
+			}
+		case strings.HasPrefix(line, "DOCTOR "):
+			doctor = append(doctor, line[7:])
+		case strings.HasSuffix(line, " FAILED"):
+			t.Errorf("%s", line)
 		case strings.HasPrefix(line, "METRICS FAILED"):
 			t.Errorf("the liveness probe's endpoint did not answer")
 		}
@@ -436,8 +457,19 @@ func TestContainerMode(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(fs, "var-lib", strings.TrimPrefix(rescued.str("rescued_to"), "/var/lib/"))); err != nil {
 		t.Errorf("rescued file not on the node's filesystem: %v", err)
 	}
+
+	// list, scan and doctor in the container name the host's paths too.
+	if len(listed) != 1 || listed[0].str("path") != "/var/log/app/app.log" || listed[0].str("rescued_to") != rescued.str("rescued_to") {
+		t.Errorf("relinkd list --host-root /host: %v, want the rescued file (path /var/log/app/app.log, rescued_to %s)", listed, rescued.str("rescued_to"))
+	}
+	if len(scanned) != 1 || scanned[0].str("path") != "/var/log/app/app.log" || scanned[0].str("rule") != "logs" {
+		t.Errorf("relinkd scan --host-root /host: %v, want the held file /var/log/app/app.log, rule logs", scanned)
+	}
+	if len(doctor) < 2 || !strings.HasPrefix(doctor[1], "host paths:    /host (--host-root") || !strings.Contains(strings.Join(doctor, "\n"), "O_TMPFILE   yes") {
+		t.Errorf("relinkd doctor --host-root /host:\n%s", strings.Join(doctor, "\n"))
+	}
 	if t.Failed() {
-		t.Logf("the daemon's events:\n%s", dump())
+		t.Logf("the daemon's events:\n%s\ndoctor:\n%s", dump(), strings.Join(doctor, "\n"))
 	}
 }
 

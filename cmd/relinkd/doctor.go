@@ -74,6 +74,11 @@ func cmdDoctor(ctx context.Context, e env, args []string) error {
 	fmt.Fprintln(w, "\nkernel features")
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	probeDir := existingDir(firstOr(cfg.Rescue.Dirs, os.TempDir()))
+	if mode.hostRoot != "" {
+		// Container mode: the rescue roots are the host's, below the
+		// host root (the container's own root is often read-only).
+		probeDir = p.Via() + existingHostDir(p, firstOr(cfg.Rescue.Dirs, "/tmp"))
+	}
 	for _, f := range []struct {
 		name, why string
 		err       error
