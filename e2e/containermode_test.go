@@ -479,3 +479,34 @@ func decodeYAML(t *testing.T, text string, v any) {
 		t.Fatal(err)
 	}
 }
+
+// TestHostRootRefused: container mode refuses to start where the proc
+// root does not list the host's processes by relinkd's own pids (a PID
+// namespace of its own, without hostPID) or where its PID 1 is in
+// relinkd's own mount namespace (not in a container at all), saying why.
+func TestHostRootRefused(t *testing.T) {
+	testfs.RequireRoot(t)
+	testfs.RequireTool(t, "unshare")
+	dir := t.TempDir()
+	for _, tt := range []struct {
+		name string
+		cmd  []string
+		want string
+	}{
+		{"own PID namespace", []string{"unshare", "--pid", "--fork", binary, "scan", "--host-root", dir},
+			"are not in relinkd's PID namespace"},
+		// relinkd is PID 1 of a PID namespace with its own /proc, in
+		// the mount namespace of its PID 1: itself.
+		{"not in a container", []string{"unshare", "--pid", "--fork", "--mount", "--mount-proc", binary, "run", "--host-root", dir},
+			"shares relinkd's mount namespace"},
+		{"relative", []string{binary, "list", "--host-root", "host"}, "not an absolute path"},
+		{"missing", []string{binary, "doctor", "--host-root", filepath.Join(dir, "none")}, "no such file or directory"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			out, err := exec.Command(tt.cmd[0], tt.cmd[1:]...).CombinedOutput()
+			if err == nil || !strings.Contains(string(out), tt.want) {
+				t.Errorf("%v: %v, output %q; want a failure saying %q", tt.cmd, err, out, tt.want)
+			}
+		})
+	}
+}
