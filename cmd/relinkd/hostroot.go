@@ -21,7 +21,6 @@ import (
 // namespace (Kubernetes' hostPID) lists the host's processes.
 type hostFlags struct {
 	root, proc string
-	procGiven  bool
 }
 
 func (h *hostFlags) add(fl *flag.FlagSet) {
