@@ -70,7 +70,6 @@ clean:
 DIST              ?= dist
 ARCH              ?= $(shell $(GO) env GOARCH)
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
-export SOURCE_DATE_EPOCH
 RELEASE_LDFLAGS   := -s -w -buildid= $(LDFLAGS)
 RELEASE_NAME      := relinkd-$(VERSION)-linux-$(ARCH)
 TAR_FLAGS         := --sort=name --mtime=@$(SOURCE_DATE_EPOCH) --owner=0 --group=0 --numeric-owner \
@@ -96,7 +95,6 @@ DEB_VERSION    ?= $(shell v='$(VERSION)'; case "$$v" in (v[0-9]*) echo "$${v\#v}
 DEB_ARCH       ?= $(ARCH)
 DEB_MAINTAINER ?= relinkd maintainers <relinkd@users.noreply.github.com>
 DEB            := $(DIST)/relinkd_$(DEB_VERSION)_$(DEB_ARCH).deb
-export DEB_VERSION DEB_ARCH DEB_MAINTAINER
 
 deb: release
 	rm -rf $(DIST)/pkg && mkdir -p $(DIST)/pkg
@@ -109,7 +107,11 @@ deb: release
 	  "$$(LC_ALL=C date -u -d @$(SOURCE_DATE_EPOCH) '+%a, %d %b %Y %H:%M:%S +0000')" | gzip -n -9 > $(DIST)/pkg/changelog.gz
 	gzip -n -9 < README.md > $(DIST)/pkg/README.md.gz
 	cp configs/relinkd.yaml deploy/debian/postinst deploy/debian/prerm deploy/debian/postrm deploy/debian/lintian-overrides $(DIST)/pkg/
+	@# nfpm reads these from its environment (nfpm.yaml); they are not
+	@# exported from make, so that make's own children (go test) do not
+	@# inherit them.
 	cd $(DIST)/pkg && DEB_LICENSE="$$($(CURDIR)/deploy/debian/copyright.sh --license)" \
+	  DEB_VERSION='$(DEB_VERSION)' DEB_ARCH='$(DEB_ARCH)' DEB_MAINTAINER='$(DEB_MAINTAINER)' SOURCE_DATE_EPOCH='$(SOURCE_DATE_EPOCH)' \
 	  $(NFPM) package --config $(CURDIR)/deploy/debian/nfpm.yaml --packager deb --target $(abspath $(DEB))
 	cd $(DIST) && sha256sum $(notdir $(DEB)) >> SHA256SUMS
 	@echo $(DEB)

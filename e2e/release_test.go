@@ -218,7 +218,7 @@ func TestRelease(t *testing.T) {
 	})
 
 	t.Run("Lintian", func(t *testing.T) {
-		out, _ := exec.Command("lintian", "--no-tag-display-limit", a.deb).CombinedOutput()
+		out, _ := exec.Command("lintian", "--tag-display-limit", "0", a.deb).CombinedOutput()
 		var tags []string
 		sc := bufio.NewScanner(strings.NewReader(string(out)))
 		for sc.Scan() {
