@@ -45,6 +45,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/relinkd/relinkd/internal/events"
 	"github.com/relinkd/relinkd/internal/fsguard"
 	"github.com/relinkd/relinkd/internal/logging"
 	"github.com/relinkd/relinkd/internal/procfs"
@@ -132,6 +133,7 @@ type Daemon struct {
 	opt     Options
 	proc    procfs.FS // opt.ProcRoot
 	log     *zap.Logger
+	ev      events.Emitter // the rescue events, on log
 	sweeper Sweeper
 	m       *metrics.Metrics
 	self    int
@@ -151,11 +153,10 @@ type Daemon struct {
 	inodes  map[scanner.Key]*inode
 	pins    int
 	pinned  int64
-	follows int             // follows running
-	writers *relink.Writers // shared by every follow's search for writers
-	guard   *fsguard.Guard  // bounds calls on holders' filesystems
-	slots   []*slot         // one per worker started, stalled ones included
-	stalled int             // workers replaced because they were stuck
+	follows int            // follows running
+	guard   *fsguard.Guard // bounds calls on holders' filesystems
+	slots   []*slot        // one per worker started, stalled ones included
+	stalled int            // workers replaced because they were stuck
 	// Budget bursts: deferred holds the pids whose files found no pin
 	// (swept again as soon as a pin is released, see room); each
 	// budget is said once per burst.
@@ -257,6 +258,7 @@ type holderID struct {
 
 type job struct {
 	c     scanner.Candidate // the pinned file (pin.Candidate())
+	rule  policy.Rule       // the rule that matched it, once pinned
 	pin   *relink.Pin
 	found time.Time // start of the sweep that found it
 	prior *prior    // a follow an earlier daemon left unfinished: resume it (see resume)
@@ -301,10 +303,11 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 		opt:      opt,
 		proc:     procfs.New(opt.ProcRoot),
 		log:      log,
+		ev:       events.New(log),
 		sweeper:  opt.Sweeper,
 		m:        metrics.New(),
 		self:     os.Getpid(),
-		engine:   relink.New(relink.Options{ProcRoot: opt.ProcRoot}, log),
+		engine:   relink.New(relink.Options{ProcRoot: opt.ProcRoot, Sidecar: true}, log),
 		reload:   make(chan reloadReq),
 		jobs:     make(chan *job, opt.MaxPins),
 		inodes:   make(map[scanner.Key]*inode),
@@ -317,7 +320,6 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 		holders:  newHolderIndex(maxHolderPairs),
 		views:    newViews(opt.ProcRoot, opt.HostRoot),
 		room:     make(chan struct{}, 1),
-		writers:  relink.NewWriters(opt.ProcRoot),
 	}
 	d.pol.Store(policy.New(opt.Config, log, policy.WithProcRoot(opt.ProcRoot), policy.WithHostRoot(opt.HostRoot)))
 	d.guard = fsguard.New(fsguard.Options{
@@ -1124,8 +1126,7 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 		default:
 			d.recordFailure(c, now, bt())
 			d.m.Failures.Inc()
-			d.log.Error("rescue failed", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-				zap.Error(err), c.ContainerField())
+			d.ev.Failed(c, err)
 		}
 		return
 	}
@@ -1159,7 +1160,7 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 	d.m.PinnedBytes.Set(float64(d.pinned))
 	d.mu.Unlock()
 	// Never blocks: the queue has room for MaxPins jobs.
-	d.jobs <- &job{c: pc, pin: pin, found: now}
+	d.jobs <- &job{c: pc, rule: rule, pin: pin, found: now}
 }
 
 // fresh reports whether c needs handling: its inode was not seen before,
@@ -1250,8 +1251,7 @@ func (d *Daemon) logRetry(c *scanner.Candidate, failures int) {
 
 func (d *Daemon) reportOpen(c *scanner.Candidate, rule string) {
 	d.m.Reports.Inc()
-	d.log.Info("deleted file open", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-		zap.String("comm", c.Comm), zap.Uint32("uid", c.UID), zap.Int64("size", c.Size), zap.String("rule", rule), c.ContainerField())
+	d.ev.Open(c, rule)
 }
 
 // slot is what the stall watch knows of one worker.
@@ -1361,7 +1361,7 @@ func (d *Daemon) worker(ctx context.Context, wg *sync.WaitGroup, s *slot) {
 func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup, progress func()) {
 	c := &j.c
 	pol := d.pol.Load()
-	dec := pol.Decide(c)
+	dec := pol.DecideRule(c, j.rule)
 	switch dec.Action {
 	case policy.Ignore:
 		d.unpin(j, stIgnored)
@@ -1372,8 +1372,7 @@ func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup, progres
 		return
 	case policy.Skip:
 		d.m.Skips.WithLabelValues(dec.Reason).Inc()
-		d.log.Info("rescue skipped", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-			zap.String("reason", dec.Reason), zap.String("rule", dec.Rule), zap.String("detail", dec.Detail), c.ContainerField())
+		d.ev.Skipped(c, dec.Reason, dec.Rule, dec.Detail)
 		if dec.Reason == policy.ReasonSpace && dec.Root != "" {
 			d.unpinNoSpace(j, dec.Root, uint64(max(c.Size, 0)), dec.MinFreeBytes)
 			return
@@ -1385,11 +1384,10 @@ func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup, progres
 	for _, m := range dec.Methods {
 		methods = append(methods, relink.Method(m))
 	}
-	eng := relink.New(relink.Options{ProcRoot: d.opt.ProcRoot, Methods: methods, Sidecar: true, Writers: d.writers, Progress: progress}, d.log)
 	d.publishing.RLock()
-	res, err := eng.Rescue(ctx, j.pin, relink.Destination{
+	rs, err := d.engine.Rescue(ctx, j.pin, relink.Destination{
 		Root: dec.Root, Via: dec.Via, Rel: dec.Rel, MinFreeBytes: dec.MinFreeBytes, Rule: dec.Rule,
-		NoRoomToCopy: dec.NoRoomToCopy, Beneath: dec.Beneath,
+		NoRoomToCopy: dec.NoRoomToCopy, Beneath: dec.Beneath, Methods: methods, Progress: progress,
 	})
 	d.publishing.RUnlock()
 	if err != nil {
@@ -1412,19 +1410,21 @@ func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup, progres
 		d.unpin(j, stFailed)
 		return
 	}
+	res := rs.Result()
 	d.m.Rescues.WithLabelValues(string(res.Method)).Inc()
 	d.m.RescuedBytes.Add(float64(res.Bytes))
 	if !dec.Follow || !c.Writable() {
 		d.unpin(j, stRescued)
 		return
 	}
-	d.follow(ctx, j, eng, res, wg)
+	d.follow(ctx, j, rs, wg)
 }
 
 // follow follows a rescued job's file until its last writer closes it,
 // within the follow budget, and releases the pin then.
-func (d *Daemon) follow(ctx context.Context, j *job, eng *relink.Engine, res relink.Result, wg *sync.WaitGroup) {
+func (d *Daemon) follow(ctx context.Context, j *job, rs *relink.Rescued, wg *sync.WaitGroup) {
 	c := &j.c
+	res := rs.Result()
 	d.mu.Lock()
 	over := d.follows >= d.opt.MaxFollows
 	warn := over && !d.followsWarned
@@ -1450,7 +1450,7 @@ func (d *Daemon) follow(ctx context.Context, j *job, eng *relink.Engine, res rel
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		fres, err := eng.Follow(ctx, j.pin)
+		fres, err := rs.Follow(ctx)
 		if err == nil && fres.Bytes > res.Bytes {
 			d.m.RescuedBytes.Add(float64(fres.Bytes - res.Bytes))
 		}

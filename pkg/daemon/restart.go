@@ -239,8 +239,7 @@ func (d *Daemon) takePrior(c *scanner.Candidate, pin *relink.Pin, btime int64, n
 }
 
 func (d *Daemon) alreadyRescued(c *scanner.Candidate, to string, m relink.Method, follow bool) {
-	d.log.Info("already rescued", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-		logging.Path("rescued_to", []byte(to)), zap.String("method", string(m)), zap.Bool("follow", follow))
+	d.ev.AlreadyRescued(c, to, string(m), follow)
 }
 
 // resume continues the follow of a job whose file an earlier daemon
@@ -252,9 +251,8 @@ func (d *Daemon) resume(ctx context.Context, j *job, wg *sync.WaitGroup, progres
 	p := j.prior
 	j.prior = nil
 	c := &j.c
-	eng := relink.New(relink.Options{ProcRoot: d.opt.ProcRoot, Sidecar: true, Writers: d.writers, Progress: progress}, d.log)
 	d.publishing.RLock()
-	res, err := eng.Adopt(j.pin, relink.Adoption{Root: p.root, Via: p.via, Rel: p.rel, Sidecar: p.side})
+	rs, err := d.engine.Adopt(j.pin, relink.Adoption{Root: p.root, Via: p.via, Rel: p.rel, Sidecar: p.side, Progress: progress})
 	d.publishing.RUnlock()
 	if err != nil {
 		d.log.Warn("follow not resumed; rescuing again", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
@@ -262,6 +260,7 @@ func (d *Daemon) resume(ctx context.Context, j *job, wg *sync.WaitGroup, progres
 		d.rescue(ctx, j, wg, progress)
 		return
 	}
+	res := rs.Result()
 	d.alreadyRescued(c, res.Path, res.Method, true)
-	d.follow(ctx, j, eng, res, wg)
+	d.follow(ctx, j, rs, wg)
 }

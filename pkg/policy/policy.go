@@ -80,13 +80,14 @@ type Decision struct {
 
 // Policy decides what to do with candidates. It is safe for concurrent use.
 type Policy struct {
-	cfg   *Config
-	log   *zap.Logger
-	rules []rule
-	proc  procfs.FS
-	host  hostView
-	// hostRoot is WithHostRoot's directory ("" when not given).
-	hostRoot string
+	cfg      *Config // what it decides by: given, or given with onlyRoot
+	given    *Config
+	onlyRoot string // WithOnlyRoot
+	log      *zap.Logger
+	rules    []rule
+	proc     procfs.FS
+	host     hostView
+	hostRoot string // WithHostRoot's directory ("" when not given)
 	now      func() time.Time
 
 	mu    sync.Mutex
@@ -153,6 +154,14 @@ func WithHostRoot(dir string) Option {
 	return func(p *Policy) { p.hostRoot = path.Clean(dir) }
 }
 
+// WithOnlyRoot makes dir the policy's only rescue location, on any
+// filesystem (`relinkd rescue --to`): the rules, max_file_size, per_user
+// and the methods that can work there still apply, and min_free and
+// max_total_size are measured on dir. Config still returns cfg as given.
+func WithOnlyRoot(dir string) Option {
+	return func(p *Policy) { p.onlyRoot = dir }
+}
+
 // New returns a policy for cfg. User names in rules are resolved now.
 func New(cfg *Config, log *zap.Logger, opts ...Option) *Policy {
 	p := &Policy{
@@ -167,6 +176,14 @@ func New(cfg *Config, log *zap.Logger, opts ...Option) *Policy {
 	}
 	for _, o := range opts {
 		o(p)
+	}
+	p.given = cfg
+	if p.onlyRoot != "" {
+		c := *cfg
+		c.Rescue.Dirs = []string{p.onlyRoot}
+		c.Rescue.FSDir = ""
+		c.Rescue.CrossFS = true
+		p.cfg = &c
 	}
 	if p.hostRoot != "" && p.hostRoot != "/" && p.hostRoot != "." {
 		p.host = containerView(p.proc, p.hostRoot)
@@ -209,12 +226,12 @@ func (p *Policy) FreeSpace(root string) (avail, total uint64, err error) {
 }
 
 // Config returns the configuration the policy was built from.
-func (p *Policy) Config() *Config { return p.cfg }
+func (p *Policy) Config() *Config { return p.given }
 
 // Match returns the first rule matching c, without any side effect
 // (for `relinkd scan`). Files inside rescue directories never match.
 func (p *Policy) Match(c *scanner.Candidate) (Rule, bool) {
-	if p.inRescueDir(c) {
+	if p.InRescueDir(c) {
 		return Rule{}, false
 	}
 	for i := range p.rules {
@@ -225,9 +242,9 @@ func (p *Policy) Match(c *scanner.Candidate) (Rule, bool) {
 	return Rule{}, false
 }
 
-// inRescueDir reports whether c's path is in a configured rescue directory
+// InRescueDir reports whether c's path is in a configured rescue directory
 // or in a per-filesystem directory, so relinkd never rescues its own files.
-func (p *Policy) inRescueDir(c *scanner.Candidate) bool {
+func (p *Policy) InRescueDir(c *scanner.Candidate) bool {
 	s := string(c.Path)
 	for _, d := range append(p.cfg.Rescue.Dirs, p.cfg.Rescue.ContainerDir) {
 		if d != "" && isUnder(s, path.Clean(d)) {
@@ -249,6 +266,14 @@ func (p *Policy) Decide(c *scanner.Candidate) Decision {
 	if !ok {
 		return Decision{Action: Ignore, Reason: ReasonPolicy, Detail: "no watch rule matches"}
 	}
+	return p.DecideRule(c, r)
+}
+
+// DecideRule is Decide for a file already matched to r (by Match, on
+// this policy or the one it replaced): the rules are not matched again,
+// so a reload between the match and the decision cannot drop a file
+// already pinned.
+func (p *Policy) DecideRule(c *scanner.Candidate, r Rule) Decision {
 	if r.Action == ActionReport {
 		return Decision{Action: Report, Rule: r.Name}
 	}

@@ -60,7 +60,7 @@ func TestMovingTargets(t *testing.T) {
 			e.chunk = 1 << 20
 			var once sync.Once
 			e.hookChunk = func(int64) { once.Do(func() { tt.during(t, h) }) }
-			res, err := e.Rescue(ctx(t), pin(t, e, c), Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: string(c.Path)})
+			res, err := resultOf(e.Rescue(ctx(t), pin(t, e, c), Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: string(c.Path)}))
 			if err != nil {
 				t.Fatalf("rescue: %v", err)
 			}
@@ -104,7 +104,8 @@ func TestFollow(t *testing.T) {
 			polls := 0
 			e.hookPoll = func(int64) { polls++ }
 			p := pin(t, e, c)
-			res, err := e.Rescue(ctx(t), p, Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: "app.log", Rule: "logs"})
+			rs, err := e.Rescue(ctx(t), p, Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: "app.log", Rule: "logs"})
+			res, err := resultOf(rs, err)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -117,7 +118,7 @@ func TestFollow(t *testing.T) {
 				h.Do(t, testproc.Append(0, 20_001, 40, 50*time.Millisecond))
 				h.Exit(t)
 			}()
-			final, err := e.Follow(ctx(t), p)
+			final, err := rs.Follow(ctx(t))
 			if err != nil {
 				t.Fatalf("follow: %v", err)
 			}
@@ -151,12 +152,13 @@ func TestFollowCancel(t *testing.T) {
 	_, c := holdDeleted(t, src, "a")
 	e := newEngine(t, Options{FollowPoll: 10 * time.Millisecond})
 	p := pin(t, e, c)
-	if _, err := e.Rescue(ctx(t), p, Destination{Root: filepath.Join(mnt, "r"), Rel: "f"}); err != nil {
+	rs, err := e.Rescue(ctx(t), p, Destination{Root: filepath.Join(mnt, "r"), Rel: "f"})
+	if err != nil {
 		t.Fatal(err)
 	}
 	cx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
-	res, err := e.Follow(cx, p)
+	res, err := rs.Follow(cx)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("want DeadlineExceeded while the writer lives, got %v", err)
 	}
@@ -204,7 +206,7 @@ func TestHiddenTempFallback(t *testing.T) {
 	e := newEngine(t, Options{Sidecar: true})
 	e.noTmpfile = true
 	root := filepath.Join(mnt, ".relinkd")
-	res, err := e.Rescue(ctx(t), pin(t, e, c), Destination{Root: root, Rel: "f"})
+	res, err := resultOf(e.Rescue(ctx(t), pin(t, e, c), Destination{Root: root, Rel: "f"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +234,7 @@ func TestNoOverwrite(t *testing.T) {
 			data := randomBytes(1000+i, uint64(20+i))
 			writeFile(t, src, data)
 			_, c := holdDeleted(t, src, "r")
-			res, err := e.Rescue(ctx(t), pin(t, e, c), Destination{Root: root, Rel: "logs/app.log"})
+			res, err := resultOf(e.Rescue(ctx(t), pin(t, e, c), Destination{Root: root, Rel: "logs/app.log"}))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -269,7 +271,8 @@ func followLink(t *testing.T, scanOnly bool) {
 	w.scanOnly = scanOnly
 	e := newEngine(t, Options{FollowPoll: 50 * time.Millisecond, Writers: w})
 	p := pin(t, e, c)
-	res, err := e.Rescue(ctx(t), p, Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: "linked.log"})
+	rs, err := e.Rescue(ctx(t), p, Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: "linked.log"})
+	res, err := resultOf(rs, err)
 	if err != nil || res.Method != MethodLink {
 		t.Fatalf("want a link, got %+v %v", res, err)
 	}
@@ -277,7 +280,7 @@ func followLink(t *testing.T, scanOnly bool) {
 		h.Do(t, testproc.Append(0, 1000, 10, 20*time.Millisecond))
 		h.Exit(t)
 	}()
-	final, err := e.Follow(ctx(t), p)
+	final, err := rs.Follow(ctx(t))
 	if err != nil {
 		t.Fatal(err)
 	}
