@@ -36,7 +36,12 @@ License: $lic
 
 HEADER
 echo "License: $lic"
-if [ -e LICENSE ]; then
+if [ "$lic" = Apache-2.0 ]; then
+	# Debian policy 12.5: licenses in /usr/share/common-licenses are
+	# referred to, not copied.
+	echo " Licensed under the Apache License, Version 2.0. On Debian systems the full"
+	echo " text is in /usr/share/common-licenses/Apache-2.0."
+elif [ -e LICENSE ]; then
 	# DEP-5 license text: every line indented, empty lines as " .".
 	sed -e 's/^[[:space:]]*$/./' -e 's/^/ /' LICENSE
 else
