@@ -41,7 +41,7 @@ func cmdRescue(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	sc := scanner.New(scanner.Options{ProcRoot: o.procRoot}, log)
+	sc := scanner.New(scanner.Options{ProcRoot: o.mode.procRoot}, log)
 	var res scanner.Result
 	if o.pid > 0 {
 		res, err = sc.SweepPIDs(ctx, []int{o.pid})
@@ -53,14 +53,14 @@ func cmdRescue(ctx context.Context, e env, args []string) error {
 	}
 	r := &rescuer{
 		o: o, cfg: cfg, log: log,
-		pol:  policy.New(cfg, log, policy.WithProcRoot(o.procRoot)),
-		eng:  relink.New(relink.Options{ProcRoot: o.procRoot, Methods: methods, Sidecar: true}, log),
+		pol:  policy.New(cfg, log, o.mode.policyOptions()...),
+		eng:  relink.New(relink.Options{ProcRoot: o.mode.procRoot, Methods: methods, Sidecar: true}, log),
 		out:  &reporter{w: e.stdout, json: o.asJSON},
 		seen: map[scanner.Key]bool{},
 	}
 	r.decider = r.pol
 	if o.to != "" {
-		r.decider = policy.New(cfg, log, policy.WithProcRoot(o.procRoot), policy.WithOnlyRoot(o.to))
+		r.decider = policy.New(cfg, log, append(o.mode.policyOptions(), policy.WithOnlyRoot(o.to))...)
 	}
 	for i := range res.Candidates {
 		if err := r.consider(ctx, &res.Candidates[i]); err != nil {
@@ -73,10 +73,11 @@ func cmdRescue(ctx context.Context, e env, args []string) error {
 
 // rescueOptions are the flags and globs of `relinkd rescue`.
 type rescueOptions struct {
-	configPath, to, procRoot, logLevel string
-	pid, fd                            int
-	asJSON, follow                     bool
-	globs                              []string
+	configPath, to, logLevel string
+	mode                     hostMode
+	pid, fd                  int
+	asJSON, follow           bool
+	globs                    []string
 }
 
 // explicit reports whether files were selected by glob, --pid or --fd.
@@ -117,13 +118,17 @@ func parseRescueArgs(e env, args []string) (rescueOptions, error) {
 	fl.IntVar(&o.fd, "fd", -1, "only descriptor `N` (with --pid)")
 	fl.BoolVar(&o.asJSON, "json", false, "print one JSON object per line")
 	fl.BoolVar(&o.follow, "follow", false, "keep appending what writers add until the last one closes the file")
-	fl.StringVar(&o.procRoot, "proc", "/proc", "procfs mount `point`")
+	var hf hostFlags
+	hf.add(fl)
 	fl.StringVar(&o.logLevel, "log-level", "", "also log events as JSON on stderr at `LEVEL` (debug, info, warn, error)")
 	globs, err := parseArgs(e.stdout, fl, rescueSynopsis, args)
 	if err != nil {
 		return o, err
 	}
 	o.globs = globs
+	if o.mode, err = hf.resolve(fl); err != nil {
+		return o, err
+	}
 	for _, g := range globs {
 		if !doublestar.ValidatePattern(g) {
 			return o, fmt.Errorf("%w: bad glob %q", errUsage, g)

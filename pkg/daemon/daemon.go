@@ -100,11 +100,16 @@ type Options struct {
 	ConfigPath string // for the start-up event
 	Version    string // for the start-up event
 
-	ProcRoot       string // "" means /proc
-	Workers        int    // rescue workers; 0 means NumCPU, within 2 to DefaultMaxWorkers
-	MaxPins        int    // inodes pinned at once; 0 means DefaultMaxPins
-	MaxPinnedBytes int64  // their total size; 0 means DefaultMaxPinnedBytes
-	MaxFollows     int    // files followed at once; 0 means DefaultMaxFollows
+	ProcRoot string // "" means /proc
+	// HostRoot is container mode's host root (relinkd run --host-root):
+	// the host's "/" mounted in the daemon's view, through which its
+	// watched trees and rescue roots are reached (policy.WithHostRoot).
+	// "" means none.
+	HostRoot       string
+	Workers        int   // rescue workers; 0 means NumCPU, within 2 to DefaultMaxWorkers
+	MaxPins        int   // inodes pinned at once; 0 means DefaultMaxPins
+	MaxPinnedBytes int64 // their total size; 0 means DefaultMaxPinnedBytes
+	MaxFollows     int   // files followed at once; 0 means DefaultMaxFollows
 	// FSTimeout is how long a call that asks a holder's filesystem (stat,
 	// open of the pin) may take before the filesystem is taken for
 	// unresponsive; 0 means fsguard.DefaultTimeout.
@@ -210,13 +215,13 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 		reload:  make(chan reloadReq),
 		ledger:  newLedger(log),
 		priors:  &priors{},
-		views:   newViews(opt.ProcRoot),
+		views:   newViews(opt.ProcRoot, opt.HostRoot),
 	}
 	d.trees = &trees{log: log, views: d.views}
 	d.retention = &retention{log: log, interval: opt.PruneInterval, policy: d.pol.Load}
 	d.sched = newScheduler(d.proc, d.self, d.views)
 	d.budget = newBudget(opt.MaxPins, opt.MaxPinnedBytes, opt.MaxFollows, d.m)
-	d.pol.Store(policy.New(opt.Config, log, policy.WithProcRoot(opt.ProcRoot)))
+	d.pol.Store(policy.New(opt.Config, log, policy.WithProcRoot(opt.ProcRoot), policy.WithHostRoot(opt.HostRoot)))
 	d.guard = fsguard.New(fsguard.Options{
 		Timeout:  opt.FSTimeout,
 		Describe: d.describeMount,

@@ -36,7 +36,7 @@ func (d *Daemon) Reload(ctx context.Context, cfg *policy.Config) error {
 func (d *Daemon) apply(cfg *policy.Config) {
 	oldPol := d.pol.Load()
 	old := oldPol.Config()
-	pol := policy.New(cfg, d.log, policy.WithProcRoot(d.opt.ProcRoot))
+	pol := policy.New(cfg, d.log, policy.WithProcRoot(d.opt.ProcRoot), policy.WithHostRoot(d.opt.HostRoot))
 	// Keep the per-user grants and the rescue roots' usage.
 	pol.Inherit(oldPol)
 	d.pol.Store(pol)

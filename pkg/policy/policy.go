@@ -87,6 +87,7 @@ type Policy struct {
 	rules    []rule
 	proc     procfs.FS
 	host     hostView
+	hostRoot string // WithHostRoot's directory ("" when not given)
 	now      func() time.Time
 
 	mu    sync.Mutex
@@ -144,6 +145,15 @@ func WithProcRoot(root string) Option {
 	return func(p *Policy) { p.proc = procfs.New(root) }
 }
 
+// WithHostRoot puts the policy in container mode (relinkd --host-root):
+// the host's root is the directory dir of relinkd's own view, and its
+// mounts are relinkd's mounts below dir (see hostView). "" or "/" leave
+// the host view to be found as usual. Give WithProcRoot first when the
+// proc root is not /proc.
+func WithHostRoot(dir string) Option {
+	return func(p *Policy) { p.hostRoot = path.Clean(dir) }
+}
+
 // WithOnlyRoot makes dir the policy's only rescue location, on any
 // filesystem (`relinkd rescue --to`): the rules, max_file_size, per_user
 // and the methods that can work there still apply, and min_free and
@@ -175,7 +185,11 @@ func New(cfg *Config, log *zap.Logger, opts ...Option) *Policy {
 		c.Rescue.CrossFS = true
 		p.cfg = &c
 	}
-	p.host = findHostView(p.proc)
+	if p.hostRoot != "" && p.hostRoot != "/" && p.hostRoot != "." {
+		p.host = containerView(p.proc, p.hostRoot)
+	} else {
+		p.host = findHostView(p.proc)
+	}
 	return p
 }
 
@@ -201,8 +215,9 @@ func (p *Policy) Inherit(old *Policy) {
 }
 
 // Via is the prefix through which relinkd reaches the host paths that
-// Decide and Roots return: "" when its mount namespace is the host's, else
-// /proc/1/root (see hostView).
+// Decide and Roots return: "" when its mount namespace is the host's, the
+// host root of container mode (WithHostRoot), else /proc/1/root (see
+// hostView).
 func (p *Policy) Via() string { return p.host.via }
 
 // FreeSpace is FreeSpace of a host path (see Via).
