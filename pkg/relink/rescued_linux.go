@@ -35,9 +35,6 @@ func (r *Rescued) Result() Result {
 	return r.res
 }
 
-// Pin returns the pin r was made from.
-func (r *Rescued) Pin() *Pin { return r.pin }
-
 // Close releases r's descriptors and its pin. It is safe to call more
 // than once.
 func (r *Rescued) Close() error { return r.pin.Close() }
