@@ -29,6 +29,9 @@ import (
 var binary string
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(envContainer); spec != "" {
+		containerInit(spec) // TestContainerMode's container: never returns
+	}
 	if testproc.IsHolder() {
 		testproc.Main(m)
 		return

@@ -160,7 +160,9 @@ func makeCmd(ctx context.Context, repo string, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, "make", append([]string{"-C", repo}, args...)...)
 	for _, kv := range os.Environ() {
 		switch k, _, _ := strings.Cut(kv, "="); k {
-		case "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES":
+		case "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES",
+			// make deb's settings: the arguments name the release.
+			"DEB_VERSION", "DEB_ARCH", "DIST", "ARCH":
 		default:
 			cmd.Env = append(cmd.Env, kv)
 		}

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -16,7 +17,7 @@ const (
 	kindNew   = "new"             // started just before it deletes its file
 	kindOld   = "old"             // started before the daemon, told over a pipe
 	kindBind  = "container-bind"  // new, own mount and PID namespaces, watched dir bound in
-	kindTmpfs = "container-tmpfs" // new, own namespaces, a private tmpfs at a watched path
+	kindTmpfs = "container-tmpfs" // new, started in a running container with a private tmpfs at a watched path
 )
 
 var kindOrder = []string{kindNew, kindOld, kindBind, kindTmpfs}
@@ -140,6 +141,19 @@ func raceOn(o *options, root, self, host string, t tally) error {
 	defer d.stop()
 	fmt.Printf("  daemon READY=1 after %v (sweeps 1h apart: only the event path can catch a holder; rescue.follow %t)\n",
 		d.ready.Round(time.Millisecond), o.follow)
+	var ctr *container
+	if slices.Contains(o.kinds, kindTmpfs) {
+		// Started after the daemon, as a container usually is: the
+		// daemon must notice the new mount namespace by itself.
+		start := time.Now()
+		if ctr, err = startContainer(filepath.Join(l.ns, "tmpfs")); err != nil {
+			return err
+		}
+		defer ctr.stop()
+		time.Sleep(containerSettle)
+		fmt.Printf("  container (own mount and PID namespaces, tmpfs at %s) started after the daemon in %v; trials begin %v later\n",
+			ctr.view, ctr.started.Sub(start).Round(time.Millisecond), containerSettle)
+	}
 	cpu0, _ := cpuTime(d.pid())
 	began := time.Now()
 	pids := pidCounter{last: lastPID(), max: pidMax()}
@@ -157,7 +171,7 @@ func raceOn(o *options, root, self, host string, t tally) error {
 					time.Sleep(o.gap)
 				}
 				start, pidStart := time.Now(), pids.sample()
-				if err := runTrial(&tr, l, self, old); err != nil {
+				if err := runTrial(&tr, l, self, old, ctr); err != nil {
 					return err
 				}
 				exited := time.Now()
@@ -219,7 +233,7 @@ func soFar(d *daemon, trials []trial, o *options) string {
 }
 
 // runTrial runs one holder to its exit.
-func runTrial(tr *trial, l *layout, self string, old map[string]*oldHolder) error {
+func runTrial(tr *trial, l *layout, self string, old map[string]*oldHolder, ctr *container) error {
 	name := fmt.Sprintf("%s-%d.log", tr.delay, tr.i)
 	spec := func(path string) string { return holderEnv + "=new|" + path + "|" + tr.delay }
 	var cmd *exec.Cmd
@@ -245,11 +259,11 @@ func runTrial(tr *trial, l *layout, self string, old map[string]*oldHolder) erro
 	case kindTmpfs:
 		// The container's file lives on a tmpfs mounted over ns/tmpfs
 		// in its own mount namespace only: the host's directory of
-		// that name stays empty, and its watch sees nothing.
-		view := filepath.Join(l.ns, "tmpfs")
-		tr.path = filepath.Join(view, name)
-		cmd = exec.Command("unshare", "--mount", "--pid", "--fork", "--propagation", "private",
-			"sh", "-c", `mount -t tmpfs -o size=16m,mode=0755 relinkd-bench "$1" && exec "$2"`, "sh", view, self)
+		// that name stays empty, and its watch sees nothing. The
+		// holder is started in the running container the way
+		// `docker exec` starts one: into its mount and PID namespaces.
+		tr.path = filepath.Join(ctr.view, name)
+		cmd = exec.Command("nsenter", "--target", strconv.Itoa(ctr.init), "--mount", "--pid", "--", self)
 	default:
 		return fmt.Errorf("unknown kind %q", tr.kind)
 	}
@@ -404,4 +418,50 @@ func printTable(o *options, t tally) {
 		fmt.Println("  " + n)
 	}
 	fmt.Println()
+}
+
+// containerSettle is how long the trials wait after starting the
+// container: the daemon looks for new mount namespaces once a second.
+const containerSettle = 2 * time.Second
+
+// container runs for a whole trial set: its own mount and PID namespaces
+// and a private tmpfs over view, as a runtime gives a container its own
+// filesystem at a path the rules name.
+type container struct {
+	cmd     *exec.Cmd
+	view    string
+	init    int // the container's first process, as the host sees it
+	started time.Time
+}
+
+func startContainer(view string) (*container, error) {
+	cmd := exec.Command("unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private",
+		"sh", "-c", `mount -t tmpfs -o size=64m,mode=0755 relinkd-bench "$1" && exec sleep infinity`, "sh", view)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("container: %w", err)
+	}
+	c := &container{cmd: cmd, view: view}
+	// Its init is unshare's child, ready once it has become sleep
+	// (after the mount).
+	children := fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid)
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		b, _ := os.ReadFile(children)
+		f := strings.Fields(string(b))
+		if len(f) == 0 {
+			continue
+		}
+		pid, _ := strconv.Atoi(f[0])
+		if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); strings.TrimSpace(string(comm)) == "sleep" {
+			c.init, c.started = pid, time.Now()
+			return c, nil
+		}
+	}
+	c.stop()
+	return nil, fmt.Errorf("container: no init after 10s")
+}
+
+func (c *container) stop() {
+	_ = c.cmd.Process.Kill()
+	_ = c.cmd.Wait()
 }

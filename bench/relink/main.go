@@ -147,12 +147,13 @@ func benchFS(ctx context.Context, work, fstype, loop string, runs int, size int6
 			return err
 		}
 		t1 := time.Now()
-		res, err := eng.Rescue(ctx, p, relink.Destination{Root: root, Rel: "app.log." + strconv.Itoa(i)})
+		rs, err := eng.Rescue(ctx, p, relink.Destination{Root: root, Rel: "app.log." + strconv.Itoa(i)})
 		t2 := time.Now()
 		p.Close()
 		if err != nil {
 			return err
 		}
+		res := rs.Result()
 		if res.Bytes != size {
 			return fmt.Errorf("rescued %d bytes, want %d", res.Bytes, size)
 		}

@@ -27,6 +27,8 @@ import (
 func cmdDoctor(ctx context.Context, e env, args []string) error {
 	fl := newFlagSet("doctor")
 	configPath := fl.String("config", "", "configuration `file` (default /etc/relinkd/relinkd.yaml, else embedded)")
+	var hf hostFlags
+	hf.add(fl)
 	pos, err := parseArgs(e.stdout, fl, "[FLAGS]", args)
 	if err != nil {
 		return err
@@ -34,11 +36,15 @@ func cmdDoctor(ctx context.Context, e env, args []string) error {
 	if len(pos) > 0 {
 		return fmt.Errorf("%w: doctor takes no arguments", errUsage)
 	}
+	mode, err := hf.resolve(fl)
+	if err != nil {
+		return err
+	}
 	cfg, source, err := policy.Resolve(*configPath)
 	if err != nil {
 		return err
 	}
-	p := policy.New(cfg, zap.NewNop())
+	p := policy.New(cfg, zap.NewNop(), mode.policyOptions()...)
 	host, err := p.HostMounts()
 	if err != nil {
 		return err
@@ -68,6 +74,11 @@ func cmdDoctor(ctx context.Context, e env, args []string) error {
 	fmt.Fprintln(w, "\nkernel features")
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	probeDir := existingDir(firstOr(cfg.Rescue.Dirs, os.TempDir()))
+	if mode.hostRoot != "" {
+		// Container mode: the rescue roots are the host's, below the
+		// host root (the container's own root is often read-only).
+		probeDir = p.Via() + existingHostDir(p, firstOr(cfg.Rescue.Dirs, "/tmp"))
+	}
 	for _, f := range []struct {
 		name, why string
 		err       error
@@ -120,6 +131,12 @@ func cmdDoctor(ctx context.Context, e env, args []string) error {
 		}
 		c := &scanner.Candidate{PID: pid, MntID: m.ID, Dev: unix.Mkdev(m.Major, m.Minor),
 			Path: []byte(filepath.Join(m.MountPoint, "x"))}
+		if mode.hostRoot != "" {
+			// Container mode lists relinkd's own copies of the host's
+			// mounts; a holder's file is on the host's mount, never on
+			// one of them (so link cannot work), and is placed by device.
+			c.MntID = 0
+		}
 		loc, lerr := p.Locate(c)
 		var where, root string
 		if lerr == nil {

@@ -150,6 +150,7 @@ type listOptions struct {
 	asJSON     bool
 	since      time.Duration
 	globs      []string
+	mode       hostMode
 }
 
 const listSynopsis = "[FLAGS] [--] [GLOB…]"
@@ -160,8 +161,13 @@ func parseListArgs(e env, args []string) (listOptions, error) {
 	fl.StringVar(&o.configPath, "config", "", "configuration `file` (default /etc/relinkd/relinkd.yaml, else embedded)")
 	fl.BoolVar(&o.asJSON, "json", false, "print one JSON object per line")
 	since := fl.String("since", "", "only files rescued within `DURATION` (30m, 12h, 7d …)")
+	var hf hostFlags
+	hf.add(fl)
 	globs, err := parseArgs(e.stdout, fl, listSynopsis, args)
 	if err != nil {
+		return o, err
+	}
+	if o.mode, err = hf.resolve(fl); err != nil {
 		return o, err
 	}
 	for _, g := range globs {
@@ -193,7 +199,7 @@ func cmdList(_ context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	pol := policy.New(cfg, zap.NewNop())
+	pol := policy.New(cfg, zap.NewNop(), o.mode.policyOptions()...)
 	all, errs := findRescues(pol)
 	var rs []rescue
 	cut := time.Now().Add(-o.since)

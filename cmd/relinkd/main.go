@@ -35,6 +35,8 @@ commands:
                [--] RESCUED_OR_GLOB…                put rescued files back
   version                                           version, commit, Go version
 
+Container mode: run, scan, rescue, doctor, list and restore take
+--host-root DIR when the host's root is mounted at DIR (a DaemonSet's /host).
 Flags may come before or after positional arguments; COMMAND -h shows them.
 `
 

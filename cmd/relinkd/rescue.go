@@ -41,7 +41,7 @@ func cmdRescue(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	sc := scanner.New(scanner.Options{ProcRoot: o.procRoot, Backend: cfg.Scan.Backend}, log)
+	sc := scanner.New(scanner.Options{ProcRoot: o.mode.procRoot, Backend: cfg.Scan.Backend}, log)
 	defer sc.Close()
 	var res scanner.Result
 	if o.pid > 0 {
@@ -54,14 +54,14 @@ func cmdRescue(ctx context.Context, e env, args []string) error {
 	}
 	r := &rescuer{
 		o: o, cfg: cfg, log: log,
-		pol:  policy.New(cfg, log, policy.WithProcRoot(o.procRoot)),
-		eng:  relink.New(relink.Options{ProcRoot: o.procRoot, Methods: methods, Sidecar: true}, log),
+		pol:  policy.New(cfg, log, o.mode.policyOptions()...),
+		eng:  relink.New(relink.Options{ProcRoot: o.mode.procRoot, Methods: methods, Sidecar: true}, log),
 		out:  &reporter{w: e.stdout, json: o.asJSON},
 		seen: map[scanner.Key]bool{},
 	}
 	r.decider = r.pol
 	if o.to != "" {
-		r.decider = policyTo(cfg, o.to, o.procRoot, log)
+		r.decider = policy.New(cfg, log, append(o.mode.policyOptions(), policy.WithOnlyRoot(o.to))...)
 	}
 	for i := range res.Candidates {
 		if err := r.consider(ctx, &res.Candidates[i]); err != nil {
@@ -74,10 +74,11 @@ func cmdRescue(ctx context.Context, e env, args []string) error {
 
 // rescueOptions are the flags and globs of `relinkd rescue`.
 type rescueOptions struct {
-	configPath, to, procRoot, logLevel string
-	pid, fd                            int
-	asJSON, follow                     bool
-	globs                              []string
+	configPath, to, logLevel string
+	mode                     hostMode
+	pid, fd                  int
+	asJSON, follow           bool
+	globs                    []string
 }
 
 // explicit reports whether files were selected by glob, --pid or --fd.
@@ -118,13 +119,17 @@ func parseRescueArgs(e env, args []string) (rescueOptions, error) {
 	fl.IntVar(&o.fd, "fd", -1, "only descriptor `N` (with --pid)")
 	fl.BoolVar(&o.asJSON, "json", false, "print one JSON object per line")
 	fl.BoolVar(&o.follow, "follow", false, "keep appending what writers add until the last one closes the file")
-	fl.StringVar(&o.procRoot, "proc", "/proc", "procfs mount `point`")
+	var hf hostFlags
+	hf.add(fl)
 	fl.StringVar(&o.logLevel, "log-level", "", "also log events as JSON on stderr at `LEVEL` (debug, info, warn, error)")
 	globs, err := parseArgs(e.stdout, fl, rescueSynopsis, args)
 	if err != nil {
 		return o, err
 	}
 	o.globs = globs
+	if o.mode, err = hf.resolve(fl); err != nil {
+		return o, err
+	}
 	for _, g := range globs {
 		if !doublestar.ValidatePattern(g) {
 			return o, fmt.Errorf("%w: bad glob %q", errUsage, g)
@@ -159,7 +164,7 @@ type rescuer struct {
 	// decider decides without an explicit selection: pol, or with --to
 	// a policy whose only location is --to.
 	decider *policy.Policy
-	eng     *relink.Engine // for an explicit selection
+	eng     *relink.Engine // the one engine: the configured methods unless a plan names its own
 	out     *reporter
 	seen    map[scanner.Key]bool
 	follows sync.WaitGroup
@@ -183,8 +188,7 @@ func (r *rescuer) verdict(stderr io.Writer) error {
 
 // plan is how one file is rescued.
 type plan struct {
-	eng  *relink.Engine
-	dest relink.Destination
+	dest relink.Destination // where, and by which methods
 	// release gives back what the policy reserved for the file when it
 	// is not rescued after all.
 	release func()
@@ -200,7 +204,7 @@ type plan struct {
 // to the pinned file, whose name and inode the engine read through its
 // own descriptor (relink.Pin refuses one that is not c).
 func (r *rescuer) consider(ctx context.Context, c *scanner.Candidate) error {
-	if !r.wants(c) {
+	if _, ok := r.wants(c); !ok {
 		return nil
 	}
 	if err := ctx.Err(); err != nil {
@@ -222,16 +226,16 @@ func (r *rescuer) consider(ctx context.Context, c *scanner.Candidate) error {
 		return nil
 	}
 	pc := p.Candidate()
-	if !r.wants(&pc) {
+	rule, ok := r.wants(&pc)
+	if !ok {
 		p.Close()
 		return nil
 	}
 	var pl plan
-	var ok bool
 	if r.o.explicit() {
-		pl, ok = r.planExplicit(&pc)
+		pl, ok = r.planExplicit(&pc, rule)
 	} else {
-		pl, ok, err = r.planDecided(&pc)
+		pl, ok, err = r.planDecided(&pc, rule)
 	}
 	if !ok || err != nil {
 		p.Close()
@@ -243,42 +247,38 @@ func (r *rescuer) consider(ctx context.Context, c *scanner.Candidate) error {
 }
 
 // wants reports whether c is selected, not seen yet and, without an
-// explicit selection, matched by a rule.
-func (r *rescuer) wants(c *scanner.Candidate) bool {
+// explicit selection, matched by a rule; and the rule that matches it, if
+// any (matched once: the decision takes it from here).
+func (r *rescuer) wants(c *scanner.Candidate) (policy.Rule, bool) {
 	if !r.o.selects(c) || r.seen[c.Key()] {
-		return false
+		return policy.Rule{}, false
 	}
-	if !r.o.explicit() {
-		// The configured policy still keeps its own rescue directories
-		// out when --to replaces them.
-		if _, ok := r.pol.Match(c); !ok {
-			return false
-		}
+	// The configured policy still keeps its own rescue directories out
+	// when --to replaces them, and --to is kept out too.
+	rule, ok := r.pol.Match(c)
+	if ok && r.decider != r.pol && r.decider.InRescueDir(c) {
+		ok = false
 	}
-	return true
+	return rule, ok || r.o.explicit()
 }
 
 // planExplicit rescues what the selection names, to --to or the
 // configured location, with only min_free as a limit.
-func (r *rescuer) planExplicit(c *scanner.Candidate) (plan, bool) {
-	rule := ""
-	if rl, ok := r.pol.Match(c); ok {
-		rule = rl.Name
-	}
-	dest, err := destination(c, r.o.to, rule, r.cfg, r.pol)
+func (r *rescuer) planExplicit(c *scanner.Candidate, rule policy.Rule) (plan, bool) {
+	dest, err := destination(c, r.o.to, rule.Name, r.cfg, r.pol)
 	if err != nil {
 		r.seen[c.Key()] = true
 		r.out.failed(c, err)
 		return plan{}, false
 	}
-	return plan{eng: r.eng, dest: dest, release: func() {}}, true
+	return plan{dest: dest, release: func() {}}, true
 }
 
 // planDecided does what the daemon would do now: its policy decides
 // (rules, max_file_size, max_total_size, per_user, min_free, methods),
 // with --to as the only location when given. It reports skips itself.
-func (r *rescuer) planDecided(c *scanner.Candidate) (plan, bool, error) {
-	d := r.decider.Decide(c)
+func (r *rescuer) planDecided(c *scanner.Candidate, rule policy.Rule) (plan, bool, error) {
+	d := r.decider.DecideRule(c, rule)
 	switch d.Action {
 	case policy.Rescue:
 	case policy.Skip:
@@ -301,9 +301,8 @@ func (r *rescuer) planDecided(c *scanner.Candidate) (plan, bool, error) {
 		return plan{}, false, err
 	}
 	return plan{
-		eng: relink.New(relink.Options{ProcRoot: r.o.procRoot, Methods: ms, Sidecar: true}, r.log),
 		dest: relink.Destination{Root: d.Root, Via: d.Via, Rel: d.Rel, MinFreeBytes: d.MinFreeBytes, Rule: d.Rule,
-			NoRoomToCopy: d.NoRoomToCopy, Beneath: d.Beneath},
+			NoRoomToCopy: d.NoRoomToCopy, Beneath: d.Beneath, Methods: ms},
 		release: func() { r.decider.Release(c, d) },
 	}, true, nil
 }
@@ -311,27 +310,30 @@ func (r *rescuer) planDecided(c *scanner.Candidate) (plan, bool, error) {
 // rescue rescues the pinned c by pl, then follows it in the background
 // with --follow. It closes p.
 func (r *rescuer) rescue(ctx context.Context, c *scanner.Candidate, p *relink.Pin, pl plan) {
-	res, err := pl.eng.Rescue(ctx, p, pl.dest)
+	rs, err := r.eng.Rescue(ctx, p, pl.dest)
 	if err != nil {
 		pl.release()
-	}
-	if err != nil || !r.o.follow {
 		p.Close()
-		r.out.result(c, res, err)
+		r.out.result(c, relink.Result{}, err)
+		return
+	}
+	if !r.o.follow {
+		rs.Close()
+		r.out.result(c, rs.Result(), nil)
 		return
 	}
 	r.follows.Add(1)
 	go func() {
 		defer r.follows.Done()
-		defer p.Close()
-		r.follow(ctx, c, pl.eng, p)
+		defer rs.Close()
+		r.follow(ctx, c, rs)
 	}()
 }
 
 // follow appends what writers add to the rescued c until the last one
 // closes it, and reports the result.
-func (r *rescuer) follow(ctx context.Context, c *scanner.Candidate, eng *relink.Engine, p *relink.Pin) {
-	res, err := eng.Follow(ctx, p)
+func (r *rescuer) follow(ctx context.Context, c *scanner.Candidate, rs *relink.Rescued) {
+	res, err := rs.Follow(ctx)
 	switch {
 	case err == nil:
 		r.out.result(c, res, nil)
@@ -342,18 +344,6 @@ func (r *rescuer) follow(ctx context.Context, c *scanner.Candidate, eng *relink.
 	default:
 		r.out.failed(c, err)
 	}
-}
-
-// policyTo returns a policy that decides as cfg does but whose only rescue
-// location is dir, on any filesystem: the rules, max_file_size, per_user
-// and the methods that can work there still apply, and min_free and
-// max_total_size are measured on dir.
-func policyTo(cfg *policy.Config, dir, procRoot string, log *zap.Logger) *policy.Policy {
-	c := *cfg
-	c.Rescue.Dirs = []string{dir}
-	c.Rescue.FSDir = ""
-	c.Rescue.CrossFS = true
-	return policy.New(&c, log, policy.WithProcRoot(procRoot))
 }
 
 func parseMethods(names []string) ([]relink.Method, error) {

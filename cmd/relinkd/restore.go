@@ -29,6 +29,7 @@ type restoreOptions struct {
 	configPath, to, logLevel string
 	force, dryRun, asJSON    bool
 	args                     []string
+	mode                     hostMode
 }
 
 const restoreSynopsis = "[FLAGS] [--] RESCUED_OR_GLOB…"
@@ -42,8 +43,13 @@ func parseRestoreArgs(e env, args []string) (restoreOptions, error) {
 	fl.BoolVar(&o.dryRun, "dry-run", false, "say what would be done; write nothing")
 	fl.BoolVar(&o.asJSON, "json", false, "print one JSON object per line")
 	fl.StringVar(&o.logLevel, "log-level", "", "also log events as JSON on stderr at `LEVEL` (debug, info, warn, error)")
+	var hf hostFlags
+	hf.add(fl)
 	pos, err := parseArgs(e.stdout, fl, restoreSynopsis, args)
 	if err != nil {
+		return o, err
+	}
+	if o.mode, err = hf.resolve(fl); err != nil {
 		return o, err
 	}
 	if len(pos) == 0 {
@@ -91,8 +97,8 @@ func cmdRestore(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	pol := policy.New(cfg, log)
-	eng := relink.New(relink.Options{Methods: methods}, log)
+	pol := policy.New(cfg, log, o.mode.policyOptions()...)
+	eng := relink.New(relink.Options{ProcRoot: o.mode.procRoot, Methods: methods}, log)
 	all, errs := findRescues(pol)
 	for _, err := range errs {
 		fmt.Fprintf(e.stderr, "relinkd: %v\n", err)

@@ -22,12 +22,18 @@ import (
 func cmdRun(ctx context.Context, e env, args []string) error {
 	fl := newFlagSet("run")
 	configPath := fl.String("config", "", "configuration `file` (default "+policy.DefaultPath+" if present, else the embedded default)")
+	var hf hostFlags
+	hf.add(fl)
 	pos, err := parseArgs(e.stdout, fl, "[FLAGS]", args)
 	if err != nil {
 		return err
 	}
 	if len(pos) > 0 {
 		return fmt.Errorf("%w: run takes no arguments (got %q)", errUsage, pos)
+	}
+	mode, err := hf.resolve(fl)
+	if err != nil {
+		return err
 	}
 
 	// Subscribe to SIGHUP before anything else, so that a reload sent
@@ -49,6 +55,8 @@ func cmdRun(ctx context.Context, e env, args []string) error {
 	opt := daemon.Options{
 		Config:       cfg,
 		ConfigPath:   source,
+		ProcRoot:     mode.procRoot,
+		HostRoot:     mode.hostRoot,
 		Version:      version,
 		FSTimeout:    time.Duration(cfg.Scan.FSTimeout),
 		StallTimeout: time.Duration(cfg.Scan.StallTimeout),

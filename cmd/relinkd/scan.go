@@ -27,7 +27,8 @@ func cmdScan(ctx context.Context, e env, args []string) error {
 	configPath := fl.String("config", "", "configuration `file` (default /etc/relinkd/relinkd.yaml, else embedded)")
 	all := fl.Bool("all", false, "list every deleted-but-open file, ignoring the watch rules")
 	asJSON := fl.Bool("json", false, "print one JSON object per line")
-	procRoot := fl.String("proc", "/proc", "procfs mount `point`")
+	var hf hostFlags
+	hf.add(fl)
 	pos, err := parseArgs(e.stdout, fl, "[FLAGS]", args)
 	if err != nil {
 		return err
@@ -35,11 +36,15 @@ func cmdScan(ctx context.Context, e env, args []string) error {
 	if len(pos) > 0 {
 		return fmt.Errorf("%w: scan takes no arguments", errUsage)
 	}
+	mode, err := hf.resolve(fl)
+	if err != nil {
+		return err
+	}
 	cfg, _, err := policy.Resolve(*configPath)
 	if err != nil {
 		return err
 	}
-	pol := policy.New(cfg, zap.NewNop())
+	pol := policy.New(cfg, zap.NewNop(), mode.policyOptions()...)
 	match := ruleMatcher(pol, *all)
 	// A filesystem that does not answer must not hang the listing: the
 	// stat that confirms a deletion is bounded (scan.fs_timeout) and what
@@ -49,7 +54,7 @@ func cmdScan(ctx context.Context, e env, args []string) error {
 		timeout = fsguard.DefaultTimeout
 	}
 	guard := fsguard.New(fsguard.Options{Timeout: timeout}, zap.NewNop())
-	sc := scanner.New(scanner.Options{ProcRoot: *procRoot, Guard: guard, Backend: cfg.Scan.Backend}, zap.NewNop())
+	sc := scanner.New(scanner.Options{ProcRoot: mode.procRoot, Guard: guard, Backend: cfg.Scan.Backend}, zap.NewNop())
 	defer sc.Close()
 	res, err := sc.Sweep(ctx)
 	if err != nil && !errors.Is(err, context.Canceled) {

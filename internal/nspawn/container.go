@@ -191,9 +191,6 @@ func statusFields(b []byte) map[string]string {
 	return m
 }
 
-// Leader returns the container's PID 1 as the host sees it.
-func (c *Container) Leader() int { return c.leader }
-
 // Console returns what the container has written to its console so far.
 func (c *Container) Console() string { return c.console.String() }
 

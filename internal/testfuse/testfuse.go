@@ -91,8 +91,8 @@ type request struct {
 
 // Mount mounts an empty filesystem at dir (an existing directory) and
 // serves it until the test ends. Cleanup aborts the connection (so every
-// request still waiting, in the test process or in a holder, fails; see
-// IsAbort), unmounts dir with MNT_DETACH and waits for the serving
+// request still waiting, in the test process or in a holder, fails with
+// ECONNABORTED, and one made afterwards with ENOTCONN), unmounts dir with MNT_DETACH and waits for the serving
 // goroutine. It skips without root or /dev/fuse (fails in CI).
 func Mount(t testing.TB, dir string) *Server {
 	t.Helper()
@@ -200,13 +200,6 @@ func (s *Server) Abort() {
 			s.t.Errorf("testfuse: abort %s: %v", s.dir, err)
 		}
 	})
-}
-
-// IsAbort reports whether err is how a call on an aborted connection
-// fails: ECONNABORTED for a request that was waiting at the abort,
-// ENOTCONN for one made afterwards.
-func IsAbort(err error) bool {
-	return errors.Is(err, unix.ECONNABORTED) || errors.Is(err, unix.ENOTCONN)
 }
 
 // Pending returns how many requests are being held unanswered.

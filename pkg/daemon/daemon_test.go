@@ -38,6 +38,7 @@ type harness struct {
 	cancel  context.CancelFunc
 	done    chan error
 	notes   chan string
+	wake    *waker // every log line and pins_held or watch gauge change
 }
 
 func config(t *testing.T, watched, rescued, extraRules, rescueExtra string) *policy.Config {
@@ -67,8 +68,8 @@ rescue:
 
 // hooks run at points of start; either may be nil.
 type hooks struct {
-	beforeRun func(*Daemon) // after New, before Run (to swap a metric)
-	running   func(*Daemon) // once Run was started, before READY=1
+	beforeRun func(*Daemon)  // after New, before Run (to swap a metric)
+	running   func(*harness) // once Run was started, before READY=1
 }
 
 func start(t *testing.T, fstype string, mk func(watched, rescued string) *policy.Config, tweak func(*Options)) *harness {
@@ -85,8 +86,6 @@ func startHooked(t *testing.T, fstype string, mk func(watched, rescued string) *
 	if err := os.MkdirAll(h.watched, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	core, logs := observer.New(zapcore.DebugLevel)
-	h.logs = logs
 	opt := Options{
 		Config: mk(h.watched, h.rescued),
 		Notify: func(s string) { h.notes <- s },
@@ -94,7 +93,18 @@ func startHooked(t *testing.T, fstype string, mk func(watched, rescued string) *
 	if tweak != nil {
 		tweak(&opt)
 	}
-	d, err := New(opt, zap.New(core))
+	h.run(opt, hk)
+	return h
+}
+
+// run starts a daemon with opt and waits for READY=1.
+func (h *harness) run(opt Options, hk hooks) {
+	t := h.t
+	t.Helper()
+	h.wake = newWaker()
+	core, logs := observer.New(zapcore.DebugLevel)
+	h.logs = logs
+	d, err := New(opt, zap.New(wakeCore{core, h.wake}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,16 +112,17 @@ func startHooked(t *testing.T, fstype string, mk func(watched, rescued string) *
 	if hk.beforeRun != nil {
 		hk.beforeRun(d)
 	}
+	d.m.PinsHeld = wakeGauge{d.m.PinsHeld, h.wake}
+	d.m.Watches = wakeGauge{d.m.Watches, h.wake}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	go func() { h.done <- d.Run(ctx) }()
 	t.Cleanup(h.stop)
 	t.Cleanup(h.dump)
 	if hk.running != nil {
-		hk.running(d)
+		hk.running(h)
 	}
 	h.note("READY=1")
-	return h
 }
 
 func (h *harness) note(want string) {
@@ -155,20 +166,22 @@ func (h *harness) stop() {
 	}
 }
 
-// wait polls the observed logs until n entries match.
+// wait waits until n logged entries match.
 func (h *harness) wait(what string, n int, match func(observer.LoggedEntry) bool) []observer.LoggedEntry {
 	h.t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		got := h.logs.Filter(match).All()
-		if len(got) >= n {
-			return got
-		}
-		if time.Now().After(deadline) {
-			h.t.Fatalf("timed out waiting for %d × %s (have %d)", n, what, len(got))
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	var got []observer.LoggedEntry
+	h.wake.until(h.t, fmt.Sprintf("%d × %s", n, what), func() bool {
+		got = h.logs.Filter(match).All()
+		return len(got) >= n
+	})
+	return got
+}
+
+// waitFor waits until cond holds, checking it at every log line and gauge
+// change.
+func (h *harness) waitFor(what string, cond func() bool) {
+	h.t.Helper()
+	h.wake.until(h.t, what, cond)
 }
 
 func msgPath(msg, path string) func(observer.LoggedEntry) bool {
@@ -185,17 +198,15 @@ func field(e observer.LoggedEntry, key string) any {
 	return e.ContextMap()[key]
 }
 
-// fullSweeps waits for n more full sweeps than now.
+// fullSweeps waits for n more full sweeps than now, each done to its end:
+// a full sweep logs "sweep" (kind full) once it has considered its
+// candidates and forgotten what it did not see. (The sweep counter is
+// bumped before that, so it is no sign that the sweep is over.)
 func (h *harness) fullSweeps(n int) {
 	h.t.Helper()
-	before := value(h.d.m.Sweeps.WithLabelValues("full"))
-	deadline := time.Now().Add(20 * time.Second)
-	for value(h.d.m.Sweeps.WithLabelValues("full")) < before+float64(n) {
-		if time.Now().After(deadline) {
-			h.t.Fatalf("no %d more full sweeps", n)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	done := func(e observer.LoggedEntry) bool { return e.Message == "sweep" && field(e, "kind") == "full" }
+	before := h.logs.Filter(done).Len()
+	h.wait(fmt.Sprintf("%d more full sweeps", n), before+n, done)
 }
 
 func write(t *testing.T, path, data string) {
@@ -367,7 +378,7 @@ func TestInodeReuse(t *testing.T) {
 	hold.Exit(t)
 	// The inode is freed once its last descriptor closes: the holder's
 	// (it exited) and the daemon's pin, released just after the event.
-	waitFor(t, "the pin's release", func() bool { return value(h.d.m.PinsHeld) == 0 })
+	h.waitFor("the pin's release", func() bool { return value(h.d.m.PinsHeld) == 0 })
 	// ext4 gives a new file the lowest free inode of its directory's
 	// group (find_inode_bit), which is now the freed one unless a
 	// lower one was freed too; the files made meanwhile are kept, so

@@ -27,22 +27,11 @@ func msg(m string) func(observer.LoggedEntry) bool {
 	return func(e observer.LoggedEntry) bool { return e.Message == m }
 }
 
-// waitFor polls cond until it holds, failing after 20 s with what.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-// waitWatcher waits until Run has created its inotify instance.
-func waitWatcher(t *testing.T, d *Daemon) {
-	t.Helper()
-	waitFor(t, "the watcher", func() bool { return d.getWatcher() != nil })
+// waitWatcher waits until Run has created its inotify instance (the
+// first full sweep, which logs, comes after).
+func waitWatcher(h *harness) {
+	h.t.Helper()
+	h.waitFor("the watcher", func() bool { return h.d.trees.watcher() != nil })
 }
 
 // TestOverflow: with a 4-event inotify queue, directories created in a
@@ -53,7 +42,7 @@ func waitWatcher(t *testing.T, d *Daemon) {
 func TestOverflow(t *testing.T) {
 	restore := watchtest.LowQueue(t, 4)
 	h := startHooked(t, "tmpfs", func(w, r string) *policy.Config { return config(t, w, r, "", "") }, nil,
-		hooks{running: func(d *Daemon) { waitWatcher(t, d); restore() }})
+		hooks{running: func(h *harness) { waitWatcher(h); restore() }})
 	restore()
 	fullBefore := value(h.d.m.Sweeps.WithLabelValues("full"))
 
@@ -73,14 +62,24 @@ func TestOverflow(t *testing.T) {
 			}
 			dirs = append(dirs, d)
 		}
-		deadline := time.Now().Add(time.Second)
-		for time.Now().Before(deadline) && len(h.logs.FilterMessage("inotify queue overflowed; rescanning watched trees").All()) == 0 {
-			time.Sleep(5 * time.Millisecond)
+		// A second for the overflow's warning, woken by every log line.
+		deadline := time.After(time.Second)
+	burst:
+		for {
+			ch := h.wake.C()
+			if len(h.logs.FilterMessage("inotify queue overflowed; rescanning watched trees").All()) > 0 {
+				break
+			}
+			select {
+			case <-ch:
+			case <-deadline:
+				break burst
+			}
 		}
 	}
 	want := len(dirs) + 1 // and the root
-	waitFor(t, fmt.Sprintf("%d watches", want), func() bool { return h.d.getWatcher().Watches() == want })
-	waitFor(t, "the watch gauge", func() bool { return value(h.d.m.Watches) == float64(want) })
+	h.waitFor(fmt.Sprintf("%d watches", want), func() bool { return h.d.trees.watcher().Watches() == want })
+	h.waitFor("the watch gauge", func() bool { return value(h.d.m.Watches) == float64(want) })
 
 	// One warning per overflow handled, each counting the overflows it
 	// covers; a later one may still be on its way, so both are re-read.
@@ -94,11 +93,11 @@ func TestOverflow(t *testing.T) {
 		}
 		return n
 	}
-	waitFor(t, "the overflow counter to match the warnings", func() bool {
+	h.waitFor("the overflow counter to match the warnings", func() bool {
 		return value(h.d.m.Overflows) == float64(warnings())
 	})
 	// Sweeps are an hour apart: only the overflow can start one now.
-	waitFor(t, "a full sweep after the overflow", func() bool {
+	h.waitFor("a full sweep after the overflow", func() bool {
 		return value(h.d.m.Sweeps.WithLabelValues("full")) > fullBefore
 	})
 	if got := value(h.d.m.Events); got != 0 {
@@ -184,6 +183,9 @@ func TestRetryFailed(t *testing.T) {
 
 	// The first attempt, and a retry a sweep interval later.
 	h.wait("two failed attempts", 2, msgPath("rescue failed", p))
+	// The engine logs "rescue failed"; the daemon counts the failure
+	// after it, then releases the pin (pins_held wakes the wait).
+	h.waitFor("the failures counted", func() bool { return value(h.d.m.Failures) >= 2 })
 	if got := value(h.d.m.Failures); got < 2 {
 		t.Errorf("rescue_failures_total = %v, want at least 2", got)
 	}
@@ -299,7 +301,7 @@ func queueJobs(t *testing.T, n int) (*Daemon, *observer.ObservedLogs) {
 	for i := range res.Candidates {
 		d.consider(&res.Candidates[i], now)
 	}
-	if got := len(d.jobs); got != n {
+	if got := len(d.workers.jobs); got != n {
 		t.Fatalf("%d jobs queued, want %d", got, n)
 	}
 	return d, logs
@@ -314,8 +316,8 @@ func TestShutdownReleasesQueued(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	var wg sync.WaitGroup
-	for len(d.jobs) > 0 {
-		d.worker(ctx, &wg, &slot{})
+	for len(d.workers.jobs) > 0 {
+		d.workers.work(ctx, &wg, &slot{})
 	}
 	wg.Wait()
 	for _, m := range []string{"rescue failed", "rescue cancelled", "file rescued"} {
@@ -329,8 +331,8 @@ func TestShutdownReleasesQueued(t *testing.T) {
 	if got := value(d.m.PinsHeld); got != 0 {
 		t.Errorf("pins_held = %v, want 0", got)
 	}
-	if len(d.inodes) != 0 {
-		t.Errorf("%d inodes still known after their jobs were abandoned, want 0", len(d.inodes))
+	if n := d.ledger.len(); n != 0 {
+		t.Errorf("%d inodes still known after their jobs were abandoned, want 0", n)
 	}
 }
 
@@ -342,7 +344,7 @@ func TestCancelledRescueIsNoFailure(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	var wg sync.WaitGroup
-	d.rescue(ctx, <-d.jobs, &wg, nil)
+	d.rescue(ctx, <-d.workers.jobs, &wg, nil)
 	wg.Wait()
 	if n := logs.FilterMessage("rescue failed").Len(); n != 0 {
 		t.Errorf(`%d "rescue failed" events for a cancelled rescue, want 0: %v`, n, logs.FilterMessage("rescue failed").All())
@@ -371,18 +373,8 @@ func TestHoldersPruned(t *testing.T) {
 	b := testproc.Start(t, testproc.Open(p, "r"), testproc.Unlink(p))
 	h.wait("file rescued", 1, msgPath("file rescued", p))
 	// Sweeps see every process on the host: look at this file only.
-	holders := func() []int {
-		h.d.mu.Lock()
-		defer h.d.mu.Unlock()
-		var pids []int
-		if in, ok := h.d.inodes[key]; ok {
-			for hid := range in.holders {
-				pids = append(pids, hid.pid)
-			}
-		}
-		return pids
-	}
-	waitFor(t, "both holders known", func() bool { return len(holders()) == 2 })
+	holders := func() []int { return h.d.ledger.holders(key) }
+	h.waitFor("both holders known", func() bool { return len(holders()) == 2 })
 	b.Exit(t)
 	h.fullSweeps(2)
 	if got := holders(); len(got) != 1 || got[0] != a.PID {
@@ -421,11 +413,11 @@ func TestPruneWaitsForRescue(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.publishing.RLock() // a rescue in flight
+	d.retention.publishing.RLock() // a rescue in flight
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		d.pruneAll(context.Background())
+		d.retention.pruneAll(context.Background())
 	}()
 	select {
 	case <-done:
@@ -435,7 +427,7 @@ func TestPruneWaitsForRescue(t *testing.T) {
 	if _, err := os.Stat(dir); err != nil {
 		t.Fatalf("the rescue's directory went during the rescue: %v", err)
 	}
-	d.publishing.RUnlock()
+	d.retention.publishing.RUnlock()
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):

@@ -47,11 +47,34 @@ type prior struct {
 
 func (p *prior) rescuedTo() string { return p.root + "/" + p.rel }
 
+// priors is the index of the rescues made before this start whose source
+// is still held, by the source's inode. It only shrinks once loaded. Safe
+// for concurrent use; mu guards byKey. loaded is the first full sweep's:
+// read and set under Daemon.considerMu.
+type priors struct {
+	mu     sync.Mutex
+	byKey  map[scanner.Key][]*prior
+	loaded bool
+}
+
+// load marks the index loaded and reports whether it was not before
+// (the first full sweep loads it).
+func (x *priors) load() bool {
+	first := !x.loaded
+	x.loaded = true
+	return first
+}
+
+func (x *priors) set(index map[scanner.Key][]*prior) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.byKey = index
+}
+
 // loadPrior reads the sidecars of every known rescue root and keeps those
 // whose source is one of cands (nothing else can matter: a file not held
 // now is never held again). It runs once, at the first full sweep.
 func (d *Daemon) loadPrior(ctx context.Context, cands []scanner.Candidate) {
-	d.priorLoaded = true
 	want := make(map[scanner.Key]bool, len(cands))
 	for i := range cands {
 		want[cands[i].Key()] = true
@@ -121,9 +144,7 @@ wait:
 			break wait
 		}
 	}
-	d.priorMu.Lock()
-	d.prior = index
-	d.priorMu.Unlock()
+	d.priors.set(index)
 	d.log.Debug("rescues before this start", zap.Int("roots", len(roots)), zap.Int("held", n),
 		zap.Duration("duration", time.Since(start)))
 }
@@ -166,44 +187,44 @@ func (d *Daemon) readPrior(pol *policy.Policy, root string, want map[scanner.Key
 	return found, err
 }
 
-// keepPrior drops the earlier rescues whose source the full sweep that
-// found cands did not see held: its inode was freed, its number may go to
+// keep drops the earlier rescues whose source the full sweep that found
+// cands did not see held: its inode was freed, its number may go to
 // another file.
-func (d *Daemon) keepPrior(cands []scanner.Candidate) {
-	d.priorMu.Lock()
-	defer d.priorMu.Unlock()
-	if len(d.prior) == 0 {
-		d.prior = nil
+func (x *priors) keep(cands []scanner.Candidate) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if len(x.byKey) == 0 {
+		x.byKey = nil
 		return
 	}
 	held := make(map[scanner.Key]bool, len(cands))
 	for i := range cands {
 		held[cands[i].Key()] = true
 	}
-	for k := range d.prior {
+	for k := range x.byKey {
 		if !held[k] {
-			delete(d.prior, k)
+			delete(x.byKey, k)
 		}
 	}
 }
 
-// findPrior takes the earlier rescue of the inode key born at btime out
-// of the index (so that it is used once): the newest one, if several
+// find takes the earlier rescue of the inode key born at btime out of
+// the index (so that it is used once): the newest one, if several
 // describe it. A zero btime matches nothing.
-func (d *Daemon) findPrior(key scanner.Key, btime int64) *prior {
+func (x *priors) find(key scanner.Key, btime int64) *prior {
 	if btime == 0 {
 		return nil
 	}
-	d.priorMu.Lock()
-	defer d.priorMu.Unlock()
+	x.mu.Lock()
+	defer x.mu.Unlock()
 	var best *prior
-	for _, p := range d.prior[key] {
+	for _, p := range x.byKey[key] {
 		if p.side.BirthTime == btime && (best == nil || p.side.Time.After(best.side.Time)) {
 			best = p
 		}
 	}
 	if best != nil {
-		delete(d.prior, key)
+		delete(x.byKey, key)
 	}
 	return best
 }
@@ -212,35 +233,28 @@ func (d *Daemon) findPrior(key scanner.Key, btime int64) *prior {
 // it reports whether it did. A finished rescue is recorded as rescued,
 // without a copy, and the pin released; an unfinished follow is queued to
 // be resumed (see resume), still pinned.
-func (d *Daemon) takePrior(c *scanner.Candidate, pin *relink.Pin, btime int64, now time.Time) bool {
-	p := d.findPrior(c.Key(), btime)
+func (d *Daemon) takePrior(c *scanner.Candidate, rule policy.Rule, pin *relink.Pin, btime int64, now time.Time) bool {
+	p := d.priors.find(c.Key(), btime)
 	if p == nil {
 		return false
 	}
 	if p.side.Following && d.config().Rescue.Follow {
-		d.record(c, stQueued, now, btime)
-		size := max(c.Size, 0)
-		d.mu.Lock()
-		d.pins++
-		d.pinned += size
-		d.m.PinsHeld.Set(float64(d.pins))
-		d.m.PinnedBytes.Set(float64(d.pinned))
-		d.mu.Unlock()
+		d.ledger.record(c, stQueued, btime)
+		d.budget.take(max(c.Size, 0))
 		// Never blocks: the queue has room for MaxPins jobs.
-		d.jobs <- &job{c: *c, pin: pin, found: now, prior: p}
+		d.workers.queue(&job{c: *c, rule: rule, pin: pin, found: now, prior: p})
 		return true
 	}
 	if err := pin.Close(); err != nil {
 		d.log.Warn("release pin", zap.Int("pid", c.PID), zap.Int("fd", c.FD), zap.Error(err))
 	}
-	d.record(c, stRescued, now, btime)
+	d.ledger.record(c, stRescued, btime)
 	d.alreadyRescued(c, p.rescuedTo(), p.side.Method, false)
 	return true
 }
 
 func (d *Daemon) alreadyRescued(c *scanner.Candidate, to string, m relink.Method, follow bool) {
-	d.log.Info("already rescued", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-		logging.Path("rescued_to", []byte(to)), zap.String("method", string(m)), zap.Bool("follow", follow))
+	d.ev.AlreadyRescued(c, to, string(m), follow)
 }
 
 // resume continues the follow of a job whose file an earlier daemon
@@ -252,16 +266,18 @@ func (d *Daemon) resume(ctx context.Context, j *job, wg *sync.WaitGroup, progres
 	p := j.prior
 	j.prior = nil
 	c := &j.c
-	eng := relink.New(relink.Options{ProcRoot: d.opt.ProcRoot, Sidecar: true, Writers: d.writers, Progress: progress}, d.log)
-	d.publishing.RLock()
-	res, err := eng.Adopt(j.pin, relink.Adoption{Root: p.root, Via: p.via, Rel: p.rel, Sidecar: p.side})
-	d.publishing.RUnlock()
+	var rs *relink.Rescued
+	var err error
+	d.retention.publish(func() {
+		rs, err = d.engine.Adopt(j.pin, relink.Adoption{Root: p.root, Via: p.via, Rel: p.rel, Sidecar: p.side, Progress: progress})
+	})
 	if err != nil {
 		d.log.Warn("follow not resumed; rescuing again", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
 			logging.Path("rescued_to", []byte(p.rescuedTo())), zap.Error(err))
 		d.rescue(ctx, j, wg, progress)
 		return
 	}
+	res := rs.Result()
 	d.alreadyRescued(c, res.Path, res.Method, true)
-	d.follow(ctx, j, eng, res, wg)
+	d.follow(ctx, j, rs, wg)
 }

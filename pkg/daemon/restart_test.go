@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -11,10 +10,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/relinkd/relinkd/internal/layout"
 	"github.com/relinkd/relinkd/internal/testproc"
@@ -32,19 +27,7 @@ func (h *harness) restart() *harness {
 	h.stop()
 	n := &harness{t: t, mnt: h.mnt, watched: h.watched, rescued: h.rescued,
 		done: make(chan error, 1), notes: make(chan string, 64)}
-	core, logs := observer.New(zapcore.DebugLevel)
-	n.logs = logs
-	d, err := New(Options{Config: h.d.opt.Config, Notify: func(s string) { n.notes <- s }}, zap.New(core))
-	if err != nil {
-		t.Fatal(err)
-	}
-	n.d = d
-	ctx, cancel := context.WithCancel(context.Background())
-	n.cancel = cancel
-	go func() { n.done <- d.Run(ctx) }()
-	t.Cleanup(n.stop)
-	t.Cleanup(n.dump)
-	n.note("READY=1")
+	n.run(Options{Config: h.d.opt.Config, Notify: func(s string) { n.notes <- s }}, hooks{})
 	return n
 }
 
@@ -213,7 +196,8 @@ func TestRestartResumesFollow(t *testing.T) {
 	ev := h.wait("file rescued", 1, msgPath("file rescued", p))
 	rescued := field(ev[0], "rescued_to").(string)
 	w.Do(t, testproc.Append(0, 1000, 3, 0))
-	waitFor(t, "the sidecar to say following", func() bool {
+	watchDir(t, h.wake, filepath.Dir(rescued))
+	h.waitFor("the sidecar to say following", func() bool {
 		b, err := os.ReadFile(rescued + layout.SidecarSuffix)
 		if err != nil {
 			return false
@@ -259,8 +243,8 @@ func TestFindPrior(t *testing.T) {
 	old := &prior{rel: "old", side: relink.Sidecar{BirthTime: 7, Time: time.Unix(100, 0)}}
 	newer := &prior{rel: "newer", side: relink.Sidecar{BirthTime: 7, Time: time.Unix(200, 0)}}
 	other := &prior{rel: "other", side: relink.Sidecar{BirthTime: 8, Time: time.Unix(300, 0)}}
-	d := &Daemon{}
-	reset := func() { d.prior = map[scanner.Key][]*prior{k: {old, newer, other}} }
+	x := &priors{}
+	reset := func() { x.set(map[scanner.Key][]*prior{k: {old, newer, other}}) }
 	for _, tt := range []struct {
 		name  string
 		key   scanner.Key
@@ -275,10 +259,10 @@ func TestFindPrior(t *testing.T) {
 	} {
 		t.Run(strings.ReplaceAll(tt.name, " ", "_"), func(t *testing.T) {
 			reset()
-			if got := d.findPrior(tt.key, tt.btime); got != tt.want {
+			if got := x.find(tt.key, tt.btime); got != tt.want {
 				t.Errorf("want %v, got %v", tt.want, got)
 			}
-			if tt.want != nil && d.findPrior(tt.key, tt.btime) != nil {
+			if tt.want != nil && x.find(tt.key, tt.btime) != nil {
 				t.Error("found twice")
 			}
 		})

@@ -16,8 +16,13 @@ import (
 // resolves the path in that namespace), added when the namespace appears
 // and dropped when its last process is gone; the watcher's bound
 // (scan.max_watches) applies to all of them together.
+//
+// In container mode (Options.HostRoot) the daemon's own view is its
+// container's: the host's trees are watched below the host root instead
+// (HOSTROOT/var/log), and events there are named as the host sees them.
 type views struct {
 	procRoot string
+	hostRoot string // "" or the host root of container mode, prefix of the host's watched trees
 	own      string // the daemon's mount namespace, and the host's
 	host     string // PID 1's ("" when unknown)
 
@@ -27,8 +32,11 @@ type views struct {
 	known map[int]bool   // pids whose namespace was looked at, as of the last listing
 }
 
-func newViews(procRoot string) *views {
-	v := &views{procRoot: procRoot, reps: make(map[string]int), known: make(map[int]bool)}
+func newViews(procRoot, hostRoot string) *views {
+	if hostRoot == "/" {
+		hostRoot = ""
+	}
+	v := &views{procRoot: procRoot, hostRoot: strings.TrimSuffix(hostRoot, "/"), reps: make(map[string]int), known: make(map[int]bool)}
 	proc := procfs.New(procRoot)
 	v.own, _ = proc.MountNS("self")
 	v.host, _ = proc.MountNS("1")
@@ -107,7 +115,10 @@ func (v *views) add(listed []int, base []string) (roots []string, changed bool, 
 }
 
 func (v *views) rootsLocked(base []string) ([]string, bool) {
-	roots := slices.Clone(base)
+	roots := make([]string, 0, len(base))
+	for _, r := range base {
+		roots = append(roots, v.hostRoot+r)
+	}
 	for _, rep := range v.reps {
 		prefix := v.procRoot + "/" + strconv.Itoa(rep) + "/root"
 		for _, r := range base {
@@ -135,22 +146,40 @@ func (v *views) namespaces() []string {
 }
 
 // viewOf turns a watched directory back into the path its namespace sees:
-// /proc/PID/root/var/log/app is /var/log/app for the holders there.
+// /proc/PID/root/var/log/app is /var/log/app for the holders there, and in
+// container mode HOSTROOT/var/log/app is the host's /var/log/app (the proc
+// root may itself be below the host root: it is looked at first).
 func (v *views) viewOf(dir string) string {
+	if view, ok := v.procView(dir); ok {
+		return view
+	}
+	if v.hostRoot != "" {
+		if rest, ok := strings.CutPrefix(dir, v.hostRoot); ok && (rest == "" || rest[0] == '/') {
+			if rest == "" {
+				return "/"
+			}
+			return rest
+		}
+	}
+	return dir
+}
+
+// procView is the path that PROC/PID/root/… names in PID's namespace.
+func (v *views) procView(dir string) (string, bool) {
 	rest, ok := strings.CutPrefix(dir, v.procRoot+"/")
 	if !ok {
-		return dir
+		return "", false
 	}
 	pid, after, ok := strings.Cut(rest, "/")
 	if !ok || pid == "" || strings.Trim(pid, "0123456789") != "" {
-		return dir
+		return "", false
 	}
 	view, ok := strings.CutPrefix(after, "root")
 	if !ok || view != "" && view[0] != '/' {
-		return dir
+		return "", false
 	}
 	if view == "" {
-		return "/"
+		return "/", true
 	}
-	return view
+	return view, true
 }

@@ -82,10 +82,13 @@ func rescueAs(t *testing.T, c scanner.Candidate, d Decision) (relink.Result, *by
 		t.Fatalf("pin: %v", err)
 	}
 	defer pin.Close()
-	res, err := eng.Rescue(context.Background(), pin, relink.Destination{
+	rs, err := eng.Rescue(context.Background(), pin, relink.Destination{
 		Root: d.Root, Via: d.Via, Beneath: d.Beneath, Rel: d.Rel, MinFreeBytes: d.MinFreeBytes, Rule: d.Rule,
 	})
-	return res, &buf, err
+	if err != nil {
+		return relink.Result{}, &buf, err
+	}
+	return rs.Result(), &buf, nil
 }
 
 // event returns the first event with msg in buf.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -70,10 +71,53 @@ func freeSpace(via, path string) (avail, total uint64, err error) {
 // filesystems mounted after start-up. Where the namespaces are the same,
 // or PID 1 cannot be inspected (not root, hidepid), via is "" and relinkd
 // uses its own view.
+//
+// In container mode (WithHostRoot) the host's root is a directory DIR of
+// relinkd's own view, a bind mount of the host's "/" (a Kubernetes
+// hostPath, with the rescue roots bound read-write below it): via is DIR,
+// and the host's mounts are relinkd's own mounts below DIR with DIR taken
+// off their mount points (under). Those are the copies relinkd writes
+// through, so their mount ids are the ones statx(2) gives through DIR,
+// and their read-only flags say where relinkd itself can write, which a
+// container runtime decides mount by mount.
 type hostView struct {
-	via       string // "" or PROC/1/root: prefix of every host path relinkd opens
+	via       string // "", PROC/1/root or the host root DIR: prefix of every host path relinkd opens
 	mountinfo string // the host's mount table
+	under     string // container mode: only mounts at or below this directory of mountinfo, DIR removed
 	note      string // why the own view is used although it may differ, for messages
+}
+
+// mounts returns the host's mount table (see hostView).
+func (v hostView) mounts() ([]Mount, error) {
+	ms, err := procfs.ReadMountInfo(v.mountinfo)
+	if err != nil || v.under == "" {
+		return ms, err
+	}
+	return mountsUnder(ms, v.under), nil
+}
+
+// mountsUnder returns the mounts of ms at or below dir, with dir taken
+// off their mount points: dir's own mount becomes "/".
+func mountsUnder(ms []Mount, dir string) []Mount {
+	var out []Mount
+	for _, m := range ms {
+		rest, ok := strings.CutPrefix(m.MountPoint, dir)
+		if !ok || rest != "" && rest[0] != '/' {
+			continue
+		}
+		if rest == "" {
+			rest = "/"
+		}
+		m.MountPoint = rest
+		out = append(out, m)
+	}
+	return out
+}
+
+// containerView is the host view of container mode: the host's root at
+// dir in relinkd's own mount namespace (see hostView).
+func containerView(proc procfs.FS, dir string) hostView {
+	return hostView{via: dir, mountinfo: proc.Path("self/mountinfo"), under: dir}
 }
 
 func findHostView(proc procfs.FS) hostView {
@@ -160,11 +204,13 @@ func (p *Policy) RootState(root string) (exists bool, err error) {
 }
 
 // HostMounts returns the host's mount table (see Policy.Via).
-func (p *Policy) HostMounts() ([]Mount, error) { return procfs.ReadMountInfo(p.host.mountinfo) }
+func (p *Policy) HostMounts() ([]Mount, error) { return p.host.mounts() }
 
 // HostView describes where relinkd reaches the host's paths, for doctor.
 func (p *Policy) HostView() string {
 	switch {
+	case p.host.under != "":
+		return p.host.via + " (--host-root: the host's root is mounted there; rescue roots are reached through it)"
 	case p.host.via != "":
 		return p.host.via + " (relinkd's mount namespace is not PID 1's: rescue roots are reached in the host's)"
 	case p.host.note != "":

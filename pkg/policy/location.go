@@ -12,7 +12,6 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
-	"github.com/relinkd/relinkd/internal/procfs"
 	"github.com/relinkd/relinkd/pkg/scanner"
 )
 
@@ -133,7 +132,7 @@ func sameSuper(a, b *Mount) bool { return a.Major == b.Major && a.Minor == b.Min
 // returns ErrNoLocation, saying why each candidate root was refused, when
 // none is allowed.
 func (p *Policy) Locate(c *scanner.Candidate) (Location, error) {
-	host, err := procfs.ReadMountInfo(p.host.mountinfo)
+	host, err := p.host.mounts()
 	if err != nil {
 		return Location{}, err
 	}

@@ -80,15 +80,19 @@ type Decision struct {
 
 // Policy decides what to do with candidates. It is safe for concurrent use.
 type Policy struct {
-	cfg   *Config
-	log   *zap.Logger
-	rules []rule
-	proc  procfs.FS
-	host  hostView
-	now   func() time.Time
+	cfg      *Config // what it decides by: given, or given with onlyRoot
+	given    *Config
+	onlyRoot string // WithOnlyRoot
+	log      *zap.Logger
+	rules    []rule
+	proc     procfs.FS
+	host     hostView
+	hostRoot string // WithHostRoot's directory ("" when not given)
+	now      func() time.Time
 
 	mu    sync.Mutex
 	usage map[string]*rootUsage // by rescue root
+	walks map[string]*walk      // roots being measured, outside mu
 	users map[uint32][]grant    // by file owner, within the window
 
 	probes *probes // KnownRoots' looks, shared with the policies that inherit from this one
@@ -98,6 +102,27 @@ type rootUsage struct {
 	bytes  uint64
 	owners map[uint32]uint64 // bytes of rescued files by owner
 	at     time.Time         // when bytes was last measured on disk
+}
+
+// walk is a measurement of a rescue root on disk in progress. It runs
+// without p.mu, so that no worker waits for a disk walk; what Decide
+// grants and Release gives back meanwhile is kept in delta and applied
+// to the walk's result.
+type walk struct {
+	done  chan struct{} // closed when the result is stored
+	delta rootUsage
+}
+
+// add counts size bytes of owner's (negative: given back).
+func (u *rootUsage) add(owner uint32, size int64) {
+	if size >= 0 {
+		u.bytes += uint64(size)
+		u.owners[owner] += uint64(size)
+		return
+	}
+	n := uint64(-size)
+	u.bytes -= min(u.bytes, n)
+	u.owners[owner] -= min(u.owners[owner], n)
 }
 
 // grant is one rescue counted against an owner's per-user cap.
@@ -120,6 +145,23 @@ func WithProcRoot(root string) Option {
 	return func(p *Policy) { p.proc = procfs.New(root) }
 }
 
+// WithHostRoot puts the policy in container mode (relinkd --host-root):
+// the host's root is the directory dir of relinkd's own view, and its
+// mounts are relinkd's mounts below dir (see hostView). "" or "/" leave
+// the host view to be found as usual. Give WithProcRoot first when the
+// proc root is not /proc.
+func WithHostRoot(dir string) Option {
+	return func(p *Policy) { p.hostRoot = path.Clean(dir) }
+}
+
+// WithOnlyRoot makes dir the policy's only rescue location, on any
+// filesystem (`relinkd rescue --to`): the rules, max_file_size, per_user
+// and the methods that can work there still apply, and min_free and
+// max_total_size are measured on dir. Config still returns cfg as given.
+func WithOnlyRoot(dir string) Option {
+	return func(p *Policy) { p.onlyRoot = dir }
+}
+
 // New returns a policy for cfg. User names in rules are resolved now.
 func New(cfg *Config, log *zap.Logger, opts ...Option) *Policy {
 	p := &Policy{
@@ -128,13 +170,26 @@ func New(cfg *Config, log *zap.Logger, opts ...Option) *Policy {
 		rules:  compileRules(cfg.Watch, log),
 		now:    time.Now,
 		usage:  map[string]*rootUsage{},
+		walks:  map[string]*walk{},
 		users:  map[uint32][]grant{},
 		probes: newProbes(),
 	}
 	for _, o := range opts {
 		o(p)
 	}
-	p.host = findHostView(p.proc)
+	p.given = cfg
+	if p.onlyRoot != "" {
+		c := *cfg
+		c.Rescue.Dirs = []string{p.onlyRoot}
+		c.Rescue.FSDir = ""
+		c.Rescue.CrossFS = true
+		p.cfg = &c
+	}
+	if p.hostRoot != "" && p.hostRoot != "/" && p.hostRoot != "." {
+		p.host = containerView(p.proc, p.hostRoot)
+	} else {
+		p.host = findHostView(p.proc)
+	}
 	return p
 }
 
@@ -160,8 +215,9 @@ func (p *Policy) Inherit(old *Policy) {
 }
 
 // Via is the prefix through which relinkd reaches the host paths that
-// Decide and Roots return: "" when its mount namespace is the host's, else
-// /proc/1/root (see hostView).
+// Decide and Roots return: "" when its mount namespace is the host's, the
+// host root of container mode (WithHostRoot), else /proc/1/root (see
+// hostView).
 func (p *Policy) Via() string { return p.host.via }
 
 // FreeSpace is FreeSpace of a host path (see Via).
@@ -170,12 +226,12 @@ func (p *Policy) FreeSpace(root string) (avail, total uint64, err error) {
 }
 
 // Config returns the configuration the policy was built from.
-func (p *Policy) Config() *Config { return p.cfg }
+func (p *Policy) Config() *Config { return p.given }
 
 // Match returns the first rule matching c, without any side effect
 // (for `relinkd scan`). Files inside rescue directories never match.
 func (p *Policy) Match(c *scanner.Candidate) (Rule, bool) {
-	if p.inRescueDir(c) {
+	if p.InRescueDir(c) {
 		return Rule{}, false
 	}
 	for i := range p.rules {
@@ -186,9 +242,9 @@ func (p *Policy) Match(c *scanner.Candidate) (Rule, bool) {
 	return Rule{}, false
 }
 
-// inRescueDir reports whether c's path is in a configured rescue directory
+// InRescueDir reports whether c's path is in a configured rescue directory
 // or in a per-filesystem directory, so relinkd never rescues its own files.
-func (p *Policy) inRescueDir(c *scanner.Candidate) bool {
+func (p *Policy) InRescueDir(c *scanner.Candidate) bool {
 	s := string(c.Path)
 	for _, d := range append(p.cfg.Rescue.Dirs, p.cfg.Rescue.ContainerDir) {
 		if d != "" && isUnder(s, path.Clean(d)) {
@@ -210,6 +266,14 @@ func (p *Policy) Decide(c *scanner.Candidate) Decision {
 	if !ok {
 		return Decision{Action: Ignore, Reason: ReasonPolicy, Detail: "no watch rule matches"}
 	}
+	return p.DecideRule(c, r)
+}
+
+// DecideRule is Decide for a file already matched to r (by Match, on
+// this policy or the one it replaced): the rules are not matched again,
+// so a reload between the match and the decision cannot drop a file
+// already pinned.
+func (p *Policy) DecideRule(c *scanner.Candidate, r Rule) Decision {
 	if r.Action == ActionReport {
 		return Decision{Action: Report, Rule: r.Name}
 	}
@@ -257,15 +321,20 @@ func (p *Policy) Decide(c *scanner.Candidate) Decision {
 		}
 	}
 
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	now := p.now()
 	// A root inside a container (Beneath) is that container's business:
 	// it is not measured, capped or pruned from here (it goes with the
 	// container, and its path means something only in the container).
 	counted := !loc.Beneath
+	share := rc.PerUser.MaxShare
+	shared := share.IsPercent && share.Percent > 0 && c.Owner != 0
+	if counted && (rc.MaxTotalSize != 0 || shared) {
+		p.measure(loc.Root)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := p.now()
 	if rc.MaxTotalSize != 0 && counted {
-		used := p.usedLocked(loc.Root, now)
+		used := p.usageLocked(loc.Root).bytes
 		if used+size > uint64(rc.MaxTotalSize) {
 			return skip(ReasonSpace, "%s holds %d bytes, %d more would pass rescue.max_total_size %s", loc.Root, used, size, rc.MaxTotalSize)
 		}
@@ -291,8 +360,8 @@ func (p *Policy) Decide(c *scanner.Candidate) Decision {
 	}
 	// The share bounds what an unprivileged user can make relinkd keep;
 	// root's own files (the system's logs and data) are not capped by it.
-	if share := rc.PerUser.MaxShare; share.IsPercent && share.Percent > 0 && c.Owner != 0 && counted {
-		held := p.usageLocked(loc.Root, now).owners[c.Owner]
+	if shared && counted {
+		held := p.usageLocked(loc.Root).owners[c.Owner]
 		if limit := share.Floor(total); held+size > limit {
 			p.releaseGrantLocked(c)
 			return skip(ReasonQuota, "uid %d holds %d bytes in %s, %d more would pass per_user.max_share %s of the filesystem (%d bytes)",
@@ -302,8 +371,7 @@ func (p *Policy) Decide(c *scanner.Candidate) Decision {
 	switch u := p.usage[loc.Root]; {
 	case !counted:
 	case u != nil:
-		u.bytes += size
-		u.owners[c.Owner] += size
+		p.countLocked(loc.Root, c.Owner, int64(size))
 	default:
 		// Remember the root for Roots; it is measured when next needed.
 		p.usage[loc.Root] = &rootUsage{owners: map[uint32]uint64{}}
@@ -321,9 +389,8 @@ func (p *Policy) Release(c *scanner.Candidate, d Decision) {
 	size := uint64(max(c.Size, 0))
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if u := p.usage[d.Root]; u != nil && !d.Beneath {
-		u.bytes -= min(u.bytes, size)
-		u.owners[c.Owner] -= min(u.owners[c.Owner], size)
+	if !d.Beneath {
+		p.countLocked(d.Root, c.Owner, -int64(size))
 	}
 	p.releaseGrantLocked(c)
 }
@@ -339,25 +406,68 @@ func (p *Policy) releaseGrantLocked(c *scanner.Candidate) {
 	}
 }
 
-// usedLocked returns the bytes held in root, walking it when the last
-// measurement is older than usageTTL.
-func (p *Policy) usedLocked(root string, now time.Time) uint64 {
-	return p.usageLocked(root, now).bytes
+// countLocked adds size bytes of owner's (negative: gives them back) to
+// root's usage, and to the walk of root in progress, if any.
+func (p *Policy) countLocked(root string, owner uint32, size int64) {
+	if u := p.usage[root]; u != nil {
+		u.add(owner, size)
+	}
+	if w := p.walks[root]; w != nil {
+		w.delta.add(owner, size)
+	}
 }
 
-// usageLocked returns root's usage, walking it when the last measurement
-// is older than usageTTL.
-func (p *Policy) usageLocked(root string, now time.Time) *rootUsage {
-	u := p.usage[root]
-	if u == nil || now.Sub(u.at) > usageTTL {
+// usageLocked returns root's usage as last measured (measure), with what
+// was granted since; nothing when it was never measured.
+func (p *Policy) usageLocked(root string) rootUsage {
+	if u := p.usage[root]; u != nil {
+		return *u
+	}
+	return rootUsage{}
+}
+
+// measure walks root on disk when its last measurement is older than
+// usageTTL, without holding p.mu. One walk of a root runs at a time:
+// others who need it wait for its result.
+func (p *Policy) measure(root string) {
+	for {
+		p.mu.Lock()
+		if u := p.usage[root]; u != nil && p.now().Sub(u.at) <= usageTTL {
+			p.mu.Unlock()
+			return
+		}
+		if w := p.walks[root]; w != nil {
+			p.mu.Unlock()
+			<-w.done
+			continue
+		}
+		w := &walk{done: make(chan struct{}), delta: rootUsage{owners: map[uint32]uint64{}}}
+		p.walks[root] = w
+		p.mu.Unlock()
+
 		n, owners, err := diskUsage(p.host.via + root)
 		if err != nil && !errors.Is(err, errNotExist) {
 			p.log.Warn("measure rescue root", zap.String("root", root), zap.Error(err))
 		}
-		u = &rootUsage{bytes: n, owners: owners, at: now}
+		if owners == nil {
+			owners = map[uint32]uint64{}
+		}
+		u := &rootUsage{bytes: n, owners: owners}
+		// Grants made while the walk ran; a rescue that finished
+		// meanwhile may be counted twice until the next walk, which
+		// errs on the side of keeping less.
+		u.bytes += w.delta.bytes
+		for uid, b := range w.delta.owners {
+			u.owners[uid] += b
+		}
+		p.mu.Lock()
+		u.at = p.now()
 		p.usage[root] = u
+		delete(p.walks, root)
+		close(w.done)
+		p.mu.Unlock()
+		return
 	}
-	return u
 }
 
 // Roots returns the configured rescue directories, the fs_dir roots that

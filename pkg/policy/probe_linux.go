@@ -84,5 +84,6 @@ func Capabilities() []Capability {
 		{"CAP_DAC_OVERRIDE", unix.CAP_DAC_OVERRIDE, "write into any rescue directory"},
 		{"CAP_FOWNER", unix.CAP_FOWNER, "carry over mode and timestamps"},
 		{"CAP_CHOWN", unix.CAP_CHOWN, "carry over the owner"},
+		{"CAP_LEASE", unix.CAP_LEASE, "ask the kernel whether a followed file is still written"},
 	}
 }

@@ -15,7 +15,6 @@ import (
 
 	"github.com/relinkd/relinkd/internal/eintr"
 	"github.com/relinkd/relinkd/internal/layout"
-	"github.com/relinkd/relinkd/internal/procfs"
 )
 
 // KnownRoots returns every rescue root that may hold rescued files, as
@@ -41,7 +40,7 @@ func (p *Policy) KnownRoots() ([]string, error) {
 	if fsDir == "" {
 		return out, nil
 	}
-	host, err := procfs.ReadMountInfo(p.host.mountinfo)
+	host, err := p.host.mounts()
 	if err != nil {
 		return out, err
 	}

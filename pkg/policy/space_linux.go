@@ -7,7 +7,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/relinkd/relinkd/internal/procfs"
 	"github.com/relinkd/relinkd/pkg/scanner"
 )
 
@@ -50,7 +49,7 @@ type HolderUsage struct {
 // host's mount table once, and a holder's only for a mount the host does
 // not list.
 func (p *Policy) DeletedOpen(cs []scanner.Candidate) []FSUsage {
-	host, _ := procfs.ReadMountInfo(p.host.mountinfo) // without it, files are grouped by device
+	host, _ := p.host.mounts() // without it, files are grouped by device
 	type holderKey struct {
 		pid   int
 		start uint64

@@ -24,11 +24,14 @@ type Adoption struct {
 	Rel string
 	// Sidecar is the sidecar found beside it (ParseSidecar).
 	Sidecar Sidecar
+	// Progress as in Destination.Progress, for the follow.
+	Progress func()
 }
 
 // Adopt makes p, a new pin of the file that a sidecar describes, the pin
-// of that earlier rescue, so that Follow continues it: the rescued file
-// keeps growing, from its current size, and no second copy is made.
+// of that earlier rescue, and returns it as Rescued, so that Follow
+// continues it: the rescued file keeps growing, from its current size, and
+// no second copy is made.
 //
 // Nothing is created and nothing is trusted by name. The pinned file must
 // be the sidecar's source: the same dev and ino and the same non-zero birth
@@ -45,17 +48,14 @@ type Adoption struct {
 // is not the one the sidecar describes) or ErrUnsafePath, inside a
 // *RescueError; nothing is changed then, and the pin can still be rescued
 // anew.
-func (e *Engine) Adopt(p *Pin, a Adoption) (Result, error) {
+func (e *Engine) Adopt(p *Pin, a Adoption) (*Rescued, error) {
 	c := p.c
 	s := a.Sidecar
-	fail := func(err error) (Result, error) {
-		return Result{}, &RescueError{Op: "adopt", Method: s.Method, PID: c.PID, FD: c.FD, Path: string(c.Path), Err: err}
+	fail := func(err error) (*Rescued, error) {
+		return nil, &RescueError{Op: "adopt", Method: s.Method, PID: c.PID, FD: c.FD, Path: string(c.Path), Err: err}
 	}
-	p.mu.Lock()
-	closed, done := p.fd < 0, p.res.Path != ""
-	p.mu.Unlock()
-	if closed || done {
-		return fail(errors.New("pin is closed or already rescued"))
+	if err := p.free(); err != nil {
+		return fail(err)
 	}
 	if c.Dev != s.Dev || c.Ino != s.Ino {
 		return fail(fmt.Errorf("%w: pinned dev %d ino %d, the sidecar's source is dev %d ino %d", ErrIdentity, c.Dev, c.Ino, s.Dev, s.Ino))
@@ -127,12 +127,14 @@ func (e *Engine) Adopt(p *Pin, a Adoption) (Result, error) {
 	if s.Rule != nil {
 		rule = *s.Rule
 	}
-	p.mu.Lock()
-	p.dst, p.dir, p.res, p.rule = dst, dir, res, rule
-	p.following, p.orig = s.Following, &s
-	p.mu.Unlock()
+	r := &Rescued{e: e, pin: p, rule: rule, progress: a.Progress, orig: &s,
+		dst: dst, dir: dir, res: res, following: s.Following}
+	if r.progress == nil {
+		r.progress = e.progress
+	}
+	p.keep(r)
 	keep = true
-	return res, nil
+	return r, nil
 }
 
 // openExisting opens the directory of rel, an existing file below the

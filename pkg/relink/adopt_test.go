@@ -68,7 +68,8 @@ func TestAdoptFollow(t *testing.T) {
 			e1 := newEngine(t, Options{FollowPoll: 20 * time.Millisecond, Sidecar: true})
 			p1, err := e1.Pin(c)
 			must(t, err)
-			res, err := e1.Rescue(ctx(t), p1, Destination{Root: root, Rel: "app.log", Rule: "logs"})
+			rs1, err := e1.Rescue(ctx(t), p1, Destination{Root: root, Rel: "app.log", Rule: "logs"})
+			res, err := resultOf(rs1, err)
 			must(t, err)
 			if res.Method != tt.method {
 				t.Fatalf("method: want %s, got %s", tt.method, res.Method)
@@ -82,7 +83,7 @@ func TestAdoptFollow(t *testing.T) {
 			// The first follow sees 3 chunks, then stops as at shutdown.
 			cx, stop := context.WithCancel(ctx(t))
 			followed := make(chan error, 1)
-			go func() { _, err := e1.Follow(cx, p1); followed <- err }()
+			go func() { _, err := rs1.Follow(cx); followed <- err }()
 			h.Do(t, testproc.Append(0, 1000, 3, 0))
 			waitSize(t, res.Path, int64(len(head)+3000))
 			stop()
@@ -100,7 +101,8 @@ func TestAdoptFollow(t *testing.T) {
 			e2 := newEngine(t, Options{FollowPoll: 20 * time.Millisecond, Sidecar: true})
 			p2 := pin(t, e2, candidateOf(t, h.PID, h.FDs[0]))
 			rel := strings.TrimPrefix(res.Path, root+"/")
-			ares, err := e2.Adopt(p2, Adoption{Root: root, Rel: rel, Sidecar: s})
+			rs2, err := e2.Adopt(p2, Adoption{Root: root, Rel: rel, Sidecar: s})
+			ares, err := resultOf(rs2, err)
 			if err != nil {
 				t.Fatalf("adopt: %v", err)
 			}
@@ -111,7 +113,7 @@ func TestAdoptFollow(t *testing.T) {
 				h.Do(t, testproc.Append(0, 1000, 5, 20*time.Millisecond))
 				h.Exit(t)
 			}()
-			final, err := e2.Follow(ctx(t), p2)
+			final, err := rs2.Follow(ctx(t))
 			if err != nil {
 				t.Fatalf("follow: %v", err)
 			}
@@ -149,7 +151,7 @@ func TestAdoptRefuses(t *testing.T) {
 		_, c := holdDeleted(t, src, "a")
 		e := newEngine(t, Options{Sidecar: true})
 		e.walk = w
-		res, err := e.Rescue(ctx(t), pin(t, e, c), Destination{Root: root, Rel: "d/a.log"})
+		res, err := resultOf(e.Rescue(ctx(t), pin(t, e, c), Destination{Root: root, Rel: "d/a.log"}))
 		must(t, err)
 		good := readSidecar(t, res.Sidecar)
 		rel := strings.TrimPrefix(res.Path, root+"/")

@@ -24,11 +24,12 @@ type copier struct {
 	guard    func(need uint64) error // room for need more bytes? before each reservation and after every chunk; may be nil
 	kernel   bool                    // copy_file_range still worth trying
 	prealloc bool                    // reserve each data range before copying it
+	progress func()                  // called after each chunk; may be nil
 	buf      []byte
 }
 
-func (e *Engine) newCopier(dst, src int, guard func(need uint64) error) *copier {
-	return &copier{e: e, src: src, dst: dst, guard: guard, kernel: true}
+func (e *Engine) newCopier(dst, src int, guard func(need uint64) error, progress func()) *copier {
+	return &copier{e: e, src: src, dst: dst, guard: guard, kernel: true, progress: progress}
 }
 
 // copySparse copies [from, to) of src into dst, skipping holes (lseek(2)
@@ -88,8 +89,8 @@ func (c *copier) copySparse(ctx context.Context, from, to int64) (int64, error) 
 			if c.e.hookChunk != nil {
 				c.e.hookChunk(data)
 			}
-			if c.e.progress != nil {
-				c.e.progress()
+			if c.progress != nil {
+				c.progress()
 			}
 			if c.guard != nil {
 				if err := c.guard(0); err != nil {

@@ -237,7 +237,7 @@ func TestPreallocation(t *testing.T) {
 		_, c := holdDeleted(t, src, "r")
 		core, logs := observer.New(zapcore.DebugLevel)
 		e := New(Options{}, zap.New(core))
-		res, err := e.Rescue(ctx(t), pin(t, e, c), Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: "app.log"})
+		res, err := resultOf(e.Rescue(ctx(t), pin(t, e, c), Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: "app.log"}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -305,7 +305,7 @@ func TestBeneathRoot(t *testing.T) {
 		t.Run("plain tree", func(t *testing.T) {
 			via := filepath.Join(t.TempDir(), "root")
 			must(t, os.MkdirAll(filepath.Join(via, "srv"), 0o755))
-			res, err := e.Rescue(ctx(t), pin(t, e, c), Destination{Root: "/srv/data/.relinkd", Via: via, Beneath: true, Rel: "var/log/app.log"})
+			res, err := resultOf(e.Rescue(ctx(t), pin(t, e, c), Destination{Root: "/srv/data/.relinkd", Via: via, Beneath: true, Rel: "var/log/app.log"}))
 			if err != nil || res.Path != "/srv/data/.relinkd/var/log/app.log" {
 				t.Fatalf("rescued to %q, %v; want /srv/data/.relinkd/var/log/app.log in the holder's view", res.Path, err)
 			}

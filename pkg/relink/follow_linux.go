@@ -23,8 +23,7 @@ import (
 // final timestamps, rewrites the sidecar, logs "follow finished" and
 // returns the Result with the final Bytes and Followed set.
 //
-// It must follow a successful Rescue, or Adopt, on the same pin. After a
-// link there is nothing to copy (the name is the inode itself); Follow
+// After a link there is nothing to copy (the name is the inode itself); Follow
 // still waits for the last writer and reports the final size. Follow stops
 // early, with what it has, when the source shrinks (a truncation, as by
 // copytruncate log rotation). When ctx ends first it finishes the same way
@@ -36,31 +35,31 @@ import (
 // finishes or stops at a truncation; a follow stopped by ctx, by a
 // failure or by the end of the process leaves it so, and the next daemon
 // resumes it (Adopt).
-func (e *Engine) Follow(ctx context.Context, p *Pin) (Result, error) {
+func (r *Rescued) Follow(ctx context.Context) (Result, error) {
+	e, p := r.e, r.pin
 	c := p.c
-	p.mu.Lock()
-	res, dst, rule, marked := p.res, p.dst, p.rule, p.following
-	p.mu.Unlock()
+	r.mu.Lock()
+	res, dst, rule, marked := r.res, r.dst, r.rule, r.following
+	r.mu.Unlock()
 	fail := func(err error) (Result, error) {
-		e.log.Error("rescue failed", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-			logging.Path("rescued_to", []byte(res.Path)), zap.String("op", "follow"), zap.Error(err), c.ContainerField())
+		e.ev.Failed(&c, err, logging.Path("rescued_to", []byte(res.Path)), zap.String("op", "follow"))
 		return res, &RescueError{Op: "follow", Method: res.Method, PID: c.PID, FD: c.FD, Path: res.Path, Err: err}
 	}
-	if res.Path == "" || p.fd < 0 {
-		return fail(errors.New("follow needs a pin that was rescued and is still open"))
+	if dst == nil && res.Method != MethodLink || p.fd < 0 {
+		return fail(errors.New("follow of a rescue that was closed"))
 	}
 	if res.Sidecar != "" && !marked {
-		if _, err := e.writeSidecar(p, Destination{Rule: rule}, res, true, true); err != nil {
+		if _, err := e.writeSidecar(r, Destination{Rule: rule}, res, true, true); err != nil {
 			e.log.Warn("sidecar not updated", logging.Path("rescued_to", []byte(res.Path)), zap.Error(err))
 		} else {
-			p.mu.Lock()
-			p.following = true
-			p.mu.Unlock()
+			r.mu.Lock()
+			r.following = true
+			r.mu.Unlock()
 		}
 	}
 	var cp *copier
 	if dst != nil {
-		cp = e.newCopier(int(dst.Fd()), p.fd, nil)
+		cp = e.newCopier(int(dst.Fd()), p.fd, nil, r.progress)
 	}
 	done := res.Bytes
 	id := fileID{dev: c.Dev, ino: c.Ino}
@@ -75,7 +74,7 @@ loop:
 		// Look for writers before reading the size: a writer that has
 		// closed the file has finished its writes, so the size read
 		// after seeing no writer is final.
-		busy, err := e.writers.busy(ctx, id, &known, &lost)
+		busy, err := e.writers.busy(ctx, e.log, p.fd, id, &known, &lost)
 		if ctx.Err() != nil {
 			stopped, reason = ctx.Err(), "shutdown"
 			break loop
@@ -141,7 +140,7 @@ loop:
 	res.Followed = reason == ""
 	if e.hash {
 		var err error
-		if res.SHA256, err = e.hashOf(p, res); err != nil {
+		if res.SHA256, err = e.hashOf(r.dataFD(), res); err != nil {
 			return fail(err)
 		}
 	}
@@ -149,17 +148,16 @@ loop:
 	// on, and the next daemon picks the follow up where this one stopped.
 	following := stopped != nil
 	if res.Sidecar != "" {
-		if _, err := e.writeSidecar(p, Destination{Rule: rule}, res, true, following); err != nil {
+		if _, err := e.writeSidecar(r, Destination{Rule: rule}, res, true, following); err != nil {
 			e.log.Warn("sidecar not updated", logging.Path("rescued_to", []byte(res.Path)), zap.Error(err))
 		}
 	}
-	p.mu.Lock()
-	p.res = res
-	p.following = following
-	p.mu.Unlock()
+	r.mu.Lock()
+	r.res = res
+	r.following = following
+	r.mu.Unlock()
 	if reason != "" {
-		e.log.Info("follow stopped", logging.Path("path", c.Path), logging.Path("rescued_to", []byte(res.Path)),
-			zap.Int64("bytes", res.Bytes), zap.String("reason", reason), c.ContainerField())
+		e.ev.FollowStopped(&c, res.Path, res.Bytes, reason)
 	}
 	if stopped != nil {
 		return res, &RescueError{Op: "follow", Method: res.Method, PID: c.PID, FD: c.FD, Path: res.Path, Err: stopped}
@@ -167,8 +165,7 @@ loop:
 	if reason != "" {
 		return res, nil
 	}
-	e.log.Info("follow finished", logging.Path("path", c.Path), logging.Path("rescued_to", []byte(res.Path)),
-		zap.Int64("bytes", res.Bytes), c.ContainerField())
+	e.ev.FollowFinished(&c, res.Path, res.Bytes)
 	return res, nil
 }
 
@@ -211,16 +208,21 @@ func (e *Engine) appendRange(ctx context.Context, cp *copier, m Method, done, si
 	return end, err
 }
 
-// Writers tells whether some process holds an inode open for writing
-// (the flags in /proc/PID/fdinfo/FD, proc(5)). A follow first re-checks
-// the descriptors where a writer was found last time, the steady state of
-// a long follow. Only when none of those is left is every /proc/PID/fd
-// read, and that pass is shared by every follow of every engine given the
-// same Writers that asks while it runs, so that thousands of followed
-// files whose holders exit together cost a pass or two, not one each. It
-// is safe for concurrent use.
+// Writers tells whether some process holds an inode open for writing.
+// It asks the kernel first, with a read lease on the pinned descriptor
+// (openForWrite): two calls, whatever the host runs. Where no lease can
+// be taken it searches /proc (the flags in /proc/PID/fdinfo/FD, proc(5)):
+// a follow first re-checks the descriptors where a writer was found last
+// time, the steady state of a long follow. Only when none of those is
+// left is every /proc/PID/fd read, and that pass is shared by every
+// follow of every engine given the same Writers that asks while it runs,
+// so that thousands of followed files whose holders exit together cost a
+// pass or two, not one each. It is safe for concurrent use.
 type Writers struct {
-	proc procfs.FS
+	proc     procfs.FS
+	scanOnly bool // never ask by lease (tests of the /proc search)
+
+	refused sync.Once // the first lease refused is said in the log
 
 	mu    sync.Mutex
 	at    time.Time          // when the last pass started; zero: never
@@ -241,15 +243,24 @@ func NewWriters(procRoot string) *Writers {
 	return &Writers{proc: procfs.New(procRoot)}
 }
 
-// busy reports whether the inode is open for writing somewhere. It
-// re-checks the descriptors in known first, which it updates. When none of
+// busy reports whether the inode id, pinned as fd, is open for writing
+// somewhere. Where the kernel cannot be asked by lease, it re-checks the descriptors in known first, which it updates. When none of
 // them writes any more, only a pass over /proc that started after that was
 // noticed (at *lost) can tell that no other writer is left. Rather than
 // start one at once, busy answers true and waits for the next poll: by
 // then another follow may have run a pass that will do, so that follows
 // losing their writers together (a burst of holders exiting) share
 // passes, about one per poll interval.
-func (w *Writers) busy(ctx context.Context, id fileID, known *[]fdRef, lost *time.Time) (bool, error) {
+func (w *Writers) busy(ctx context.Context, log *zap.Logger, fd int, id fileID, known *[]fdRef, lost *time.Time) (bool, error) {
+	if !w.scanOnly {
+		writing, ok, err := openForWrite(fd)
+		if ok {
+			return writing, err
+		}
+		w.refused.Do(func() {
+			log.Info("follow: read lease refused, searching /proc for writers instead", zap.Error(err))
+		})
+	}
 	for _, r := range *known {
 		if w.writes(r, id) {
 			*lost = time.Time{}

@@ -39,7 +39,7 @@ func holdTwoRanges(t *testing.T) scanner.Candidate {
 
 // rescuedWriter rescues "hello" held deleted for appending on ext4, with
 // an engine that polls every 20 ms, writes sidecars and logs to logs.
-func rescuedWriter(t *testing.T) (*testproc.Holder, *Engine, *Pin, Result, *observer.ObservedLogs) {
+func rescuedWriter(t *testing.T) (*testproc.Holder, *Engine, *Rescued, Result, *observer.ObservedLogs) {
 	t.Helper()
 	testfs.RequireRoot(t)
 	mnt := testfs.Mount(t, "ext4", 64)
@@ -48,10 +48,9 @@ func rescuedWriter(t *testing.T) (*testproc.Holder, *Engine, *Pin, Result, *obse
 	h, c := holdDeleted(t, src, "a")
 	core, logs := observer.New(zapcore.DebugLevel)
 	e := New(Options{FollowPoll: 20 * time.Millisecond, Sidecar: true}, zap.New(core))
-	p := pin(t, e, c)
-	res, err := e.Rescue(ctx(t), p, Destination{Root: filepath.Join(mnt, "r"), Rel: "f"})
+	rs, err := e.Rescue(ctx(t), pin(t, e, c), Destination{Root: filepath.Join(mnt, "r"), Rel: "f"})
 	must(t, err)
-	return h, e, p, res, logs
+	return h, e, rs, rs.Result(), logs
 }
 
 func freeOf(t *testing.T, dir string) uint64 {
@@ -74,7 +73,7 @@ func TestReflinkBelowMinFree(t *testing.T) {
 	root := filepath.Join(mnt, ".relinkd")
 	minFree := freeOf(t, mnt) + 1
 	e := newEngine(t, Options{Methods: []Method{MethodLink, MethodReflink}})
-	res, err := e.Rescue(ctx(t), pin(t, e, c), Destination{Root: root, Rel: "app.log", MinFreeBytes: minFree})
+	res, err := resultOf(e.Rescue(ctx(t), pin(t, e, c), Destination{Root: root, Rel: "app.log", MinFreeBytes: minFree}))
 	if err != nil || res.Method != MethodReflink {
 		t.Fatalf("want a reflink below min_free, got %+v, %v", res, err)
 	}
@@ -129,7 +128,7 @@ func TestFollowTruncatedBeforeCopy(t *testing.T) {
 			h.Do(t, testproc.Truncate(0, 0)) // right after the poll's fstat
 		}
 	}
-	fres, err := e.Follow(ctx(t), p)
+	fres, err := p.Follow(ctx(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +160,7 @@ func TestFollowCancelledMidAppend(t *testing.T) {
 	cx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	e.hookChunk = func(int64) { cancel() }
-	fres, err := e.Follow(cx, p)
+	fres, err := p.Follow(cx)
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("want context.Canceled, got %v", err)
 	}
@@ -218,7 +217,7 @@ func TestNoCapabilities(t *testing.T) {
 	must(t, unix.Setxattr(src, "user.note", []byte("kept"), 0))
 	_, c := holdDeleted(t, src, "r")
 	e := newEngine(t, Options{})
-	res, err := e.Rescue(ctx(t), pin(t, e, c), Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: "prog"})
+	res, err := resultOf(e.Rescue(ctx(t), pin(t, e, c), Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: "prog"}))
 	must(t, err)
 	var st unix.Stat_t
 	must(t, unix.Stat(res.Path, &st))
@@ -243,7 +242,7 @@ func TestSidecarNonUTF8(t *testing.T) {
 	writeFile(t, src, []byte("x"))
 	_, c := holdDeleted(t, src, "r")
 	e := newEngine(t, Options{Sidecar: true})
-	res, err := e.Rescue(ctx(t), pin(t, e, c), Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: "bad\xff\xfename"})
+	res, err := resultOf(e.Rescue(ctx(t), pin(t, e, c), Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: "bad\xff\xfename"}))
 	must(t, err)
 	var s Sidecar
 	must(t, json.Unmarshal(readAll(t, res.Sidecar), &s))

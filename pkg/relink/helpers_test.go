@@ -197,3 +197,12 @@ func posixACL(entries ...[3]uint32) []byte {
 	}
 	return b
 }
+
+// resultOf is the Result of what Rescue or Adopt returned, for tests that
+// do not follow.
+func resultOf(r *Rescued, err error) (Result, error) {
+	if r == nil {
+		return Result{}, err
+	}
+	return r.Result(), err
+}

@@ -60,7 +60,7 @@ func TestMovingTargets(t *testing.T) {
 			e.chunk = 1 << 20
 			var once sync.Once
 			e.hookChunk = func(int64) { once.Do(func() { tt.during(t, h) }) }
-			res, err := e.Rescue(ctx(t), pin(t, e, c), Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: string(c.Path)})
+			res, err := resultOf(e.Rescue(ctx(t), pin(t, e, c), Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: string(c.Path)}))
 			if err != nil {
 				t.Fatalf("rescue: %v", err)
 			}
@@ -84,20 +84,28 @@ func TestMovingTargets(t *testing.T) {
 func TestFollow(t *testing.T) {
 	testfs.RequireRoot(t)
 	for _, tt := range []struct {
-		fstype string
-		method Method
-	}{{"ext4", MethodCopy}, {"btrfs", MethodReflink}, {"xfs", MethodReflink}} {
-		t.Run(tt.fstype, func(t *testing.T) {
+		fstype   string
+		method   Method
+		scanOnly bool // writers searched in /proc, not asked by lease
+	}{{"ext4", MethodCopy, false}, {"ext4", MethodCopy, true}, {"btrfs", MethodReflink, false}, {"xfs", MethodReflink, false}} {
+		name := tt.fstype
+		if tt.scanOnly {
+			name += "/proc_search"
+		}
+		t.Run(name, func(t *testing.T) {
 			mnt := testfs.Mount(t, tt.fstype, 64)
 			src := filepath.Join(mnt, "app.log")
 			head := randomBytes(1<<20+17, 8)
 			writeFile(t, src, head)
 			h, c := holdDeleted(t, src, "a")
-			e := newEngine(t, Options{FollowPoll: 100 * time.Millisecond, Hash: true, Sidecar: true})
+			w := NewWriters("")
+			w.scanOnly = tt.scanOnly
+			e := newEngine(t, Options{FollowPoll: 100 * time.Millisecond, Hash: true, Sidecar: true, Writers: w})
 			polls := 0
 			e.hookPoll = func(int64) { polls++ }
 			p := pin(t, e, c)
-			res, err := e.Rescue(ctx(t), p, Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: "app.log", Rule: "logs"})
+			rs, err := e.Rescue(ctx(t), p, Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: "app.log", Rule: "logs"})
+			res, err := resultOf(rs, err)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -110,7 +118,7 @@ func TestFollow(t *testing.T) {
 				h.Do(t, testproc.Append(0, 20_001, 40, 50*time.Millisecond))
 				h.Exit(t)
 			}()
-			final, err := e.Follow(ctx(t), p)
+			final, err := rs.Follow(ctx(t))
 			if err != nil {
 				t.Fatalf("follow: %v", err)
 			}
@@ -128,6 +136,9 @@ func TestFollow(t *testing.T) {
 				t.Errorf("only %d polls: follow did not wait for the writer", polls)
 			}
 			checkSidecar(t, final, c.PID, c.FD, "logs")
+			if ran := !w.at.IsZero(); ran != tt.scanOnly {
+				t.Errorf("a pass over /proc ran: %v, want %v (asked by lease: %v)", ran, tt.scanOnly, !tt.scanOnly)
+			}
 		})
 	}
 }
@@ -141,12 +152,13 @@ func TestFollowCancel(t *testing.T) {
 	_, c := holdDeleted(t, src, "a")
 	e := newEngine(t, Options{FollowPoll: 10 * time.Millisecond})
 	p := pin(t, e, c)
-	if _, err := e.Rescue(ctx(t), p, Destination{Root: filepath.Join(mnt, "r"), Rel: "f"}); err != nil {
+	rs, err := e.Rescue(ctx(t), p, Destination{Root: filepath.Join(mnt, "r"), Rel: "f"})
+	if err != nil {
 		t.Fatal(err)
 	}
 	cx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
-	res, err := e.Follow(cx, p)
+	res, err := rs.Follow(cx)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("want DeadlineExceeded while the writer lives, got %v", err)
 	}
@@ -194,7 +206,7 @@ func TestHiddenTempFallback(t *testing.T) {
 	e := newEngine(t, Options{Sidecar: true})
 	e.noTmpfile = true
 	root := filepath.Join(mnt, ".relinkd")
-	res, err := e.Rescue(ctx(t), pin(t, e, c), Destination{Root: root, Rel: "f"})
+	res, err := resultOf(e.Rescue(ctx(t), pin(t, e, c), Destination{Root: root, Rel: "f"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +234,7 @@ func TestNoOverwrite(t *testing.T) {
 			data := randomBytes(1000+i, uint64(20+i))
 			writeFile(t, src, data)
 			_, c := holdDeleted(t, src, "r")
-			res, err := e.Rescue(ctx(t), pin(t, e, c), Destination{Root: root, Rel: "logs/app.log"})
+			res, err := resultOf(e.Rescue(ctx(t), pin(t, e, c), Destination{Root: root, Rel: "logs/app.log"}))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -242,14 +254,25 @@ func TestNoOverwrite(t *testing.T) {
 // waits for the last writer and reports the final size.
 func TestFollowLink(t *testing.T) {
 	testfs.RequireRoot(t)
+	for _, scanOnly := range []bool{false, true} {
+		t.Run(map[bool]string{false: "lease", true: "proc_search"}[scanOnly], func(t *testing.T) {
+			followLink(t, scanOnly)
+		})
+	}
+}
+
+func followLink(t *testing.T, scanOnly bool) {
 	mnt := testfs.Mount(t, "ext4", 32)
 	src := filepath.Join(mnt, "linked.log")
 	writeFile(t, src, []byte("start\n"))
 	h := testproc.Start(t, testproc.Link(src, src+".keep"), testproc.Open(src, "a"), testproc.Unlink(src))
 	c := candidateOf(t, h.PID, h.FDs[0])
-	e := newEngine(t, Options{FollowPoll: 50 * time.Millisecond})
+	w := NewWriters("")
+	w.scanOnly = scanOnly
+	e := newEngine(t, Options{FollowPoll: 50 * time.Millisecond, Writers: w})
 	p := pin(t, e, c)
-	res, err := e.Rescue(ctx(t), p, Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: "linked.log"})
+	rs, err := e.Rescue(ctx(t), p, Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: "linked.log"})
+	res, err := resultOf(rs, err)
 	if err != nil || res.Method != MethodLink {
 		t.Fatalf("want a link, got %+v %v", res, err)
 	}
@@ -257,7 +280,7 @@ func TestFollowLink(t *testing.T) {
 		h.Do(t, testproc.Append(0, 1000, 10, 20*time.Millisecond))
 		h.Exit(t)
 	}()
-	final, err := e.Follow(ctx(t), p)
+	final, err := rs.Follow(ctx(t))
 	if err != nil {
 		t.Fatal(err)
 	}

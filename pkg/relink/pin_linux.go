@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"os"
 	"strconv"
 	"sync"
 
@@ -18,22 +17,31 @@ import (
 
 // Pin is the engine's own descriptor on a candidate's inode. While it is
 // open the data survives the holder's exit. Close releases it (and, after a
-// rescue, the engine's descriptor on the rescued copy used by Follow).
+// rescue, the descriptors of its Rescued).
 type Pin struct {
 	c         scanner.Candidate // the pinned file, as scanner.Identify saw it through fd
 	fd        int
 	startTime uint64 // verified start time of the holder
 
-	mu   sync.Mutex
-	dst  *os.File // the published copy (reflink, copy), kept open for Follow
-	dir  destDir  // its directory, kept open for the sidecar; fd -1 if none
-	res  Result   // the result of Rescue
-	rule string   // Destination.Rule of that rescue
-	// following: the sidecar says a follow is in progress (see
-	// Sidecar.Following). orig: the sidecar of an earlier rescue that
-	// Adopt took over, nil after Rescue.
-	following bool
-	orig      *Sidecar
+	mu      sync.Mutex
+	rescued *Rescued // what Rescue or Adopt made of the pin; nil before
+}
+
+// free reports, under p.mu, whether p is open and not rescued yet.
+func (p *Pin) free() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.fd < 0 || p.rescued != nil {
+		return errors.New("pin is closed or already rescued")
+	}
+	return nil
+}
+
+// keep records r as what p was rescued as, so that Close releases it.
+func (p *Pin) keep(r *Rescued) {
+	p.mu.Lock()
+	p.rescued = r
+	p.mu.Unlock()
 }
 
 // Candidate returns the pinned file: the holder and descriptor of the
@@ -52,15 +60,8 @@ func (p *Pin) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var err error
-	if p.dst != nil {
-		err = p.dst.Close()
-		p.dst = nil
-	}
-	if p.dir.fd >= 0 {
-		if e := unix.Close(p.dir.fd); err == nil {
-			err = e
-		}
-		p.dir.fd = -1
+	if p.rescued != nil {
+		err = p.rescued.closeFiles()
 	}
 	if p.fd >= 0 {
 		if e := unix.Close(p.fd); err == nil {
@@ -123,7 +124,7 @@ func (e *Engine) Pin(c scanner.Candidate) (*Pin, error) {
 	if err != nil {
 		return fail(vanished("open "+link, err))
 	}
-	p := &Pin{fd: fd, dir: destDir{fd: -1}}
+	p := &Pin{fd: fd}
 	pc, err := scanner.Identify(e.procRoot, &c, fd)
 	if err != nil {
 		p.Close()

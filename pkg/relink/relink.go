@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/relinkd/relinkd/internal/events"
 	"go.uber.org/zap"
 )
 
@@ -109,7 +110,8 @@ type Options struct {
 	Sidecar bool
 	// Progress, when set, is called after each chunk a copy or a follow
 	// writes: a sign of life for a caller that watches for rescues stuck
-	// in a filesystem that stopped answering.
+	// in a filesystem that stopped answering. Destination.Progress
+	// overrides it for one rescue.
 	Progress func()
 	// Writers is shared by the follows of every engine given it, so that
 	// many follows share their passes over /proc; nil gives the engine
@@ -126,6 +128,7 @@ type Engine struct {
 	hash     bool
 	sidecar  bool
 	log      *zap.Logger
+	ev       events.Emitter
 	walk     walker // how destinations are resolved, probed once
 	writers  *Writers
 	progress func()
@@ -149,6 +152,7 @@ func New(opts Options, log *zap.Logger) *Engine {
 		hash:     opts.Hash,
 		sidecar:  opts.Sidecar,
 		log:      log,
+		ev:       events.New(log),
 		walk:     newWalker(),
 		progress: opts.Progress,
 	}
@@ -167,7 +171,8 @@ func New(opts Options, log *zap.Logger) *Engine {
 	return e
 }
 
-// Destination says where a rescued file goes.
+// Destination is the plan for one rescue: where the file goes, by which
+// methods, within which limits.
 type Destination struct {
 	// Root is the rescue root, an absolute path trusted as configured. Its
 	// last component is created 0700 if absent and must be a directory
@@ -205,6 +210,28 @@ type Destination struct {
 	// rescue fails with ErrNoSpace (the file did not fit), not
 	// ErrUnsupported.
 	NoRoomToCopy string
+	// Methods are tried in order, moving down only when one does not
+	// work here; nil means the engine's (Options.Methods).
+	Methods []Method
+	// Progress, when set, is called after each chunk this rescue (and
+	// the follow of its result) writes; nil means Options.Progress.
+	Progress func()
+}
+
+// methods returns d's methods, or the engine's.
+func (e *Engine) methodsFor(d Destination) []Method {
+	if len(d.Methods) > 0 {
+		return d.Methods
+	}
+	return e.methods
+}
+
+// progressFor returns d's progress callback, or the engine's.
+func (e *Engine) progressFor(d Destination) func() {
+	if d.Progress != nil {
+		return d.Progress
+	}
+	return e.progress
 }
 
 // Result describes a finished rescue.

@@ -29,11 +29,12 @@ func notHere(err error) bool {
 		errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOTTY) || errors.Is(err, unix.ENOSYS)
 }
 
-// Rescue gives the pinned file a name again under d, trying the engine's
-// methods in order and moving down only when one is not supported here.
-// On success the file is published under a unique name (never replacing
-// anything), a sidecar is written if configured, a "file rescued" event is
-// logged and the Result returned. On failure nothing is left visible, a
+// Rescue gives the pinned file a name again under d, trying d's methods
+// (or the engine's) in order and moving down only when one is not
+// supported here. On success the file is published under a unique name
+// (never replacing anything), a sidecar is written if configured, a "file
+// rescued" event is logged and the Rescued returned: it owns the rescued
+// file, and Follow continues it; closing it (or p) releases both. On failure nothing is left visible, a
 // "rescue failed" event is logged ("rescue skipped", reason space, when
 // the file did not fit) and the error is a *RescueError (test it
 // with errors.Is against ErrNoSpace, ErrUnsafePath, ErrUnsupported …).
@@ -41,9 +42,9 @@ func notHere(err error) bool {
 // A copy is bounded to the size seen when it starts: a file still being
 // written gives a consistent prefix, and a file truncated during the copy
 // ends it cleanly at the new length. Follow appends later growth.
-func (e *Engine) Rescue(ctx context.Context, p *Pin, d Destination) (Result, error) {
+func (e *Engine) Rescue(ctx context.Context, p *Pin, d Destination) (*Rescued, error) {
 	c := p.c
-	res, err := e.rescue(ctx, p, d, time.Now())
+	r, err := e.rescue(ctx, p, d, time.Now())
 	if err != nil {
 		var re *RescueError
 		if !errors.As(err, &re) {
@@ -52,46 +53,30 @@ func (e *Engine) Rescue(ctx context.Context, p *Pin, d Destination) (Result, err
 		if errors.Is(re.Err, context.Canceled) {
 			// Shutdown or an interrupted command: abandoned by the
 			// caller, nothing published, not a failure to alert on.
-			e.log.Info("rescue cancelled", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-				zap.String("method", string(re.Method)), c.ContainerField())
-			return Result{}, re
+			e.ev.Cancelled(&c, string(re.Method))
+			return nil, re
 		}
 		if errors.Is(re.Err, ErrNoSpace) {
 			// Not a failure to alert on: the destination is full or
 			// the copy would go below min_free. Nothing was left.
-			e.log.Info("rescue skipped", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-				zap.String("reason", "space"), ruleField(d.Rule), zap.String("method", string(re.Method)),
-				zap.String("detail", re.Err.Error()), c.ContainerField())
-			return Result{}, re
+			e.ev.Skipped(&c, "space", d.Rule, re.Err.Error(), zap.String("method", string(re.Method)))
+			return nil, re
 		}
-		e.log.Error("rescue failed", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
-			zap.String("method", string(re.Method)), zap.Error(re.Err), c.ContainerField())
-		return Result{}, re
+		e.ev.Failed(&c, re.Err, zap.String("method", string(re.Method)))
+		return nil, re
 	}
-	e.log.Info("file rescued",
-		logging.Path("path", c.Path), logging.Path("rescued_to", []byte(res.Path)), zap.String("method", string(res.Method)),
-		zap.Int64("bytes", res.Bytes), zap.Int("pid", c.PID), zap.Int("fd", c.FD), zap.String("comm", c.Comm),
-		zap.Uint32("uid", c.UID), ruleField(d.Rule), zap.Duration("duration", res.Duration), c.ContainerField())
-	return res, nil
+	res := r.Result()
+	e.ev.Rescued(&c, res.Path, string(res.Method), res.Bytes, d.Rule, res.Duration)
+	return r, nil
 }
 
-func ruleField(rule string) zap.Field {
-	if rule == "" {
-		return zap.Reflect("rule", nil)
-	}
-	return zap.String("rule", rule)
-}
-
-func (e *Engine) rescue(ctx context.Context, p *Pin, d Destination, start time.Time) (Result, error) {
+func (e *Engine) rescue(ctx context.Context, p *Pin, d Destination, start time.Time) (*Rescued, error) {
 	c := p.c
-	fail := func(m Method, err error) (Result, error) {
-		return Result{}, &RescueError{Op: "rescue", Method: m, PID: c.PID, FD: c.FD, Path: string(c.Path), Err: err}
+	fail := func(m Method, err error) (*Rescued, error) {
+		return nil, &RescueError{Op: "rescue", Method: m, PID: c.PID, FD: c.FD, Path: string(c.Path), Err: err}
 	}
-	p.mu.Lock()
-	closed, done := p.fd < 0, p.res.Path != ""
-	p.mu.Unlock()
-	if closed || done {
-		return fail("", errors.New("pin is closed or already rescued"))
+	if err := p.free(); err != nil {
+		return fail("", err)
 	}
 	dir, leaf, err := e.walk.openDest(d)
 	if err != nil {
@@ -111,11 +96,12 @@ func (e *Engine) rescue(ctx context.Context, p *Pin, d Destination, start time.T
 		}
 	}
 	var skipped []string
-	for _, m := range e.methods {
+	progress := e.progressFor(d)
+	for _, m := range e.methodsFor(d) {
 		if err := ctx.Err(); err != nil {
 			return fail(m, err)
 		}
-		res, dst, err := e.attempt(ctx, m, p.fd, dir, uniqueName(leaf), d.MinFreeBytes)
+		res, dst, err := e.attempt(ctx, m, p.fd, dir, uniqueName(leaf), d.MinFreeBytes, progress)
 		if errors.Is(err, errNotHere) {
 			e.log.Debug("rescue method not supported here", zap.Int("pid", c.PID), zap.Int("fd", c.FD),
 				zap.String("method", string(m)), zap.Error(err))
@@ -126,35 +112,34 @@ func (e *Engine) rescue(ctx context.Context, p *Pin, d Destination, start time.T
 			return fail(m, err)
 		}
 		res.Method = m
-		p.mu.Lock()
-		p.dst = dst // the published copy (nil after a link), kept open for Follow
-		p.mu.Unlock()
+		// The published copy (nil after a link) and its directory stay
+		// open for Follow, which appends and rewrites the sidecar.
+		r := &Rescued{e: e, pin: p, rule: d.Rule, progress: progress, dst: dst, dir: destDir{fd: -1}}
+		p.keep(r)
 		if e.hash {
-			if res.SHA256, err = e.hashOf(p, res); err != nil {
+			if res.SHA256, err = e.hashOf(r.dataFD(), res); err != nil {
 				return fail(m, err)
 			}
 		}
 		res.Duration = time.Since(start)
-		// Keep the directory for Follow, which rewrites the sidecar.
 		dfd, err := eintr.Retry(func() (int, error) { return unix.FcntlInt(uintptr(dir.fd), unix.F_DUPFD_CLOEXEC, 0) })
 		if err != nil {
 			return fail(m, fmt.Errorf("dup directory descriptor: %w", err))
 		}
-		p.mu.Lock()
-		p.dir = destDir{fd: dfd, path: dir.path}
-		p.res = res
-		p.rule = d.Rule
-		p.mu.Unlock()
+		r.mu.Lock()
+		r.dir = destDir{fd: dfd, path: dir.path}
+		r.res = res
+		r.mu.Unlock()
 		if e.sidecar {
-			if res.Sidecar, err = e.writeSidecar(p, d, res, false, false); err != nil {
+			if res.Sidecar, err = e.writeSidecar(r, d, res, false, false); err != nil {
 				// The data is safe; a missing sidecar is worth a warning only.
 				e.log.Warn("sidecar not written", logging.Path("rescued_to", []byte(res.Path)), zap.Error(err))
 			}
-			p.mu.Lock()
-			p.res = res
-			p.mu.Unlock()
+			r.mu.Lock()
+			r.res = res
+			r.mu.Unlock()
 		}
-		return res, nil
+		return r, nil
 	}
 	if d.NoRoomToCopy != "" {
 		// The copy, which would have worked, was left out for want of
@@ -168,7 +153,7 @@ func (e *Engine) rescue(ctx context.Context, p *Pin, d Destination, start time.T
 // dir under the name nm chooses. It returns the Result (without Method)
 // and the new file, kept open (nil after a link, which makes none), or an
 // error wrapping errNotHere when m does not work here.
-func (e *Engine) attempt(ctx context.Context, m Method, src int, dir destDir, nm namer, minFree uint64) (Result, *os.File, error) {
+func (e *Engine) attempt(ctx context.Context, m Method, src int, dir destDir, nm namer, minFree uint64, progress func()) (Result, *os.File, error) {
 	switch m {
 	case MethodLink:
 		res, err := e.link(src, dir, nm)
@@ -176,7 +161,7 @@ func (e *Engine) attempt(ctx context.Context, m Method, src int, dir destDir, nm
 	case MethodReflink:
 		return e.reflink(src, dir, nm)
 	case MethodCopy:
-		return e.copy(ctx, src, dir, nm, minFree)
+		return e.copy(ctx, src, dir, nm, minFree, progress)
 	}
 	return Result{}, nil, fmt.Errorf("%w: unknown method %q", errNotHere, m)
 }
@@ -254,7 +239,7 @@ func (e *Engine) reflink(src int, dir destDir, nm namer) (Result, *os.File, erro
 }
 
 // copy copies the bytes of src up to the size seen now, keeping holes.
-func (e *Engine) copy(ctx context.Context, src int, dir destDir, nm namer, minFree uint64) (Result, *os.File, error) {
+func (e *Engine) copy(ctx context.Context, src int, dir destDir, nm namer, minFree uint64, progress func()) (Result, *os.File, error) {
 	st, err := fstat(src)
 	if err != nil {
 		return Result{}, nil, fmt.Errorf("fstat source: %w", err)
@@ -268,7 +253,7 @@ func (e *Engine) copy(ctx context.Context, src int, dir destDir, nm namer, minFr
 	if err != nil {
 		return Result{}, nil, err
 	}
-	c := e.newCopier(t.fd(), src, spaceGuard(dir, minFree))
+	c := e.newCopier(t.fd(), src, spaceGuard(dir, minFree), progress)
 	c.prealloc = true // ftruncate below frees what a shrinking source leaves
 	if _, err := c.copySparse(ctx, 0, st.Size); err != nil {
 		t.discard()
@@ -310,13 +295,8 @@ func (e *Engine) finishStat(src int, t *tmpFile, nm namer, st unix.Stat_t) (Resu
 }
 
 // hashOf reads the rescued file back and returns its SHA-256.
-func (e *Engine) hashOf(p *Pin, r Result) (string, error) {
-	fd := p.fd // link: the same inode
-	p.mu.Lock()
-	if p.dst != nil {
-		fd = int(p.dst.Fd())
-	}
-	p.mu.Unlock()
+// fd reads it (Rescued.dataFD).
+func (e *Engine) hashOf(fd int, r Result) (string, error) {
 	h := sha256.New()
 	if _, err := io.Copy(h, io.NewSectionReader(readerAt(fd), 0, r.Bytes)); err != nil {
 		return "", fmt.Errorf("hash %s: %w", r.Path, err)

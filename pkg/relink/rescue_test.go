@@ -58,7 +58,7 @@ func TestRescueMethods(t *testing.T) {
 			e := newEngine(t, Options{Hash: true, Sidecar: true})
 			p := pin(t, e, c)
 			root := filepath.Join(mnt, ".relinkd")
-			res, err := e.Rescue(ctx(t), p, Destination{Root: root, Rel: string(c.Path), Rule: "logs"})
+			res, err := resultOf(e.Rescue(ctx(t), p, Destination{Root: root, Rel: string(c.Path), Rule: "logs"}))
 			if err != nil {
 				t.Fatalf("rescue: %v", err)
 			}
@@ -176,7 +176,7 @@ func TestLink(t *testing.T) {
 				e := newEngine(t, Options{Sidecar: true})
 				e.walk = w
 				p := pin(t, e, c)
-				res, err := e.Rescue(ctx(t), p, Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: string(c.Path)})
+				res, err := resultOf(e.Rescue(ctx(t), p, Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: string(c.Path)}))
 				if err != nil {
 					t.Fatalf("rescue: %v", err)
 				}
@@ -209,7 +209,7 @@ func TestLinkOtherMount(t *testing.T) {
 	h := testproc.Start(t, testproc.Link(p0, p0+".2"), testproc.Open(p0, "r"), testproc.Unlink(p0))
 	c := candidateOf(t, h.PID, h.FDs[0])
 	e := newEngine(t, Options{})
-	res, err := e.Rescue(ctx(t), pin(t, e, c), Destination{Root: filepath.Join(dst, "r"), Rel: "f"})
+	res, err := resultOf(e.Rescue(ctx(t), pin(t, e, c), Destination{Root: filepath.Join(dst, "r"), Rel: "f"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -255,7 +255,7 @@ func TestSparse(t *testing.T) {
 				t.Fatalf("source size %d", c.Size)
 			}
 			e := newEngine(t, Options{})
-			res, err := e.Rescue(ctx(t), pin(t, e, c), Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: "sparse.img"})
+			res, err := resultOf(e.Rescue(ctx(t), pin(t, e, c), Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: "sparse.img"}))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -303,7 +303,7 @@ func TestHolderExitsAfterPin(t *testing.T) {
 	if _, err := e.Pin(c); !errors.Is(err, ErrVanished) {
 		t.Errorf("pin after exit: want ErrVanished, got %v", err)
 	}
-	res, err := e.Rescue(ctx(t), p, Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: string(c.Path)})
+	res, err := resultOf(e.Rescue(ctx(t), p, Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: string(c.Path)}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -380,7 +380,7 @@ func TestRescueExitedLeader(t *testing.T) {
 		t.Fatalf("sweep: want one candidate reached through a thread, got %+v, %v", res.Candidates, err)
 	}
 	e := newEngine(t, Options{})
-	r, err := e.Rescue(ctx(t), pin(t, e, res.Candidates[0]), Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: "orphan.log"})
+	r, err := resultOf(e.Rescue(ctx(t), pin(t, e, res.Candidates[0]), Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: "orphan.log"}))
 	if err != nil {
 		t.Fatal(err)
 	}

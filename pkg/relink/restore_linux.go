@@ -192,7 +192,7 @@ func (e *Engine) Restore(ctx context.Context, src *os.File, t Target) (Restored,
 		if err := ctx.Err(); err != nil {
 			return fail(m, err)
 		}
-		res, dst, err := e.attempt(ctx, m, int(src.Fd()), dir, nm, t.MinFreeBytes)
+		res, dst, err := e.attempt(ctx, m, int(src.Fd()), dir, nm, t.MinFreeBytes, e.progress)
 		if errors.Is(err, errNotHere) {
 			e.log.Debug("restore method not supported here", logging.Path("path", []byte(t.Path)),
 				zap.String("method", string(m)), zap.Error(err))

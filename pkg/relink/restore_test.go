@@ -51,7 +51,7 @@ func TestRestoreMethods(t *testing.T) {
 			e := newEngine(t, Options{Sidecar: true, Methods: tc.methods})
 			p := pin(t, e, c)
 			root := filepath.Join(mnt, ".relinkd")
-			res, err := e.Rescue(ctx(t), p, Destination{Root: root, Rel: string(c.Path)})
+			res, err := resultOf(e.Rescue(ctx(t), p, Destination{Root: root, Rel: string(c.Path)}))
 			must(t, err)
 
 			// The sidecar the engine wrote is one ReadSidecar takes and

@@ -84,7 +84,7 @@ func openat2RefusedChild(t *testing.T, errno string) {
 	data := randomBytes(40_000, 9)
 	writeFile(t, src, data)
 	_, c := holdDeleted(t, src, "r")
-	res, err := eng.Rescue(ctx(t), pin(t, eng, c), Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: "data/app.log"})
+	res, err := resultOf(eng.Rescue(ctx(t), pin(t, eng, c), Destination{Root: filepath.Join(mnt, ".relinkd"), Rel: "data/app.log"}))
 	if err != nil {
 		t.Fatalf("rescue with openat2 refused: %v", err)
 	}

@@ -114,8 +114,8 @@ func (s *Sidecar) Describes(dev, ino uint64, size, btime int64) error {
 	return nil
 }
 
-func sidecarOf(p *Pin, d Destination, r Result, following bool) Sidecar {
-	c := p.c
+func sidecarOf(rs *Rescued, d Destination, r Result, following bool) Sidecar {
+	c := rs.pin.c
 	s := Sidecar{
 		Path: string(c.Path), RescuedTo: r.Path, Method: r.Method, Bytes: r.Bytes,
 		PID: c.PID, FD: c.FD, Comm: c.Comm, UID: c.UID, Duration: r.Duration.String(),
@@ -129,7 +129,7 @@ func sidecarOf(p *Pin, d Destination, r Result, following bool) Sidecar {
 		rule := d.Rule
 		s.Rule = &rule
 	}
-	if o := p.orig; o != nil {
+	if o := rs.orig; o != nil {
 		// An adopted rescue (Adopt): it is still the first holder's file,
 		// rescued then; only what the follow changes is new.
 		s.Path, s.PathBase64, s.PID, s.FD, s.Comm, s.UID = o.Path, o.PathBase64, o.PID, o.FD, o.Comm, o.UID
@@ -142,14 +142,15 @@ func sidecarOf(p *Pin, d Destination, r Result, following bool) Sidecar {
 // The first write never replaces anything; replace is for Follow's updates
 // of our own sidecar. Both are atomic: a reader sees the old or the new
 // file, never a partial one. following is the sidecar's Following.
-func (e *Engine) writeSidecar(p *Pin, d Destination, r Result, replace, following bool) (string, error) {
-	p.mu.Lock()
-	dir, dst := p.dir, p.dst
-	p.mu.Unlock()
+func (e *Engine) writeSidecar(rs *Rescued, d Destination, r Result, replace, following bool) (string, error) {
+	p := rs.pin
+	rs.mu.Lock()
+	dir, dst := rs.dir, rs.dst
+	rs.mu.Unlock()
 	if dir.fd < 0 {
 		return "", fmt.Errorf("sidecar for %s: destination directory not open", r.Path)
 	}
-	s := sidecarOf(p, d, r, following)
+	s := sidecarOf(rs, d, r, following)
 	// The identities a restarted daemon checks before it believes the
 	// sidecar: the source's birth time and the rescued file's inode.
 	var err error

@@ -263,3 +263,28 @@ func openFileNoFollow(dirfd int, name string) (int, error) {
 		return unix.Openat(dirfd, name, unix.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NOCTTY|unix.O_NONBLOCK|unix.O_NOATIME, 0)
 	})
 }
+
+// openForWrite asks the kernel whether the inode open as fd (read-only)
+// is open for writing anywhere, by any open file or shared writable
+// mapping: exactly then a read lease is refused with EAGAIN (fcntl(2)
+// F_SETLEASE; the kernel compares the inode's write count, so this costs
+// two calls however many processes there are). A granted lease is dropped
+// at once; while it is held, a process opening the file for writing waits
+// that long (or gets EWOULDBLOCK with O_NONBLOCK). ok is false where no
+// lease can be taken: EACCES without CAP_LEASE on a file relinkd does not
+// own, EINVAL on filesystems without leases (NFS) or with
+// fs.leases-enable = 0.
+func openForWrite(fd int) (writing, ok bool, err error) {
+	_, err = eintr.Retry(func() (int, error) { return unix.FcntlInt(uintptr(fd), unix.F_SETLEASE, unix.F_RDLCK) })
+	switch {
+	case err == nil:
+		if _, err := eintr.Retry(func() (int, error) { return unix.FcntlInt(uintptr(fd), unix.F_SETLEASE, unix.F_UNLCK) }); err != nil {
+			return false, true, fmt.Errorf("drop read lease: %w", err)
+		}
+		return false, true, nil
+	case errors.Is(err, unix.EAGAIN):
+		return true, true, nil
+	default:
+		return false, false, err
+	}
+}

@@ -59,14 +59,27 @@ func TestRoots(t *testing.T) {
 	}
 }
 
-// start runs a watcher on roots and returns its event channel.
-func start(t *testing.T, opt Options) (*Watcher, <-chan Event) {
+// start runs a watcher on roots and returns its event channel and a
+// channel that gets a token whenever the number of watches changes (after
+// opt.OnChange, if set, saw it).
+func start(t *testing.T, opt Options) (*Watcher, <-chan Event, <-chan struct{}) {
 	t.Helper()
+	changed := make(chan struct{}, 1)
+	user := opt.OnChange
+	opt.OnChange = func(n int) {
+		if user != nil {
+			user(n)
+		}
+		select {
+		case changed <- struct{}{}:
+		default: // a token is waiting already: it wakes the waiter too
+		}
+	}
 	w, err := New(opt, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return w, run(t, w)
+	return w, run(t, w), changed
 }
 
 // run runs w until the test ends and returns its event channel.
@@ -113,16 +126,18 @@ func mkfile(t *testing.T, path string) {
 	}
 }
 
-// waitWatches polls until the watcher holds n watches (the watch on a new
-// directory is added by the event loop, asynchronously).
-func waitWatches(t *testing.T, w *Watcher, n int) {
+// waitWatches waits until the watcher holds n watches (the watch on a new
+// directory is added by the event loop, asynchronously), woken by each
+// change of the count.
+func waitWatches(t *testing.T, w *Watcher, changed <-chan struct{}, n int) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.After(5 * time.Second)
 	for w.Watches() != n {
-		if time.Now().After(deadline) {
+		select {
+		case <-changed:
+		case <-deadline:
 			t.Fatalf("watches = %d, want %d", w.Watches(), n)
 		}
-		time.Sleep(2 * time.Millisecond)
 	}
 }
 
@@ -132,7 +147,7 @@ func TestRemovalEvents(t *testing.T) {
 	if err := os.MkdirAll(sub, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	w, ch := start(t, Options{Roots: []string{root}})
+	w, ch, changed := start(t, Options{Roots: []string{root}})
 	if got := w.Watches(); got != 3 {
 		t.Fatalf("watches = %d, want 3 (root, a, a/b)", got)
 	}
@@ -166,7 +181,7 @@ func TestRemovalEvents(t *testing.T) {
 		if err := os.MkdirAll(nd, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		waitWatches(t, w, 5)
+		waitWatches(t, w, changed, 5)
 		p := filepath.Join(nd, "f4")
 		mkfile(t, p)
 		if err := os.Remove(p); err != nil {
@@ -178,7 +193,7 @@ func TestRemovalEvents(t *testing.T) {
 		if err := os.RemoveAll(filepath.Join(root, "new")); err != nil {
 			t.Fatal(err)
 		}
-		waitWatches(t, w, 3)
+		waitWatches(t, w, changed, 3)
 	})
 }
 
@@ -207,7 +222,7 @@ func TestSetRoots(t *testing.T) {
 	if err := os.Mkdir(filepath.Join(a, "sub"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	w, ch := start(t, Options{Roots: []string{a}})
+	w, ch, _ := start(t, Options{Roots: []string{a}})
 	if got := w.Watches(); got != 2 {
 		t.Fatalf("watches = %d, want 2", got)
 	}
@@ -234,7 +249,7 @@ func TestSetRoots(t *testing.T) {
 // RestoreRoots after it appears.
 func TestMissingRoot(t *testing.T) {
 	root := filepath.Join(t.TempDir(), "absent")
-	w, ch := start(t, Options{Roots: []string{root}})
+	w, ch, _ := start(t, Options{Roots: []string{root}})
 	if got := w.Watches(); got != 0 {
 		t.Errorf("watches = %d, want 0", got)
 	}
@@ -276,7 +291,7 @@ func (c *counter) get() (last, calls int) {
 func TestOnChange(t *testing.T) {
 	root := t.TempDir()
 	var c counter
-	w, _ := start(t, Options{Roots: []string{root}, OnChange: c.set})
+	w, _, changed := start(t, Options{Roots: []string{root}, OnChange: c.set})
 	if last, _ := c.get(); last != 1 {
 		t.Fatalf("OnChange reported %d after New, want 1", last)
 	}
@@ -284,14 +299,14 @@ func TestOnChange(t *testing.T) {
 	if err := os.Mkdir(sub, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	waitWatches(t, w, 2)
+	waitWatches(t, w, changed, 2)
 	if last, _ := c.get(); last != 2 {
 		t.Errorf("OnChange reported %d after a new directory, want 2", last)
 	}
 	if err := os.Remove(sub); err != nil {
 		t.Fatal(err)
 	}
-	waitWatches(t, w, 1)
+	waitWatches(t, w, changed, 1)
 	if last, _ := c.get(); last != 1 {
 		t.Errorf("OnChange reported %d after the directory was removed, want 1", last)
 	}
@@ -416,14 +431,14 @@ func TestRootRecreated(t *testing.T) {
 		t.Fatal(err)
 	}
 	var c counter
-	w, ch := start(t, Options{Roots: []string{root}, OnChange: c.set})
+	w, ch, changed := start(t, Options{Roots: []string{root}, OnChange: c.set})
 	if got := w.RestoreRoots(); got != nil {
 		t.Errorf("RestoreRoots = %q with the root watched, want none", got)
 	}
 	if err := os.RemoveAll(root); err != nil {
 		t.Fatal(err)
 	}
-	waitWatches(t, w, 0)
+	waitWatches(t, w, changed, 0)
 	if last, _ := c.get(); last != 0 {
 		t.Errorf("OnChange reported %d after the root was removed, want 0", last)
 	}

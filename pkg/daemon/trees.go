@@ -1,0 +1,57 @@
+package daemon
+
+import (
+	"sync"
+	"sync/atomic"
+
+	"go.uber.org/zap"
+
+	"github.com/relinkd/relinkd/pkg/watch"
+)
+
+// trees is the directory watcher and the trees it is given: the rules'
+// roots and their views in other mount namespaces. The main loop (new
+// namespaces), the full pass (namespaces gone) and reload all set them;
+// mu makes that one SetRoots at a time, in the order they were decided.
+type trees struct {
+	log   *zap.Logger
+	views *views
+
+	w  atomic.Pointer[watch.Watcher] // nil until Run made one (or without events)
+	mu sync.Mutex                    // held across each SetRoots
+}
+
+// watcher returns the running watcher, nil if there is none.
+func (t *trees) watcher() *watch.Watcher { return t.w.Load() }
+
+func (t *trees) setWatcher(w *watch.Watcher) { t.w.Store(w) }
+
+// set gives the watcher roots, if there is one and events are on.
+func (t *trees) set(roots []string, events bool) {
+	w := t.watcher()
+	if w == nil || !events {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	w.SetRoots(roots)
+	t.log.Debug("watched trees", zap.Int("roots", len(roots)), zap.Strings("mntns", t.views.namespaces()),
+		zap.Int("watches", w.Watches()))
+}
+
+// reload gives the watcher the trees of new rules (base, and their views
+// in the namespaces known), or none when events were turned off.
+func (t *trees) reload(base []string, events bool) {
+	w := t.watcher()
+	if w == nil {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !events {
+		w.SetRoots(nil)
+		return
+	}
+	roots, _, _ := t.views.add(nil, base)
+	w.SetRoots(roots)
+}
