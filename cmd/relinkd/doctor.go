@@ -104,7 +104,7 @@ func cmdDoctor(ctx context.Context, e env, args []string) error {
 	sc := scanner.New(scanner.Options{Backend: cfg.Scan.Backend}, zap.NewNop())
 	backend, why := sc.Backend()
 	sc.Close()
-	fmt.Fprintf(tw, "  scan backend	%s	scan.backend %s: %s\n", backend, cfg.Scan.Backend, why)
+	fmt.Fprintf(tw, "  sweep\t%s\tscan.backend %s: %s\n", backend, cfg.Scan.Backend, why)
 	tw.Flush()
 
 	fmt.Fprintln(w, "\nfilesystems covered by watch rules")
