@@ -118,7 +118,8 @@ deb: release
 	printf 'relinkd ($(DEB_VERSION)) unstable; urgency=medium\n\n  * Built from commit $(COMMIT).\n\n -- $(DEB_MAINTAINER)  %s\n' \
 	  "$$(LC_ALL=C date -u -d @$(SOURCE_DATE_EPOCH) '+%a, %d %b %Y %H:%M:%S +0000')" | gzip -n -9 > $(DIST)/pkg/changelog.gz
 	gzip -n -9 < README.md > $(DIST)/pkg/README.md.gz
-	cp configs/relinkd.yaml deploy/debian/postinst deploy/debian/prerm deploy/debian/postrm deploy/debian/lintian-overrides $(DIST)/pkg/
+	cp configs/relinkd.yaml deploy/debian/postinst deploy/debian/prerm deploy/debian/postrm deploy/debian/lintian-overrides \
+	  deploy/systemd/relinkd-bpf.conf $(DIST)/pkg/
 	@# nfpm reads these from its environment (nfpm.yaml); they are not
 	@# exported from make, so that make's own children (go test) do not
 	@# inherit them.

@@ -176,7 +176,8 @@ func TestRelease(t *testing.T) {
 		if err != nil {
 			t.Fatalf("dpkg-deb --contents: %v\n%s", err, out)
 		}
-		for _, want := range []string{"./usr/bin/relinkd", "./lib/systemd/system/relinkd.service", "./etc/relinkd/relinkd.yaml", "./usr/share/doc/relinkd/copyright"} {
+		for _, want := range []string{"./usr/bin/relinkd", "./lib/systemd/system/relinkd.service", "./etc/relinkd/relinkd.yaml", "./usr/share/doc/relinkd/copyright",
+			"./usr/share/doc/relinkd/examples/relinkd-bpf.conf"} {
 			if !strings.Contains(string(out), " "+want+"\n") {
 				t.Errorf("package lacks %s:\n%s", want, out)
 			}

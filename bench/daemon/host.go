@@ -35,9 +35,12 @@ func newLayout(tmp string) (*layout, error) {
 // config writes a configuration that rescues everything in the watched
 // tree and the container views, sweeping every interval, following
 // growth or not, logging at level, and returns its path. cross_fs lets a file on a container's private tmpfs be copied.
-func (l *layout) config(name, interval, level string, follow bool) (string, error) {
+func (l *layout) config(name, interval, level string, follow bool, backend string) (string, error) {
 	cfg := filepath.Join(filepath.Dir(l.tree), name)
-	yaml := fmt.Sprintf(`scan: {interval: %s, events: true}
+	if backend == "" {
+		backend = "auto"
+	}
+	yaml := fmt.Sprintf(`scan: {interval: %s, events: true, backend: %s}
 watch:
   - {name: bench, paths: [%q, %q], action: rescue}
 rescue:
@@ -48,7 +51,7 @@ rescue:
   max_total_size: 0
   per_user: {max_files: 0, max_bytes: 0}
 log: {level: %s}
-`, interval, l.tree+"/**", l.ns+"/**", l.rescued, follow, level)
+`, interval, backend, l.tree+"/**", l.ns+"/**", l.rescued, follow, level)
 	return cfg, os.WriteFile(cfg, []byte(yaml), 0o644)
 }
 

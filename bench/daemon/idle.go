@@ -18,7 +18,7 @@ func idleCosts(o *options, tmp string) error {
 	if err != nil {
 		return err
 	}
-	cfg, err := l.config("idle.yaml", "30s", "info", true)
+	cfg, err := l.config("idle.yaml", "30s", "info", true, o.backend)
 	if err != nil {
 		return err
 	}

@@ -113,6 +113,7 @@ type options struct {
 	idle      time.Duration
 	idleProcs []int
 	follow    bool
+	backend   string // scan.backend; "" is the default (auto)
 	log       *lineLog // the race daemons' log at debug level and the trials (-log), or nil
 }
 
@@ -169,6 +170,7 @@ func run() error {
 	idleProcs := flag.String("idle-procs", "400,500", "idle cost: processes (of -busy-fds open files each), one measurement each")
 	flag.BoolVar(&o.follow, "follow", true, "race: rescue.follow (a holder writes its file, so each rescue is followed until it exits)")
 	logFile := flag.String("log", "", "append the race daemons' log, at debug level, to this file")
+	flag.StringVar(&o.backend, "backend", "", "scan.backend of the daemons: auto (the default), proc or bpf")
 	flag.StringVar(&o.bin, "bin", "", "relinkd binary (default: go build ./cmd/relinkd into a temp dir)")
 	flag.Parse()
 	o.trials, o.wait, o.oldPerDir = *trials, *wait, max(1, *oldPerDir)

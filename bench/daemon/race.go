@@ -130,7 +130,7 @@ func raceOn(o *options, root, self, host string, t tally) error {
 			o.busyProcs, o.busyFDs, o.inTree, time.Since(start).Round(time.Millisecond), h.descriptors())
 	}
 
-	cfg, err := l.config("race.yaml", "1h", o.logLevel(), o.follow)
+	cfg, err := l.config("race.yaml", "1h", o.logLevel(), o.follow, o.backend)
 	if err != nil {
 		return err
 	}

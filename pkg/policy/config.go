@@ -152,7 +152,7 @@ const DefaultMaxWatches = 8192
 func Defaults() *Config {
 	return &Config{
 		Scan: ScanConfig{Interval: Duration(30 * time.Second), Events: true, MaxWatches: DefaultMaxWatches,
-			FSTimeout: Duration(3 * time.Second), StallTimeout: Duration(30 * time.Second), Backend: "auto"},
+			FSTimeout: Duration(3 * time.Second), StallTimeout: Duration(30 * time.Second), Backend: "proc"},
 		Watch: []Rule{
 			{
 				Name:    "logs",
