@@ -113,7 +113,7 @@ type options struct {
 	idle      time.Duration
 	idleProcs []int
 	follow    bool
-	backend   string // scan.backend; "" is the default (auto)
+	backend   string   // scan.backend; "" is the default (auto)
 	log       *lineLog // the race daemons' log at debug level and the trials (-log), or nil
 }
 
