@@ -37,10 +37,10 @@ func newLayout(tmp string) (*layout, error) {
 // growth or not, logging at level, and returns its path. cross_fs lets a file on a container's private tmpfs be copied.
 func (l *layout) config(name, interval, level string, follow bool, backend string) (string, error) {
 	cfg := filepath.Join(filepath.Dir(l.tree), name)
-	if backend == "" {
-		backend = "auto"
+	if backend != "" {
+		backend = ", backend: " + backend
 	}
-	yaml := fmt.Sprintf(`scan: {interval: %s, events: true, backend: %s}
+	yaml := fmt.Sprintf(`scan: {interval: %s, events: true%s}
 watch:
   - {name: bench, paths: [%q, %q], action: rescue}
 rescue:
