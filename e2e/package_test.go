@@ -61,22 +61,7 @@ func TestPackage(t *testing.T) {
 		debs[v] = in
 	}
 
-	c, err := nspawn.Boot(ctx, root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	bootCtx, bootCancel := context.WithTimeout(ctx, 60*time.Second)
-	state, err := c.WaitBooted(bootCtx)
-	bootCancel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("container %s booted (%s) %v into the test", c.Machine, state, time.Since(began).Round(time.Millisecond))
+	c := bootMachine(ctx, t, root, began)
 	j, err := c.FollowJournal("--unit=" + unit)
 	if err != nil {
 		t.Fatal(err)

@@ -105,26 +105,7 @@ func TestSystemd(t *testing.T) {
 
 	// The container may grant what the BPF drop-in asks for; the shipped
 	// unit's bounding set still keeps it from the daemon (EnableNow).
-	c, err := nspawn.Boot(ctx, root, "--capability=CAP_BPF,CAP_PERFMON", "--system-call-filter=bpf")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	bootCtx, bootCancel := context.WithTimeout(ctx, 60*time.Second)
-	state, err := c.WaitBooted(bootCtx)
-	bootCancel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if state != "running" {
-		failed, _ := c.Exec(ctx, "systemctl", "--failed", "--no-legend")
-		t.Logf("container booted %s; failed units:\n%s", state, failed)
-	}
-	t.Logf("container %s booted (%s) %v into the test", c.Machine, state, time.Since(began).Round(time.Millisecond))
+	c := bootMachine(ctx, t, root, began, "--capability=CAP_BPF,CAP_PERFMON", "--system-call-filter=bpf")
 
 	j, err := c.FollowJournal("--unit=" + unit)
 	if err != nil {
@@ -628,4 +609,32 @@ func (s *systemdRun) bpf(t *testing.T, repo string) {
 		t.Errorf("with the drop-in: systemd-analyze does not count CAP_BPF")
 	}
 	s.run(t, "systemctl", "stop", "relinkd")
+}
+
+// bootMachine boots root with systemd as PID 1 (nspawn.Boot with args),
+// waits until it has booted, closes it at cleanup, and logs its state and
+// the time since began.
+func bootMachine(ctx context.Context, t *testing.T, root string, began time.Time, args ...string) *nspawn.Container {
+	t.Helper()
+	c, err := nspawn.Boot(ctx, root, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	bootCtx, bootCancel := context.WithTimeout(ctx, 60*time.Second)
+	state, err := c.WaitBooted(bootCtx)
+	bootCancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if state != "running" {
+		failed, _ := c.Exec(ctx, "systemctl", "--failed", "--no-legend")
+		t.Logf("container booted %s; failed units:\n%s", state, failed)
+	}
+	t.Logf("container %s booted (%s) %v into the test", c.Machine, state, time.Since(began).Round(time.Millisecond))
+	return c
 }
