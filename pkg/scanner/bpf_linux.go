@@ -436,37 +436,9 @@ func (s *Scanner) sweepBPF(ctx context.Context, b *bpfSweep, rootfd int, pids []
 	}
 	total.Procs = len(groups)
 
-	work := make(chan *group)
-	results := make([]Result, min(s.workers, max(len(groups), 1)))
-	var wg sync.WaitGroup
-	for i := range results {
-		wg.Add(1)
-		go func(res *Result) {
-			defer wg.Done()
-			w := newWorker(s, rootfd)
-			for g := range work {
-				w.processBPF(g, track, b.holder, res)
-			}
-		}(&results[i])
-	}
-feed:
-	for _, g := range groups {
-		select {
-		case work <- g:
-		case <-ctx.Done():
-			break feed
-		}
-	}
-	close(work)
-	wg.Wait()
-	for _, r := range results {
-		total.Candidates = append(total.Candidates, r.Candidates...)
-		total.Vanished += r.Vanished
-		total.Denied += r.Denied
-		total.Unanswered = append(total.Unanswered, r.Unanswered...)
-		total.Held = append(total.Held, r.Held...)
-	}
-	sortCandidates(total.Candidates)
+	total = fanOut(ctx, s, rootfd, groups, total, func(w *worker, g *group, res *Result) {
+		w.processBPF(g, track, b.holder, res)
+	})
 	total.Duration = time.Since(start)
 	s.log.Debug("sweep done", zap.String("backend", BackendBPF), zap.Int("procs", total.Procs), zap.Int("fds", total.FDs),
 		zap.Int("candidates", len(total.Candidates)), zap.Int("vanished", total.Vanished),

@@ -181,44 +181,11 @@ func (s *Scanner) sweepWith(ctx context.Context, rootfd int, pids, only []int) (
 
 func (s *Scanner) sweep(ctx context.Context, rootfd int, pids []int) (Result, error) {
 	start := time.Now()
-	work := make(chan int)
-	results := make([]Result, min(s.workers, max(len(pids), 1)))
-	var wg sync.WaitGroup
-	for i := range results {
-		wg.Add(1)
-		go func(res *Result) {
-			defer wg.Done()
-			w := newWorker(s, rootfd)
-			for pid := range work {
-				w.process(pid, res)
-			}
-		}(&results[i])
-	}
-feed:
-	for _, pid := range pids {
-		if pid == s.self {
-			continue // the daemon's own pins are not candidates
+	total := fanOut(ctx, s, rootfd, pids, Result{}, func(w *worker, pid int, res *Result) {
+		if pid != s.self { // the daemon's own pins are not candidates
+			w.process(pid, res)
 		}
-		select {
-		case work <- pid:
-		case <-ctx.Done():
-			break feed
-		}
-	}
-	close(work)
-	wg.Wait()
-
-	var total Result
-	for _, r := range results {
-		total.Candidates = append(total.Candidates, r.Candidates...)
-		total.Procs += r.Procs
-		total.FDs += r.FDs
-		total.Vanished += r.Vanished
-		total.Denied += r.Denied
-		total.Unanswered = append(total.Unanswered, r.Unanswered...)
-		total.Held = append(total.Held, r.Held...)
-	}
-	sortCandidates(total.Candidates)
+	})
 	total.Duration = time.Since(start)
 	s.log.Debug("sweep done", zap.Int("procs", total.Procs), zap.Int("fds", total.FDs),
 		zap.Int("candidates", len(total.Candidates)), zap.Int("vanished", total.Vanished),
@@ -575,4 +542,44 @@ func fileMode(m uint32) fs.FileMode {
 		mode |= fs.ModeSticky
 	}
 	return mode // regular files only reach here
+}
+
+// fanOut runs do on every item across the scanner's workers (each with
+// worker state of its own, reading below rootfd) until ctx ends, and
+// returns total with what they found added, candidates sorted.
+func fanOut[T any](ctx context.Context, s *Scanner, rootfd int, items []T, total Result, do func(w *worker, item T, res *Result)) Result {
+	work := make(chan T)
+	results := make([]Result, min(s.workers, max(len(items), 1)))
+	var wg sync.WaitGroup
+	for i := range results {
+		wg.Add(1)
+		go func(res *Result) {
+			defer wg.Done()
+			w := newWorker(s, rootfd)
+			for it := range work {
+				do(w, it, res)
+			}
+		}(&results[i])
+	}
+feed:
+	for _, it := range items {
+		select {
+		case work <- it:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(work)
+	wg.Wait()
+	for _, r := range results {
+		total.Candidates = append(total.Candidates, r.Candidates...)
+		total.Procs += r.Procs
+		total.FDs += r.FDs
+		total.Vanished += r.Vanished
+		total.Denied += r.Denied
+		total.Unanswered = append(total.Unanswered, r.Unanswered...)
+		total.Held = append(total.Held, r.Held...)
+	}
+	sortCandidates(total.Candidates)
+	return total
 }
