@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/relinkd/relinkd/pkg/policy"
+	"github.com/relinkd/relinkd/pkg/config"
 )
 
 // cmdCheckConfig validates a configuration file. It prints "ok" and the
@@ -21,8 +21,8 @@ func cmdCheckConfig(ctx context.Context, e env, args []string) error {
 		return fmt.Errorf("%w: check-config takes one FILE", errUsage)
 	}
 	file := pos[0]
-	cfg, err := policy.Load(file)
-	var es policy.Errors
+	cfg, err := config.Load(file)
+	var es config.Errors
 	if errors.As(err, &es) {
 		for _, fe := range es {
 			fmt.Fprintln(e.stderr, fe)

@@ -14,7 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/relinkd/relinkd/pkg/policy"
+	"github.com/relinkd/relinkd/pkg/config"
 )
 
 // runBinary runs the real binary; one still running after two minutes
@@ -67,11 +67,11 @@ func TestCheckConfig(t *testing.T) {
 		if first != "ok" {
 			t.Fatalf("first line %q, want ok", first)
 		}
-		got, err := policy.Parse("out.yaml", []byte(rest))
+		got, err := config.Parse("out.yaml", []byte(rest))
 		if err != nil {
 			t.Fatalf("printed configuration does not parse: %v\n%s", err, rest)
 		}
-		want, _ := policy.Load(good)
+		want, _ := config.Load(good)
 		got.File, want.File = "", ""
 		// good.yaml has no watch key; the printed configuration lists
 		// the built-in rules it takes.
@@ -164,7 +164,7 @@ func badFiles(t *testing.T, dir string) []badFile {
 		{"FIFO without a writer", fifo, fifo + ": not a regular file (a FIFO)"},
 		{"/dev/zero", "/dev/zero", "/dev/zero: not a regular file (a character device)"},
 		{"directory", sub, sub + ": not a regular file (a directory)"},
-		{"oversize file", write("big.yaml", "{}\n#"+strings.Repeat("x", policy.MaxConfigBytes)), "big.yaml: too large: more than 512KiB, the limit for a configuration file"},
+		{"oversize file", write("big.yaml", "{}\n#"+strings.Repeat("x", config.MaxConfigBytes)), "big.yaml: too large: more than 512KiB, the limit for a configuration file"},
 		{"empty file", write("empty.yaml", ""), `empty.yaml:1: empty: no settings (write "{}" to take every default)`},
 		{"comments only", write("comments.yaml", "# scan:\n#   interval: 30s\n"), `comments.yaml:1: empty: no settings`},
 		{"control character", write("ctrl.yaml", "log:\n  level: \x01\n"), `ctrl.yaml:2: syntax: control character U+0001 at column 10`},

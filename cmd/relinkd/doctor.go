@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/relinkd/relinkd/internal/procfs"
+	"github.com/relinkd/relinkd/pkg/config"
 	"github.com/relinkd/relinkd/pkg/policy"
 	"github.com/relinkd/relinkd/pkg/relink"
 	"github.com/relinkd/relinkd/pkg/scanner"
@@ -40,7 +41,7 @@ func cmdDoctor(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	cfg, source, err := policy.Resolve(*configPath)
+	cfg, source, err := config.Resolve(*configPath)
 	if err != nil {
 		return err
 	}
@@ -167,7 +168,7 @@ func cmdDoctor(ctx context.Context, e env, args []string) error {
 	}
 	tw.Flush()
 	// A container's files go elsewhere (rescue.containers).
-	if cfg.Rescue.Containers == policy.ContainersInside {
+	if cfg.Rescue.Containers == config.ContainersInside {
 		fmt.Fprintf(w, "\ncontainers' files: inside each container (%s at the root of the file's mount, in the container's view)\n", cfg.Rescue.FSDir)
 	} else {
 		d, state := cfg.Rescue.ContainerDir, "created at first rescue"

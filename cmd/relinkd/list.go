@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/relinkd/relinkd/internal/layout"
+	"github.com/relinkd/relinkd/pkg/config"
 	"github.com/relinkd/relinkd/pkg/policy"
 	"github.com/relinkd/relinkd/pkg/relink"
 	"github.com/relinkd/relinkd/pkg/scanner"
@@ -177,7 +178,7 @@ func parseListArgs(e env, args []string) (listOptions, error) {
 	}
 	o.globs = globs
 	if *since != "" {
-		d, err := policy.ParseDuration(*since)
+		d, err := config.ParseDuration(*since)
 		if err != nil || d <= 0 {
 			return o, fmt.Errorf("%w: --since %q: not a duration", errUsage, *since)
 		}
@@ -195,7 +196,7 @@ func cmdList(_ context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	cfg, _, err := policy.Resolve(o.configPath)
+	cfg, _, err := config.Resolve(o.configPath)
 	if err != nil {
 		return err
 	}

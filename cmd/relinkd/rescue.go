@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/relinkd/relinkd/internal/logging"
+	"github.com/relinkd/relinkd/pkg/config"
 	"github.com/relinkd/relinkd/pkg/policy"
 	"github.com/relinkd/relinkd/pkg/relink"
 	"github.com/relinkd/relinkd/pkg/scanner"
@@ -158,7 +159,7 @@ func parseRescueArgs(e env, args []string) (rescueOptions, error) {
 // rescuer carries one `relinkd rescue` run across its candidates.
 type rescuer struct {
 	o   rescueOptions
-	cfg *policy.Config
+	cfg *config.Config
 	log *zap.Logger
 	pol *policy.Policy // the configuration's policy
 	// decider decides without an explicit selection: pol, or with --to
@@ -249,9 +250,9 @@ func (r *rescuer) consider(ctx context.Context, c *scanner.Candidate) error {
 // wants reports whether c is selected, not seen yet and, without an
 // explicit selection, matched by a rule; and the rule that matches it, if
 // any (matched once: the decision takes it from here).
-func (r *rescuer) wants(c *scanner.Candidate) (policy.Rule, bool) {
+func (r *rescuer) wants(c *scanner.Candidate) (config.Rule, bool) {
 	if !r.o.selects(c) || r.seen[c.Key()] {
-		return policy.Rule{}, false
+		return config.Rule{}, false
 	}
 	// The configured policy still keeps its own rescue directories out
 	// when --to replaces them, and --to is kept out too.
@@ -264,7 +265,7 @@ func (r *rescuer) wants(c *scanner.Candidate) (policy.Rule, bool) {
 
 // planExplicit rescues what the selection names, to --to or the
 // configured location, with only min_free as a limit.
-func (r *rescuer) planExplicit(c *scanner.Candidate, rule policy.Rule) (plan, bool) {
+func (r *rescuer) planExplicit(c *scanner.Candidate, rule config.Rule) (plan, bool) {
 	dest, err := destination(c, r.o.to, rule.Name, r.cfg, r.pol)
 	if err != nil {
 		r.seen[c.Key()] = true
@@ -277,7 +278,7 @@ func (r *rescuer) planExplicit(c *scanner.Candidate, rule policy.Rule) (plan, bo
 // planDecided does what the daemon would do now: its policy decides
 // (rules, max_file_size, max_total_size, per_user, min_free, methods),
 // with --to as the only location when given. It reports skips itself.
-func (r *rescuer) planDecided(c *scanner.Candidate, rule policy.Rule) (plan, bool, error) {
+func (r *rescuer) planDecided(c *scanner.Candidate, rule config.Rule) (plan, bool, error) {
 	d := r.decider.DecideRule(c, rule)
 	switch d.Action {
 	case policy.Rescue:
@@ -372,7 +373,7 @@ func matchAny(globs []string, path string) bool {
 
 // destination is --to DIR, or the location the policy chooses for c, with
 // the configured min_free of that filesystem.
-func destination(c *scanner.Candidate, to, rule string, cfg *policy.Config, pol *policy.Policy) (relink.Destination, error) {
+func destination(c *scanner.Candidate, to, rule string, cfg *config.Config, pol *policy.Policy) (relink.Destination, error) {
 	// --to is a path in the caller's own view; a located root is the
 	// host's, reached through the policy's view, or the holder's own
 	// (rescue.containers: inside).
@@ -483,7 +484,7 @@ func (o *reporter) print(l rescueLine, count *int) {
 
 // engineSetup is what rescue and restore start with: the logger of
 // --log-level (none without it), the configuration and its methods.
-func engineSetup(e env, logLevel, configPath string) (*zap.Logger, *policy.Config, []relink.Method, error) {
+func engineSetup(e env, logLevel, configPath string) (*zap.Logger, *config.Config, []relink.Method, error) {
 	log := zap.NewNop()
 	if logLevel != "" {
 		var err error
@@ -491,7 +492,7 @@ func engineSetup(e env, logLevel, configPath string) (*zap.Logger, *policy.Confi
 			return nil, nil, nil, fmt.Errorf("%w: %v", errUsage, err)
 		}
 	}
-	cfg, _, err := policy.Resolve(configPath)
+	cfg, _, err := config.Resolve(configPath)
 	if err != nil {
 		return nil, nil, nil, err
 	}

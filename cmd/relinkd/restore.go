@@ -15,6 +15,7 @@ import (
 	"github.com/bmatcuk/doublestar/v4"
 	"golang.org/x/sys/unix"
 
+	"github.com/relinkd/relinkd/pkg/config"
 	"github.com/relinkd/relinkd/pkg/policy"
 	"github.com/relinkd/relinkd/pkg/relink"
 )
@@ -259,7 +260,7 @@ func bySet(items []item) [][]item {
 // restoreSet checks every file of a set, then, if none is refused and
 // this is not a dry run, restores them in order, stopping at the first
 // failure: the rest of a set is worth little without it.
-func restoreSet(ctx context.Context, eng *relink.Engine, pol *policy.Policy, cfg *policy.Config, set []item, o restoreOptions, out *restoreReporter) {
+func restoreSet(ctx context.Context, eng *relink.Engine, pol *policy.Policy, cfg *config.Config, set []item, o restoreOptions, out *restoreReporter) {
 	states := make([]relink.TargetState, len(set))
 	why := make([]string, len(set))
 	refused := -1
@@ -321,7 +322,7 @@ func restoreSet(ctx context.Context, eng *relink.Engine, pol *policy.Policy, cfg
 
 // restoreOne opens the rescued file, checks that it is still the file
 // that was listed, and restores it.
-func restoreOne(ctx context.Context, eng *relink.Engine, pol *policy.Policy, cfg *policy.Config, it *item) (relink.Restored, error) {
+func restoreOne(ctx context.Context, eng *relink.Engine, pol *policy.Policy, cfg *config.Config, it *item) (relink.Restored, error) {
 	r := it.r
 	f, err := eng.OpenRescued(r.root, pol.Via(), r.rel)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/relinkd/relinkd/internal/testfs"
+	"github.com/relinkd/relinkd/pkg/config"
 	"github.com/relinkd/relinkd/pkg/policy"
 	"github.com/relinkd/relinkd/pkg/relink"
 )
@@ -253,7 +254,7 @@ func TestPlanRestore(t *testing.T) {
 	if sets[0] != sets[1] || sets[0] != sets[2] || sets[0] != sets[4] || sets[3] == sets[0] || sets[5] == sets[0] {
 		t.Errorf("sets %v: want 0, 1, 2, 4 together, 3 and 5 apart", sets)
 	}
-	pol := policy.New(policy.Defaults(), zap.NewNop())
+	pol := policy.New(config.Defaults(), zap.NewNop())
 	targets := func(items []item) map[string]string {
 		m := map[string]string{}
 		for _, it := range items {

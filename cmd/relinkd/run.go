@@ -13,15 +13,15 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/relinkd/relinkd/internal/logging"
+	"github.com/relinkd/relinkd/pkg/config"
 	"github.com/relinkd/relinkd/pkg/daemon"
-	"github.com/relinkd/relinkd/pkg/policy"
 )
 
 // cmdRun is `relinkd run [--config FILE]`: the daemon, in the foreground.
 // SIGINT/SIGTERM (ctx) stop it; SIGHUP reloads the configuration.
 func cmdRun(ctx context.Context, e env, args []string) error {
 	fl := newFlagSet("run")
-	configPath := fl.String("config", "", "configuration `file` (default "+policy.DefaultPath+" if present, else the embedded default)")
+	configPath := fl.String("config", "", "configuration `file` (default "+config.DefaultPath+" if present, else the embedded default)")
 	var hf hostFlags
 	hf.add(fl)
 	pos, err := parseArgs(e.stdout, fl, "[FLAGS]", args)
@@ -42,7 +42,7 @@ func cmdRun(ctx context.Context, e env, args []string) error {
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
-	cfg, source, err := policy.Resolve(*configPath)
+	cfg, source, err := config.Resolve(*configPath)
 	if err != nil {
 		return fmt.Errorf("config %s: %w", source, err)
 	}
@@ -97,17 +97,17 @@ func cmdRun(ctx context.Context, e env, args []string) error {
 // running rules for the built-in ones without saying so (an empty or
 // truncated file), leaves the running configuration in place. Loading
 // never blocks: a FIFO or a device at the path is an error at once.
-func reload(ctx context.Context, d *daemon.Daemon, source string, running *policy.Config, log *zap.Logger) *policy.Config {
+func reload(ctx context.Context, d *daemon.Daemon, source string, running *config.Config, log *zap.Logger) *config.Config {
 	path := source
 	if source == "(embedded)" {
 		path = ""
 	}
-	cfg, src, err := policy.Resolve(path)
+	cfg, src, err := config.Resolve(path)
 	if err == nil {
-		err = policy.CheckReload(running, cfg)
+		err = config.CheckReload(running, cfg)
 	}
 	if err != nil {
-		var errs policy.Errors
+		var errs config.Errors
 		fields := []zap.Field{zap.String("config", src), zap.Error(err)}
 		if errors.As(err, &errs) {
 			list := make([]string, len(errs))

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/relinkd/relinkd/internal/fsguard"
+	"github.com/relinkd/relinkd/pkg/config"
 	"github.com/relinkd/relinkd/pkg/policy"
 	"github.com/relinkd/relinkd/pkg/scanner"
 )
@@ -40,7 +41,7 @@ func cmdScan(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	cfg, _, err := policy.Resolve(*configPath)
+	cfg, _, err := config.Resolve(*configPath)
 	if err != nil {
 		return err
 	}

@@ -8,7 +8,7 @@ import (
 
 	"github.com/relinkd/relinkd/internal/fsguard"
 	"github.com/relinkd/relinkd/internal/logging"
-	"github.com/relinkd/relinkd/pkg/policy"
+	"github.com/relinkd/relinkd/pkg/config"
 	"github.com/relinkd/relinkd/pkg/relink"
 	"github.com/relinkd/relinkd/pkg/scanner"
 )
@@ -38,7 +38,7 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 		d.ledger.record(c, stIgnored, bt())
 		return
 	}
-	if rule.Action == policy.ActionReport {
+	if rule.Action == config.ActionReport {
 		d.ledger.record(c, stReported, bt())
 		d.reportOpen(c, rule.Name)
 		return
@@ -86,7 +86,7 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 	// inode (Pin refuses anything else), with the owner, size and mount
 	// read through the daemon's own descriptor. The rules decide on that.
 	pc := pin.Candidate()
-	if rule, ok = pol.Match(&pc); !ok || rule.Action == policy.ActionReport {
+	if rule, ok = pol.Match(&pc); !ok || rule.Action == config.ActionReport {
 		if err := pin.Close(); err != nil {
 			d.log.Warn("release pin", zap.Int("pid", pc.PID), zap.Int("fd", pc.FD), zap.Error(err))
 		}

@@ -55,6 +55,7 @@ import (
 	"github.com/relinkd/relinkd/internal/events"
 	"github.com/relinkd/relinkd/internal/fsguard"
 	"github.com/relinkd/relinkd/internal/procfs"
+	"github.com/relinkd/relinkd/pkg/config"
 	"github.com/relinkd/relinkd/pkg/metrics"
 	"github.com/relinkd/relinkd/pkg/policy"
 	"github.com/relinkd/relinkd/pkg/relink"
@@ -96,7 +97,7 @@ type Sweeper interface {
 
 // Options configure a Daemon. Only Config is required.
 type Options struct {
-	Config     *policy.Config
+	Config     *config.Config
 	ConfigPath string // for the start-up event
 	Version    string // for the start-up event
 
@@ -244,7 +245,7 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 
 // track makes the sweeps feed the holder index with the watched trees of
 // cfg (a Sweeper that cannot is left alone).
-func (d *Daemon) track(cfg *policy.Config) {
+func (d *Daemon) track(cfg *config.Config) {
 	if t, ok := d.sweeper.(interface{ Track(func([]byte) bool) }); ok {
 		t.Track(underRoots(watchRoots(cfg)))
 	}
@@ -265,7 +266,7 @@ func (d *Daemon) describeMount(id int) (string, string) {
 	return "", ""
 }
 
-func (d *Daemon) config() *policy.Config { return d.pol.Load().Config() }
+func (d *Daemon) config() *config.Config { return d.pol.Load().Config() }
 
 func (d *Daemon) interval() time.Duration {
 	if iv := time.Duration(d.config().Scan.Interval); iv > 0 {
@@ -294,10 +295,10 @@ func (d *Daemon) forget(start time.Time, listed []int) {
 
 // watchRoots returns the directory trees the rescue rules cover. Report
 // rules are left to sweeps: there is no race to win for a report.
-func watchRoots(cfg *policy.Config) []string {
+func watchRoots(cfg *config.Config) []string {
 	var globs []string
 	for _, r := range cfg.Watch {
-		if r.Action == policy.ActionRescue {
+		if r.Action == config.ActionRescue {
 			globs = append(globs, r.Paths...)
 		}
 	}

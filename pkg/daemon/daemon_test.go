@@ -22,6 +22,7 @@ import (
 
 	"github.com/relinkd/relinkd/internal/testfs"
 	"github.com/relinkd/relinkd/internal/testproc"
+	"github.com/relinkd/relinkd/pkg/config"
 	"github.com/relinkd/relinkd/pkg/policy"
 )
 
@@ -41,7 +42,7 @@ type harness struct {
 	wake    *waker // every log line and pins_held or watch gauge change
 }
 
-func config(t *testing.T, watched, rescued, extraRules, rescueExtra string) *policy.Config {
+func testConfig(t *testing.T, watched, rescued, extraRules, rescueExtra string) *config.Config {
 	t.Helper()
 	y := fmt.Sprintf(`scan:
   interval: 1h
@@ -59,7 +60,7 @@ rescue:
     max_files: 0
     max_bytes: 0
 %s`, watched+"/**", extraRules, rescued, rescueExtra)
-	cfg, err := policy.Parse("test.yaml", []byte(y))
+	cfg, err := config.Parse("test.yaml", []byte(y))
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, y)
 	}
@@ -72,12 +73,12 @@ type hooks struct {
 	running   func(*harness) // once Run was started, before READY=1
 }
 
-func start(t *testing.T, fstype string, mk func(watched, rescued string) *policy.Config, tweak func(*Options)) *harness {
+func start(t *testing.T, fstype string, mk func(watched, rescued string) *config.Config, tweak func(*Options)) *harness {
 	t.Helper()
 	return startHooked(t, fstype, mk, tweak, hooks{})
 }
 
-func startHooked(t *testing.T, fstype string, mk func(watched, rescued string) *policy.Config, tweak func(*Options), hk hooks) *harness {
+func startHooked(t *testing.T, fstype string, mk func(watched, rescued string) *config.Config, tweak func(*Options), hk hooks) *harness {
 	t.Helper()
 	testfs.RequireRoot(t)
 	mnt := testfs.Mount(t, fstype, 64)
@@ -219,8 +220,8 @@ func write(t *testing.T, path, data string) {
 // TestOneInodeManyHolders: three processes and two descriptors on one
 // deleted inode give one rescue, and sweeps after it repeat nothing.
 func TestOneInodeManyHolders(t *testing.T) {
-	h := start(t, "tmpfs", func(w, r string) *policy.Config { return config(t, w, r, "", "") },
-		func(o *Options) { o.Config.Scan.Interval = policy.Duration(100 * time.Millisecond) })
+	h := start(t, "tmpfs", func(w, r string) *config.Config { return testConfig(t, w, r, "", "") },
+		func(o *Options) { o.Config.Scan.Interval = config.Duration(100 * time.Millisecond) })
 	p := filepath.Join(h.watched, "shared.log")
 	write(t, p, "shared data\n")
 	a := testproc.Start(t, testproc.Open(p, "r"), testproc.Open(p, "r"))
@@ -244,10 +245,10 @@ func TestOneInodeManyHolders(t *testing.T) {
 // TestReportAndSkip: a report rule logs "deleted file open" once; a file
 // above max_file_size is skipped with reason size, once.
 func TestReportAndSkip(t *testing.T) {
-	h := start(t, "tmpfs", func(w, r string) *policy.Config {
-		return config(t, w, r, fmt.Sprintf("  - name: seen\n    paths: [%q]\n    action: report\n", filepath.Dir(w)+"/r/**"),
+	h := start(t, "tmpfs", func(w, r string) *config.Config {
+		return testConfig(t, w, r, fmt.Sprintf("  - name: seen\n    paths: [%q]\n    action: report\n", filepath.Dir(w)+"/r/**"),
 			"  max_file_size: 10B\n")
-	}, func(o *Options) { o.Config.Scan.Interval = policy.Duration(100 * time.Millisecond) })
+	}, func(o *Options) { o.Config.Scan.Interval = config.Duration(100 * time.Millisecond) })
 	rdir := filepath.Join(h.mnt, "r")
 	if err := os.Mkdir(rdir, 0o755); err != nil {
 		t.Fatal(err)
@@ -328,10 +329,10 @@ func (g *maxGauge) highest() float64 {
 // one after the other, and never more than one is pinned at a time.
 func TestPinLimit(t *testing.T) {
 	pins := &maxGauge{}
-	h := startHooked(t, "tmpfs", func(w, r string) *policy.Config { return config(t, w, r, "", "") },
+	h := startHooked(t, "tmpfs", func(w, r string) *config.Config { return testConfig(t, w, r, "", "") },
 		func(o *Options) {
 			o.MaxPins = 1
-			o.Config.Scan.Interval = policy.Duration(50 * time.Millisecond)
+			o.Config.Scan.Interval = config.Duration(50 * time.Millisecond)
 		}, hooks{beforeRun: func(d *Daemon) {
 			pins.Gauge = d.m.PinsHeld
 			d.m.PinsHeld = pins
@@ -364,8 +365,8 @@ func TestPinLimit(t *testing.T) {
 // TestInodeReuse: on ext4 a freed inode number is handed to the next new
 // file; a new deleted file with a rescued file's number is rescued too.
 func TestInodeReuse(t *testing.T) {
-	h := start(t, "ext4", func(w, r string) *policy.Config { return config(t, w, r, "", "") },
-		func(o *Options) { o.Config.Scan.Interval = policy.Duration(time.Hour) })
+	h := start(t, "ext4", func(w, r string) *config.Config { return testConfig(t, w, r, "", "") },
+		func(o *Options) { o.Config.Scan.Interval = config.Duration(time.Hour) })
 	first := filepath.Join(h.watched, "first.log")
 	write(t, first, "first\n")
 	var st syscall.Stat_t
@@ -406,11 +407,11 @@ func TestInodeReuse(t *testing.T) {
 // TestReloadAndStop: Reload swaps the rules; cancelling Run sends
 // STOPPING=1 and returns.
 func TestReloadAndStop(t *testing.T) {
-	var cfg2 *policy.Config
-	h := start(t, "tmpfs", func(w, r string) *policy.Config {
+	var cfg2 *config.Config
+	h := start(t, "tmpfs", func(w, r string) *config.Config {
 		other := filepath.Join(filepath.Dir(w), "other")
-		cfg2 = config(t, other, r, "", "")
-		return config(t, w, r, "", "")
+		cfg2 = testConfig(t, other, r, "", "")
+		return testConfig(t, w, r, "", "")
 	}, nil)
 	other := filepath.Join(h.mnt, "other")
 	if err := os.Mkdir(other, 0o755); err != nil {
@@ -453,11 +454,11 @@ func value(m prometheus.Metric) float64 {
 // it does not own ignored for everyone by flipping a descriptor so that a
 // sweep pairs that inode with a name no rule matches.)
 func TestIgnoredInodeNewHolder(t *testing.T) {
-	h := start(t, "tmpfs", func(w, r string) *policy.Config {
+	h := start(t, "tmpfs", func(w, r string) *config.Config {
 		// Sweeps only: a full pass lists candidates by pid, so root's
 		// descriptor is always looked at first (an event round may
 		// take the newest process first).
-		cfg, err := policy.Parse("test.yaml", []byte(fmt.Sprintf(`scan:
+		cfg, err := config.Parse("test.yaml", []byte(fmt.Sprintf(`scan:
   interval: 1s
   events: false
 watch:
@@ -474,7 +475,7 @@ rescue:
 			t.Fatal(err)
 		}
 		return cfg
-	}, func(o *Options) { o.Config.Scan.Interval = policy.Duration(100 * time.Millisecond) })
+	}, func(o *Options) { o.Config.Scan.Interval = config.Duration(100 * time.Millisecond) })
 	testfs.Reachable(t, h.watched)
 	p := filepath.Join(h.watched, "shared.log")
 	write(t, p, "shared data\n")

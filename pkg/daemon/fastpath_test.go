@@ -12,7 +12,7 @@ import (
 
 	"github.com/relinkd/relinkd/internal/testfs"
 	"github.com/relinkd/relinkd/internal/testproc"
-	"github.com/relinkd/relinkd/pkg/policy"
+	"github.com/relinkd/relinkd/pkg/config"
 )
 
 // BenchmarkFastPath measures the daemon's side of the fast path, on a real
@@ -86,10 +86,10 @@ func BenchmarkFastPath(b *testing.B) {
 	}
 }
 
-func benchConfig(b *testing.B, watched, rescued string) *policy.Config {
+func benchConfig(b *testing.B, watched, rescued string) *config.Config {
 	b.Helper()
 	y := fmt.Sprintf("scan:\n  interval: 1h\n  events: true\nwatch:\n  - name: w\n    paths: [%q]\n    action: rescue\nrescue:\n  dirs: [%q]\n  min_free: 1%%\n", watched+"/**", rescued)
-	cfg, err := policy.Parse("bench.yaml", []byte(y))
+	cfg, err := config.Parse("bench.yaml", []byte(y))
 	if err != nil {
 		b.Fatal(err)
 	}

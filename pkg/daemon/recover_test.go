@@ -18,7 +18,7 @@ import (
 
 	"github.com/relinkd/relinkd/internal/testfs"
 	"github.com/relinkd/relinkd/internal/testproc"
-	"github.com/relinkd/relinkd/pkg/policy"
+	"github.com/relinkd/relinkd/pkg/config"
 	"github.com/relinkd/relinkd/pkg/scanner"
 	"github.com/relinkd/relinkd/pkg/watch/watchtest"
 )
@@ -41,7 +41,7 @@ func waitWatcher(h *harness) {
 // is then reported by its event and rescued.
 func TestOverflow(t *testing.T) {
 	restore := watchtest.LowQueue(t, 4)
-	h := startHooked(t, "tmpfs", func(w, r string) *policy.Config { return config(t, w, r, "", "") }, nil,
+	h := startHooked(t, "tmpfs", func(w, r string) *config.Config { return testConfig(t, w, r, "", "") }, nil,
 		hooks{running: func(h *harness) { waitWatcher(h); restore() }})
 	restore()
 	fullBefore := value(h.d.m.Sweeps.WithLabelValues("full"))
@@ -119,8 +119,8 @@ func TestOverflow(t *testing.T) {
 // sweep, and a holder there that exits shortly after its unlink is caught
 // through the event.
 func TestRootRecreated(t *testing.T) {
-	h := start(t, "tmpfs", func(w, r string) *policy.Config { return config(t, w, r, "", "") },
-		func(o *Options) { o.Config.Scan.Interval = policy.Duration(200 * time.Millisecond) })
+	h := start(t, "tmpfs", func(w, r string) *config.Config { return testConfig(t, w, r, "", "") },
+		func(o *Options) { o.Config.Scan.Interval = config.Duration(200 * time.Millisecond) })
 	if got := value(h.d.m.Watches); got != 1 {
 		t.Fatalf("watch gauge = %v, want 1", got)
 	}
@@ -161,7 +161,7 @@ func TestRootRecreated(t *testing.T) {
 // once the cause is gone, the file is rescued.
 func TestRetryFailed(t *testing.T) {
 	var planted string
-	h := start(t, "tmpfs", func(w, r string) *policy.Config {
+	h := start(t, "tmpfs", func(w, r string) *config.Config {
 		// The rescued file keeps its original path under the root: its
 		// first component is the first directory the engine opens.
 		if err := os.Mkdir(r, 0o700); err != nil {
@@ -175,8 +175,8 @@ func TestRetryFailed(t *testing.T) {
 		if err := os.Symlink(elsewhere, planted); err != nil {
 			t.Fatal(err)
 		}
-		return config(t, w, r, "", "")
-	}, func(o *Options) { o.Config.Scan.Interval = policy.Duration(100 * time.Millisecond) })
+		return testConfig(t, w, r, "", "")
+	}, func(o *Options) { o.Config.Scan.Interval = config.Duration(100 * time.Millisecond) })
 	p := filepath.Join(h.watched, "retry.log")
 	write(t, p, "retry me\n")
 	testproc.Start(t, testproc.Open(p, "r"), testproc.Unlink(p))
@@ -282,7 +282,7 @@ func queueJobs(t *testing.T, n int) (*Daemon, *observer.ObservedLogs) {
 		t.Fatal(err)
 	}
 	core, logs := observer.New(zapcore.DebugLevel)
-	d, err := New(Options{Config: config(t, watched, filepath.Join(mnt, "rescued"), "", "")}, zap.New(core))
+	d, err := New(Options{Config: testConfig(t, watched, filepath.Join(mnt, "rescued"), "", "")}, zap.New(core))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -360,8 +360,8 @@ func TestCancelledRescueIsNoFailure(t *testing.T) {
 // TestHoldersPruned: a holder that exited is dropped from its inode's
 // holders by the next full sweep, while the inode stays known.
 func TestHoldersPruned(t *testing.T) {
-	h := start(t, "tmpfs", func(w, r string) *policy.Config { return config(t, w, r, "", "") },
-		func(o *Options) { o.Config.Scan.Interval = policy.Duration(100 * time.Millisecond) })
+	h := start(t, "tmpfs", func(w, r string) *config.Config { return testConfig(t, w, r, "", "") },
+		func(o *Options) { o.Config.Scan.Interval = config.Duration(100 * time.Millisecond) })
 	p := filepath.Join(h.watched, "shared.log")
 	write(t, p, "shared\n")
 	var st unix.Stat_t
@@ -383,7 +383,7 @@ func TestHoldersPruned(t *testing.T) {
 }
 
 func TestDefaultWorkers(t *testing.T) {
-	d, err := New(Options{Config: config(t, "/nonexistent/w", "/nonexistent/r", "", "")}, nil)
+	d, err := New(Options{Config: testConfig(t, "/nonexistent/w", "/nonexistent/r", "", "")}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -409,7 +409,7 @@ func TestPruneWaitsForRescue(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	d, err := New(Options{Config: config(t, filepath.Join(mnt, "w"), rescued, "", "")}, zap.NewNop())
+	d, err := New(Options{Config: testConfig(t, filepath.Join(mnt, "w"), rescued, "", "")}, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}

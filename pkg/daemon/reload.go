@@ -5,11 +5,12 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/relinkd/relinkd/pkg/config"
 	"github.com/relinkd/relinkd/pkg/policy"
 )
 
 type reloadReq struct {
-	cfg  *policy.Config
+	cfg  *config.Config
 	done chan struct{}
 }
 
@@ -17,7 +18,7 @@ type reloadReq struct {
 // directories take effect for the next candidate. Files already pinned or
 // rescued (or reported) are not revisited; skipped, failed and unmatched
 // ones are looked at again under the new rules. It returns once the main loop applied it.
-func (d *Daemon) Reload(ctx context.Context, cfg *policy.Config) error {
+func (d *Daemon) Reload(ctx context.Context, cfg *config.Config) error {
 	r := reloadReq{cfg: cfg, done: make(chan struct{})}
 	select {
 	case d.reload <- r:
@@ -33,7 +34,7 @@ func (d *Daemon) Reload(ctx context.Context, cfg *policy.Config) error {
 }
 
 // apply installs a new configuration (from the main loop).
-func (d *Daemon) apply(cfg *policy.Config) {
+func (d *Daemon) apply(cfg *config.Config) {
 	oldPol := d.pol.Load()
 	old := oldPol.Config()
 	pol := policy.New(cfg, d.log, policy.WithProcRoot(d.opt.ProcRoot), policy.WithHostRoot(d.opt.HostRoot))

@@ -28,6 +28,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/relinkd/relinkd/internal/logging"
+	"github.com/relinkd/relinkd/pkg/config"
 	"github.com/relinkd/relinkd/pkg/policy"
 	"github.com/relinkd/relinkd/pkg/relink"
 	"github.com/relinkd/relinkd/pkg/scanner"
@@ -233,7 +234,7 @@ func (x *priors) find(key scanner.Key, btime int64) *prior {
 // it reports whether it did. A finished rescue is recorded as rescued,
 // without a copy, and the pin released; an unfinished follow is queued to
 // be resumed (see resume), still pinned.
-func (d *Daemon) takePrior(c *scanner.Candidate, rule policy.Rule, pin *relink.Pin, btime int64, now time.Time) bool {
+func (d *Daemon) takePrior(c *scanner.Candidate, rule config.Rule, pin *relink.Pin, btime int64, now time.Time) bool {
 	p := d.priors.find(c.Key(), btime)
 	if p == nil {
 		return false

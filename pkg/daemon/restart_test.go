@@ -13,7 +13,7 @@ import (
 
 	"github.com/relinkd/relinkd/internal/layout"
 	"github.com/relinkd/relinkd/internal/testproc"
-	"github.com/relinkd/relinkd/pkg/policy"
+	"github.com/relinkd/relinkd/pkg/config"
 	"github.com/relinkd/relinkd/pkg/relink"
 	"github.com/relinkd/relinkd/pkg/scanner"
 )
@@ -50,13 +50,13 @@ func rescuedFiles(t *testing.T, root string) []string {
 	return out
 }
 
-func fastSweeps(o *Options) { o.Config.Scan.Interval = policy.Duration(100 * time.Millisecond) }
+func fastSweeps(o *Options) { o.Config.Scan.Interval = config.Duration(100 * time.Millisecond) }
 
 // TestRestartAlreadyRescued: a file rescued before a restart and still
 // held is not copied again by the daemons that follow: each says "already
 // rescued" once, the rescue root keeps one copy.
 func TestRestartAlreadyRescued(t *testing.T) {
-	h := start(t, "ext4", func(w, r string) *policy.Config { return config(t, w, r, "", "") }, fastSweeps)
+	h := start(t, "ext4", func(w, r string) *config.Config { return testConfig(t, w, r, "", "") }, fastSweeps)
 	p := filepath.Join(h.watched, "held.log")
 	write(t, p, "held data\n")
 	testproc.Start(t, testproc.Open(p, "r"), testproc.Unlink(p))
@@ -88,7 +88,7 @@ func TestRestartAlreadyRescued(t *testing.T) {
 // names an inode number that, once that file was freed, went to a new
 // deleted file: another birth time, so the new file is rescued.
 func TestRestartInodeReuse(t *testing.T) {
-	h := start(t, "ext4", func(w, r string) *policy.Config { return config(t, w, r, "", "") }, nil)
+	h := start(t, "ext4", func(w, r string) *config.Config { return testConfig(t, w, r, "", "") }, nil)
 	first := filepath.Join(h.watched, "first.log")
 	write(t, first, "first\n")
 	var st syscall.Stat_t
@@ -148,7 +148,7 @@ func TestRestartSidecarNotTrusted(t *testing.T) {
 		}},
 	} {
 		t.Run(strings.ReplaceAll(tt.name, " ", "_"), func(t *testing.T) {
-			h := start(t, "ext4", func(w, r string) *policy.Config { return config(t, w, r, "", "") }, nil)
+			h := start(t, "ext4", func(w, r string) *config.Config { return testConfig(t, w, r, "", "") }, nil)
 			p := filepath.Join(h.watched, "held.log")
 			write(t, p, "held data\n")
 			testproc.Start(t, testproc.Open(p, "r"), testproc.Unlink(p))
@@ -189,7 +189,7 @@ func TestRestartSidecarNotTrusted(t *testing.T) {
 // file leaves the follow to the next one, which appends to the same
 // rescued file until the writer closes it.
 func TestRestartResumesFollow(t *testing.T) {
-	h := start(t, "ext4", func(w, r string) *policy.Config { return config(t, w, r, "", "") }, nil)
+	h := start(t, "ext4", func(w, r string) *config.Config { return testConfig(t, w, r, "", "") }, nil)
 	p := filepath.Join(h.watched, "grow.log")
 	write(t, p, "head\n")
 	w := testproc.Start(t, testproc.Open(p, "a"), testproc.Unlink(p))

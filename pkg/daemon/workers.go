@@ -9,7 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/relinkd/relinkd/internal/fsguard"
-	"github.com/relinkd/relinkd/pkg/policy"
+	"github.com/relinkd/relinkd/pkg/config"
 	"github.com/relinkd/relinkd/pkg/relink"
 	"github.com/relinkd/relinkd/pkg/scanner"
 )
@@ -17,7 +17,7 @@ import (
 // job is one pinned file waiting for a worker.
 type job struct {
 	c     scanner.Candidate // the pinned file (pin.Candidate())
-	rule  policy.Rule       // the rule that matched it, once pinned
+	rule  config.Rule       // the rule that matched it, once pinned
 	pin   *relink.Pin
 	found time.Time // start of the sweep that found it
 	prior *prior    // a follow an earlier daemon left unfinished: resume it (see resume)

@@ -20,6 +20,7 @@ import (
 	"github.com/relinkd/relinkd/internal/testcontainer"
 	"github.com/relinkd/relinkd/internal/testfs"
 	"github.com/relinkd/relinkd/internal/testproc"
+	"github.com/relinkd/relinkd/pkg/config"
 	"github.com/relinkd/relinkd/pkg/relink"
 	"github.com/relinkd/relinkd/pkg/scanner"
 )
@@ -232,7 +233,7 @@ func TestContainerInside(t *testing.T) {
 		t.Fatalf("candidate %+v not linkable", c)
 	}
 	cfg := testConfig(t.TempDir())
-	cfg.Rescue.Containers = ContainersInside
+	cfg.Rescue.Containers = config.ContainersInside
 	d := New(cfg, zaptest.NewLogger(t)).Decide(&c)
 	if d.Action != Rescue || d.Root != "/.relinkd" || d.Via != "/proc/"+uintStr(uint64(h.PID))+"/root" || !d.Beneath ||
 		!d.SameMount || !strings.HasPrefix(d.Rel, "var/log/app/x.log.") {
@@ -276,7 +277,7 @@ func TestContainerInsideSymlink(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := testConfig(t.TempDir())
-	cfg.Rescue.Containers = ContainersInside
+	cfg.Rescue.Containers = config.ContainersInside
 	p := New(cfg, zaptest.NewLogger(t))
 	if d := p.Decide(&c); d.Action != Skip || d.Reason != ReasonLocation || !strings.Contains(d.Detail, "not a directory") {
 		t.Errorf("decision %+v: want a location skip, the root is a symlink", d)
@@ -288,7 +289,7 @@ func TestContainerInsideSymlink(t *testing.T) {
 	}
 	via := "/proc/" + uintStr(uint64(h.PID)) + "/root"
 	for _, root := range []string{"/.relinkd", "/data/.relinkd"} {
-		d := Decision{Root: root, Via: via, Beneath: true, Rel: RelName(&c, p.now()), Methods: []string{MethodCopy}}
+		d := Decision{Root: root, Via: via, Beneath: true, Rel: RelName(&c, p.now()), Methods: []string{config.MethodCopy}}
 		if _, buf, err := rescueAs(t, c, d); !errors.Is(err, relink.ErrUnsafePath) {
 			t.Errorf("root %s: err %v, want ErrUnsafePath\n%s", root, err, buf)
 		}

@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/bmatcuk/doublestar/v4"
+
+	"github.com/relinkd/relinkd/pkg/config"
 )
 
 // pseudoFS are filesystem types that never hold user data worth rescuing.
@@ -56,7 +58,7 @@ func containing(host []Mount, path string) *Mount {
 // watch rules of cfg cover: the mount holding each glob's fixed prefix, and
 // every mount below that prefix whose contents the glob can match. Pseudo
 // filesystems (proc, sysfs, cgroup …) are left out.
-func CoveredMounts(cfg *Config, host []Mount) []CoveredMount {
+func CoveredMounts(cfg *config.Config, host []Mount) []CoveredMount {
 	var out []CoveredMount
 	add := func(m *Mount, rule string) {
 		if slices.Contains(pseudoFS, m.FSType) {

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/relinkd/relinkd/pkg/config"
 	"github.com/relinkd/relinkd/pkg/scanner"
 )
 
@@ -138,7 +139,7 @@ func (p *Policy) Locate(c *scanner.Candidate) (Location, error) {
 	}
 	var why []string
 	fm, ferr := p.resolveMount(c, host)
-	if c.InContainer() && p.cfg.Rescue.Containers != ContainersInside {
+	if c.InContainer() && p.cfg.Rescue.Containers != config.ContainersInside {
 		return p.locateContainer(c, fm, host)
 	}
 	if ferr == nil {

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/relinkd/relinkd/internal/procfs"
+	"github.com/relinkd/relinkd/pkg/config"
 )
 
 func TestGlobPrefix(t *testing.T) {
@@ -31,7 +32,7 @@ func TestCoveredMounts(t *testing.T) {
 		{ID: 5, MountPoint: "/srv/data", FSType: "btrfs"},
 		{ID: 6, MountPoint: "/home", FSType: "ext4"},
 	}
-	cfg := &Config{Watch: []Rule{
+	cfg := &config.Config{Watch: []config.Rule{
 		{Name: "logs", Paths: []string{"/var/log/**"}},
 		{Name: "srv-logs", Paths: []string{"/srv/*.log"}},
 		{Name: "any", Paths: []string{"**/core"}},

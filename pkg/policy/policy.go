@@ -14,6 +14,7 @@ import (
 
 	"github.com/relinkd/relinkd/internal/layout"
 	"github.com/relinkd/relinkd/internal/procfs"
+	"github.com/relinkd/relinkd/pkg/config"
 	"github.com/relinkd/relinkd/pkg/scanner"
 )
 
@@ -80,8 +81,8 @@ type Decision struct {
 
 // Policy decides what to do with candidates. It is safe for concurrent use.
 type Policy struct {
-	cfg      *Config // what it decides by: given, or given with onlyRoot
-	given    *Config
+	cfg      *config.Config // what it decides by: given, or given with onlyRoot
+	given    *config.Config
 	onlyRoot string // WithOnlyRoot
 	log      *zap.Logger
 	rules    []rule
@@ -163,7 +164,7 @@ func WithOnlyRoot(dir string) Option {
 }
 
 // New returns a policy for cfg. User names in rules are resolved now.
-func New(cfg *Config, log *zap.Logger, opts ...Option) *Policy {
+func New(cfg *config.Config, log *zap.Logger, opts ...Option) *Policy {
 	p := &Policy{
 		cfg:    cfg,
 		log:    log,
@@ -226,20 +227,20 @@ func (p *Policy) FreeSpace(root string) (avail, total uint64, err error) {
 }
 
 // Config returns the configuration the policy was built from.
-func (p *Policy) Config() *Config { return p.given }
+func (p *Policy) Config() *config.Config { return p.given }
 
 // Match returns the first rule matching c, without any side effect
 // (for `relinkd scan`). Files inside rescue directories never match.
-func (p *Policy) Match(c *scanner.Candidate) (Rule, bool) {
+func (p *Policy) Match(c *scanner.Candidate) (config.Rule, bool) {
 	if p.InRescueDir(c) {
-		return Rule{}, false
+		return config.Rule{}, false
 	}
 	for i := range p.rules {
 		if p.rules[i].matches(c) {
 			return p.rules[i].Rule, true
 		}
 	}
-	return Rule{}, false
+	return config.Rule{}, false
 }
 
 // InRescueDir reports whether c's path is in a configured rescue directory
@@ -273,8 +274,8 @@ func (p *Policy) Decide(c *scanner.Candidate) Decision {
 // this policy or the one it replaced): the rules are not matched again,
 // so a reload between the match and the decision cannot drop a file
 // already pinned.
-func (p *Policy) DecideRule(c *scanner.Candidate, r Rule) Decision {
-	if r.Action == ActionReport {
+func (p *Policy) DecideRule(c *scanner.Candidate, r config.Rule) Decision {
+	if r.Action == config.ActionReport {
 		return Decision{Action: Report, Rule: r.Name}
 	}
 	d := Decision{Rule: r.Name, Follow: p.cfg.Rescue.Follow}
@@ -296,8 +297,8 @@ func (p *Policy) DecideRule(c *scanner.Candidate, r Rule) Decision {
 	d.Rel = loc.Rel(c, p.now())
 	for _, m := range rc.Methods {
 		switch {
-		case m == MethodLink && (!loc.SameMount || !c.Linkable):
-		case m == MethodReflink && !loc.SameFS:
+		case m == config.MethodLink && (!loc.SameMount || !c.Linkable):
+		case m == config.MethodReflink && !loc.SameFS:
 		default:
 			d.Methods = append(d.Methods, m)
 		}
@@ -312,7 +313,7 @@ func (p *Policy) DecideRule(c *scanner.Candidate, r Rule) Decision {
 		return skip(ReasonSpace, "%v", err)
 	}
 	d.MinFreeBytes = rc.MinFree.Floor(total)
-	if i := slices.Index(d.Methods, MethodCopy); i >= 0 && avail < d.MinFreeBytes+size {
+	if i := slices.Index(d.Methods, config.MethodCopy); i >= 0 && avail < d.MinFreeBytes+size {
 		d.Methods = slices.Delete(d.Methods, i, i+1)
 		d.NoRoomToCopy = fmt.Sprintf("copying %d bytes to %s would leave %d bytes free, below min_free %s (%d bytes)",
 			size, loc.Root, int64(avail)-int64(size), rc.MinFree, d.MinFreeBytes)
@@ -482,7 +483,7 @@ func (p *Policy) Roots() []string {
 	n := len(p.cfg.Rescue.Dirs)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if d := p.cfg.Rescue.ContainerDir; p.cfg.Rescue.Containers == ContainersHost && d != "" && !slices.Contains(out, d) {
+	if d := p.cfg.Rescue.ContainerDir; p.cfg.Rescue.Containers == config.ContainersHost && d != "" && !slices.Contains(out, d) {
 		out = append(out, d)
 	}
 	for r := range p.usage {

@@ -17,6 +17,7 @@ import (
 	"github.com/relinkd/relinkd/internal/layout"
 	"github.com/relinkd/relinkd/internal/testfs"
 	"github.com/relinkd/relinkd/internal/testproc"
+	"github.com/relinkd/relinkd/pkg/config"
 	"github.com/relinkd/relinkd/pkg/scanner"
 )
 
@@ -50,24 +51,24 @@ func holdDeleted(t *testing.T, path string, size int) *testproc.Holder {
 	return testproc.Start(t, steps...)
 }
 
-func testConfig(dirs ...string) *Config {
-	cfg := Defaults()
-	cfg.Watch = []Rule{{Name: "all", Paths: []string{"/**"}, Action: ActionRescue}}
+func testConfig(dirs ...string) *config.Config {
+	cfg := config.Defaults()
+	cfg.Watch = []config.Rule{{Name: "all", Paths: []string{"/**"}, Action: config.ActionRescue}}
 	cfg.Rescue.Dirs = dirs
-	cfg.Rescue.MinFree = Threshold{}
+	cfg.Rescue.MinFree = config.Threshold{}
 	cfg.Rescue.MaxTotalSize = 0
-	cfg.Rescue.PerUser = PerUser{Window: Duration(time.Hour)}
+	cfg.Rescue.PerUser = config.PerUser{Window: config.Duration(time.Hour)}
 	return cfg
 }
 
 func TestMatchRules(t *testing.T) {
-	rules := []Rule{
-		{Name: "big-java", Paths: []string{"/srv/**"}, Commands: []string{"java*"}, MinSize: 1 << 20, Action: ActionRescue},
-		{Name: "srv-report", Paths: []string{"/srv/**"}, Exclude: []string{"**/*.tmp", "/srv/cache/**"}, Action: ActionReport},
-		{Name: "logs", Paths: []string{"/var/log/**"}, Users: []string{"root", "1000"}, MaxSize: 100, Action: ActionRescue},
-		{Name: "one-level", Paths: []string{"/data/*/db"}, Action: ActionRescue},
-		{Name: "by-exe", Paths: []string{"/opt/**"}, Commands: []string{"postgres"}, Action: ActionRescue},
-		{Name: "huge", Paths: []string{"/huge/**"}, MinSize: 1<<63 + 1, Action: ActionRescue}, // beyond int64: Parse refuses it, code may not
+	rules := []config.Rule{
+		{Name: "big-java", Paths: []string{"/srv/**"}, Commands: []string{"java*"}, MinSize: 1 << 20, Action: config.ActionRescue},
+		{Name: "srv-report", Paths: []string{"/srv/**"}, Exclude: []string{"**/*.tmp", "/srv/cache/**"}, Action: config.ActionReport},
+		{Name: "logs", Paths: []string{"/var/log/**"}, Users: []string{"root", "1000"}, MaxSize: 100, Action: config.ActionRescue},
+		{Name: "one-level", Paths: []string{"/data/*/db"}, Action: config.ActionRescue},
+		{Name: "by-exe", Paths: []string{"/opt/**"}, Commands: []string{"postgres"}, Action: config.ActionRescue},
+		{Name: "huge", Paths: []string{"/huge/**"}, MinSize: 1<<63 + 1, Action: config.ActionRescue}, // beyond int64: Parse refuses it, code may not
 	}
 	tests := []struct {
 		name string
@@ -91,7 +92,7 @@ func TestMatchRules(t *testing.T) {
 		{"newline in name", scanner.Candidate{Path: []byte("/var/log/a\nb")}, "logs"},
 		{"min size beyond int64", scanner.Candidate{Path: []byte("/huge/x"), Size: 1 << 40}, ""},
 	}
-	p := New(&Config{Watch: rules}, zaptest.NewLogger(t))
+	p := New(&config.Config{Watch: rules}, zaptest.NewLogger(t))
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r, ok := p.Match(&tt.c)
@@ -118,11 +119,11 @@ func TestMatchRealHolders(t *testing.T) {
 	big := holdDeleted(t, filepath.Join(dir, "big.log"), 1000)
 	exe, _ := os.Executable()
 	cfg := testConfig(filepath.Join(dir, "rescue"))
-	cfg.Watch = []Rule{
-		{Name: "user-1000", Paths: []string{dir + "/**"}, Users: []string{"1000"}, Action: ActionReport},
-		{Name: "not-us", Paths: []string{dir + "/**"}, Commands: []string{"nginx"}, Action: ActionRescue},
-		{Name: "us-small", Paths: []string{dir + "/*.log"}, Commands: []string{filepath.Base(exe)}, Users: []string{"root"}, MaxSize: 100, Action: ActionRescue},
-		{Name: "rest", Paths: []string{"**"}, Action: ActionReport},
+	cfg.Watch = []config.Rule{
+		{Name: "user-1000", Paths: []string{dir + "/**"}, Users: []string{"1000"}, Action: config.ActionReport},
+		{Name: "not-us", Paths: []string{dir + "/**"}, Commands: []string{"nginx"}, Action: config.ActionRescue},
+		{Name: "us-small", Paths: []string{dir + "/*.log"}, Commands: []string{filepath.Base(exe)}, Users: []string{"root"}, MaxSize: 100, Action: config.ActionRescue},
+		{Name: "rest", Paths: []string{"**"}, Action: config.ActionReport},
 	}
 	p := New(cfg, zaptest.NewLogger(t))
 	if d := p.Decide(candidate(t, h, 0)); d.Action != Rescue || d.Rule != "us-small" {
@@ -272,7 +273,7 @@ func TestSpaceGuard(t *testing.T) {
 
 	cfg := testConfig(x + "/rescue")
 	// Room for half the file above the floor.
-	cfg.Rescue.MinFree = Threshold{Bytes: Size(avail - size/2)}
+	cfg.Rescue.MinFree = config.Threshold{Bytes: config.Size(avail - size/2)}
 	d := New(cfg, zaptest.NewLogger(t)).Decide(c)
 	if d.Action != Rescue || !slices.Equal(d.Methods, []string{"reflink"}) {
 		t.Fatalf("reflink with copy over min_free: %v %v %s, want rescue [reflink]", d.Action, d.Methods, d.Detail)
@@ -292,7 +293,7 @@ func TestSpaceGuard(t *testing.T) {
 	}
 
 	// With room for the whole file the copy is kept.
-	cfg.Rescue.MinFree = Threshold{Bytes: Size(avail - 2*size)}
+	cfg.Rescue.MinFree = config.Threshold{Bytes: config.Size(avail - 2*size)}
 	d = New(cfg, zaptest.NewLogger(t)).Decide(c)
 	if d.Action != Rescue || !slices.Equal(d.Methods, []string{"copy"}) {
 		t.Errorf("copy with room: %v %v (%s)", d.Action, d.Methods, d.Detail)
@@ -302,7 +303,7 @@ func TestSpaceGuard(t *testing.T) {
 	cfg = testConfig(other + "/rescue")
 	cfg.Rescue.FSDir = ""
 	cfg.Rescue.CrossFS = true
-	cfg.Rescue.MinFree = Threshold{Percent: 99.9, IsPercent: true}
+	cfg.Rescue.MinFree = config.Threshold{Percent: 99.9, IsPercent: true}
 	d = New(cfg, zaptest.NewLogger(t)).Decide(c)
 	if d.Action != Skip || d.Reason != ReasonSpace {
 		t.Errorf("cross-fs copy over 99.9%%: %v/%s, want skip/space (%s)", d.Action, d.Reason, d.Detail)
@@ -351,7 +352,7 @@ func TestSizeTotalAndQuota(t *testing.T) {
 
 	// Per-user cap: files of one owner within the window.
 	cfg = testConfig(a + "/rescue")
-	cfg.Rescue.PerUser = PerUser{MaxFiles: 2, Window: Duration(time.Hour)}
+	cfg.Rescue.PerUser = config.PerUser{MaxFiles: 2, Window: config.Duration(time.Hour)}
 	p = New(cfg, zaptest.NewLogger(t))
 	now := time.Now()
 	p.now = func() time.Time { return now }
@@ -383,7 +384,7 @@ func TestSizeTotalAndQuota(t *testing.T) {
 		t.Errorf("after the window: %v %s", d.Action, d.Detail)
 	}
 
-	cfg.Rescue.PerUser = PerUser{MaxBytes: 1500, Window: Duration(time.Hour)}
+	cfg.Rescue.PerUser = config.PerUser{MaxBytes: 1500, Window: config.Duration(time.Hour)}
 	p = New(cfg, zaptest.NewLogger(t))
 	if d := p.Decide(candidate(t, hs[0], 0)); d.Action != Rescue {
 		t.Fatalf("first 1000 bytes: %v", d.Action)
@@ -497,7 +498,7 @@ func TestPlantedRescueRoot(t *testing.T) {
 // and the note says where it looked.
 func TestWithProcRoot(t *testing.T) {
 	root := t.TempDir()
-	p := New(&Config{}, zaptest.NewLogger(t), WithProcRoot(root))
+	p := New(&config.Config{}, zaptest.NewLogger(t), WithProcRoot(root))
 	if p.Via() != "" {
 		t.Errorf("Via = %q, want \"\" (no PID 1 under %s)", p.Via(), root)
 	}

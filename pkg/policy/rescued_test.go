@@ -13,6 +13,7 @@ import (
 
 	"github.com/relinkd/relinkd/internal/layout"
 	"github.com/relinkd/relinkd/internal/testfs"
+	"github.com/relinkd/relinkd/pkg/config"
 	"github.com/relinkd/relinkd/pkg/scanner"
 )
 
@@ -65,7 +66,7 @@ func TestWalkRescued(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	p := New(Defaults(), zaptest.NewLogger(t))
+	p := New(config.Defaults(), zaptest.NewLogger(t))
 	got := map[string]RescuedFile{}
 	var order []string
 	if err := p.WalkRescued(root, func(f RescuedFile) {
@@ -131,7 +132,7 @@ func TestKnownRootsSafeFSDir(t *testing.T) {
 	if err := os.Chmod(filepath.Join(other, ".relinkd"), 0o777); err != nil {
 		t.Fatal(err)
 	}
-	cfg := Defaults()
+	cfg := config.Defaults()
 	cfg.Rescue.Dirs = []string{"/nonexistent/relinkd-test-dir"}
 	roots, err := New(cfg, zaptest.NewLogger(t)).KnownRoots()
 	if err != nil {

@@ -9,19 +9,20 @@ import (
 	"github.com/bmatcuk/doublestar/v4"
 	"go.uber.org/zap"
 
+	"github.com/relinkd/relinkd/pkg/config"
 	"github.com/relinkd/relinkd/pkg/scanner"
 )
 
 // rule is a Rule with its user names resolved to uids.
 type rule struct {
-	Rule
+	config.Rule
 	uids map[uint32]bool // nil: any user
 }
 
 // compileRules resolves user names through the host's user database. A
 // name that does not exist here matches nobody (and is logged), so that one
 // configuration can serve hosts with different users.
-func compileRules(rs []Rule, log *zap.Logger) []rule {
+func compileRules(rs []config.Rule, log *zap.Logger) []rule {
 	out := make([]rule, len(rs))
 	for i, r := range rs {
 		out[i].Rule = r

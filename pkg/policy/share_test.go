@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/relinkd/relinkd/internal/testfs"
+	"github.com/relinkd/relinkd/pkg/config"
 )
 
 // writeOwned writes size bytes to path, owned by uid.
@@ -37,7 +38,7 @@ func TestMaxShare(t *testing.T) {
 
 	c := candidate(t, holdDeleted(t, filepath.Join(mnt, "data/y.log"), 4096), 0)
 	cfg := testConfig(root)
-	cfg.Rescue.PerUser.MaxShare = Threshold{Percent: 25, IsPercent: true}
+	cfg.Rescue.PerUser.MaxShare = config.Threshold{Percent: 25, IsPercent: true}
 	p := New(cfg, zaptest.NewLogger(t))
 
 	c.Owner = 0

@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
 
+	"github.com/relinkd/relinkd/pkg/config"
 	"github.com/relinkd/relinkd/pkg/scanner"
 )
 
@@ -36,7 +37,7 @@ func TestDeletedOpen(t *testing.T) {
 	// pid 300 runs in a container: its mount 99 of /dev/sda2 is not in
 	// the host's table.
 	write("proc/300/mountinfo", "99 98 8:2 /sub/ctr / rw - xfs /dev/sda2 rw\n")
-	p := New(Defaults(), zaptest.NewLogger(t), WithProcRoot(filepath.Join(dir, "proc")))
+	p := New(config.Defaults(), zaptest.NewLogger(t), WithProcRoot(filepath.Join(dir, "proc")))
 	p.host = hostView{mountinfo: host}
 
 	c := func(pid int, comm string, mnt int, dev, ino uint64, size, blocks int64) scanner.Candidate {

@@ -1,7 +1,8 @@
-// Package policy holds relinkd's configuration and decides, for each
-// deleted-but-open file the scanner finds, whether to rescue it, where, and
-// within which space and abuse limits. It also prunes old rescued files.
-package policy
+// Package config is relinkd's configuration: the YAML file (Parse, Load,
+// Resolve), its units (sizes, durations, thresholds), the defaults
+// (Defaults, the embedded configs/relinkd.yaml) and the errors that name
+// the file, line and field of each bad setting.
+package config
 
 import (
 	"bytes"
