@@ -13,8 +13,10 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/relinkd/relinkd/internal/probe"
 	"github.com/relinkd/relinkd/internal/procfs"
 	"github.com/relinkd/relinkd/pkg/config"
+	"github.com/relinkd/relinkd/pkg/mounts"
 	"github.com/relinkd/relinkd/pkg/policy"
 	"github.com/relinkd/relinkd/pkg/relink"
 	"github.com/relinkd/relinkd/pkg/scanner"
@@ -46,14 +48,14 @@ func cmdDoctor(ctx context.Context, e env, args []string) error {
 		return err
 	}
 	p := policy.New(cfg, zap.NewNop(), mode.policyOptions()...)
-	host, err := p.HostMounts()
+	host, err := p.Host().Mounts()
 	if err != nil {
 		return err
 	}
 	w := e.stdout
 	problems := 0
 	fmt.Fprintf(w, "configuration: %s\n", source)
-	fmt.Fprintf(w, "host paths:    %s\n\n", p.HostView())
+	fmt.Fprintf(w, "host paths:    %s\n\n", p.Host().Describe())
 
 	fmt.Fprintln(w, "capabilities")
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -62,7 +64,7 @@ func cmdDoctor(ctx context.Context, e env, args []string) error {
 		fmt.Fprintf(tw, "  ?\t%v\n", err)
 		problems++
 	}
-	for _, c := range policy.Capabilities() {
+	for _, c := range probe.Capabilities() {
 		state := "held"
 		if caps&(1<<c.Bit) == 0 {
 			state = "MISSING"
@@ -78,15 +80,15 @@ func cmdDoctor(ctx context.Context, e env, args []string) error {
 	if mode.hostRoot != "" {
 		// Container mode: the rescue roots are the host's, below the
 		// host root (the container's own root is often read-only).
-		probeDir = p.Via() + existingHostDir(p, firstOr(cfg.Rescue.Dirs, "/tmp"))
+		probeDir = p.Host().Via() + existingHostDir(p, firstOr(cfg.Rescue.Dirs, "/tmp"))
 	}
 	for _, f := range []struct {
 		name, why string
 		err       error
 		problem   bool // a "no" here is a problem
 	}{
-		{"O_TMPFILE", "unnamed temp file, published atomically (in " + probeDir + ")", policy.ProbeTmpFile(probeDir), true},
-		{"pidfd_open", "holder identity without PID reuse races", policy.ProbePidfd(), true},
+		{"O_TMPFILE", "unnamed temp file, published atomically (in " + probeDir + ")", probe.TmpFile(probeDir), true},
+		{"pidfd_open", "holder identity without PID reuse races", probe.Pidfd(), true},
 	} {
 		fmt.Fprintf(tw, "  %s\t%s\t%s\n", f.name, verdict(f.err), f.why)
 		if f.err != nil && f.problem {
@@ -114,16 +116,16 @@ func cmdDoctor(ctx context.Context, e env, args []string) error {
 	// The mounts are the host's: look them up as PID 1 sees them when
 	// relinkd's namespace is another.
 	pid := os.Getpid()
-	if p.Via() != "" {
+	if p.Host().Via() != "" {
 		pid = 1
 	}
-	for _, cm := range policy.CoveredMounts(cfg, host) {
+	for _, cm := range mounts.CoveredMounts(cfg, host) {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		m := cm.Mount
 		free := "?"
-		if avail, total, err := p.FreeSpace(m.MountPoint); err == nil && total > 0 {
+		if avail, total, err := p.Host().FreeSpace(m.MountPoint); err == nil && total > 0 {
 			free = fmt.Sprintf("%s of %s (%d%%)", humanBytes(avail), humanBytes(total), avail*100/total)
 			if avail < cfg.Rescue.MinFree.Floor(total) {
 				free += " below min_free"
@@ -138,11 +140,11 @@ func cmdDoctor(ctx context.Context, e env, args []string) error {
 			// one of them (so link cannot work), and is placed by device.
 			c.MntID = 0
 		}
-		loc, lerr := p.Locate(c)
+		loc, lerr := p.Host().Locate(c)
 		var where, root string
 		if lerr == nil {
 			where = loc.Root + " (" + describe(loc) + ")"
-			switch exists, err := p.RootState(loc.Root); {
+			switch exists, err := probe.RootState(p.Host().Via(), loc.Root); {
 			case err != nil:
 				root = "NOT WRITABLE: " + err.Error()
 				problems++
@@ -160,9 +162,9 @@ func cmdDoctor(ctx context.Context, e env, args []string) error {
 		case m.ReadOnly():
 			reflink = "read-only"
 		case lerr == nil && loc.SameFS:
-			reflink = verdict(p.ProbeReflinkIn(existingHostDir(p, loc.Root)))
+			reflink = verdict(probe.Reflink(p.Host().Via() + existingHostDir(p, loc.Root)))
 		case lerr != nil || !loc.SameFS:
-			reflink = verdict(p.ProbeReflinkIn(m.MountPoint))
+			reflink = verdict(probe.Reflink(p.Host().Via() + m.MountPoint))
 		}
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.MountPoint, m.FSType, free, reflink, where, root, strings.Join(cm.Rules, ", "))
 	}
@@ -172,7 +174,7 @@ func cmdDoctor(ctx context.Context, e env, args []string) error {
 		fmt.Fprintf(w, "\ncontainers' files: inside each container (%s at the root of the file's mount, in the container's view)\n", cfg.Rescue.FSDir)
 	} else {
 		d, state := cfg.Rescue.ContainerDir, "created at first rescue"
-		switch exists, err := p.RootState(d); {
+		switch exists, err := probe.RootState(p.Host().Via(), d); {
 		case err != nil:
 			state = "NOT WRITABLE: " + err.Error()
 			problems++
@@ -192,7 +194,7 @@ func cmdDoctor(ctx context.Context, e env, args []string) error {
 // existingHostDir is existingDir for a host path.
 func existingHostDir(p *policy.Policy, dir string) string {
 	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
-		if st, err := os.Stat(p.Via() + d); err == nil && st.IsDir() || d == "/" {
+		if st, err := os.Stat(p.Host().Via() + d); err == nil && st.IsDir() || d == "/" {
 			return d
 		}
 	}
@@ -229,16 +231,16 @@ func verdict(err error) string {
 // reasonOf is the part of a Locate error that says why, without the
 // made-up candidate's pid and fd.
 func reasonOf(err error) string {
-	msg := strings.TrimSuffix(err.Error(), ": "+policy.ErrNoLocation.Error())
+	msg := strings.TrimSuffix(err.Error(), ": "+mounts.ErrNoLocation.Error())
 	if i := strings.Index(msg, "): "); i >= 0 && strings.HasPrefix(msg, "pid ") {
 		msg = msg[i+3:]
 	}
 	return msg
 }
 
-func describe(l policy.Location) string {
+func describe(l mounts.Location) string {
 	switch {
-	case l.Kind == policy.KindCrossFS:
+	case l.Kind == mounts.KindCrossFS:
 		return "other filesystem: copy only"
 	case l.SameMount:
 		return l.Kind + ", same mount: link, reflink, copy"

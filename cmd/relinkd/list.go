@@ -20,6 +20,7 @@ import (
 	"github.com/relinkd/relinkd/pkg/config"
 	"github.com/relinkd/relinkd/pkg/policy"
 	"github.com/relinkd/relinkd/pkg/relink"
+	"github.com/relinkd/relinkd/pkg/retention"
 	"github.com/relinkd/relinkd/pkg/scanner"
 )
 
@@ -41,7 +42,7 @@ const (
 type rescue struct {
 	root, rel string
 	path      string // the rescued file's host path: root/rel
-	file      policy.FileFacts
+	file      retention.FileFacts
 	hasFile   bool
 	name      layout.Name // what the rescued name says
 	at        time.Time   // when it was rescued (from the name)
@@ -75,7 +76,7 @@ func (r *rescue) original() string {
 // reported in errs; the others are still listed.
 func findRescues(pol *policy.Policy) (out []rescue, errs []error) {
 	for _, root := range pol.Roots() {
-		err := pol.WalkRescued(root, func(f policy.RescuedFile) { out = append(out, checkRescue(f)) })
+		err := retention.WalkRescued(pol.Host().Via(), root, func(f retention.RescuedFile) { out = append(out, checkRescue(f)) })
 		if err != nil {
 			errs = append(errs, err)
 		}
@@ -85,7 +86,7 @@ func findRescues(pol *policy.Policy) (out []rescue, errs []error) {
 }
 
 // checkRescue decides how far f's sidecar can be believed.
-func checkRescue(f policy.RescuedFile) rescue {
+func checkRescue(f retention.RescuedFile) rescue {
 	r := rescue{root: f.Root, rel: f.Rel, path: joinRoot(f.Root, f.Rel), file: f.File, hasFile: f.HasFile}
 	r.name, _ = layout.ParseRescued(f.Rel[strings.LastIndexByte(f.Rel, '/')+1:])
 	r.at = r.name.Time
@@ -112,7 +113,7 @@ func checkRescue(f policy.RescuedFile) rescue {
 	}
 	found := relink.Found{Path: r.path, Dev: f.File.Dev, Ino: f.File.Ino, Nlink: f.File.Nlink, Size: f.File.Size, BirthTime: f.File.BirthTime,
 		Mtime: f.File.Mtime, SidecarMtime: f.SidecarFile.Mtime}
-	if err := policy.CheckRescuedName(f.Rel, holderOf(&sc)); err != nil {
+	if err := layout.CheckRescuedName(f.Rel, holderOf(&sc)); err != nil {
 		return bad(sidecarForged, "%v: %v", relink.ErrSidecar, err)
 	}
 	if sc.Time.Before(r.at) {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/relinkd/relinkd/internal/logging"
 	"github.com/relinkd/relinkd/pkg/config"
+	"github.com/relinkd/relinkd/pkg/mounts"
 	"github.com/relinkd/relinkd/pkg/policy"
 	"github.com/relinkd/relinkd/pkg/relink"
 	"github.com/relinkd/relinkd/pkg/scanner"
@@ -289,7 +290,7 @@ func (r *rescuer) planDecided(c *scanner.Candidate, rule config.Rule) (plan, boo
 			// policy logs why ("rescue dir refused"); its detail speaks
 			// of the configuration policyTo made, which would mislead.
 			r.out.failed(c, fmt.Errorf("--to %s refused as a rescue root: it must be absent or a directory owned by root, "+
-				"not writable by group or others, on a writable mount (--log-level warn says why): %w", r.o.to, policy.ErrNoLocation))
+				"not writable by group or others, on a writable mount (--log-level warn says why): %w", r.o.to, mounts.ErrNoLocation))
 		} else {
 			r.out.skipped(c, d.Reason+": "+d.Detail)
 		}
@@ -377,14 +378,14 @@ func destination(c *scanner.Candidate, to, rule string, cfg *config.Config, pol 
 	// --to is a path in the caller's own view; a located root is the
 	// host's, reached through the policy's view, or the holder's own
 	// (rescue.containers: inside).
-	loc := policy.Location{Root: to}
+	loc := mounts.Location{Root: to}
 	if to == "" {
 		var err error
-		if loc, err = pol.Locate(c); err != nil {
+		if loc, err = pol.Host().Locate(c); err != nil {
 			return relink.Destination{}, err
 		}
 	}
-	_, total, err := loc.FreeSpace()
+	_, total, err := pol.Host().Room(loc)
 	if err != nil {
 		return relink.Destination{}, err
 	}

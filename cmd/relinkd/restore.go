@@ -15,7 +15,9 @@ import (
 	"github.com/bmatcuk/doublestar/v4"
 	"golang.org/x/sys/unix"
 
+	"github.com/relinkd/relinkd/internal/layout"
 	"github.com/relinkd/relinkd/pkg/config"
+	"github.com/relinkd/relinkd/pkg/mounts"
 	"github.com/relinkd/relinkd/pkg/policy"
 	"github.com/relinkd/relinkd/pkg/relink"
 )
@@ -124,7 +126,7 @@ func selectRescues(all []rescue, args []string, out *restoreReporter) []int {
 	var sel []int
 	for _, a := range args {
 		// A rescued file's path (or its sidecar's), absolute or not.
-		exact, _ := filepath.Abs(strings.TrimSuffix(a, policy.SidecarSuffix))
+		exact, _ := filepath.Abs(strings.TrimSuffix(a, layout.SidecarSuffix))
 		n := 0
 		for i := range all {
 			r := &all[i]
@@ -211,13 +213,13 @@ func planRestore(all []rescue, sel []int, sets []int, o restoreOptions, pol *pol
 			it.refuse = fmt.Sprintf("sidecar %s: %s", r.status, r.problem)
 		case o.to == "" && (r.sc.ContainerID != "" || filepath.Clean(r.root) == filepath.Clean(pol.Config().Rescue.ContainerDir)):
 			it.refuse = fmt.Sprintf("held in container %s: %s is a path in the container's view, not the host's (restore with --to)",
-				shortID(policy.ContainerName(holderOf(&r.sc))), quoteIfNeeded(r.original()))
+				shortID(layout.ContainerName(holderOf(&r.sc))), quoteIfNeeded(r.original()))
 		case o.to == "":
 			// The original name, in the host's view. Its directory must
 			// be on the filesystem the file was on: otherwise the name
 			// was the holder's view in another mount namespace (a
 			// container's) or the mounts have changed since.
-			it.t = relink.Target{Path: r.original(), Via: pol.Via(), Dev: r.sc.Dev}
+			it.t = relink.Target{Path: r.original(), Via: pol.Host().Via(), Dev: r.sc.Dev}
 		case toDir:
 			it.t = relink.Target{Path: filepath.Join(o.to, filepath.Base(r.original())), Mkdir: true}
 		default:
@@ -324,7 +326,7 @@ func restoreSet(ctx context.Context, eng *relink.Engine, pol *policy.Policy, cfg
 // that was listed, and restores it.
 func restoreOne(ctx context.Context, eng *relink.Engine, pol *policy.Policy, cfg *config.Config, it *item) (relink.Restored, error) {
 	r := it.r
-	f, err := eng.OpenRescued(r.root, pol.Via(), r.rel)
+	f, err := eng.OpenRescued(r.root, pol.Host().Via(), r.rel)
 	if err != nil {
 		return relink.Restored{}, err
 	}
@@ -336,9 +338,9 @@ func restoreOne(ctx context.Context, eng *relink.Engine, pol *policy.Policy, cfg
 	if st.Dev != r.file.Dev || st.Ino != r.file.Ino {
 		return relink.Restored{}, fmt.Errorf("%s was replaced since it was checked (now dev %d ino %d)", r.path, st.Dev, st.Ino)
 	}
-	space := policy.FreeSpace
+	space := mounts.FreeSpace
 	if it.t.Via != "" {
-		space = pol.FreeSpace
+		space = pol.Host().FreeSpace
 	}
 	if _, total, err := space(filepath.Dir(it.t.Path)); err == nil {
 		it.t.MinFreeBytes = cfg.Rescue.MinFree.Floor(total)

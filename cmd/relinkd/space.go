@@ -55,7 +55,7 @@ func summarize(pol *policy.Policy, rows []row, all []scanner.Candidate) spaceSum
 		listed[i] = *r.c
 	}
 	s := spaceSummary{Summary: true, Filesystems: []fsSummary{}}
-	for _, u := range pol.DeletedOpen(listed) {
+	for _, u := range pol.Host().DeletedOpen(listed) {
 		f := fsSummary{MountPoint: u.MountPoint, FSType: u.FSType, Dev: u.Dev, Files: u.Files,
 			Allocated: u.Allocated, Size: u.Size, HolderN: len(u.Holders), Holders: []holderSummary{}}
 		for _, h := range u.Holders[:min(len(u.Holders), topHolders)] {
@@ -69,7 +69,7 @@ func summarize(pol *policy.Policy, rows []row, all []scanner.Candidate) spaceSum
 	if len(listed) < len(all) {
 		var files int
 		var alloc uint64
-		for _, u := range pol.DeletedOpen(all) {
+		for _, u := range pol.Host().DeletedOpen(all) {
 			files += u.Files
 			alloc += u.Allocated
 		}

@@ -162,7 +162,7 @@ type Daemon struct {
 	sched     *scheduler     // which processes to sweep first, and when to sweep all (scheduler.go)
 	budget    *budget        // pins, pinned bytes and follows held at once (budget.go)
 	workers   *workers       // the rescue workers and their queue (workers.go)
-	retention *retention     // rescue.retention, never beside a rescue that publishes (retention.go)
+	retention *pruner        // rescue.retention, never beside a rescue that publishes (retention.go)
 	priors    *priors        // rescues made before this start (restart.go)
 	views     *views         // watched trees in other mount namespaces (views.go)
 	trees     *trees         // the watcher and its trees (trees.go)
@@ -219,7 +219,7 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 		views:   newViews(opt.ProcRoot, opt.HostRoot),
 	}
 	d.trees = &trees{log: log, views: d.views}
-	d.retention = &retention{log: log, interval: opt.PruneInterval, policy: d.pol.Load}
+	d.retention = &pruner{log: log, interval: opt.PruneInterval, policy: d.pol.Load}
 	d.sched = newScheduler(d.proc, d.self, d.views)
 	d.budget = newBudget(opt.MaxPins, opt.MaxPinnedBytes, opt.MaxFollows, d.m)
 	d.pol.Store(policy.New(opt.Config, log, policy.WithProcRoot(opt.ProcRoot), policy.WithHostRoot(opt.HostRoot)))
@@ -254,7 +254,7 @@ func (d *Daemon) track(cfg *config.Config) {
 // describeMount names a mount id for the filesystem unresponsive event,
 // from the host's mount table.
 func (d *Daemon) describeMount(id int) (string, string) {
-	ms, err := d.pol.Load().HostMounts()
+	ms, err := d.pol.Load().Host().Mounts()
 	if err != nil {
 		return "", ""
 	}

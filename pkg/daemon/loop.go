@@ -23,7 +23,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.log.Info("relinkd started", zap.String("version", d.opt.Version), zap.String("config", d.opt.ConfigPath),
 		zap.Duration("interval", time.Duration(cfg.Scan.Interval)), zap.Bool("events", cfg.Scan.Events),
 		zap.Int("workers", d.opt.Workers), zap.Int("pid", d.self),
-		zap.String("path_resolution", d.engine.Resolution()), zap.String("host_root", hostRoot(d.pol.Load().Via())),
+		zap.String("path_resolution", d.engine.Resolution()), zap.String("host_root", hostRoot(d.pol.Load().Host().Via())),
 		scanBackend(d.sweeper))
 
 	// Workers get their own context, cancelled only once the loop is done,

@@ -135,7 +135,7 @@ func (d *Daemon) unpinNoSpace(j *job, root string, need, minFree uint64) {
 // spaceBack reports whether the destination of a file that did not fit
 // has the room now (statfs, no more): only then is it tried again.
 func (d *Daemon) spaceBack(w spaceWait) bool {
-	avail, _, err := d.pol.Load().FreeSpace(w.root)
+	avail, _, err := d.pol.Load().Host().FreeSpace(w.root)
 	return err == nil && avail >= w.need+w.min
 }
 

@@ -31,6 +31,7 @@ import (
 	"github.com/relinkd/relinkd/pkg/config"
 	"github.com/relinkd/relinkd/pkg/policy"
 	"github.com/relinkd/relinkd/pkg/relink"
+	"github.com/relinkd/relinkd/pkg/retention"
 	"github.com/relinkd/relinkd/pkg/scanner"
 )
 
@@ -90,7 +91,7 @@ func (d *Daemon) loadPrior(ctx context.Context, cands []scanner.Candidate) {
 
 	listed := make(chan []string, 1)
 	go func() {
-		roots, err := pol.KnownRoots()
+		roots, err := pol.Host().KnownRoots()
 		if err != nil {
 			d.log.Debug("rescue roots on the host's mounts not listed", zap.Error(err))
 		}
@@ -156,7 +157,7 @@ wait:
 // left out silently.
 func (d *Daemon) readPrior(pol *policy.Policy, root string, want map[scanner.Key]bool) ([]*prior, error) {
 	var found []*prior
-	err := pol.Sidecars(root, func(f policy.SidecarFile) {
+	err := retention.Sidecars(pol.Host().Via(), root, func(f retention.SidecarFile) {
 		ignore := func(err error) {
 			d.log.Debug("sidecar ignored", zap.String("root", f.Root), logging.Path("rescued_to", []byte(f.Root+"/"+f.Rel)),
 				zap.Error(err))
@@ -183,7 +184,7 @@ func (d *Daemon) readPrior(pol *policy.Policy, root string, want map[scanner.Key
 			ignore(errors.New("no birth time recorded for the source (its filesystem has none)"))
 			return
 		}
-		found = append(found, &prior{root: f.Root, via: pol.Via(), rel: f.Rel, side: s})
+		found = append(found, &prior{root: f.Root, via: pol.Host().Via(), rel: f.Rel, side: s})
 	})
 	return found, err
 }

@@ -10,12 +10,12 @@ import (
 	"github.com/relinkd/relinkd/pkg/policy"
 )
 
-// retention applies rescue.retention (age) and rescue.max_total_size to
+// pruner applies rescue.retention (age) and rescue.max_total_size to
 // every rescue root, at start and every interval, and keeps a prune from
 // running beside a rescue that publishes: a directory a rescue is about
 // to link its O_TMPFILE into looks empty, and the pruner removes empty
 // ones. Safe for concurrent use.
-type retention struct {
+type pruner struct {
 	log      *zap.Logger
 	interval time.Duration         // Options.PruneInterval
 	policy   func() *policy.Policy // the policy in force
@@ -27,14 +27,14 @@ type retention struct {
 
 // publish runs fn (a rescue that links into a rescue root) while no root
 // is being pruned.
-func (r *retention) publish(fn func()) {
+func (r *pruner) publish(fn func()) {
 	r.publishing.RLock()
 	defer r.publishing.RUnlock()
 	fn()
 }
 
 // run prunes at start and every interval until ctx ends.
-func (r *retention) run(ctx context.Context) {
+func (r *pruner) run(ctx context.Context) {
 	t := time.NewTicker(r.interval)
 	defer t.Stop()
 	for {
@@ -48,7 +48,7 @@ func (r *retention) run(ctx context.Context) {
 }
 
 // pruneAll prunes every rescue root once, each while no rescue publishes.
-func (r *retention) pruneAll(ctx context.Context) {
+func (r *pruner) pruneAll(ctx context.Context) {
 	pol := r.policy()
 	for _, root := range pol.Roots() {
 		if ctx.Err() != nil {

@@ -9,7 +9,7 @@ import "github.com/relinkd/relinkd/pkg/scanner"
 // and does not touch it.
 func (d *Daemon) exportDeletedOpen(cs []scanner.Candidate) {
 	bytes := map[string]uint64{}
-	for _, u := range d.pol.Load().DeletedOpen(cs) {
+	for _, u := range d.pol.Load().Host().DeletedOpen(cs) {
 		bytes[u.MountPoint] += u.Allocated
 	}
 	d.m.SetDeletedOpen(bytes)

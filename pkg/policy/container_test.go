@@ -16,11 +16,13 @@ import (
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
 
+	"github.com/relinkd/relinkd/internal/layout"
 	"github.com/relinkd/relinkd/internal/logging"
 	"github.com/relinkd/relinkd/internal/testcontainer"
 	"github.com/relinkd/relinkd/internal/testfs"
 	"github.com/relinkd/relinkd/internal/testproc"
 	"github.com/relinkd/relinkd/pkg/config"
+	"github.com/relinkd/relinkd/pkg/mounts"
 	"github.com/relinkd/relinkd/pkg/relink"
 	"github.com/relinkd/relinkd/pkg/scanner"
 )
@@ -170,7 +172,7 @@ func TestContainerFileRescuedOnHost(t *testing.T) {
 			if name == "" {
 				name = "mntns-" + uintStr(c.MntNS)
 			}
-			if d.Action != Rescue || d.Kind != KindContainer || d.Root != cfg.Rescue.ContainerDir || d.Beneath ||
+			if d.Action != Rescue || d.Kind != mounts.KindContainer || d.Root != cfg.Rescue.ContainerDir || d.Beneath ||
 				!strings.HasPrefix(d.Rel, name+"/var/log/app/x.log.") || strings.Join(d.Methods, ",") != "copy" {
 				t.Fatalf("decision %+v: want a copy into %s under %s/var/log/app/x.log.SUFFIX", d, cfg.Rescue.ContainerDir, name)
 			}
@@ -212,7 +214,7 @@ func TestContainerVolumeReflink(t *testing.T) {
 	cfg := testConfig(t.TempDir())
 	cfg.Rescue.ContainerDir = filepath.Join(xfs, "containers")
 	d := New(cfg, zaptest.NewLogger(t)).Decide(&c)
-	if d.Action != Rescue || d.Kind != KindContainer || !d.SameFS || d.SameMount {
+	if d.Action != Rescue || d.Kind != mounts.KindContainer || !d.SameFS || d.SameMount {
 		t.Fatalf("decision %+v: want container_dir on the same filesystem, another mount", d)
 	}
 	res, buf, err := rescueAs(t, c, d)
@@ -289,7 +291,7 @@ func TestContainerInsideSymlink(t *testing.T) {
 	}
 	via := "/proc/" + uintStr(uint64(h.PID)) + "/root"
 	for _, root := range []string{"/.relinkd", "/data/.relinkd"} {
-		d := Decision{Root: root, Via: via, Beneath: true, Rel: RelName(&c, p.now()), Methods: []string{config.MethodCopy}}
+		d := Decision{Root: root, Via: via, Beneath: true, Rel: layout.RelName(&c, p.now()), Methods: []string{config.MethodCopy}}
 		if _, buf, err := rescueAs(t, c, d); !errors.Is(err, relink.ErrUnsafePath) {
 			t.Errorf("root %s: err %v, want ErrUnsafePath\n%s", root, err, buf)
 		}
@@ -315,7 +317,7 @@ func TestSandboxedServiceNotContainer(t *testing.T) {
 	}
 	rescueDir := t.TempDir()
 	d := New(testConfig(rescueDir), zaptest.NewLogger(t)).Decide(&c)
-	if d.Action != Rescue || d.Kind != KindDir || d.Root != rescueDir || strings.HasPrefix(d.Rel, "mntns-") {
+	if d.Action != Rescue || d.Kind != mounts.KindDir || d.Root != rescueDir || strings.HasPrefix(d.Rel, "mntns-") {
 		t.Fatalf("decision %+v: want the rescue dir on the file's filesystem", d)
 	}
 	res, buf, err := rescueAs(t, c, d)

@@ -1,8 +1,16 @@
+// Package policy decides, for each deleted-but-open file the scanner
+// finds, whether to rescue it, where, and within which space and abuse
+// limits: the watch rules, Decide, the per-user caps and max_total_size.
+// It does no I/O of its own: where a file can go, how much room is there
+// and what a rescue root holds on disk come through the small interfaces
+// it declares (Locator, Space, Store), which *mounts.Host and retention
+// satisfy.
 package policy
 
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path"
 	"slices"
 	"strconv"
@@ -12,9 +20,9 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/relinkd/relinkd/internal/layout"
-	"github.com/relinkd/relinkd/internal/procfs"
 	"github.com/relinkd/relinkd/pkg/config"
+	"github.com/relinkd/relinkd/pkg/mounts"
+	"github.com/relinkd/relinkd/pkg/retention"
 	"github.com/relinkd/relinkd/pkg/scanner"
 )
 
@@ -86,17 +94,53 @@ type Policy struct {
 	onlyRoot string // WithOnlyRoot
 	log      *zap.Logger
 	rules    []rule
-	proc     procfs.FS
-	host     hostView
-	hostRoot string // WithHostRoot's directory ("" when not given)
 	now      func() time.Time
+
+	host  *mounts.Host    // the host's mounts, for cfg (Host)
+	hostO []mounts.Option // WithProcRoot, WithHostRoot
+	loc   Locator         // host, but for tests
+	space Space           // host, but for tests
+	store Store           // the rescue roots on disk, through host's Via
 
 	mu    sync.Mutex
 	usage map[string]*rootUsage // by rescue root
 	walks map[string]*walk      // roots being measured, outside mu
 	users map[uint32][]grant    // by file owner, within the window
+}
 
-	probes *probes // KnownRoots' looks, shared with the policies that inherit from this one
+// Locator says where a file would be rescued (Decide) and which rescue
+// roots may already hold rescued files (Roots). *mounts.Host is the one
+// relinkd runs with: it reads the mount tables.
+type Locator interface {
+	Locate(c *scanner.Candidate) (mounts.Location, error)
+	KnownRoots() ([]string, error)
+}
+
+// Space says how much room a rescue location has: the bytes available to
+// an unprivileged writer and the filesystem's size. *mounts.Host is the
+// one relinkd runs with (statfs(2)).
+type Space interface {
+	Room(l mounts.Location) (avail, total uint64, err error)
+	FreeSpace(root string) (avail, total uint64, err error) // of a host path
+}
+
+// Store is what relinkd's files take in a rescue root on disk, and the
+// prune that applies retention to it (see retention.Usage and
+// retention.Prune); roots are host paths.
+type Store interface {
+	Usage(root string) (bytes uint64, owners map[uint32]uint64, err error)
+	Prune(root string, maxAge time.Duration, maxTotal, share uint64, now time.Time) (retention.Result, error)
+}
+
+// disk is the Store of rescue roots reached through the prefix via.
+type disk struct{ via string }
+
+func (d disk) Usage(root string) (uint64, map[uint32]uint64, error) {
+	return retention.Usage(d.via + root)
+}
+
+func (d disk) Prune(root string, maxAge time.Duration, maxTotal, share uint64, now time.Time) (retention.Result, error) {
+	return retention.Prune(d.via+root, maxAge, maxTotal, share, now)
 }
 
 type rootUsage struct {
@@ -140,19 +184,17 @@ const usageTTL = time.Minute
 // Option configures a Policy.
 type Option func(*Policy)
 
-// WithProcRoot makes the policy read procfs at root ("" means /proc): the
-// holders' mount tables and roots, and PID 1's mount namespace (hostView).
+// WithProcRoot makes the policy's host (Host) read procfs at root: see
+// mounts.WithProcRoot.
 func WithProcRoot(root string) Option {
-	return func(p *Policy) { p.proc = procfs.New(root) }
+	return func(p *Policy) { p.hostO = append(p.hostO, mounts.WithProcRoot(root)) }
 }
 
-// WithHostRoot puts the policy in container mode (relinkd --host-root):
-// the host's root is the directory dir of relinkd's own view, and its
-// mounts are relinkd's mounts below dir (see hostView). "" or "/" leave
-// the host view to be found as usual. Give WithProcRoot first when the
-// proc root is not /proc.
+// WithHostRoot puts the policy's host (Host) in container mode (relinkd
+// --host-root): see mounts.WithHostRoot. Give WithProcRoot first when
+// the proc root is not /proc.
 func WithHostRoot(dir string) Option {
-	return func(p *Policy) { p.hostRoot = path.Clean(dir) }
+	return func(p *Policy) { p.hostO = append(p.hostO, mounts.WithHostRoot(dir)) }
 }
 
 // WithOnlyRoot makes dir the policy's only rescue location, on any
@@ -163,17 +205,17 @@ func WithOnlyRoot(dir string) Option {
 	return func(p *Policy) { p.onlyRoot = dir }
 }
 
-// New returns a policy for cfg. User names in rules are resolved now.
+// New returns a policy for cfg, on the host's mounts (Host). User names
+// in rules are resolved now.
 func New(cfg *config.Config, log *zap.Logger, opts ...Option) *Policy {
 	p := &Policy{
-		cfg:    cfg,
-		log:    log,
-		rules:  compileRules(cfg.Watch, log),
-		now:    time.Now,
-		usage:  map[string]*rootUsage{},
-		walks:  map[string]*walk{},
-		users:  map[uint32][]grant{},
-		probes: newProbes(),
+		cfg:   cfg,
+		log:   log,
+		rules: compileRules(cfg.Watch, log),
+		now:   time.Now,
+		usage: map[string]*rootUsage{},
+		walks: map[string]*walk{},
+		users: map[uint32][]grant{},
 	}
 	for _, o := range opts {
 		o(p)
@@ -186,11 +228,8 @@ func New(cfg *config.Config, log *zap.Logger, opts ...Option) *Policy {
 		c.Rescue.CrossFS = true
 		p.cfg = &c
 	}
-	if p.hostRoot != "" && p.hostRoot != "/" && p.hostRoot != "." {
-		p.host = containerView(p.proc, p.hostRoot)
-	} else {
-		p.host = findHostView(p.proc)
-	}
+	p.host = mounts.New(&p.cfg.Rescue, log, p.hostO...)
+	p.loc, p.space, p.store = p.host, p.host, disk{via: p.host.Via()}
 	return p
 }
 
@@ -201,7 +240,7 @@ func (p *Policy) Inherit(old *Policy) {
 	if old == nil || old == p {
 		return
 	}
-	p.probes = old.probes
+	p.host.Inherit(old.host)
 	old.mu.Lock()
 	defer old.mu.Unlock()
 	p.mu.Lock()
@@ -215,16 +254,10 @@ func (p *Policy) Inherit(old *Policy) {
 	}
 }
 
-// Via is the prefix through which relinkd reaches the host paths that
-// Decide and Roots return: "" when its mount namespace is the host's, the
-// host root of container mode (WithHostRoot), else /proc/1/root (see
-// hostView).
-func (p *Policy) Via() string { return p.host.via }
-
-// FreeSpace is FreeSpace of a host path (see Via).
-func (p *Policy) FreeSpace(root string) (avail, total uint64, err error) {
-	return freeSpace(p.host.via, root)
-}
+// Host is the host's mounts the policy locates files on, with the rescue
+// settings it decides by. The host paths that Decide and Roots return are
+// reached through its Via.
+func (p *Policy) Host() *mounts.Host { return p.host }
 
 // Config returns the configuration the policy was built from.
 func (p *Policy) Config() *config.Config { return p.given }
@@ -288,7 +321,7 @@ func (p *Policy) DecideRule(c *scanner.Candidate, r config.Rule) Decision {
 	if rc.MaxFileSize != 0 && size > uint64(rc.MaxFileSize) {
 		return skip(ReasonSize, "size %d above rescue.max_file_size %s", size, rc.MaxFileSize)
 	}
-	loc, err := p.Locate(c)
+	loc, err := p.loc.Locate(c)
 	if err != nil {
 		return skip(ReasonLocation, "%v", err)
 	}
@@ -308,7 +341,7 @@ func (p *Policy) DecideRule(c *scanner.Candidate, r config.Rule) Decision {
 			rc.Methods, loc.FSType, loc.Root, loc.SameMount, loc.SameFS, c.Linkable)
 	}
 	// Space: a copy needs size bytes now; link and reflink need none.
-	avail, total, err := loc.FreeSpace()
+	avail, total, err := p.space.Room(loc)
 	if err != nil {
 		return skip(ReasonSpace, "%v", err)
 	}
@@ -446,8 +479,8 @@ func (p *Policy) measure(root string) {
 		p.walks[root] = w
 		p.mu.Unlock()
 
-		n, owners, err := diskUsage(p.host.via + root)
-		if err != nil && !errors.Is(err, errNotExist) {
+		n, owners, err := p.store.Usage(root)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			p.log.Warn("measure rescue root", zap.String("root", root), zap.Error(err))
 		}
 		if owners == nil {
@@ -476,7 +509,7 @@ func (p *Policy) measure(root string) {
 // has chosen so far: what retention must prune. After a restart that
 // includes the fs_dir roots earlier daemons wrote to.
 func (p *Policy) Roots() []string {
-	out, err := p.KnownRoots() // lstat per mount: not under p.mu
+	out, err := p.loc.KnownRoots() // lstat per mount: not under p.mu
 	if err != nil {
 		p.log.Debug("rescue roots on the host's mounts not listed", zap.Error(err))
 	}
@@ -498,68 +531,17 @@ func (p *Policy) Roots() []string {
 // Prune applies retention to root: rescued files older than
 // rescue.retention go, then the oldest until root holds at most
 // rescue.max_total_size. The root's measured usage is refreshed.
-func (p *Policy) Prune(root string) (PruneResult, error) {
+func (p *Policy) Prune(root string) (retention.Result, error) {
 	var share uint64
 	if ms := p.cfg.Rescue.PerUser.MaxShare; ms.IsPercent && ms.Percent > 0 {
-		if _, total, err := p.FreeSpace(root); err == nil {
+		if _, total, err := p.space.FreeSpace(root); err == nil {
 			share = ms.Floor(total)
 		}
 	}
-	res, err := Prune(p.host.via+root, time.Duration(p.cfg.Rescue.Retention), uint64(p.cfg.Rescue.MaxTotalSize), share, p.now())
+	res, err := p.store.Prune(root, time.Duration(p.cfg.Rescue.Retention), uint64(p.cfg.Rescue.MaxTotalSize), share, p.now())
 	p.mu.Lock()
 	// Measured again when next needed (the owners are not in res).
 	p.usage[root] = &rootUsage{bytes: res.Kept, owners: map[uint32]uint64{}}
 	p.mu.Unlock()
 	return res, err
-}
-
-// maxName is the longest file name most Linux filesystems take (NAME_MAX).
-const maxName = 255
-
-// SidecarSuffix is appended to a rescued file's name for its metadata file.
-const SidecarSuffix = layout.SidecarSuffix
-
-// RelName returns where c goes inside a rescue root: the holder's path
-// without its leading "/", with "." and ".." dropped and control bytes
-// turned into "_", and a suffix that makes it unique:
-//
-//	/var/log/app.log  →  var/log/app.log.20261121T203000Z.pid123.fd4
-//
-// (time of the decision in UTC, holder pid, descriptor). The base name is
-// shortened so that it and its sidecar (SidecarSuffix) fit in NAME_MAX.
-func RelName(c *scanner.Candidate, now time.Time) string {
-	var parts []string
-	for _, comp := range strings.Split(string(c.Path), "/") {
-		if comp == "" || comp == "." || comp == ".." {
-			continue
-		}
-		b := []byte(comp)
-		for i, ch := range b {
-			if ch < 0x20 || ch == 0x7f {
-				b[i] = '_'
-			}
-		}
-		parts = append(parts, truncName(string(b), maxName))
-	}
-	if len(parts) == 0 {
-		parts = []string{"unnamed"}
-	}
-	suffix := layout.Suffix(now, c.PID, c.FD)
-	last := len(parts) - 1
-	// The whole leaf must fit the engine's budget (layout.MaxLeaf), or the
-	// engine would cut the suffix that retention and list go by.
-	parts[last] = truncName(parts[last], layout.MaxLeaf-len(suffix)) + suffix
-	return strings.Join(parts, "/")
-}
-
-// truncName cuts s to at most n bytes without splitting a UTF-8 sequence.
-func truncName(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	i := n
-	for i > 0 && s[i]&0xc0 == 0x80 {
-		i--
-	}
-	return s[:i]
 }

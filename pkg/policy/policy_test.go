@@ -14,10 +14,11 @@ import (
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
 
-	"github.com/relinkd/relinkd/internal/layout"
+	"github.com/relinkd/relinkd/internal/probe"
 	"github.com/relinkd/relinkd/internal/testfs"
 	"github.com/relinkd/relinkd/internal/testproc"
 	"github.com/relinkd/relinkd/pkg/config"
+	"github.com/relinkd/relinkd/pkg/mounts"
 	"github.com/relinkd/relinkd/pkg/scanner"
 )
 
@@ -134,40 +135,6 @@ func TestMatchRealHolders(t *testing.T) {
 	}
 }
 
-func TestRelName(t *testing.T) {
-	now := time.Date(2026, 11, 21, 20, 30, 0, 0, time.FixedZone("x", 3600))
-	long := strings.Repeat("é", 200) // 400 bytes
-	tests := []struct {
-		path, want string
-	}{
-		{"/var/log/app.log", "var/log/app.log.20261121T193000Z.pid123.fd4"},
-		{"/a/../b/./c", "a/b/c.20261121T193000Z.pid123.fd4"},
-		{"/x/a\nb\x7f", "x/a_b_.20261121T193000Z.pid123.fd4"},
-		{"", "unnamed.20261121T193000Z.pid123.fd4"},
-		{"/../..", "unnamed.20261121T193000Z.pid123.fd4"},
-	}
-	for _, tt := range tests {
-		got := RelName(&scanner.Candidate{Path: []byte(tt.path), PID: 123, FD: 4}, now)
-		if got != tt.want {
-			t.Errorf("RelName(%q) = %q, want %q", tt.path, got, tt.want)
-		}
-		// Retention removes only what it recognises as written here.
-		if b := filepath.Base(got); !layout.IsRescued(b) || !layout.IsSidecar(b+SidecarSuffix) {
-			t.Errorf("RelName(%q) = %q: not recognised as a rescued name by layout", tt.path, got)
-		}
-	}
-	got := RelName(&scanner.Candidate{Path: []byte("/d/" + long), PID: 1, FD: 1}, now)
-	base := filepath.Base(got)
-	// It must fit the engine's budget, which keeps room for ".999" too:
-	// a longer leaf would be cut by the engine, suffix first.
-	if len(base) > layout.MaxLeaf || !strings.HasSuffix(base, ".pid1.fd1") || !strings.HasPrefix(got, "d/é") {
-		t.Errorf("long name: %q (%d bytes)", got, len(base))
-	}
-	if !layout.IsRescued(base) {
-		t.Errorf("long name %q not recognised as a rescued name by layout", base)
-	}
-}
-
 func mustMkdir(t *testing.T, dirs ...string) {
 	t.Helper()
 	for _, d := range dirs {
@@ -218,23 +185,23 @@ func TestLocation(t *testing.T) {
 		expect want
 	}{
 		{"configured dir on the same mount", onA, []string{b + "/rescue", a + "/rescue"}, ".relinkd", false,
-			want{Rescue, "", a + "/rescue", KindDir, true, []string{"reflink", "copy"}}},
+			want{Rescue, "", a + "/rescue", mounts.KindDir, true, []string{"reflink", "copy"}}},
 		{"tmpfile is linkable", tmp, []string{a + "/rescue"}, ".relinkd", false,
-			want{Rescue, "", a + "/rescue", KindDir, true, []string{"link", "reflink", "copy"}}},
+			want{Rescue, "", a + "/rescue", mounts.KindDir, true, []string{"link", "reflink", "copy"}}},
 		{"bind mount: same fs, other mount", onBind, []string{a + "/rescue"}, ".relinkd", false,
-			want{Rescue, "", a + "/rescue", KindDir, false, []string{"reflink", "copy"}}},
+			want{Rescue, "", a + "/rescue", mounts.KindDir, false, []string{"reflink", "copy"}}},
 		{"bind mount: dir reachable through the file's mount", onBind, []string{a + "/sub/rescue"}, ".relinkd", false,
-			want{Rescue, "", bind + "/rescue", KindDir, true, []string{"reflink", "copy"}}},
+			want{Rescue, "", bind + "/rescue", mounts.KindDir, true, []string{"reflink", "copy"}}},
 		{"no dir on that fs: per-fs dir", onA, []string{b + "/rescue"}, ".relinkd", false,
-			want{Rescue, "", a + "/.relinkd", KindFSDir, true, []string{"reflink", "copy"}}},
+			want{Rescue, "", a + "/.relinkd", mounts.KindFSDir, true, []string{"reflink", "copy"}}},
 		{"per-fs dir named", onBind, nil, "keep", false,
-			want{Rescue, "", bind + "/keep", KindFSDir, true, []string{"reflink", "copy"}}},
+			want{Rescue, "", bind + "/keep", mounts.KindFSDir, true, []string{"reflink", "copy"}}},
 		{"other mount namespace: host's mount of the fs", inNS, []string{b + "/rescue"}, ".relinkd", false,
-			want{Rescue, "", a + "/.relinkd", KindFSDir, false, []string{"reflink", "copy"}}},
+			want{Rescue, "", a + "/.relinkd", mounts.KindFSDir, false, []string{"reflink", "copy"}}},
 		{"no per-fs dir, no cross-fs: skip", onA, []string{b + "/rescue"}, "", false,
 			want{Skip, ReasonLocation, "", "", false, nil}},
 		{"cross-fs allowed: copy only", onA, []string{b + "/rescue"}, "", true,
-			want{Rescue, "", b + "/rescue", KindCrossFS, false, []string{"copy"}}},
+			want{Rescue, "", b + "/rescue", mounts.KindCrossFS, false, []string{"copy"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -266,7 +233,7 @@ func TestSpaceGuard(t *testing.T) {
 	const size = 4 << 20
 	h := holdDeleted(t, x+"/big.log", size)
 	c := candidate(t, h, 0)
-	avail, _, err := FreeSpace(x + "/rescue")
+	avail, _, err := mounts.FreeSpace(x + "/rescue")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -282,7 +249,7 @@ func TestSpaceGuard(t *testing.T) {
 		t.Errorf("MinFreeBytes %d, want %d", d.MinFreeBytes, avail-size/2)
 	}
 	// The reflink the policy allows really works here and takes no space.
-	if err := ProbeReflink(d.Root); err != nil {
+	if err := probe.Reflink(d.Root); err != nil {
 		t.Errorf("reflink on xfs: %v", err)
 	}
 
@@ -434,12 +401,12 @@ func TestLocationBtrfsSubvolume(t *testing.T) {
 	}
 	p := New(testConfig(top+"/rescue"), zaptest.NewLogger(t))
 	d := p.Decide(c)
-	if d.Action != Rescue || d.Root != top+"/rescue" || d.Kind != KindDir || d.SameMount || !d.SameFS ||
+	if d.Action != Rescue || d.Root != top+"/rescue" || d.Kind != mounts.KindDir || d.SameMount || !d.SameFS ||
 		!slices.Equal(d.Methods, []string{"reflink", "copy"}) {
 		t.Errorf("got %v root %q kind %s same mount %v same fs %v methods %v (%s)", d.Action, d.Root, d.Kind, d.SameMount, d.SameFS, d.Methods, d.Detail)
 	}
 	// The reflink the policy allows works across the subvolume mounts.
-	if err := ProbeReflink(d.Root); err != nil {
+	if err := probe.Reflink(d.Root); err != nil {
 		t.Errorf("reflink on btrfs: %v", err)
 	}
 }
@@ -490,22 +457,5 @@ func TestPlantedRescueRoot(t *testing.T) {
 				t.Errorf("configured planted %s: %v root %q, want skip", tt.name, d.Action, d.Root)
 			}
 		})
-	}
-}
-
-// TestWithProcRoot checks that the policy reads the proc root it is given,
-// not /proc: here one without PID 1 or self, so relinkd's own view is used
-// and the note says where it looked.
-func TestWithProcRoot(t *testing.T) {
-	root := t.TempDir()
-	p := New(&config.Config{}, zaptest.NewLogger(t), WithProcRoot(root))
-	if p.Via() != "" {
-		t.Errorf("Via = %q, want \"\" (no PID 1 under %s)", p.Via(), root)
-	}
-	if want := root + "/self/ns/mnt"; !strings.Contains(p.HostView(), want) {
-		t.Errorf("HostView = %q, want it to name %s", p.HostView(), want)
-	}
-	if _, err := p.HostMounts(); err == nil || !strings.Contains(err.Error(), root) {
-		t.Errorf("HostMounts: %v, want an error about %s", err, root)
 	}
 }

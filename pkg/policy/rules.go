@@ -90,3 +90,11 @@ func (r *rule) matches(c *scanner.Candidate) bool {
 	}
 	return true
 }
+
+// isUnder reports whether p is dir or inside it (both clean, absolute).
+func isUnder(p, dir string) bool {
+	if dir == "/" {
+		return strings.HasPrefix(p, "/")
+	}
+	return p == dir || strings.HasPrefix(p, dir+"/")
+}

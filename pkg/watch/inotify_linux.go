@@ -7,7 +7,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/relinkd/relinkd/pkg/policy"
+	"github.com/relinkd/relinkd/internal/procfs"
 )
 
 // The events a directory watch asks for. inotify(7): a watch on a directory
@@ -113,7 +113,7 @@ func isServerFS(fstype string) bool { return serverFS[fstype] || strings.HasPref
 
 // mounts is a snapshot of the mount table, read without asking any
 // filesystem (proc(5) mountinfo).
-type mounts []policy.Mount
+type mounts []procfs.Mount
 
 func (w *Watcher) readMounts() mounts {
 	ms, _ := w.proc.MountInfo("self")

@@ -1,4 +1,8 @@
-package policy
+// Package retention is what relinkd keeps in a rescue root, on disk: the
+// walk that finds its files without following a symlink or leaving the
+// root, the rescued files and sidecars it lists, the bytes they take, and
+// the prune that applies rescue.retention and rescue.max_total_size.
+package retention
 
 import (
 	"errors"
@@ -19,8 +23,8 @@ var errNotExist = os.ErrNotExist
 // retention treats it as crash debris. A live copy changes it constantly.
 const staleTemp = time.Hour
 
-// PruneResult says what a prune did.
-type PruneResult struct {
+// Result says what a prune did.
+type Result struct {
 	StaleTemps   int    // engine temporaries a crash left behind, removed
 	Removed      int    // rescued files removed (sidecars not counted)
 	RemovedBytes uint64 // their sizes
@@ -158,16 +162,10 @@ func join(dir, name string) string {
 	return dir + "/" + name
 }
 
-// DiskUsage returns the total size of relinkd's files under root (rescued
+// Usage returns the total size of relinkd's files under root (rescued
 // files, sidecars and temporaries; other files are not counted), without
-// following symlinks.
-func DiskUsage(root string) (uint64, error) {
-	n, _, err := diskUsage(root)
-	return n, err
-}
-
-// diskUsage is DiskUsage with the bytes of rescued files by owner.
-func diskUsage(root string) (uint64, map[uint32]uint64, error) {
+// following symlinks, and the bytes of rescued files by owner.
+func Usage(root string) (uint64, map[uint32]uint64, error) {
 	var n uint64
 	owners := make(map[uint32]uint64)
 	t, err := walkRoot(root, func(f rescued) {
@@ -186,13 +184,13 @@ func diskUsage(root string) (uint64, map[uint32]uint64, error) {
 // it was rescued; link, clone and metadata copy all set it) is older than
 // maxAge (0: no age limit), then the oldest until the rest take at most
 // maxTotal bytes (0: no limit): first those of owners who hold more than
-// share bytes in root (0: no share), then anyone's. A file's sidecar (NAME+SidecarSuffix)
+// share bytes in root (0: no share), then anyone's. A file's sidecar (NAME+layout.SidecarSuffix)
 // goes with it, and an orphaned sidecar is removed too. Only names the
 // engine writes (see layout) are touched or counted: any other file is
 // left alone. Symlinks are never followed and nothing outside root is
 // touched. Directories the prune leaves empty are removed, root itself is
 // kept.
-func Prune(root string, maxAge time.Duration, maxTotal, share uint64, now time.Time) (PruneResult, error) {
+func Prune(root string, maxAge time.Duration, maxTotal, share uint64, now time.Time) (Result, error) {
 	var files, temps []rescued
 	sidecars := map[string]rescued{} // by rel of the file they describe
 	t, err := walkRoot(root, func(f rescued) {
@@ -200,7 +198,7 @@ func Prune(root string, maxAge time.Duration, maxTotal, share uint64, now time.T
 		case temp:
 			temps = append(temps, f)
 		case sidecar:
-			sidecars[strings.TrimSuffix(f.rel, SidecarSuffix)] = f
+			sidecars[strings.TrimSuffix(f.rel, layout.SidecarSuffix)] = f
 		case rescuedFile:
 			files = append(files, f)
 		}
@@ -208,11 +206,11 @@ func Prune(root string, maxAge time.Duration, maxTotal, share uint64, now time.T
 	defer t.close()
 	if err != nil {
 		if errors.Is(err, errNotExist) {
-			return PruneResult{}, nil
+			return Result{}, nil
 		}
-		return PruneResult{}, err
+		return Result{}, err
 	}
-	var res PruneResult
+	var res Result
 	for _, f := range files {
 		res.Kept += f.size
 	}

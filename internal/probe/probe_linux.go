@@ -1,10 +1,18 @@
-package policy
+// Package probe asks the kernel what will work here, for relinkd doctor:
+// reflink, O_TMPFILE and pidfd_open on this machine, whether a rescue
+// root can be written, and the capabilities relinkd uses. Each probe
+// leaves nothing behind.
+package probe
 
 import (
+	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/relinkd/relinkd/pkg/mounts"
 )
 
 // scratch opens an unnamed scratch file in dir: O_TMPFILE (open(2), Linux
@@ -28,10 +36,10 @@ func scratch(dir string) (int, error) {
 	return fd, nil
 }
 
-// ProbeReflink clones a scratch file into another in dir with FICLONE
+// Reflink clones a scratch file into another in dir with FICLONE
 // (ioctl_ficlone(2)); nil means reflink works on dir's filesystem. The
 // scratch files are unnamed or removed at once: nothing is left behind.
-func ProbeReflink(dir string) error {
+func Reflink(dir string) error {
 	src, err := scratch(dir)
 	if err != nil {
 		return err
@@ -51,8 +59,8 @@ func ProbeReflink(dir string) error {
 	return nil
 }
 
-// ProbeTmpFile opens and closes an O_TMPFILE file in dir.
-func ProbeTmpFile(dir string) error {
+// TmpFile opens and closes an O_TMPFILE file in dir.
+func TmpFile(dir string) error {
 	fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return fmt.Errorf("open O_TMPFILE in %s: %w", dir, err)
@@ -60,8 +68,8 @@ func ProbeTmpFile(dir string) error {
 	return unix.Close(fd)
 }
 
-// ProbePidfd opens a pidfd on this process (pidfd_open(2), Linux 5.3).
-func ProbePidfd() error {
+// Pidfd opens a pidfd on this process (pidfd_open(2), Linux 5.3).
+func Pidfd() error {
 	fd, err := unix.PidfdOpen(os.Getpid(), 0)
 	if err != nil {
 		return fmt.Errorf("pidfd_open: %w", err)
@@ -86,4 +94,40 @@ func Capabilities() []Capability {
 		{"CAP_CHOWN", unix.CAP_CHOWN, "carry over the owner"},
 		{"CAP_LEASE", unix.CAP_LEASE, "ask the kernel whether a followed file is still written"},
 	}
+}
+
+// RootState says whether relinkd can write into the rescue root root, a
+// host path reached through the prefix via (see mounts.Host.Via): exists tells whether root is there yet (it
+// is created 0700 at the first rescue otherwise); err is nil when a file
+// can be created in root, or in the nearest existing ancestor where root
+// would be created, and says why not (read-only, unsafe owner or mode …)
+// otherwise. The probe file is unnamed or removed at once.
+func RootState(via, root string) (exists bool, err error) {
+	d := filepath.Clean(root)
+	for {
+		var st unix.Stat_t
+		err := unix.Lstat(via+d, &st)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.ENOENT) || d == "/" {
+			return false, fmt.Errorf("stat %s: %w", d, err)
+		}
+		d = filepath.Dir(d)
+	}
+	exists = d == filepath.Clean(root)
+	if exists {
+		if err := mounts.CheckRoot(via, d); err != nil {
+			return true, err
+		}
+	}
+	fd, err := scratch(via + d)
+	if err != nil {
+		if errors.Is(err, unix.EROFS) {
+			return exists, fmt.Errorf("%s is on a read-only filesystem: %w", d, err)
+		}
+		return exists, fmt.Errorf("cannot create files in %s: %w", d, err)
+	}
+	unix.Close(fd)
+	return exists, nil
 }

@@ -1,4 +1,4 @@
-package policy
+package mounts
 
 import (
 	"errors"
@@ -141,12 +141,12 @@ func findHostView(proc procfs.FS) hostView {
 // root-owned directory that only root can write to.
 var ErrUnsafeRoot = errors.New("unsafe rescue root")
 
-// checkRoot refuses an existing rescue root that is a symlink, not a
+// CheckRoot refuses an existing rescue root that is a symlink, not a
 // directory, not owned by root or writable by group or others: in a
 // world-writable filesystem (/tmp) anyone could plant "/tmp/.relinkd" to
 // read what relinkd rescues or to redirect its writes. A root that does not
 // exist yet is fine: the engine creates it 0700 root.
-func checkRoot(via, path string) error {
+func CheckRoot(via, path string) error {
 	var st unix.Stat_t
 	err := unix.Lstat(via+path, &st)
 	if errors.Is(err, unix.ENOENT) {
@@ -165,59 +165,3 @@ func checkRoot(via, path string) error {
 	}
 	return nil
 }
-
-// RootState says whether relinkd can write into the rescue root root, a
-// host path (see Policy.Via): exists tells whether root is there yet (it
-// is created 0700 at the first rescue otherwise); err is nil when a file
-// can be created in root, or in the nearest existing ancestor where root
-// would be created, and says why not (read-only, unsafe owner or mode …)
-// otherwise. The probe file is unnamed or removed at once.
-func (p *Policy) RootState(root string) (exists bool, err error) {
-	via := p.host.via
-	d := filepath.Clean(root)
-	for {
-		var st unix.Stat_t
-		err := unix.Lstat(via+d, &st)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, unix.ENOENT) || d == "/" {
-			return false, fmt.Errorf("stat %s: %w", d, err)
-		}
-		d = filepath.Dir(d)
-	}
-	exists = d == filepath.Clean(root)
-	if exists {
-		if err := checkRoot(via, d); err != nil {
-			return true, err
-		}
-	}
-	fd, err := scratch(via + d)
-	if err != nil {
-		if errors.Is(err, unix.EROFS) {
-			return exists, fmt.Errorf("%s is on a read-only filesystem: %w", d, err)
-		}
-		return exists, fmt.Errorf("cannot create files in %s: %w", d, err)
-	}
-	unix.Close(fd)
-	return exists, nil
-}
-
-// HostMounts returns the host's mount table (see Policy.Via).
-func (p *Policy) HostMounts() ([]Mount, error) { return p.host.mounts() }
-
-// HostView describes where relinkd reaches the host's paths, for doctor.
-func (p *Policy) HostView() string {
-	switch {
-	case p.host.under != "":
-		return p.host.via + " (--host-root: the host's root is mounted there; rescue roots are reached through it)"
-	case p.host.via != "":
-		return p.host.via + " (relinkd's mount namespace is not PID 1's: rescue roots are reached in the host's)"
-	case p.host.note != "":
-		return "/ (" + p.host.note + ")"
-	}
-	return "/ (relinkd's mount namespace is the host's)"
-}
-
-// ProbeReflinkIn is ProbeReflink in a host path.
-func (p *Policy) ProbeReflinkIn(dir string) error { return ProbeReflink(p.host.via + dir) }

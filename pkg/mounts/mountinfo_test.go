@@ -1,14 +1,13 @@
-package policy
+package mounts
 
 import (
-	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
+	"os/exec"
 	"reflect"
 	"testing"
+	"time"
 
-	"github.com/relinkd/relinkd/internal/procfs"
 	"github.com/relinkd/relinkd/pkg/config"
 )
 
@@ -49,33 +48,34 @@ func TestCoveredMounts(t *testing.T) {
 	}
 }
 
-func TestEffectiveCaps(t *testing.T) {
-	dir := t.TempDir()
-	proc := procfs.New(dir)
-	if err := os.Mkdir(filepath.Join(dir, "self"), 0o755); err != nil {
+func writeFile(t *testing.T, path, data string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	status := filepath.Join(dir, "self", "status")
-	writeFile(t, status, "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t0000000000280004\n")
-	caps, err := proc.EffectiveCaps("self")
-	if err != nil || caps != 0x280004 {
-		t.Fatalf("caps %x %v", caps, err)
-	}
-	var held []string
-	for _, c := range Capabilities() {
-		if caps&(1<<c.Bit) != 0 {
-			held = append(held, c.Name)
+}
+
+func testConfig(dirs ...string) *config.Config {
+	cfg := config.Defaults()
+	cfg.Watch = []config.Rule{{Name: "all", Paths: []string{"/**"}, Action: config.ActionRescue}}
+	cfg.Rescue.Dirs = dirs
+	cfg.Rescue.MinFree = config.Threshold{}
+	cfg.Rescue.MaxTotalSize = 0
+	cfg.Rescue.PerUser = config.PerUser{Window: config.Duration(time.Hour)}
+	return cfg
+}
+
+func mustMkdir(t *testing.T, dirs ...string) {
+	t.Helper()
+	for _, d := range dirs {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
 		}
 	}
-	// 0x280004: bits 2 (DAC_READ_SEARCH), 19 (SYS_PTRACE), 21 (SYS_ADMIN).
-	if want := []string{"CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH"}; !reflect.DeepEqual(held, want) {
-		t.Errorf("held %v, want %v", held, want)
-	}
-	writeFile(t, status, "Name:\tx\n")
-	if _, err := proc.EffectiveCaps("self"); !errors.Is(err, procfs.ErrNoCapEff) {
-		t.Errorf("no CapEff: %v", err)
-	}
-	if _, err := proc.EffectiveCaps("none"); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("missing file: %v", err)
+}
+func run(t *testing.T, name string, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
 	}
 }

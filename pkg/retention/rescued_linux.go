@@ -1,10 +1,8 @@
-package policy
+package retention
 
 import (
 	"errors"
 	"fmt"
-	"path"
-	"strconv"
 	"strings"
 	"time"
 
@@ -12,7 +10,6 @@ import (
 
 	"github.com/relinkd/relinkd/internal/eintr"
 	"github.com/relinkd/relinkd/internal/layout"
-	"github.com/relinkd/relinkd/pkg/scanner"
 )
 
 // FileFacts is what lstat (statx(2), no symlink followed) says of a file
@@ -32,7 +29,7 @@ type FileFacts struct {
 // sidecar, or a sidecar found without its file, as they are on disk:
 // nothing in it is trusted yet (relink.ReadSidecar and Verify check it).
 type RescuedFile struct {
-	Root string // the rescue root, a host path (see Via)
+	Root string // the rescue root, a host path reached through via
 	Rel  string // path below Root of the rescued file (for a lone sidecar, of the file it describes)
 	// HasFile: a regular file of that name is there; File describes it.
 	HasFile bool
@@ -55,15 +52,16 @@ type RescuedFile struct {
 var ErrRescueRoot = errors.New("rescue root not listed")
 
 // WalkRescued calls fn, in path order, for every rescued file under root
-// (a host path) and every sidecar without its file: only the names the
-// engine writes (see layout), found by retention's walk, which opens each
+// (a host path, reached through the prefix via: see mounts.Host.Via) and
+// every sidecar without its file: only the names the engine writes (see
+// layout), found by retention's walk, which opens each
 // directory with O_NOFOLLOW beneath its parent and never follows a
 // symlink or leaves root. Sidecars are read as Sidecars reads them
 // (readSmall: O_NOFOLLOW|O_NONBLOCK beneath their directory, at most
 // layout.MaxSidecarSize bytes). A root that does not exist gives no call
 // and no error. Unlike Sidecars, it also reports rescued files that have
 // no sidecar, and which directories someone other than root could write.
-func (p *Policy) WalkRescued(root string, fn func(RescuedFile)) error {
+func WalkRescued(via, root string, fn func(RescuedFile)) error {
 	type entry struct {
 		dirfd      int
 		name, rel  string
@@ -71,13 +69,13 @@ func (p *Policy) WalkRescued(root string, fn func(RescuedFile)) error {
 		sidecarFor string // rel of the file, for a sidecar
 	}
 	var entries []entry
-	t, err := walkRoot(p.host.via+root, func(f rescued) {
+	t, err := walkRoot(via+root, func(f rescued) {
 		switch f.kind {
 		case rescuedFile:
 			entries = append(entries, entry{dirfd: f.dirfd, name: f.name, rel: f.rel})
 		case sidecar:
 			entries = append(entries, entry{dirfd: f.dirfd, name: f.name, rel: f.rel, isSidecar: true,
-				sidecarFor: strings.TrimSuffix(f.rel, SidecarSuffix)})
+				sidecarFor: strings.TrimSuffix(f.rel, layout.SidecarSuffix)})
 		}
 	})
 	defer t.close()
@@ -106,7 +104,7 @@ func (p *Policy) WalkRescued(root string, fn func(RescuedFile)) error {
 				}
 				return fmt.Errorf("%w: stat %s/%s: %w", ErrRescueRoot, root, e.rel, err)
 			}
-			side := e.name + SidecarSuffix
+			side := e.name + layout.SidecarSuffix
 			sf, serr := statAt(e.dirfd, side)
 			switch {
 			case errors.Is(serr, unix.ENOENT):
@@ -208,25 +206,4 @@ func (r *RescuedFile) SidecarFileProblem() string {
 		return fmt.Sprintf("the sidecar has %d links", f.Nlink)
 	}
 	return ""
-}
-
-// CheckRescuedName checks that rel, a rescued file's path below its root,
-// is the name the engine gives the file that a sidecar describes: the
-// holder's path, pid and descriptor (and, for a holder in another mount
-// namespace, its container's directory in rescue.container_dir, see
-// ContainerName) as Location.Rel writes them, with the time the name
-// itself carries and maybe a ".K" for a name that was taken.
-func CheckRescuedName(rel string, c *scanner.Candidate) error {
-	n, ok := layout.ParseRescued(rel[strings.LastIndexByte(rel, '/')+1:])
-	if !ok {
-		return fmt.Errorf("%q is not a rescued file's name", rel)
-	}
-	want := RelName(c, n.Time)
-	if n.K > 0 {
-		want += "." + strconv.Itoa(n.K)
-	}
-	if rel == want || c.MntNS != 0 && rel == path.Join(ContainerName(c), want) {
-		return nil
-	}
-	return fmt.Errorf("the file is %s, but the engine would have named the file described (pid %d fd %d, %q) %s", rel, c.PID, c.FD, c.Path, want)
 }

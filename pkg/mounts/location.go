@@ -1,4 +1,4 @@
-package policy
+package mounts
 
 import (
 	"errors"
@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/relinkd/relinkd/internal/layout"
 	"github.com/relinkd/relinkd/pkg/config"
 	"github.com/relinkd/relinkd/pkg/scanner"
 )
@@ -54,26 +55,13 @@ type Location struct {
 	FSType string
 }
 
-// Rel returns where c goes below l.Root (see RelName), under l.Prefix.
+// Rel returns where c goes below l.Root (see layout.RelName), under
+// l.Prefix.
 func (l Location) Rel(c *scanner.Candidate, now time.Time) string {
 	if l.Prefix == "" {
-		return RelName(c, now)
+		return layout.RelName(c, now)
 	}
-	return path.Join(l.Prefix, RelName(c, now))
-}
-
-// FreeSpace is FreeSpace of l.Root, reached through l.Via.
-func (l Location) FreeSpace() (avail, total uint64, err error) { return freeSpace(l.Via, l.Root) }
-
-// ContainerName names the directory below rescue.container_dir that holds
-// the files of c's container: its container id (scanner.Candidate), else
-// mntns-N after its mount namespace.
-func ContainerName(c *scanner.Candidate) string {
-	id := c.ContainerID
-	if id != "" && id != "." && id != ".." && len(id) <= 64 && !strings.ContainsAny(id, "/\x00") {
-		return id
-	}
-	return "mntns-" + strconv.FormatUint(c.MntNS, 10)
+	return path.Join(l.Prefix, layout.RelName(c, now))
 }
 
 // ErrNoLocation is returned when no rescue location is allowed for a file.
@@ -91,12 +79,12 @@ type fileMount struct {
 // pin keeps the file, not the process); otherwise the holder's mountinfo
 // has it. When the id is unknown it falls back to a host mount of the same
 // device number.
-func (p *Policy) resolveMount(c *scanner.Candidate, host []Mount) (fileMount, error) {
+func (h *Host) resolveMount(c *scanner.Candidate, host []Mount) (fileMount, error) {
 	if c.MntID != 0 {
 		if m := byID(host, c.MntID); m != nil {
 			return fileMount{m: m, sameNS: true}, nil
 		}
-		ms, err := p.proc.MountInfo(strconv.Itoa(c.PID))
+		ms, err := h.proc.MountInfo(strconv.Itoa(c.PID))
 		if err == nil {
 			if m := byID(ms, c.MntID); m != nil {
 				return fileMount{m: m}, nil
@@ -132,26 +120,26 @@ func sameSuper(a, b *Mount) bool { return a.Major == b.Major && a.Minor == b.Min
 // rescue.containers: inside the container's own fs_dir (locateInside). It
 // returns ErrNoLocation, saying why each candidate root was refused, when
 // none is allowed.
-func (p *Policy) Locate(c *scanner.Candidate) (Location, error) {
-	host, err := p.host.mounts()
+func (h *Host) Locate(c *scanner.Candidate) (Location, error) {
+	host, err := h.view.mounts()
 	if err != nil {
 		return Location{}, err
 	}
 	var why []string
-	fm, ferr := p.resolveMount(c, host)
-	if c.InContainer() && p.cfg.Rescue.Containers != config.ContainersInside {
-		return p.locateContainer(c, fm, host)
+	fm, ferr := h.resolveMount(c, host)
+	if c.InContainer() && h.rc.Containers != config.ContainersInside {
+		return h.locateContainer(c, fm, host)
 	}
 	if ferr == nil {
-		loc, ok, w := p.locateSameFS(c, fm, host)
+		loc, ok, w := h.locateSameFS(c, fm, host)
 		if ok {
 			return loc, nil
 		}
 		why = w
 	}
-	if p.cfg.Rescue.CrossFS {
-		for _, d := range p.cfg.Rescue.Dirs {
-			id, _, _, err := pathMount(p.host.via, d)
+	if h.rc.CrossFS {
+		for _, d := range h.rc.Dirs {
+			id, _, _, err := pathMount(h.view.via, d)
 			if err != nil {
 				why = append(why, fmt.Sprintf("cross_fs %s: %v", d, err))
 				continue
@@ -161,13 +149,13 @@ func (p *Policy) Locate(c *scanner.Candidate) (Location, error) {
 			case dm == nil:
 				why = append(why, fmt.Sprintf("cross_fs %s: not on a host mount", d))
 			case dm.ReadOnly():
-				why = append(why, fmt.Sprintf("cross_fs %s: %s", d, p.readOnly(dm)))
+				why = append(why, fmt.Sprintf("cross_fs %s: %s", d, h.readOnly(dm)))
 			default:
-				if err := checkRoot(p.host.via, d); err != nil {
+				if err := CheckRoot(h.view.via, d); err != nil {
 					why = append(why, err.Error())
 					continue
 				}
-				loc := Location{Root: d, Via: p.host.via, Kind: KindCrossFS}
+				loc := Location{Root: d, Via: h.view.via, Kind: KindCrossFS}
 				if fm.m != nil {
 					loc.FSType = fm.m.FSType
 				}
@@ -179,17 +167,17 @@ func (p *Policy) Locate(c *scanner.Candidate) (Location, error) {
 		return Location{}, ferr
 	}
 	if len(why) == 0 {
-		why = append(why, fmt.Sprintf("no rescue.dirs entry on this filesystem, fs_dir %q, cross_fs %v", p.cfg.Rescue.FSDir, p.cfg.Rescue.CrossFS))
+		why = append(why, fmt.Sprintf("no rescue.dirs entry on this filesystem, fs_dir %q, cross_fs %v", h.rc.FSDir, h.rc.CrossFS))
 	}
 	return Location{FSType: fm.m.FSType}, fmt.Errorf("pid %d fd %d on %s (%s): %s: %w",
 		c.PID, c.FD, fm.m.MountPoint, fm.m.FSType, strings.Join(why, "; "), ErrNoLocation)
 }
 
 // readOnly says why m cannot take a rescue root.
-func (p *Policy) readOnly(m *Mount) string {
+func (h *Host) readOnly(m *Mount) string {
 	s := fmt.Sprintf("%s is mounted read-only (%s)", m.MountPoint, m.Options)
-	if p.host.note != "" {
-		s += "; " + p.host.note
+	if h.view.note != "" {
+		s += "; " + h.view.note
 	}
 	return s
 }
@@ -201,13 +189,13 @@ func (p *Policy) readOnly(m *Mount) string {
 // whatever cross_fs says; reflink is tried where container_dir is on the
 // file's own filesystem (a volume bound in from the host). link never
 // works: the host's mount is not the holder's vfsmount.
-func (p *Policy) locateContainer(c *scanner.Candidate, fm fileMount, host []Mount) (Location, error) {
-	d := p.cfg.Rescue.ContainerDir
+func (h *Host) locateContainer(c *scanner.Candidate, fm fileMount, host []Mount) (Location, error) {
+	d := h.rc.ContainerDir
 	fail := func(format string, args ...any) (Location, error) {
 		return Location{}, fmt.Errorf("pid %d fd %d in container %s: rescue.container_dir %s: %s: %w",
-			c.PID, c.FD, ContainerName(c), d, fmt.Sprintf(format, args...), ErrNoLocation)
+			c.PID, c.FD, layout.ContainerName(c), d, fmt.Sprintf(format, args...), ErrNoLocation)
 	}
-	id, _, _, err := pathMount(p.host.via, d)
+	id, _, _, err := pathMount(h.view.via, d)
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -216,13 +204,13 @@ func (p *Policy) locateContainer(c *scanner.Candidate, fm fileMount, host []Moun
 	case dm == nil:
 		return fail("not on a host mount")
 	case dm.ReadOnly():
-		return fail("%s", p.readOnly(dm))
+		return fail("%s", h.readOnly(dm))
 	}
-	if err := checkRoot(p.host.via, d); err != nil {
-		p.log.Warn("rescue dir refused", zap.String("dir", d), zap.Error(err))
+	if err := CheckRoot(h.view.via, d); err != nil {
+		h.log.Warn("rescue dir refused", zap.String("dir", d), zap.Error(err))
 		return fail("%v", err)
 	}
-	loc := Location{Root: d, Via: p.host.via, Kind: KindContainer, Prefix: ContainerName(c)}
+	loc := Location{Root: d, Via: h.view.via, Kind: KindContainer, Prefix: layout.ContainerName(c)}
 	if fm.m != nil {
 		loc.SameFS, loc.FSType = sameSuper(dm, fm.m), fm.m.FSType
 	}
@@ -236,28 +224,28 @@ func (p *Policy) locateContainer(c *scanner.Candidate, fm fileMount, host []Moun
 // The container controls every directory on that path, so the engine
 // resolves all of it beneath the holder's root without following a
 // symlink (Location.Beneath); the checks here are a first look only.
-func (p *Policy) locateInside(c *scanner.Candidate, cm *Mount) (Location, bool, string) {
-	root := path.Join(cm.MountPoint, p.cfg.Rescue.FSDir)
+func (h *Host) locateInside(c *scanner.Candidate, cm *Mount) (Location, bool, string) {
+	root := path.Join(cm.MountPoint, h.rc.FSDir)
 	if cm.ReadOnly() {
-		return Location{}, false, "fs_dir " + root + " in the container: " + p.readOnly(cm)
+		return Location{}, false, "fs_dir " + root + " in the container: " + h.readOnly(cm)
 	}
-	via := p.proc.Path(c.ProcDir() + "/root")
-	if err := checkRoot(via, root); err != nil {
-		p.log.Warn("rescue dir refused", zap.String("dir", root), zap.Int("pid", c.PID), c.ContainerField(), zap.Error(err))
+	via := h.proc.Path(c.ProcDir() + "/root")
+	if err := CheckRoot(via, root); err != nil {
+		h.log.Warn("rescue dir refused", zap.String("dir", root), zap.Int("pid", c.PID), c.ContainerField(), zap.Error(err))
 		return Location{}, false, err.Error() + " (in the container)"
 	}
 	return Location{Root: root, Via: via, Beneath: true, Kind: KindFSDir, SameMount: true, SameFS: true, FSType: cm.FSType}, true, ""
 }
 
 // locateSameFS finds a root on fm's filesystem, or says why there is none.
-func (p *Policy) locateSameFS(c *scanner.Candidate, fm fileMount, host []Mount) (Location, bool, []string) {
+func (h *Host) locateSameFS(c *scanner.Candidate, fm fileMount, host []Mount) (Location, bool, []string) {
 	cm := fm.m
-	via := p.host.via
+	via := h.view.via
 	var why []string
-	for _, d := range p.cfg.Rescue.Dirs {
+	for _, d := range h.rc.Dirs {
 		id, _, _, err := pathMount(via, d)
 		if err != nil {
-			p.log.Debug("rescue dir not usable", zap.String("dir", d), zap.Error(err))
+			h.log.Debug("rescue dir not usable", zap.String("dir", d), zap.Error(err))
 			continue
 		}
 		dm := byID(host, id)
@@ -265,11 +253,11 @@ func (p *Policy) locateSameFS(c *scanner.Candidate, fm fileMount, host []Mount) 
 			continue
 		}
 		if dm.ReadOnly() {
-			why = append(why, "rescue dir "+d+": "+p.readOnly(dm))
+			why = append(why, "rescue dir "+d+": "+h.readOnly(dm))
 			continue
 		}
-		if err := checkRoot(via, d); err != nil {
-			p.log.Warn("rescue dir refused", zap.String("dir", d), zap.Error(err))
+		if err := CheckRoot(via, d); err != nil {
+			h.log.Warn("rescue dir refused", zap.String("dir", d), zap.Error(err))
 			why = append(why, err.Error())
 			continue
 		}
@@ -291,13 +279,13 @@ func (p *Policy) locateSameFS(c *scanner.Candidate, fm fileMount, host []Mount) 
 		}
 		return loc, true, nil
 	}
-	if p.cfg.Rescue.FSDir == "" {
+	if h.rc.FSDir == "" {
 		return Location{}, false, why
 	}
 	if fm.sameNS {
-		root := filepath.Join(cm.MountPoint, p.cfg.Rescue.FSDir)
+		root := filepath.Join(cm.MountPoint, h.rc.FSDir)
 		if cm.ReadOnly() {
-			return Location{}, false, append(why, "fs_dir "+root+": "+p.readOnly(cm))
+			return Location{}, false, append(why, "fs_dir "+root+": "+h.readOnly(cm))
 		}
 		id, _, _, err := pathMount(via, root)
 		switch {
@@ -306,8 +294,8 @@ func (p *Policy) locateSameFS(c *scanner.Candidate, fm fileMount, host []Mount) 
 		case id != cm.ID:
 			why = append(why, fmt.Sprintf("fs_dir %s: another mount is in its place", root))
 		default:
-			if err := checkRoot(via, root); err != nil {
-				p.log.Warn("rescue dir refused", zap.String("dir", root), zap.Error(err))
+			if err := CheckRoot(via, root); err != nil {
+				h.log.Warn("rescue dir refused", zap.String("dir", root), zap.Error(err))
 				return Location{}, false, append(why, err.Error())
 			}
 			return Location{Root: root, Via: via, Kind: KindFSDir, SameMount: true, SameFS: true, FSType: cm.FSType}, true, nil
@@ -316,7 +304,7 @@ func (p *Policy) locateSameFS(c *scanner.Candidate, fm fileMount, host []Mount) 
 	if c.InContainer() {
 		// rescue.containers: inside (Locate sends the other choice
 		// elsewhere): the container's own view of the file's mount.
-		loc, ok, w := p.locateInside(c, cm)
+		loc, ok, w := h.locateInside(c, cm)
 		if !ok {
 			why = append(why, w)
 		}
@@ -336,12 +324,12 @@ func (p *Policy) locateSameFS(c *scanner.Candidate, fm fileMount, host []Mount) 
 	if best == nil {
 		return Location{}, false, append(why, "no writable host mount of this filesystem")
 	}
-	root := filepath.Join(best.MountPoint, p.cfg.Rescue.FSDir)
+	root := filepath.Join(best.MountPoint, h.rc.FSDir)
 	if id, _, _, err := pathMount(via, root); err != nil || id != best.ID {
 		return Location{}, false, append(why, fmt.Sprintf("fs_dir %s: not on the host mount %s", root, best.MountPoint))
 	}
-	if err := checkRoot(via, root); err != nil {
-		p.log.Warn("rescue dir refused", zap.String("dir", root), zap.Error(err))
+	if err := CheckRoot(via, root); err != nil {
+		h.log.Warn("rescue dir refused", zap.String("dir", root), zap.Error(err))
 		return Location{}, false, append(why, err.Error())
 	}
 	return Location{Root: root, Via: via, Kind: KindFSDir, SameFS: true, FSType: cm.FSType}, true, nil

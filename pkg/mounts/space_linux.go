@@ -1,4 +1,4 @@
-package policy
+package mounts
 
 import (
 	"cmp"
@@ -48,8 +48,8 @@ type HolderUsage struct {
 // Locate does; bind mounts of one filesystem are one entry. It reads the
 // host's mount table once, and a holder's only for a mount the host does
 // not list.
-func (p *Policy) DeletedOpen(cs []scanner.Candidate) []FSUsage {
-	host, _ := p.host.mounts() // without it, files are grouped by device
+func (h *Host) DeletedOpen(cs []scanner.Candidate) []FSUsage {
+	host, _ := h.view.mounts() // without it, files are grouped by device
 	type holderKey struct {
 		pid   int
 		start uint64
@@ -65,7 +65,7 @@ func (p *Policy) DeletedOpen(cs []scanner.Candidate) []FSUsage {
 	var order []string
 	for i := range cs {
 		c := &cs[i]
-		mp, fstype, dev := p.filesystemOf(c, host, holderMounts)
+		mp, fstype, dev := h.filesystemOf(c, host, holderMounts)
 		a := byFS[dev]
 		if a == nil {
 			a = &fsAcc{
@@ -119,7 +119,7 @@ func (p *Policy) DeletedOpen(cs []scanner.Candidate) []FSUsage {
 // it, its type and its device ("MAJOR:MINOR"), the key that groups files.
 // The mount is found as resolveMount finds it; holders' mount tables are
 // read once per call of DeletedOpen (theirs, by pid).
-func (p *Policy) filesystemOf(c *scanner.Candidate, host []Mount, holders map[int][]Mount) (mountPoint, fstype, dev string) {
+func (h *Host) filesystemOf(c *scanner.Candidate, host []Mount, holders map[int][]Mount) (mountPoint, fstype, dev string) {
 	var m *Mount
 	sameNS := false
 	if c.MntID != 0 {
@@ -128,7 +128,7 @@ func (p *Policy) filesystemOf(c *scanner.Candidate, host []Mount, holders map[in
 		} else {
 			ms, ok := holders[c.PID]
 			if !ok {
-				ms, _ = p.proc.MountInfo(strconv.Itoa(c.PID))
+				ms, _ = h.proc.MountInfo(strconv.Itoa(c.PID))
 				holders[c.PID] = ms
 			}
 			m = byID(ms, c.MntID)

@@ -1,4 +1,4 @@
-package policy
+package mounts
 
 import (
 	"os"
@@ -37,8 +37,8 @@ func TestDeletedOpen(t *testing.T) {
 	// pid 300 runs in a container: its mount 99 of /dev/sda2 is not in
 	// the host's table.
 	write("proc/300/mountinfo", "99 98 8:2 /sub/ctr / rw - xfs /dev/sda2 rw\n")
-	p := New(config.Defaults(), zaptest.NewLogger(t), WithProcRoot(filepath.Join(dir, "proc")))
-	p.host = hostView{mountinfo: host}
+	p := New(&config.Defaults().Rescue, zaptest.NewLogger(t), WithProcRoot(filepath.Join(dir, "proc")))
+	p.view = hostView{mountinfo: host}
 
 	c := func(pid int, comm string, mnt int, dev, ino uint64, size, blocks int64) scanner.Candidate {
 		return scanner.Candidate{PID: pid, Comm: comm, MntID: mnt, Dev: dev, Ino: ino, Size: size, Blocks: blocks}
