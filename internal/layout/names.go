@@ -14,7 +14,7 @@ import (
 // is the name the engine gives the file that a sidecar describes: the
 // holder's path, pid and descriptor (and, for a holder in another mount
 // namespace, its container's directory in rescue.container_dir, see
-// ContainerName) as Location.Rel writes them, with the time the name
+// ContainerName) as mounts.Location.Rel writes them, with the time the name
 // itself carries and maybe a ".K" for a name that was taken.
 func CheckRescuedName(rel string, c *scanner.Candidate) error {
 	n, ok := ParseRescued(rel[strings.LastIndexByte(rel, '/')+1:])

@@ -8,8 +8,8 @@ package daemon
 // rescued file's own inode, and whether a follow was in progress.
 //
 // At the first full sweep, before any candidate is handled, the daemon
-// reads the sidecars of every rescue root it knows (policy.KnownRoots: the
-// configured directories and the fs_dir root of every host mount) with
+// reads the sidecars of every rescue root it knows (mounts.Host.KnownRoots:
+// the configured directories and the fs_dir root of every host mount) with
 // retention's walk, which never follows a symlink, and keeps those whose
 // source is among the sweep's candidates, once checked against the file
 // beside them. A candidate whose pinned inode has the same dev, ino and

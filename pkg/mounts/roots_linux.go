@@ -159,7 +159,7 @@ func (pr *probes) look(via string, looks []rootLook, log *zap.Logger) []rootLook
 }
 
 // lookRoot checks that l.root is a directory, on mount l.mnt when it is
-// set, that can be a rescue root (checkRoot).
+// set, that can be a rescue root (CheckRoot).
 func lookRoot(via string, l rootLook) rootLook {
 	var st unix.Stat_t
 	if unix.Lstat(via+l.root, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {

@@ -70,10 +70,10 @@ type Decision struct {
 
 	// For Rescue only.
 	Root      string   // rescue root directory (to be created 0700 root if missing), a host path unless Beneath
-	Via       string   // how relinkd reaches Root: relink.Destination.Via (Location.Via)
-	Beneath   bool     // Root is in a container's own view: relink.Destination.Beneath (Location.Beneath)
-	Rel       string   // path of the rescued file relative to Root, see Location.Rel
-	Kind      string   // KindDir, KindFSDir, KindCrossFS or KindContainer
+	Via       string   // how relinkd reaches Root: relink.Destination.Via (mounts.Location.Via)
+	Beneath   bool     // Root is in a container's own view: relink.Destination.Beneath (mounts.Location.Beneath)
+	Rel       string   // path of the rescued file relative to Root, see mounts.Location.Rel
+	Kind      string   // mounts.KindDir, KindFSDir, KindCrossFS or KindContainer
 	SameMount bool     // Root is on the holder's mount: link may work
 	SameFS    bool     // Root is on the file's filesystem: reflink may work
 	Methods   []string // methods to try, in order (config order, filtered)
@@ -505,7 +505,7 @@ func (p *Policy) measure(root string) {
 }
 
 // Roots returns the configured rescue directories, the fs_dir roots that
-// exist on the host's mounts (KnownRoots) and every other root the policy
+// exist on the host's mounts (Locator.KnownRoots) and every other root the policy
 // has chosen so far: what retention must prune. After a restart that
 // includes the fs_dir roots earlier daemons wrote to.
 func (p *Policy) Roots() []string {

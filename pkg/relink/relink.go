@@ -180,7 +180,7 @@ type Destination struct {
 	Root string
 	// Via is the path through which the engine reaches Root from its own
 	// mount namespace: "" when Root is named in it, or a /proc/PID/root
-	// magic link (the host's namespace, as policy.Policy.Via gives it).
+	// magic link (the host's namespace, as mounts.Host.Via gives it).
 	// Messages and Result.Path name Root without it.
 	Via string
 	// Beneath says that Root is a path in the view of a holder whose root

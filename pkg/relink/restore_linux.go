@@ -37,7 +37,7 @@ type Target struct {
 	Path string
 	// Via is the prefix through which the engine reaches Path's "/": ""
 	// for its own view, or a /proc/PID/root magic link (the host's view,
-	// policy.Policy.Via). Messages and results name Path without it.
+	// mounts.Host.Via). Messages and results name Path without it.
 	Via string
 	// Mkdir creates the directories of Path that do not exist (mode 0755
 	// less the umask); without it a missing directory is an error.
