@@ -65,6 +65,7 @@ type Scanner struct {
 	bpf     atomic.Pointer[bpfSweep] // nil: the /proc backend
 	why     string                   // why this backend (Backend)
 	bufs    sync.Pool                // *[]byte: the BPF iterator's output
+	idle    sync.Pool                // *worker: their buffers, reused across sweeps
 	failed  atomic.Bool              // a BPF sweep failed since the last warning
 }
 
@@ -240,6 +241,22 @@ func newWorker(s *Scanner, rootfd int) *worker {
 		link:   make([]byte, unix.PathMax+len(deletedSuffix)+1),
 		file:   make([]byte, 4<<10),
 	}
+}
+
+// getWorker takes a worker from the pool: on the event path a targeted
+// sweep of a few processes would otherwise spend more on its buffers
+// than on its system calls.
+func (s *Scanner) getWorker(rootfd int) *worker {
+	if w, ok := s.idle.Get().(*worker); ok {
+		w.rootfd = rootfd
+		return w
+	}
+	return newWorker(s, rootfd)
+}
+
+func (s *Scanner) putWorker(w *worker) {
+	w.rootfd = -1
+	s.idle.Put(w)
 }
 
 // process reads the descriptors of one process into res.
@@ -548,6 +565,15 @@ func fileMode(m uint32) fs.FileMode {
 // worker state of its own, reading below rootfd) until ctx ends, and
 // returns total with what they found added, candidates sorted.
 func fanOut[T any](ctx context.Context, s *Scanner, rootfd int, items []T, total Result, do func(w *worker, item T, res *Result)) Result {
+	if len(items) == 1 {
+		// One process (the event path's usual case): no goroutine to
+		// start and wait for.
+		w := s.getWorker(rootfd)
+		var res Result
+		do(w, items[0], &res)
+		s.putWorker(w)
+		return merge(total, []Result{res})
+	}
 	work := make(chan T)
 	results := make([]Result, min(s.workers, max(len(items), 1)))
 	var wg sync.WaitGroup
@@ -555,7 +581,8 @@ func fanOut[T any](ctx context.Context, s *Scanner, rootfd int, items []T, total
 		wg.Add(1)
 		go func(res *Result) {
 			defer wg.Done()
-			w := newWorker(s, rootfd)
+			w := s.getWorker(rootfd)
+			defer s.putWorker(w)
 			for it := range work {
 				do(w, it, res)
 			}
@@ -571,6 +598,11 @@ feed:
 	}
 	close(work)
 	wg.Wait()
+	return merge(total, results)
+}
+
+// merge adds the workers' results to total, candidates sorted.
+func merge(total Result, results []Result) Result {
 	for _, r := range results {
 		total.Candidates = append(total.Candidates, r.Candidates...)
 		total.Procs += r.Procs
