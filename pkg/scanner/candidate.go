@@ -156,10 +156,20 @@ type Result struct {
 	Held []Held
 }
 
-// Held says that a process holds a file open in a directory.
+// Held says that a process holds files open in a directory.
 type Held struct {
 	PID int
 	Dir string
+	// FDs are the descriptors of those files, as the /proc sweep read
+	// them; nil when the sweep did not see each (the BPF walk writes a
+	// directory's run of descriptors once).
+	FDs []int32
+}
+
+// Target is a process and some of its descriptors, for SweepFDs.
+type Target struct {
+	PID int
+	FDs []int32
 }
 
 // Unanswered is a descriptor whose filesystem did not answer.
