@@ -3,7 +3,6 @@ package mounts
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"reflect"
 	"testing"
 	"time"
@@ -48,13 +47,6 @@ func TestCoveredMounts(t *testing.T) {
 	}
 }
 
-func writeFile(t *testing.T, path, data string) {
-	t.Helper()
-	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
 func testConfig(dirs ...string) *config.Config {
 	cfg := config.Defaults()
 	cfg.Watch = []config.Rule{{Name: "all", Paths: []string{"/**"}, Action: config.ActionRescue}}
@@ -71,11 +63,5 @@ func mustMkdir(t *testing.T, dirs ...string) {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
-	}
-}
-func run(t *testing.T, name string, args ...string) {
-	t.Helper()
-	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
-		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
 	}
 }

@@ -67,25 +67,6 @@ func newerThan(t *testing.T, path string, prev time.Time) time.Time {
 }
 
 // files lists the regular files under root, relative, sorted.
-func files(t *testing.T, root string) []string {
-	t.Helper()
-	var out []string
-	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.Type().IsRegular() {
-			rel, _ := filepath.Rel(root, p)
-			out = append(out, rel)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	slices.Sort(out)
-	return out
-}
 
 // Rescued files named as the engine names them (layout.Suffix); b took
 // ".1" because its first name was taken.
