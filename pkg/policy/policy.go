@@ -235,7 +235,8 @@ func New(cfg *config.Config, log *zap.Logger, opts ...Option) *Policy {
 
 // Inherit carries the per-user grants and measured root usage of old (the
 // policy before a configuration reload) over to p, so that a reload does
-// not reset the per-user caps. Call it before p is used.
+// not reset the per-user caps, and shares its host's looks at rescue
+// roots (mounts.Host.Inherit). Call it before p is used.
 func (p *Policy) Inherit(old *Policy) {
 	if old == nil || old == p {
 		return
