@@ -47,6 +47,7 @@ func startDaemon(bin, dir, cfg string, log *lineLog) (*daemon, error) {
 		wake: make(chan struct{}), done: make(chan struct{}),
 	}
 	d.cmd = exec.Command(bin, "run", "--config", cfg)
+	d.cmd.SysProcAttr = dieWithUs
 	d.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
 	stderr, err := d.cmd.StderrPipe()
 	if err != nil {

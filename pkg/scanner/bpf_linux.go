@@ -560,7 +560,7 @@ func (w *worker) processBPF(g *group, track func([]byte) bool, holder bool, res 
 		}
 		path, _ := trimDeleted(link)
 		if track != nil && track(path) {
-			w.hold(pid, -1, path, res)
+			w.hold(pid, r.fd, path, res)
 		}
 		if r.kind != recCandidate {
 			continue

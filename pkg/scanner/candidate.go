@@ -160,9 +160,9 @@ type Result struct {
 type Held struct {
 	PID int
 	Dir string
-	// FDs are the descriptors of those files, as the /proc sweep read
-	// them; nil when the sweep did not see each (the BPF walk writes a
-	// directory's run of descriptors once).
+	// FDs are descriptors of those files: every one from the /proc
+	// sweep; from the BPF walk, which writes a run of consecutive
+	// descriptors in one directory once, the first of each run.
 	FDs []int32
 }
 

@@ -240,8 +240,8 @@ type worker struct {
 	held   map[string]int // directories the current process holds files in (Track): index in Result.Held
 }
 
-// hold notes that pid holds a file at path (Track), once per directory,
-// with the descriptor fd (-1: not known, as from the BPF walk).
+// hold notes that pid holds a file at path (Track) as descriptor fd, once
+// per directory with the descriptors there.
 func (w *worker) hold(pid, fd int, path []byte, res *Result) {
 	i := bytes.LastIndexByte(path, '/')
 	if i < 0 {
@@ -252,15 +252,10 @@ func (w *worker) hold(pid, fd int, path []byte, res *Result) {
 		w.held = make(map[string]int)
 	}
 	if k, ok := w.held[string(dir)]; ok {
-		if fd >= 0 && res.Held[k].FDs != nil {
-			res.Held[k].FDs = append(res.Held[k].FDs, int32(fd))
-		}
+		res.Held[k].FDs = append(res.Held[k].FDs, int32(fd))
 		return
 	}
-	h := Held{PID: pid, Dir: string(dir)}
-	if fd >= 0 {
-		h.FDs = []int32{int32(fd)}
-	}
+	h := Held{PID: pid, Dir: string(dir), FDs: []int32{int32(fd)}}
 	w.held[h.Dir] = len(res.Held)
 	res.Held = append(res.Held, h)
 }
