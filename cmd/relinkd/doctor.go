@@ -119,7 +119,7 @@ func cmdDoctor(ctx context.Context, e env, args []string) error {
 	if p.Host().Via() != "" {
 		pid = 1
 	}
-	for _, cm := range mounts.CoveredMounts(cfg, host) {
+	for _, cm := range mounts.Covered(cfg, host) {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}

@@ -17,8 +17,8 @@ var pseudoFS = []string{
 	"hugetlbfs", "rpc_pipefs", "efivarfs", "selinuxfs", "ramfs",
 }
 
-// CoveredMount is a mount that some watch rule's paths can reach.
-type CoveredMount struct {
+// Coverage is a mount that some watch rule's paths can reach.
+type Coverage struct {
 	Mount Mount
 	Rules []string // names of the rules, in configuration order
 }
@@ -54,12 +54,12 @@ func containing(host []Mount, path string) *Mount {
 	return best
 }
 
-// CoveredMounts lists the mounts of host (the daemon's mountinfo) that the
+// Covered lists the mounts of host (the daemon's mountinfo) that the
 // watch rules of cfg cover: the mount holding each glob's fixed prefix, and
 // every mount below that prefix whose contents the glob can match. Pseudo
 // filesystems (proc, sysfs, cgroup …) are left out.
-func CoveredMounts(cfg *config.Config, host []Mount) []CoveredMount {
-	var out []CoveredMount
+func Covered(cfg *config.Config, host []Mount) []Coverage {
+	var out []Coverage
 	add := func(m *Mount, rule string) {
 		if slices.Contains(pseudoFS, m.FSType) {
 			return
@@ -72,7 +72,7 @@ func CoveredMounts(cfg *config.Config, host []Mount) []CoveredMount {
 				return
 			}
 		}
-		out = append(out, CoveredMount{Mount: *m, Rules: []string{rule}})
+		out = append(out, Coverage{Mount: *m, Rules: []string{rule}})
 	}
 	for _, r := range cfg.Watch {
 		for _, g := range r.Paths {
@@ -95,6 +95,6 @@ func CoveredMounts(cfg *config.Config, host []Mount) []CoveredMount {
 			}
 		}
 	}
-	slices.SortStableFunc(out, func(a, b CoveredMount) int { return strings.Compare(a.Mount.MountPoint, b.Mount.MountPoint) })
+	slices.SortStableFunc(out, func(a, b Coverage) int { return strings.Compare(a.Mount.MountPoint, b.Mount.MountPoint) })
 	return out
 }

@@ -35,7 +35,7 @@ func TestCoveredMounts(t *testing.T) {
 		{Name: "srv-logs", Paths: []string{"/srv/*.log"}},
 		{Name: "any", Paths: []string{"**/core"}},
 	}}
-	got := CoveredMounts(cfg, host)
+	got := Covered(cfg, host)
 	var lines []string
 	for _, c := range got {
 		lines = append(lines, fmt.Sprintf("%s %v", c.Mount.MountPoint, c.Rules))
