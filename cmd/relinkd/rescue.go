@@ -219,7 +219,12 @@ func (r *rescuer) consider(ctx context.Context, c *scanner.Candidate) {
 			// The descriptor now refers to another file (or the pid to
 			// another process): not the file that was selected.
 			r.out.skipped(c, err.Error())
+		case errors.Is(err, relink.ErrNotRegular):
+			// Never opened for data (a memfd): not rescued, and not a
+			// rescue failure to log, as in the daemon.
+			r.out.failed(c, err)
 		default:
+			r.pipe.PinFailed(c, err)
 			r.out.failed(c, err)
 		}
 		return

@@ -207,6 +207,11 @@ func (p *Pipeline) Run(ctx context.Context, rq Request) Outcome {
 	return out
 }
 
+// PinFailed logs "rescue failed" for c, the sweep's candidate, whose pin
+// failed with err for a reason other than a vanished holder, an identity
+// change or a file that is not regular (which are not failures).
+func (p *Pipeline) PinFailed(c *scanner.Candidate, err error) { p.ev.Failed(c, err) }
+
 // rescueError is err as the *relink.RescueError the engine returns.
 func rescueError(err error, c *scanner.Candidate) *relink.RescueError {
 	var re *relink.RescueError
