@@ -10,8 +10,8 @@
 // onto what is theirs: the daemon onto its ledger, budget and metrics, the
 // command onto its report lines.
 //
-//	pin (caller) ─> Run: decide ─> rescue ─> Outcome ─> Rescued.Follow ─> FollowOutcome
-//	                     (policy)   (engine)  + event    (engine)          + event
+//	pin (caller) ─> Run: decide ─> rescue ─> Outcome ─> Rescue.Follow ─> FollowOutcome
+//	                     (policy)   (engine)  + event    (engine)         + event
 package pipeline
 
 import (

@@ -360,3 +360,36 @@ func TestFollow(t *testing.T) {
 		})
 	}
 }
+
+// TestPublish: the rescue publishes inside Options.Publish (the daemon's
+// retention never runs beside it), and a decision that rescues nothing
+// does not call it.
+func TestPublish(t *testing.T) {
+	f := newFixture(t, "tmpfs", 16)
+	var calls int
+	var during []string // rescued files seen in the root as Publish returns
+	f.pipe = New(f.eng, f.log, Options{Publish: func(run func()) {
+		calls++
+		run()
+		during, _ = filepath.Glob(filepath.Join(f.root(), f.mnt, "src", "*.log.*"))
+	}})
+	pol := f.policy("rescue", "max_file_size: 1KiB")
+	_, small := f.hold("small.log", "data")
+	_, big := f.hold("big.log", strings.Repeat("x", 2048))
+	if out := f.run(t.Context(), big, pol, pol); out.Kind != Skipped || calls != 0 {
+		t.Fatalf("skip: %v with %d publish calls, want skipped and none", out.Kind, calls)
+	}
+	out := f.run(t.Context(), small, pol, pol)
+	if out.Kind != Rescued || calls != 1 {
+		t.Fatalf("rescue: %v with %d publish calls, want rescued and one", out.Kind, calls)
+	}
+	var names []string
+	for _, p := range during {
+		if !strings.HasSuffix(p, policy.SidecarSuffix) {
+			names = append(names, p)
+		}
+	}
+	if len(names) != 1 || names[0] != out.Rescued.Result().Path {
+		t.Errorf("published within Publish: %v, want %s", names, out.Rescued.Result().Path)
+	}
+}
