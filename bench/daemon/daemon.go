@@ -19,9 +19,10 @@ import (
 
 // daemon is a running relinkd whose log lines are parsed.
 type daemon struct {
-	cmd   *exec.Cmd
-	ready time.Duration // start to READY=1 (the first full sweep)
-	done  chan struct{} // closed when stderr ends
+	cmd     *exec.Cmd
+	started time.Time
+	ready   time.Duration // start to READY=1 (the first full sweep)
+	done    chan struct{} // closed when stderr ends
 
 	// mu guards the fields below.
 	mu      sync.Mutex
@@ -46,6 +47,7 @@ func startDaemon(bin, dir, cfg string, log *lineLog) (*daemon, error) {
 		wake: make(chan struct{}), done: make(chan struct{}),
 	}
 	d.cmd = exec.Command(bin, "run", "--config", cfg)
+	d.cmd.SysProcAttr = dieWithUs
 	d.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
 	stderr, err := d.cmd.StderrPipe()
 	if err != nil {
@@ -65,7 +67,7 @@ func startDaemon(bin, dir, cfg string, log *lineLog) (*daemon, error) {
 			return nil, fmt.Errorf("no READY=1 from relinkd: %w", err)
 		}
 		if strings.Contains(string(buf[:n]), "READY=1") {
-			d.ready = time.Since(start)
+			d.started, d.ready = start, time.Since(start)
 			return d, nil
 		}
 	}

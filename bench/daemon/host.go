@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // layout is where a run keeps its files, all on the filesystem of the
@@ -112,6 +113,7 @@ func (h *busyHost) grow(n int) error {
 		}
 		script.WriteString("echo ready\nexec sleep 100000\n")
 		cmd := exec.Command("bash", "-c", script.String())
+		cmd.SysProcAttr = dieWithUs
 		out, err := cmd.StdoutPipe()
 		if err != nil {
 			return err
@@ -155,6 +157,7 @@ type oldHolder struct {
 
 func startOld(self, path, delay string) (*oldHolder, error) {
 	cmd := exec.Command(self)
+	cmd.SysProcAttr = dieWithUs
 	cmd.Env = append(os.Environ(), holderEnv+"=old|"+path+"|"+delay)
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
@@ -198,3 +201,9 @@ func (h *oldHolder) kill() {
 	_ = h.cmd.Wait()
 	h.cmd = nil
 }
+
+// dieWithUs makes a child get SIGKILL when this program dies, so that a
+// benchmark stopped halfway (a timeout, ^C) leaves no busy host, holders,
+// container or daemon behind to distort the next measurement (prctl(2)
+// PR_SET_PDEATHSIG; it survives the busy processes' exec of sleep).
+var dieWithUs = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -267,6 +267,7 @@ func runTrial(tr *trial, l *layout, self string, old map[string]*oldHolder, ctr 
 	default:
 		return fmt.Errorf("unknown kind %q", tr.kind)
 	}
+	cmd.SysProcAttr = dieWithUs
 	cmd.Env = append(os.Environ(), spec(tr.path))
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
@@ -437,6 +438,7 @@ type container struct {
 func startContainer(view string) (*container, error) {
 	cmd := exec.Command("unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private",
 		"sh", "-c", `mount -t tmpfs -o size=64m,mode=0755 relinkd-bench "$1" && exec sleep infinity`, "sh", view)
+	cmd.SysProcAttr = dieWithUs
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("container: %w", err)

@@ -93,6 +93,7 @@ const (
 type Sweeper interface {
 	Sweep(ctx context.Context) (scanner.Result, error)
 	SweepPIDs(ctx context.Context, pids []int) (scanner.Result, error)
+	SweepFDs(ctx context.Context, targets []scanner.Target) (scanner.Result, error)
 }
 
 // Options configure a Daemon. Only Config is required.

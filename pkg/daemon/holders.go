@@ -22,7 +22,7 @@ const maxHolderPairs = 200_000
 // safe for concurrent use.
 type holderIndex struct {
 	mu     sync.Mutex
-	byDir  map[string]map[int]struct{}
+	byDir  map[string]map[int][]int32 // directory -> holder -> its descriptors there (nil: not known)
 	byPID  map[int][]string
 	pairs  int
 	max    int
@@ -30,7 +30,7 @@ type holderIndex struct {
 }
 
 func newHolderIndex(max int) *holderIndex {
-	return &holderIndex{byDir: make(map[string]map[int]struct{}), byPID: make(map[int][]string), max: max}
+	return &holderIndex{byDir: make(map[string]map[int][]int32), byPID: make(map[int][]string), max: max}
 }
 
 // replace installs what a full sweep saw.
@@ -61,13 +61,13 @@ func (x *holderIndex) addLocked(held []scanner.Held) {
 		}
 		m := x.byDir[h.Dir]
 		if m == nil {
-			m = make(map[int]struct{})
+			m = make(map[int][]int32)
 			x.byDir[h.Dir] = m
 		}
 		if _, ok := m[h.PID]; ok {
 			continue
 		}
-		m[h.PID] = struct{}{}
+		m[h.PID] = h.FDs
 		x.byPID[h.PID] = append(x.byPID[h.PID], h.Dir)
 		x.pairs++
 	}
@@ -94,6 +94,30 @@ func (x *holderIndex) pids(dir string) []int {
 	out := make([]int, 0, len(m))
 	for pid := range m {
 		out = append(out, pid)
+	}
+	return out
+}
+
+// targets returns, for the processes that held files in dirs, the
+// descriptors they held there, where the look that saw them listed them:
+// the first look after an unlink reads those alone.
+func (x *holderIndex) targets(dirs map[string]bool) []scanner.Target {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	var out []scanner.Target
+	at := make(map[int]int)
+	for dir := range dirs {
+		for pid, fds := range x.byDir[dir] {
+			if len(fds) == 0 {
+				continue
+			}
+			if i, ok := at[pid]; ok {
+				out[i].FDs = append(out[i].FDs, fds...)
+				continue
+			}
+			at[pid] = len(out)
+			out = append(out, scanner.Target{PID: pid, FDs: slices.Clone(fds)})
+		}
 	}
 	return out
 }

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"fmt"
+	"reflect"
 	"runtime"
 	"slices"
 	"testing"
@@ -66,30 +67,61 @@ func TestViewOf(t *testing.T) {
 	}
 }
 
+// TestHolderTargets: the descriptors the index saw in some directories,
+// merged per process; a pair whose descriptors are not known (the BPF
+// walk) gives none.
+func TestHolderTargets(t *testing.T) {
+	x := newHolderIndex(100)
+	x.replace([]scanner.Held{
+		{PID: 1, Dir: "/var/log", FDs: []int32{3, 4}},
+		{PID: 1, Dir: "/srv", FDs: []int32{7}},
+		{PID: 2, Dir: "/var/log"},
+		{PID: 3, Dir: "/tmp", FDs: []int32{5}},
+	})
+	got := x.targets(map[string]bool{"/var/log": true, "/srv": true})
+	for i := range got {
+		slices.Sort(got[i].FDs)
+	}
+	if want := []scanner.Target{{PID: 1, FDs: []int32{3, 4, 7}}}; !reflect.DeepEqual(got, want) {
+		t.Errorf("targets: %+v, want %+v", got, want)
+	}
+	if got := x.targets(map[string]bool{"/nowhere": true}); len(got) != 0 {
+		t.Errorf("targets of an unknown directory: %+v", got)
+	}
+}
+
 // BenchmarkHolderIndexMemory reports the heap the holder index takes per
-// (process, directory) pair, filled as a full sweep of 500 processes × 100
-// descriptors would fill it when every descriptor is in a watched tree
-// (each process in 10 directories of 10 files: 5,000 pairs), and at
-// 50,000 pairs (every descriptor in a directory of its own).
+// (process, directory) pair, with what it keeps of the scanner's pairs
+// (the directory's name and the descriptors), filled as a full /proc
+// sweep of 500 processes × 100 descriptors would fill it when every
+// descriptor is in a watched tree (each process in 10 directories of 10
+// files: 5,000 pairs), and at 50,000 pairs (every descriptor in a
+// directory of its own).
 func BenchmarkHolderIndexMemory(b *testing.B) {
 	for _, tt := range []struct {
 		name        string
 		procs, dirs int
 	}{{"500procs_10dirs", 500, 10}, {"500procs_100dirs", 500, 100}} {
 		b.Run(tt.name, func(b *testing.B) {
-			var held []scanner.Held
-			for p := range tt.procs {
-				for d := range tt.dirs {
-					held = append(held, scanner.Held{PID: 1000 + p, Dir: fmt.Sprintf("/var/log/app%d/d%d", p%50, d)})
-				}
-			}
+			perDir := 100 / tt.dirs
 			var before, after runtime.MemStats
 			var x *holderIndex
 			for range b.N {
 				runtime.GC()
 				runtime.ReadMemStats(&before)
+				held := make([]scanner.Held, 0, tt.procs*tt.dirs)
+				for p := range tt.procs {
+					for d := range tt.dirs {
+						fds := make([]int32, perDir)
+						for i := range fds {
+							fds[i] = int32(10 + d*perDir + i)
+						}
+						held = append(held, scanner.Held{PID: 1000 + p, Dir: fmt.Sprintf("/var/log/app%d/d%d", p%50, d), FDs: fds})
+					}
+				}
 				x = newHolderIndex(maxHolderPairs)
 				x.replace(held)
+				held = nil
 				runtime.GC()
 				runtime.ReadMemStats(&after)
 			}

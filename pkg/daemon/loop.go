@@ -294,8 +294,18 @@ func (d *Daemon) onEvents(ctx context.Context, first watch.Event, events <-chan 
 func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-chan watch.Event, pending map[string]bool, queued time.Duration) {
 	start := time.Now()
 	swept := make(map[int]bool)
-	likely := append(d.sched.newPIDs(), d.sched.likelyPIDs(dirs, nil, swept)...)
-	likelyOK := d.sweepPIDs(ctx, "event", likely, swept)
+	// First the descriptors the holder index saw in these directories,
+	// a few readlinks however many files their processes hold: an old
+	// holder that deletes its file and exits at once is pinned here.
+	// Then the processes created since the last look, which the index
+	// cannot know, and last the index's holders whole, for files they
+	// opened there since it looked.
+	d.sweepFDs(ctx, d.sched.targets(dirs))
+	young := d.sched.newPIDs()
+	likelyOK := d.sweepPIDs(ctx, "event", young, swept)
+	held := d.sched.likelyPIDs(dirs, nil, swept)
+	likelyOK = d.sweepPIDs(ctx, "event", held, swept) && likelyOK
+	likely := append(young, held...)
 	targeted := time.Since(start)
 	// The holder index knows who held files in these directories at the
 	// last look. Only a file created since then may have a holder it does
@@ -415,14 +425,38 @@ func (d *Daemon) sweepPIDs(ctx context.Context, kind string, pids []int, swept m
 		}
 		return false
 	}
-	d.m.Candidates.Add(float64(len(res.Candidates)))
 	d.sched.swept(todo, res.Held)
+	d.feed(res.Candidates, start)
+	return true
+}
+
+// sweepFDs reads the given descriptors and feeds the candidates; what it
+// saw is not given to the holder index, which needs whole tables.
+func (d *Daemon) sweepFDs(ctx context.Context, targets []scanner.Target) {
+	if len(targets) == 0 {
+		return
+	}
+	start := time.Now()
+	res, err := d.sweeper.SweepFDs(ctx, targets)
+	d.m.Sweeps.WithLabelValues("event").Inc()
+	d.m.SweepDuration.WithLabelValues("event").Observe(time.Since(start).Seconds())
+	if err != nil {
+		if ctx.Err() == nil {
+			d.log.Error("sweep failed", zap.String("kind", "event"), zap.Error(err))
+		}
+		return
+	}
+	d.feed(res.Candidates, start)
+}
+
+// feed considers a sweep's candidates.
+func (d *Daemon) feed(cs []scanner.Candidate, start time.Time) {
+	d.m.Candidates.Add(float64(len(cs)))
 	d.considerMu.Lock()
-	for i := range res.Candidates {
-		d.consider(&res.Candidates[i], start)
+	for i := range cs {
+		d.consider(&cs[i], start)
 	}
 	d.considerMu.Unlock()
-	return true
 }
 
 // sweep runs one full sweep and feeds its candidates. Roots missing from

@@ -232,6 +232,9 @@ func (s *scheduler) addYoung(fresh []int) []int {
 	return out[:min(len(out), maxYoung)]
 }
 
+// targets returns the descriptors the holder index saw in dirs.
+func (s *scheduler) targets(dirs map[string]bool) []scanner.Target { return s.holders.targets(dirs) }
+
 // likelyPIDs returns, newest first and not yet swept, the pids last seen
 // under dirs plus those in listed that the previous listing did not have;
 // listed becomes the new reference. A nil listed only adds dirs' pids.

@@ -142,6 +142,14 @@ func BenchmarkBackends(b *testing.B) {
 			}
 		}
 	})
+	b.Run("bpf-walk-onepid", func(b *testing.B) {
+		for b.Loop() {
+			var err error
+			if buf, err = k.read(k.objs.Sweep, pids[0], buf[:0]); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	for _, tc := range []struct {
 		name string
 		s    *Scanner

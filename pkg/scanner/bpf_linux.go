@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"os"
 	"runtime"
 	"strconv"
 	"sync"
@@ -21,6 +20,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/relinkd/relinkd/internal/eintr"
 	"github.com/relinkd/relinkd/internal/fsguard"
 	"github.com/relinkd/relinkd/internal/procfs"
 )
@@ -88,6 +88,41 @@ type bpfSweep struct {
 	// maps uids into the reader's user namespace and start times by its
 	// time namespace's boot offset).
 	holder bool
+
+	// What walks cost, to choose for SweepPIDs between one walk per
+	// process and one walk of every table: the last full walk, and a
+	// moving average of one process's walk (nanoseconds; 0 until seen).
+	fullNS   atomic.Int64
+	perPIDNS atomic.Int64
+}
+
+// walkEach reports whether n processes cost less walked one by one, by
+// workers walkers, than one walk of every table filtered here. The full
+// walk's cost grows with every descriptor on the host, a process's with
+// its own: on a busy host hundreds of processes are still cheaper one by
+// one. Until a full walk was timed, maxPIDWalks decides.
+func (b *bpfSweep) walkEach(n, workers int) bool {
+	if !b.pidFilter {
+		return false
+	}
+	full, per := b.fullNS.Load(), b.perPIDNS.Load()
+	if full == 0 || per == 0 {
+		return n <= maxPIDWalks
+	}
+	return int64(n)*per/int64(max(min(workers, n), 1)) < full
+}
+
+// timed records what a walk of n processes took (n 0: every table).
+func (b *bpfSweep) timed(n int, walkers int, d time.Duration) {
+	if n == 0 {
+		b.fullNS.Store(int64(d))
+		return
+	}
+	per := int64(d) * int64(max(walkers, 1)) / int64(n)
+	if old := b.perPIDNS.Load(); old != 0 {
+		per = (3*old + per) / 4
+	}
+	b.perPIDNS.Store(per)
 }
 
 // The inode numbers of the initial namespaces (PROC_*_INIT_INO,
@@ -207,37 +242,49 @@ func (b *bpfSweep) close() error {
 // read runs one walk and appends its bytes to buf: the full walk of prog
 // when pid is 0, else a walk of process pid only.
 func (b *bpfSweep) read(prog *ebpf.Program, pid int, buf []byte) ([]byte, error) {
-	var r io.ReadCloser
-	if pid == 0 {
-		it := b.all
-		if prog == b.objs.SweepTrack {
-			it = b.track
-		}
-		f, err := it.Open()
-		if err != nil {
-			return buf, err
-		}
-		r = f
-	} else {
+	if pid != 0 {
 		fd, err := openPIDIter(prog, pid)
 		if err != nil {
 			return buf, err
 		}
-		r = os.NewFile(uintptr(fd), "bpf_iter")
+		defer unix.Close(fd)
+		return readIter(buf, func(p []byte) (int, error) {
+			return eintr.Retry(func() (int, error) { return unix.Read(fd, p) })
+		})
 	}
-	defer r.Close()
+	it := b.all
+	if prog == b.objs.SweepTrack {
+		it = b.track
+	}
+	f, err := it.Open()
+	if err != nil {
+		return buf, err
+	}
+	defer f.Close()
+	return readIter(buf, func(p []byte) (int, error) {
+		n, err := f.Read(p)
+		if err == io.EOF {
+			err = nil
+		}
+		return n, err
+	})
+}
+
+// readIter appends what an iterator's reads give to buf, until a read
+// gives nothing.
+func readIter(buf []byte, read func([]byte) (int, error)) ([]byte, error) {
 	for {
 		if cap(buf)-len(buf) < 64<<10 {
 			buf = append(buf[:cap(buf)], make([]byte, max(64<<10, cap(buf)))...)[:len(buf)]
 		}
-		n, err := r.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if err == io.EOF || (err == nil && n == 0) {
-			return buf, nil
-		}
+		n, err := read(buf[len(buf):cap(buf)])
 		if err != nil {
 			return buf, fmt.Errorf("read bpf iterator: %w", err)
 		}
+		if n <= 0 {
+			return buf, nil
+		}
+		buf = buf[:len(buf)+n]
 	}
 }
 
@@ -335,9 +382,9 @@ func parseRecords(buf []byte, fn func(*record)) error {
 // to the st_dev encoding of stat(2).
 func kernelDev(d uint64) uint64 { return unix.Mkdev(uint32(d>>20), uint32(d&(1<<20-1))) }
 
-// maxPIDWalks is how many processes SweepPIDs walks one by one; beyond,
-// one walk of every table, filtered here, costs less than that many
-// iterators (each a link and an iterator made and closed).
+// maxPIDWalks is how many processes SweepPIDs walks one by one before
+// the walks were timed (walkEach); beyond, one walk of every table,
+// filtered here.
 const maxPIDWalks = 64
 
 // group is what the walk found of one process.
@@ -363,38 +410,58 @@ func (s *Scanner) sweepBPF(ctx context.Context, b *bpfSweep, rootfd int, pids []
 	var want map[int]bool
 	var err error
 	var total Result
+	walkStart := time.Now()
 	switch {
 	case pids == nil:
 		buf, err = b.read(prog, 0, buf)
-	case len(pids) > maxPIDWalks || !b.pidFilter:
+		b.timed(0, 0, time.Since(walkStart))
+	case !b.walkEach(len(pids), s.workers):
 		want = make(map[int]bool, len(pids))
 		for _, pid := range pids {
 			want[pid] = true
 		}
 		buf, err = b.read(prog, 0, buf)
+		b.timed(0, 0, time.Since(walkStart))
+	case len(pids) == 1:
+		// One process, the event path's usual case: walked here, into
+		// the pooled buffer, with no goroutine to start.
+		if pid := pids[0]; pid != s.self && pid > 0 {
+			buf, err = b.read(prog, pid, buf)
+			if errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENOENT) {
+				total.Vanished++ // the process exited before its walk
+				buf, err = buf[:0], nil
+			}
+			b.timed(1, 1, time.Since(walkStart))
+		}
 	default:
 		// The processes' walks run in parallel, as the /proc sweep reads
 		// processes in parallel: on the event path every millisecond
-		// counts (a holder may exit right after its unlink).
-		outs := make([][]byte, len(pids))
+		// counts (a holder may exit right after its unlink). Each walker
+		// appends to a pooled buffer of its own.
 		errs := make([]error, len(pids))
+		locals := make([]*[]byte, min(s.workers, len(pids)))
 		var next atomic.Int64
 		var wg sync.WaitGroup
-		for range min(s.workers, len(pids)) {
+		for k := range locals {
+			lp := s.bufs.Get().(*[]byte)
+			locals[k] = lp
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				var local []byte
+				local := (*lp)[:0]
 				for {
 					i := int(next.Add(1) - 1)
 					if i >= len(pids) {
-						return
+						break
 					}
 					if pid := pids[i]; pid != s.self && pid > 0 {
-						local, errs[i] = b.read(prog, pid, local[:0])
-						outs[i] = bytes.Clone(local)
+						n := len(local)
+						if local, errs[i] = b.read(prog, pid, local); errs[i] != nil {
+							local = local[:n] // a failed walk's partial output
+						}
 					}
 				}
+				*lp = local
 			}()
 		}
 		wg.Wait()
@@ -404,9 +471,12 @@ func (s *Scanner) sweepBPF(ctx context.Context, b *bpfSweep, rootfd int, pids []
 				total.Vanished++ // the process exited before its walk
 			case errs[i] != nil:
 				err = errs[i]
-			default:
-				buf = append(buf, outs[i]...)
 			}
+		}
+		b.timed(len(pids), len(locals), time.Since(walkStart))
+		for _, lp := range locals {
+			buf = append(buf, *lp...)
+			s.bufs.Put(lp)
 		}
 	}
 	*bufp = buf
@@ -490,7 +560,7 @@ func (w *worker) processBPF(g *group, track func([]byte) bool, holder bool, res 
 		}
 		path, _ := trimDeleted(link)
 		if track != nil && track(path) {
-			w.hold(pid, path, res)
+			w.hold(pid, r.fd, path, res)
 		}
 		if r.kind != recCandidate {
 			continue

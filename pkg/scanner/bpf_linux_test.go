@@ -182,16 +182,31 @@ func TestBackendParity(t *testing.T) {
 			full.Candidates = slices.DeleteFunc(full.Candidates, func(c Candidate) bool { return !slices.Contains(pidList, c.PID) })
 			full.Held = slices.DeleteFunc(full.Held, func(h Held) bool { return !slices.Contains(pidList, h.PID) })
 			compare(t, "Sweep", want, full, track)
-			// Beyond maxPIDWalks processes, one walk filtered here.
+			// Many processes: one walk filtered here, or one walk each,
+			// as their timing says (each forced in turn).
 			many := append(slices.Clone(pidList), make([]int, maxPIDWalks)...)
 			for i := len(pidList); i < len(many); i++ {
 				many[i] = 1 << 30 // no such process
 			}
-			got, err = b.SweepPIDs(ctx, many)
-			if err != nil {
-				t.Fatal(err)
+			k := b.bpf.Load()
+			for _, mode := range []struct {
+				name      string
+				full, per int64
+				each      bool
+			}{{"filtered", 1, 1 << 40, false}, {"each", 1 << 40, 1, true}} {
+				k.fullNS.Store(mode.full)
+				k.perPIDNS.Store(mode.per)
+				if k.walkEach(len(many), b.workers) != mode.each {
+					t.Fatalf("walkEach(%d) with full %d, per pid %d: want %v", len(many), mode.full, mode.per, mode.each)
+				}
+				got, err = b.SweepPIDs(ctx, many)
+				k.fullNS.Store(0)
+				k.perPIDNS.Store(0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				compare(t, "SweepPIDs(many, "+mode.name+")", want, got, track)
 			}
-			compare(t, "SweepPIDs(many)", want, got, track)
 		})
 	}
 }
@@ -222,8 +237,31 @@ func compare(t *testing.T, what string, want, got Result, track bool) {
 	if !track {
 		return
 	}
+	// The pairs are compared without their descriptors: /proc lists
+	// each, the BPF walk the first of each run in one directory, so its
+	// are some of /proc's.
+	type pair struct {
+		pid int
+		dir string
+	}
+	procFDs := make(map[pair][]int32)
+	for _, h := range want.Held {
+		if len(h.FDs) == 0 {
+			t.Errorf("%s: /proc pair without descriptors: %+v", what, h)
+		}
+		procFDs[pair{h.PID, h.Dir}] = h.FDs
+	}
+	for _, h := range got.Held {
+		all := procFDs[pair{h.PID, h.Dir}]
+		if len(h.FDs) == 0 || slices.ContainsFunc(h.FDs, func(fd int32) bool { return !slices.Contains(all, fd) }) {
+			t.Errorf("%s: BPF pair's descriptors %v, want some of /proc's %v: %+v", what, h.FDs, all, h)
+		}
+	}
 	sortHeld := func(h []Held) []Held {
 		h = slices.Clone(h)
+		for i := range h {
+			h[i].FDs = nil
+		}
 		slices.SortFunc(h, func(a, b Held) int {
 			if a.PID != b.PID {
 				return a.PID - b.PID

@@ -156,10 +156,20 @@ type Result struct {
 	Held []Held
 }
 
-// Held says that a process holds a file open in a directory.
+// Held says that a process holds files open in a directory.
 type Held struct {
 	PID int
 	Dir string
+	// FDs are descriptors of those files: every one from the /proc
+	// sweep; from the BPF walk, which writes a run of consecutive
+	// descriptors in one directory once, the first of each run.
+	FDs []int32
+}
+
+// Target is a process and some of its descriptors, for SweepFDs.
+type Target struct {
+	PID int
+	FDs []int32
 }
 
 // Unanswered is a descriptor whose filesystem did not answer.

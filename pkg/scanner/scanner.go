@@ -65,6 +65,7 @@ type Scanner struct {
 	bpf     atomic.Pointer[bpfSweep] // nil: the /proc backend
 	why     string                   // why this backend (Backend)
 	bufs    sync.Pool                // *[]byte: the BPF iterator's output
+	idle    sync.Pool                // *worker: their buffers, reused across sweeps
 	failed  atomic.Bool              // a BPF sweep failed since the last warning
 }
 
@@ -154,6 +155,30 @@ func (s *Scanner) SweepPIDs(ctx context.Context, pids []int) (Result, error) {
 	return s.sweepWith(ctx, rootfd, pids, pids)
 }
 
+// SweepFDs reads only the given descriptors of the given processes, in
+// /proc whatever the backend: the daemon's first look after an unlink,
+// at the descriptors the holder index saw in that directory. A few
+// readlinks, where a process's whole table can be hundreds. Descriptors
+// closed since are skipped; nothing is tracked (Result.Held is empty).
+func (s *Scanner) SweepFDs(ctx context.Context, targets []Target) (Result, error) {
+	rootfd, err := procfs.OpenDirAt(unix.AT_FDCWD, s.root)
+	if err != nil {
+		return Result{}, fmt.Errorf("open proc root %s: %w", s.root, err)
+	}
+	defer unix.Close(rootfd)
+	start := time.Now()
+	total := fanOut(ctx, s, rootfd, targets, Result{}, func(w *worker, t Target, res *Result) {
+		if t.PID != s.self && t.PID > 0 && len(t.FDs) > 0 {
+			w.process(t.PID, t.FDs, res)
+		}
+	})
+	total.Duration = time.Since(start)
+	if err := ctx.Err(); err != nil {
+		return total, fmt.Errorf("sweep: %w", err)
+	}
+	return total, nil
+}
+
 // sweepWith sweeps through the backend: BPF when it is loaded (only, for
 // SweepPIDs, the processes in only), else, or when BPF fails, /proc
 // (the processes in pids).
@@ -183,7 +208,7 @@ func (s *Scanner) sweep(ctx context.Context, rootfd int, pids []int) (Result, er
 	start := time.Now()
 	total := fanOut(ctx, s, rootfd, pids, Result{}, func(w *worker, pid int, res *Result) {
 		if pid != s.self { // the daemon's own pins are not candidates
-			w.process(pid, res)
+			w.process(pid, nil, res)
 		}
 	})
 	total.Duration = time.Since(start)
@@ -212,25 +237,27 @@ type worker struct {
 	dirent []byte
 	link   []byte
 	file   []byte
-	held   map[string]bool // directories the current process holds files in (Track)
+	held   map[string]int // directories the current process holds files in (Track): index in Result.Held
 }
 
-// hold notes that pid holds a file at path (Track), once per directory.
-func (w *worker) hold(pid int, path []byte, res *Result) {
+// hold notes that pid holds a file at path (Track) as descriptor fd, once
+// per directory with the descriptors there.
+func (w *worker) hold(pid, fd int, path []byte, res *Result) {
 	i := bytes.LastIndexByte(path, '/')
 	if i < 0 {
 		return
 	}
 	dir := path[:max(i, 1)]
 	if w.held == nil {
-		w.held = make(map[string]bool)
+		w.held = make(map[string]int)
 	}
-	if w.held[string(dir)] {
+	if k, ok := w.held[string(dir)]; ok {
+		res.Held[k].FDs = append(res.Held[k].FDs, int32(fd))
 		return
 	}
-	d := string(dir)
-	w.held[d] = true
-	res.Held = append(res.Held, Held{PID: pid, Dir: d})
+	h := Held{PID: pid, Dir: string(dir), FDs: []int32{int32(fd)}}
+	w.held[h.Dir] = len(res.Held)
+	res.Held = append(res.Held, h)
 }
 
 func newWorker(s *Scanner, rootfd int) *worker {
@@ -242,17 +269,34 @@ func newWorker(s *Scanner, rootfd int) *worker {
 	}
 }
 
-// process reads the descriptors of one process into res.
-func (w *worker) process(pid int, res *Result) {
+// getWorker takes a worker from the pool: on the event path a targeted
+// sweep of a few processes would otherwise spend more on its buffers
+// than on its system calls.
+func (s *Scanner) getWorker(rootfd int) *worker {
+	if w, ok := s.idle.Get().(*worker); ok {
+		w.rootfd = rootfd
+		return w
+	}
+	return newWorker(s, rootfd)
+}
+
+func (s *Scanner) putWorker(w *worker) {
+	w.rootfd = -1
+	s.idle.Put(w)
+}
+
+// process reads the descriptors of one process into res: all of them, or
+// with fds non-nil those only.
+func (w *worker) process(pid int, fds []int32, res *Result) {
 	clear(w.held)
 	pidDir := strconv.Itoa(pid)
-	found, nfds, err := w.descriptors(pid, pidDir, res)
+	found, nfds, err := w.descriptors(pid, pidDir, fds, res)
 	if err == nil && nfds == 0 {
 		// An empty table: a kernel thread, or a leader that has exited
 		// while other threads live on with the table (pthread_exit from
 		// main). Those threads still show it under task/TID.
 		if tid := procfs.LiveThreadAt(w.rootfd, pidDir, pid, w.dirent); tid != 0 {
-			found, _, err = w.descriptors(pid, pidDir+"/task/"+strconv.Itoa(tid), res)
+			found, _, err = w.descriptors(pid, pidDir+"/task/"+strconv.Itoa(tid), fds, res)
 			for i := range found {
 				found[i].TID = tid
 			}
@@ -273,9 +317,12 @@ func (w *worker) process(pid int, res *Result) {
 	res.Candidates = append(res.Candidates, found...)
 }
 
-// descriptors reads the descriptor table in dir (below the proc root) and
-// returns the deleted regular files in it and how many descriptors it saw.
-func (w *worker) descriptors(pid int, dir string, res *Result) ([]Candidate, int, error) {
+// descriptors reads the descriptor table in dir (below the proc root), or
+// with fds non-nil those descriptors of it, and returns the deleted
+// regular files in it and how many descriptors it saw. Only a whole
+// table's paths are tracked: a part of it would tell the holder index
+// that the rest was closed.
+func (w *worker) descriptors(pid int, dir string, fds []int32, res *Result) ([]Candidate, int, error) {
 	fdDir, err := procfs.OpenDirAt(w.rootfd, dir+"/fd")
 	if err != nil {
 		return nil, 0, err
@@ -292,22 +339,35 @@ func (w *worker) descriptors(pid int, dir string, res *Result) ([]Candidate, int
 	}()
 	var mounts map[int]bool
 	var track func([]byte) bool
-	if t := w.s.track.Load(); t != nil {
+	if t := w.s.track.Load(); t != nil && fds == nil {
 		track = *t
+	}
+	each := func(fn func(name []byte)) error { return procfs.EachDirent(fdDir, w.dirent, fn) }
+	if fds != nil {
+		each = func(fn func(name []byte)) error {
+			var num [12]byte
+			for _, fd := range fds {
+				fn(strconv.AppendInt(num[:0], int64(fd), 10))
+			}
+			return nil
+		}
 	}
 	// Reading fd links needs ptrace-read access (proc(5)); when it is
 	// refused for one descriptor it is refused for all of the process,
 	// which is then counted once as not inspectable.
 	var refused error
-	err = procfs.EachDirent(fdDir, w.dirent, func(name []byte) {
+	err = each(func(name []byte) {
 		fd, ok := procfs.ParseID(name)
 		if !ok || refused != nil {
 			return
 		}
-		nfds++
-		res.FDs++
 		n := string(name)
 		link, err := procfs.ReadlinkAt(fdDir, n, &w.link)
+		if fds != nil && errors.Is(err, unix.ENOENT) {
+			return // closed since it was listed: not a descriptor seen
+		}
+		nfds++
+		res.FDs++
 		if err != nil {
 			if denied(err) {
 				refused = err
@@ -318,7 +378,7 @@ func (w *worker) descriptors(pid int, dir string, res *Result) ([]Candidate, int
 		}
 		path, deleted := trimDeleted(link)
 		if track != nil && track(path) {
-			w.hold(pid, path, res)
+			w.hold(pid, fd, path, res)
 		}
 		if !deleted {
 			return
@@ -548,6 +608,15 @@ func fileMode(m uint32) fs.FileMode {
 // worker state of its own, reading below rootfd) until ctx ends, and
 // returns total with what they found added, candidates sorted.
 func fanOut[T any](ctx context.Context, s *Scanner, rootfd int, items []T, total Result, do func(w *worker, item T, res *Result)) Result {
+	if len(items) == 1 {
+		// One process (the event path's usual case): no goroutine to
+		// start and wait for.
+		w := s.getWorker(rootfd)
+		var res Result
+		do(w, items[0], &res)
+		s.putWorker(w)
+		return merge(total, []Result{res})
+	}
 	work := make(chan T)
 	results := make([]Result, min(s.workers, max(len(items), 1)))
 	var wg sync.WaitGroup
@@ -555,7 +624,8 @@ func fanOut[T any](ctx context.Context, s *Scanner, rootfd int, items []T, total
 		wg.Add(1)
 		go func(res *Result) {
 			defer wg.Done()
-			w := newWorker(s, rootfd)
+			w := s.getWorker(rootfd)
+			defer s.putWorker(w)
 			for it := range work {
 				do(w, it, res)
 			}
@@ -571,6 +641,11 @@ feed:
 	}
 	close(work)
 	wg.Wait()
+	return merge(total, results)
+}
+
+// merge adds the workers' results to total, candidates sorted.
+func merge(total Result, results []Result) Result {
 	for _, r := range results {
 		total.Candidates = append(total.Candidates, r.Candidates...)
 		total.Procs += r.Procs

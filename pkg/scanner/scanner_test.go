@@ -2,12 +2,14 @@ package scanner
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -564,5 +566,59 @@ func TestSweepExitedLeader(t *testing.T) {
 	}
 	if want := fmt.Sprintf("%d/task/%d", pid, c.TID); c.ProcDir() != want {
 		t.Errorf("ProcDir %q, want %q", c.ProcDir(), want)
+	}
+}
+
+// TestSweepFDs: a full sweep's holder pairs carry the descriptors of each
+// directory, and SweepFDs reads only the descriptors it is given: the
+// deleted one among them is found, a closed one is skipped, the others
+// are not read, and nothing is tracked.
+func TestSweepFDs(t *testing.T) {
+	d1, d2 := t.TempDir(), t.TempDir()
+	a, b, c := filepath.Join(d1, "a"), filepath.Join(d1, "b"), filepath.Join(d2, "c")
+	h := testproc.Start(t, testproc.Open(a, "rw"), testproc.Open(b, "rw"), testproc.Open(c, "rw"), testproc.Unlink(c))
+	s := New(Options{}, nil)
+	s.Track(func(path []byte) bool { return bytes.HasPrefix(path, []byte(d1)) || bytes.HasPrefix(path, []byte(d2)) })
+	full, err := s.SweepPIDs(context.Background(), []int{h.PID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string][]int32{}
+	for _, x := range full.Held {
+		if x.PID == h.PID {
+			got[x.Dir] = x.FDs
+		}
+	}
+	want := map[string][]int32{d1: {int32(h.FDs[0]), int32(h.FDs[1])}, d2: {int32(h.FDs[2])}}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("holder pairs %v, want %v", got, want)
+	}
+
+	// c is deleted but not asked for; a is asked for but live. Neither is
+	// a candidate. Then a is deleted: it is, and so is c when asked for.
+	res, err := s.SweepFDs(context.Background(), []Target{{PID: h.PID, FDs: []int32{int32(h.FDs[0]), 999}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Candidates) != 0 || len(res.Held) != 0 || res.FDs != 1 || res.Vanished != 0 {
+		t.Fatalf("before the unlink: %d candidates, %d pairs, %d descriptors, %d vanished; want 0, 0, 1, 0",
+			len(res.Candidates), len(res.Held), res.FDs, res.Vanished)
+	}
+	if err := os.Remove(a); err != nil {
+		t.Fatal(err)
+	}
+	res, err = s.SweepFDs(context.Background(), []Target{{PID: h.PID, FDs: []int32{int32(h.FDs[0]), int32(h.FDs[2])}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var paths []string
+	for _, x := range res.Candidates {
+		if x.PID != h.PID || x.UID != 0 || x.Comm == "" {
+			t.Fatalf("candidate without its holder: %+v", x)
+		}
+		paths = append(paths, string(x.Path))
+	}
+	if !slices.Equal(paths, []string{a, c}) || len(res.Held) != 0 {
+		t.Fatalf("after the unlink: candidates %q, %d pairs; want %q and none", paths, len(res.Held), []string{a, c})
 	}
 }

@@ -108,14 +108,6 @@ func (w *Watcher) Watches() int {
 	return len(w.byWd)
 }
 
-// Limited reports whether some directories are not watched because the
-// maximum or the kernel's limit was reached.
-func (w *Watcher) Limited() bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.limited
-}
-
 // SetRoots replaces the watched trees: watches outside every new root are
 // removed, new roots are added. It is how a configuration reload applies.
 func (w *Watcher) SetRoots(roots []string) {
