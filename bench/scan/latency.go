@@ -44,7 +44,7 @@ func latency(dir string, procs, fds, pct, trials int) error {
 	if err := os.Mkdir(watched, 0o755); err != nil {
 		return err
 	}
-	const series = 4
+	const series = 5
 	type holder struct {
 		pid int
 		in  io.Writer
@@ -115,13 +115,25 @@ done
 		name  string
 		sweep func(pid int) (scanner.Result, error)
 	}
+	// The daemon's holder index knows which descriptors a known holder
+	// had in the directory at its last look: the first look after the
+	// unlink reads those alone (SweepFDs). The look is taken here before
+	// each such trial's unlink, untimed, with the index's Track.
+	indexed := scanner.New(scanner.Options{Backend: scanner.BackendProc}, zap.NewNop())
+	indexed.Track(func(path []byte) bool { return bytes.HasPrefix(path, []byte(watched+"/")) })
+	var lastLook []scanner.Target
 	kinds := []kind{
+		{"known holder, indexed descriptors (SweepFDs)", func(int) (scanner.Result, error) { return indexed.SweepFDs(ctx, lastLook) }},
 		{"known holder, /proc (SweepPIDs)", func(pid int) (scanner.Result, error) { return proc.SweepPIDs(ctx, []int{pid}) }},
 		{"known holder, BPF (SweepPIDs)", func(pid int) (scanner.Result, error) { return bpf.SweepPIDs(ctx, []int{pid}) }},
 		{"unknown holder, /proc (Sweep)", func(int) (scanner.Result, error) { return proc.Sweep(ctx) }},
 		{"unknown holder, BPF (Sweep)", func(int) (scanner.Result, error) { return bpf.Sweep(ctx) }},
 	}
+	// Each trial's time, and its parts: unlink → the inotify event read,
+	// the sweep, the pin's open.
 	times := make([][]time.Duration, len(kinds))
+	woke := make([][]time.Duration, len(kinds))
+	swept := make([][]time.Duration, len(kinds))
 	ev := make([]byte, 4096)
 	for i := 0; i < n; i++ {
 		k := i % series
@@ -138,6 +150,18 @@ done
 		if err := tell(hs[k], "open "+name); err != nil {
 			return err
 		}
+		if k == 0 {
+			look, err := indexed.SweepPIDs(ctx, []int{pid})
+			if err != nil {
+				return err
+			}
+			lastLook = lastLook[:0]
+			for _, h := range look.Held {
+				if h.Dir == watched {
+					lastLook = append(lastLook, scanner.Target{PID: h.PID, FDs: h.FDs})
+				}
+			}
+		}
 		start := time.Now()
 		if err := unix.Unlink(name); err != nil {
 			return err
@@ -145,7 +169,9 @@ done
 		if _, err := unix.Read(in, ev); err != nil {
 			return fmt.Errorf("inotify: %w", err)
 		}
+		evAt := time.Now()
 		res, err := kinds[k].sweep(pid)
+		sweptAt := time.Now()
 		if err != nil {
 			return fmt.Errorf("%s: %w", kinds[k].name, err)
 		}
@@ -163,14 +189,23 @@ done
 		d := time.Since(start)
 		unix.Close(pin)
 		times[k] = append(times[k], d)
+		woke[k] = append(woke[k], evAt.Sub(start))
+		swept[k] = append(swept[k], sweptAt.Sub(evAt))
 	}
 	fmt.Printf("\nunlink → pin, busy host (%d holders x %d descriptors; each trial's holder has %d, one of them deleted), %d trials each, alternating; load average %s\n",
 		procs, fds, fds, trials, loadavg())
-	fmt.Printf("%-40s %10s %10s %10s\n", "holder", "median", "p90", "p99")
+	fmt.Printf("%-40s %10s %10s %10s %14s %14s\n", "holder", "median", "p90", "p99", "event, median", "sweep, median")
+	median := func(ds []time.Duration) time.Duration {
+		s := slices.Clone(ds)
+		slices.Sort(s)
+		return s[len(s)/2]
+	}
 	for k, kd := range kinds {
 		s := slices.Clone(times[k])
 		slices.Sort(s)
-		fmt.Printf("%-40s %10s %10s %10s\n", kd.name, round(s[len(s)/2]), round(s[len(s)*9/10]), round(s[len(s)*99/100]))
+		fmt.Printf("%-40s %10s %10s %10s %14s %14s\n", kd.name, round(s[len(s)/2]), round(s[len(s)*9/10]), round(s[len(s)*99/100]),
+			round(median(woke[k])), round(median(swept[k])))
 	}
+	fmt.Println("(event: from the unlink to the inotify event read; sweep: the sweep call; the rest is the pin's open)")
 	return nil
 }

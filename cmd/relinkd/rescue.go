@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/bmatcuk/doublestar/v4"
 	flag "github.com/spf13/pflag"
@@ -19,6 +18,7 @@ import (
 	"github.com/relinkd/relinkd/internal/logging"
 	"github.com/relinkd/relinkd/pkg/config"
 	"github.com/relinkd/relinkd/pkg/mounts"
+	"github.com/relinkd/relinkd/pkg/pipeline"
 	"github.com/relinkd/relinkd/pkg/policy"
 	"github.com/relinkd/relinkd/pkg/relink"
 	"github.com/relinkd/relinkd/pkg/scanner"
@@ -54,21 +54,26 @@ func cmdRescue(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
+	eng := relink.New(relink.Options{ProcRoot: o.mode.procRoot, Methods: methods, Sidecar: true}, log)
 	r := &rescuer{
-		o: o, cfg: cfg, log: log,
+		o:    o,
 		pol:  policy.New(cfg, log, o.mode.policyOptions()...),
-		eng:  relink.New(relink.Options{ProcRoot: o.mode.procRoot, Methods: methods, Sidecar: true}, log),
+		eng:  eng,
+		pipe: pipeline.New(eng, log, pipeline.Options{}),
 		out:  &reporter{w: e.stdout, json: o.asJSON},
 		seen: map[scanner.Key]bool{},
 	}
-	r.decider = r.pol
-	if o.to != "" {
-		r.decider = policy.New(cfg, log, append(o.mode.policyOptions(), policy.WithOnlyRoot(o.to))...)
+	switch {
+	case o.explicit():
+		r.decider = r.pol.Explicit(o.to)
+	case o.to != "":
+		r.onlyTo = policy.New(cfg, log, append(o.mode.policyOptions(), policy.WithOnlyRoot(o.to))...)
+		r.decider = r.onlyTo
+	default:
+		r.decider = r.pol
 	}
 	for i := range res.Candidates {
-		if err := r.consider(ctx, &res.Candidates[i]); err != nil {
-			return err
-		}
+		r.consider(ctx, &res.Candidates[i])
 	}
 	r.follows.Wait()
 	return r.verdict(e.stderr)
@@ -160,13 +165,15 @@ func parseRescueArgs(e env, args []string) (rescueOptions, error) {
 // rescuer carries one `relinkd rescue` run across its candidates.
 type rescuer struct {
 	o   rescueOptions
-	cfg *config.Config
-	log *zap.Logger
 	pol *policy.Policy // the configuration's policy
-	// decider decides without an explicit selection: pol, or with --to
-	// a policy whose only location is --to.
-	decider *policy.Policy
-	eng     *relink.Engine // the one engine: the configured methods unless a plan names its own
+	// onlyTo, without an explicit selection but with --to, is the
+	// policy whose only location is --to; nil otherwise.
+	onlyTo *policy.Policy
+	// decider decides for every file: pol.Explicit for an explicit
+	// selection, else onlyTo with --to, else pol.
+	decider pipeline.Decider
+	eng     *relink.Engine // pins
+	pipe    *pipeline.Pipeline
 	out     *reporter
 	seen    map[scanner.Key]bool
 	follows sync.WaitGroup
@@ -188,16 +195,8 @@ func (r *rescuer) verdict(stderr io.Writer) error {
 	return nil
 }
 
-// plan is how one file is rescued.
-type plan struct {
-	dest relink.Destination // where, and by which methods
-	// release gives back what the policy reserved for the file when it
-	// is not rescued after all.
-	release func()
-}
-
-// consider rescues c if it is selected and not rescued yet. Only a
-// configuration error stops the run; everything else is reported per file.
+// consider rescues c if it is selected and not rescued yet, and reports
+// what became of it.
 //
 // The sweep's c is a first look only: its name and its inode come from
 // separate reads of /proc, between which the holder may have pointed the
@@ -205,13 +204,13 @@ type plan struct {
 // the rules and the policy (limits, per_user quota, location) then apply
 // to the pinned file, whose name and inode the engine read through its
 // own descriptor (relink.Pin refuses one that is not c).
-func (r *rescuer) consider(ctx context.Context, c *scanner.Candidate) error {
+func (r *rescuer) consider(ctx context.Context, c *scanner.Candidate) {
 	if _, ok := r.wants(c); !ok {
-		return nil
+		return
 	}
 	if err := ctx.Err(); err != nil {
 		r.out.failed(c, err)
-		return nil
+		return
 	}
 	p, err := r.eng.Pin(*c)
 	if err != nil {
@@ -222,30 +221,53 @@ func (r *rescuer) consider(ctx context.Context, c *scanner.Candidate) error {
 			// The descriptor now refers to another file (or the pid to
 			// another process): not the file that was selected.
 			r.out.skipped(c, err.Error())
+		case errors.Is(err, relink.ErrNotRegular):
+			// Never opened for data (a memfd): not rescued, and not a
+			// rescue failure to log, as in the daemon.
+			r.out.failed(c, err)
 		default:
+			r.pipe.PinFailed(c, err)
 			r.out.failed(c, err)
 		}
-		return nil
+		return
 	}
 	pc := p.Candidate()
 	rule, ok := r.wants(&pc)
 	if !ok {
 		p.Close()
-		return nil
+		return
 	}
-	var pl plan
-	if r.o.explicit() {
-		pl, ok = r.planExplicit(&pc, rule)
-	} else {
-		pl, ok, err = r.planDecided(&pc, rule)
-	}
-	if !ok || err != nil {
+	out := r.pipe.Run(ctx, pipeline.Request{Pin: p, Rule: rule, Policy: r.decider})
+	switch out.Kind {
+	case pipeline.Ignored, pipeline.Reported:
 		p.Close()
-		return err
+		return
+	case pipeline.Rescued:
+		r.seen[pc.Key()] = true
+		r.rescued(ctx, &pc, out.Rescued)
+		return
 	}
+	p.Close()
 	r.seen[pc.Key()] = true
-	r.rescue(ctx, &pc, p, pl)
-	return nil
+	dec := out.Decision
+	switch {
+	case out.Err != nil:
+		// The engine's failure, cancellation or want of space: for a
+		// rescue asked for now, each is a file not rescued.
+		r.out.failed(&pc, out.Err)
+	case r.o.explicit():
+		// An explicit selection has no limit to skip for: the location
+		// or its free space could not be found.
+		r.out.failed(&pc, errors.New(dec.Detail))
+	case r.o.to != "" && dec.Reason == policy.ReasonLocation:
+		// Not a limit: the directory asked for cannot be used. The
+		// policy logs why ("rescue dir refused"); its detail speaks
+		// of the configuration WithOnlyRoot made, which would mislead.
+		r.out.failed(&pc, fmt.Errorf("--to %s refused as a rescue root: it must be absent or a directory owned by root, "+
+			"not writable by group or others, on a writable mount (--log-level warn says why): %w", r.o.to, mounts.ErrNoLocation))
+	default:
+		r.out.skipped(&pc, dec.Reason+": "+dec.Detail)
+	}
 }
 
 // wants reports whether c is selected, not seen yet and, without an
@@ -258,67 +280,15 @@ func (r *rescuer) wants(c *scanner.Candidate) (config.Rule, bool) {
 	// The configured policy still keeps its own rescue directories out
 	// when --to replaces them, and --to is kept out too.
 	rule, ok := r.pol.Match(c)
-	if ok && r.decider != r.pol && r.decider.InRescueDir(c) {
+	if ok && r.onlyTo != nil && r.onlyTo.InRescueDir(c) {
 		ok = false
 	}
 	return rule, ok || r.o.explicit()
 }
 
-// planExplicit rescues what the selection names, to --to or the
-// configured location, with only min_free as a limit.
-func (r *rescuer) planExplicit(c *scanner.Candidate, rule config.Rule) (plan, bool) {
-	dest, err := destination(c, r.o.to, rule.Name, r.cfg, r.pol)
-	if err != nil {
-		r.seen[c.Key()] = true
-		r.out.failed(c, err)
-		return plan{}, false
-	}
-	return plan{dest: dest, release: func() {}}, true
-}
-
-// planDecided does what the daemon would do now: its policy decides
-// (rules, max_file_size, max_total_size, per_user, min_free, methods),
-// with --to as the only location when given. It reports skips itself.
-func (r *rescuer) planDecided(c *scanner.Candidate, rule config.Rule) (plan, bool, error) {
-	d := r.decider.DecideRule(c, rule)
-	switch d.Action {
-	case policy.Rescue:
-	case policy.Skip:
-		r.seen[c.Key()] = true
-		if r.o.to != "" && d.Reason == policy.ReasonLocation {
-			// Not a limit: the directory asked for cannot be used. The
-			// policy logs why ("rescue dir refused"); its detail speaks
-			// of the configuration policyTo made, which would mislead.
-			r.out.failed(c, fmt.Errorf("--to %s refused as a rescue root: it must be absent or a directory owned by root, "+
-				"not writable by group or others, on a writable mount (--log-level warn says why): %w", r.o.to, mounts.ErrNoLocation))
-		} else {
-			r.out.skipped(c, d.Reason+": "+d.Detail)
-		}
-		return plan{}, false, nil
-	default:
-		return plan{}, false, nil
-	}
-	ms, err := parseMethods(d.Methods)
-	if err != nil {
-		return plan{}, false, err
-	}
-	return plan{
-		dest: relink.Destination{Root: d.Root, Via: d.Via, Rel: d.Rel, MinFreeBytes: d.MinFreeBytes, Rule: d.Rule,
-			NoRoomToCopy: d.NoRoomToCopy, Beneath: d.Beneath, Methods: ms},
-		release: func() { r.decider.Release(c, d) },
-	}, true, nil
-}
-
-// rescue rescues the pinned c by pl, then follows it in the background
-// with --follow. It closes p.
-func (r *rescuer) rescue(ctx context.Context, c *scanner.Candidate, p *relink.Pin, pl plan) {
-	rs, err := r.eng.Rescue(ctx, p, pl.dest)
-	if err != nil {
-		pl.release()
-		p.Close()
-		r.out.result(c, relink.Result{}, err)
-		return
-	}
+// rescued reports the rescued c, after following it in the background
+// with --follow. It closes rs.
+func (r *rescuer) rescued(ctx context.Context, c *scanner.Candidate, rs *pipeline.Rescue) {
 	if !r.o.follow {
 		rs.Close()
 		r.out.result(c, rs.Result(), nil)
@@ -328,24 +298,19 @@ func (r *rescuer) rescue(ctx context.Context, c *scanner.Candidate, p *relink.Pi
 	go func() {
 		defer r.follows.Done()
 		defer rs.Close()
-		r.follow(ctx, c, rs)
+		fo := rs.Follow(ctx)
+		switch fo.End {
+		case pipeline.Finished, pipeline.Truncated:
+			r.out.result(c, fo.Result, nil)
+		case pipeline.Interrupted:
+			// SIGINT or SIGTERM: the file is rescued, and the follow
+			// made what it had appended durable; only the follow
+			// ended early.
+			r.out.stopped(c, fo.Result)
+		default:
+			r.out.failed(c, fo.Err)
+		}
 	}()
-}
-
-// follow appends what writers add to the rescued c until the last one
-// closes it, and reports the result.
-func (r *rescuer) follow(ctx context.Context, c *scanner.Candidate, rs *relink.Rescued) {
-	res, err := rs.Follow(ctx)
-	switch {
-	case err == nil:
-		r.out.result(c, res, nil)
-	case ctx.Err() != nil && errors.Is(err, ctx.Err()):
-		// SIGINT or SIGTERM: the file is rescued, and Follow made what it
-		// had appended durable; only the follow ended early.
-		r.out.stopped(c, res)
-	default:
-		r.out.failed(c, err)
-	}
 }
 
 func parseMethods(names []string) ([]relink.Method, error) {
@@ -370,33 +335,6 @@ func matchAny(globs []string, path string) bool {
 		}
 	}
 	return false
-}
-
-// destination is --to DIR, or the location the policy chooses for c, with
-// the configured min_free of that filesystem.
-func destination(c *scanner.Candidate, to, rule string, cfg *config.Config, pol *policy.Policy) (relink.Destination, error) {
-	// --to is a path in the caller's own view; a located root is the
-	// host's, reached through the policy's view, or the holder's own
-	// (rescue.containers: inside).
-	loc := mounts.Location{Root: to}
-	if to == "" {
-		var err error
-		if loc, err = pol.Host().Locate(c); err != nil {
-			return relink.Destination{}, err
-		}
-	}
-	_, total, err := pol.Host().Room(loc)
-	if err != nil {
-		return relink.Destination{}, err
-	}
-	return relink.Destination{
-		Root:         loc.Root,
-		Via:          loc.Via,
-		Beneath:      loc.Beneath,
-		Rel:          loc.Rel(c, time.Now()),
-		MinFreeBytes: cfg.Rescue.MinFree.Floor(total),
-		Rule:         rule,
-	}, nil
 }
 
 // reporter prints one line per file; safe for concurrent follows.

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -587,4 +588,60 @@ func rescueRoot(t *testing.T, root string) []string {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// TestRescueLogsEachEventOnce: with --log-level, `relinkd rescue` logs
+// the daemon's events through the same pipeline, one per file and
+// outcome: a failure is one "rescue failed" (with its method), a policy
+// skip one "rescue skipped", a rescue one "file rescued".
+func TestRescueLogsEachEventOnce(t *testing.T) {
+	testfs.RequireRoot(t)
+	mnt := testfs.Mount(t, "tmpfs", 32)
+	small, big := filepath.Join(mnt, "small.log"), filepath.Join(mnt, "big.log")
+	h := testproc.Start(t, testproc.Open(small, "w"), testproc.Write(0, "small"),
+		testproc.Open(big, "w"), testproc.Append(1, 4096, 1, 0), testproc.Unlink(small), testproc.Unlink(big))
+	pid := strconv.Itoa(h.PID)
+	link := filepath.Join(mnt, "link")
+	if err := os.Symlink(t.TempDir(), link); err != nil {
+		t.Fatal(err)
+	}
+	cfg := writeConfig(t, "watch:\n  - name: test-once\n    paths: [\""+mnt+"/*.log\"]\n    action: rescue\n"+
+		"rescue:\n  dirs: []\n  fs_dir: .relinkd\n  min_free: 0%\n  max_file_size: 1KiB\n"+
+		"  per_user: {max_files: 0, max_bytes: 0}\n")
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		want map[string]int // events by msg, for the holder's files
+	}{
+		{"failures", []string{"--to", link, "--pid", pid}, 1, map[string]int{"rescue failed": 2}},
+		{"rules", []string{"--config", cfg}, 0, map[string]int{"file rescued": 1, "rescue skipped": 1}},
+		{"explicit", []string{"--config", cfg, "--to", filepath.Join(mnt, "out"), "--pid", pid}, 0,
+			map[string]int{"file rescued": 2}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, errOut, code := runBinary(t, append([]string{"rescue", "--log-level", "info"}, tc.args...)...)
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d:\n%s%s", code, tc.code, out, errOut)
+			}
+			got := map[string]int{}
+			for _, l := range strings.Split(strings.TrimSpace(errOut), "\n") {
+				var ev map[string]any
+				if json.Unmarshal([]byte(l), &ev) != nil || ev["pid"] != float64(h.PID) {
+					continue
+				}
+				msg, _ := ev["msg"].(string)
+				switch msg {
+				case "file rescued", "rescue skipped", "rescue failed", "rescue cancelled":
+					got[msg]++
+				}
+				if _, ok := ev["method"]; msg == "rescue failed" && !ok {
+					t.Errorf("rescue failed without its method: %s", l)
+				}
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+				t.Errorf("events %v, want %v:\n%s%s", got, tc.want, out, errOut)
+			}
+		})
+	}
 }

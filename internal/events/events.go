@@ -1,8 +1,9 @@
 // Package events writes the rescue events of the README's event table
 // ("file rescued", "rescue skipped", "rescue failed", "follow finished"
-// and their companions), each with its fields, from one place: the engine,
-// the daemon and the commands call these instead of composing fields, so
-// that one event has the same fields whoever logs it.
+// and their companions), each with its fields, from one place: the rescue
+// pipeline (pkg/pipeline, shared by the daemon and `relinkd rescue`) and the
+// daemon's fast path call these instead of composing fields, so that one
+// event has the same fields whoever logs it.
 //
 // Every event names the file by its holder's path, pid and descriptor;
 // names that are not UTF-8 carry their exact bytes (logging.Path), and a

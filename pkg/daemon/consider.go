@@ -78,7 +78,7 @@ func (d *Daemon) consider(c *scanner.Candidate, now time.Time) {
 		default:
 			d.ledger.recordFailure(c, now, d.interval(), bt())
 			d.m.Failures.Inc()
-			d.ev.Failed(c, err)
+			d.pipe.PinFailed(c, err)
 		}
 		return
 	}

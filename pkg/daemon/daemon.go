@@ -57,6 +57,7 @@ import (
 	"github.com/relinkd/relinkd/internal/procfs"
 	"github.com/relinkd/relinkd/pkg/config"
 	"github.com/relinkd/relinkd/pkg/metrics"
+	"github.com/relinkd/relinkd/pkg/pipeline"
 	"github.com/relinkd/relinkd/pkg/policy"
 	"github.com/relinkd/relinkd/pkg/relink"
 	"github.com/relinkd/relinkd/pkg/scanner"
@@ -152,7 +153,8 @@ type Daemon struct {
 	self    int
 
 	pol    atomic.Pointer[policy.Policy] // swapped by reload
-	engine *relink.Engine                // pins, rescues (methods per call) and adopts
+	engine *relink.Engine                // pins (rescues and adopts through pipe)
+	pipe   *pipeline.Pipeline            // decides, rescues, follows and logs what became of each pinned file
 	guard  *fsguard.Guard                // bounds calls on holders' filesystems
 
 	// considerMu makes candidates considered one at a time, whichever
@@ -221,6 +223,7 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 	}
 	d.trees = &trees{log: log, views: d.views}
 	d.retention = &pruner{log: log, interval: opt.PruneInterval, policy: d.pol.Load}
+	d.pipe = pipeline.New(d.engine, log, pipeline.Options{Publish: d.retention.publish})
 	d.sched = newScheduler(d.proc, d.self, d.views)
 	d.budget = newBudget(opt.MaxPins, opt.MaxPinnedBytes, opt.MaxFollows, d.m)
 	d.pol.Store(policy.New(opt.Config, log, policy.WithProcRoot(opt.ProcRoot), policy.WithHostRoot(opt.HostRoot)))

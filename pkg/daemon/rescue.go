@@ -2,14 +2,13 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"sync"
 
 	"go.uber.org/zap"
 
 	"github.com/relinkd/relinkd/internal/logging"
+	"github.com/relinkd/relinkd/pkg/pipeline"
 	"github.com/relinkd/relinkd/pkg/policy"
-	"github.com/relinkd/relinkd/pkg/relink"
 )
 
 // handle is what a worker does with a job: resume the follow an earlier
@@ -22,73 +21,52 @@ func (d *Daemon) handle(ctx context.Context, j *job, wg *sync.WaitGroup, progres
 	d.rescue(ctx, j, wg, progress)
 }
 
+// rescue runs a job through the pipeline (decide, rescue, release what
+// the policy reserved on failure; the pipeline logs the event) and maps
+// its outcome onto the ledger and the metrics; a rescued file whose
+// writer is still at it is followed.
 func (d *Daemon) rescue(ctx context.Context, j *job, wg *sync.WaitGroup, progress func()) {
 	c := &j.c
-	pol := d.pol.Load()
-	dec := pol.DecideRule(c, j.rule)
-	switch dec.Action {
-	case policy.Ignore:
+	out := d.pipe.Run(ctx, pipeline.Request{Pin: j.pin, Rule: j.rule, Policy: d.pol.Load(), Progress: progress})
+	dec := out.Decision
+	switch out.Kind {
+	case pipeline.Ignored:
 		d.unpin(j, stIgnored)
-		return
-	case policy.Report:
-		d.reportOpen(c, dec.Rule)
+	case pipeline.Reported:
+		d.m.Reports.Inc()
 		d.unpin(j, stReported)
-		return
-	case policy.Skip:
+	case pipeline.Skipped:
 		d.m.Skips.WithLabelValues(dec.Reason).Inc()
-		d.ev.Skipped(c, dec.Reason, dec.Rule, dec.Detail)
-		if dec.Reason == policy.ReasonSpace && dec.Root != "" {
-			d.unpinNoSpace(j, dec.Root, uint64(max(c.Size, 0)), dec.MinFreeBytes)
-			return
-		}
 		d.unpin(j, stSkipped)
-		return
-	}
-	methods := make([]relink.Method, 0, len(dec.Methods))
-	for _, m := range dec.Methods {
-		methods = append(methods, relink.Method(m))
-	}
-	var rs *relink.Rescued
-	var err error
-	d.retention.publish(func() {
-		rs, err = d.engine.Rescue(ctx, j.pin, relink.Destination{
-			Root: dec.Root, Via: dec.Via, Rel: dec.Rel, MinFreeBytes: dec.MinFreeBytes, Rule: dec.Rule,
-			NoRoomToCopy: dec.NoRoomToCopy, Beneath: dec.Beneath, Methods: methods, Progress: progress,
-		})
-	})
-	if err != nil {
-		pol.Release(c, dec)
-		if errors.Is(err, context.Canceled) {
-			// Shutdown cancelled it by design (the engine logged
-			// "rescue cancelled" and left nothing behind): no failure.
-			d.abandon(j)
-			return
-		}
-		if errors.Is(err, relink.ErrNoSpace) {
-			// The engine logged "rescue skipped" (space): tried again
-			// once the destination has the room, not on a backoff.
-			d.m.Skips.WithLabelValues(policy.ReasonSpace).Inc()
-			d.unpinNoSpace(j, dec.Root, uint64(max(c.Size, 0)), dec.MinFreeBytes)
-			return
-		}
-		// The engine logged "rescue failed"; a later sweep retries.
+	case pipeline.NoSpace:
+		// Tried again once the destination has the room, not on a
+		// backoff.
+		d.m.Skips.WithLabelValues(policy.ReasonSpace).Inc()
+		d.unpinNoSpace(j, dec.Root, uint64(max(c.Size, 0)), dec.MinFreeBytes)
+	case pipeline.Cancelled:
+		// Shutdown cancelled it by design and nothing was left
+		// behind: no failure.
+		d.abandon(j)
+	case pipeline.Failed:
+		// A later sweep retries.
 		d.m.Failures.Inc()
 		d.unpin(j, stFailed)
-		return
+	case pipeline.Rescued:
+		rs := out.Rescued
+		res := rs.Result()
+		d.m.Rescues.WithLabelValues(string(res.Method)).Inc()
+		d.m.RescuedBytes.Add(float64(res.Bytes))
+		if !dec.Follow || !c.Writable() {
+			d.unpin(j, stRescued)
+			return
+		}
+		d.follow(ctx, j, rs, wg)
 	}
-	res := rs.Result()
-	d.m.Rescues.WithLabelValues(string(res.Method)).Inc()
-	d.m.RescuedBytes.Add(float64(res.Bytes))
-	if !dec.Follow || !c.Writable() {
-		d.unpin(j, stRescued)
-		return
-	}
-	d.follow(ctx, j, rs, wg)
 }
 
 // follow follows a rescued job's file until its last writer closes it,
 // within the follow budget, and releases the pin then.
-func (d *Daemon) follow(ctx context.Context, j *job, rs *relink.Rescued, wg *sync.WaitGroup) {
+func (d *Daemon) follow(ctx context.Context, j *job, rs *pipeline.Rescue, wg *sync.WaitGroup) {
 	c := &j.c
 	res := rs.Result()
 	if ok, warn := d.budget.startFollow(); !ok {
@@ -107,11 +85,13 @@ func (d *Daemon) follow(ctx context.Context, j *job, rs *relink.Rescued, wg *syn
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		fres, err := rs.Follow(ctx)
-		if err == nil && fres.Bytes > res.Bytes {
-			d.m.RescuedBytes.Add(float64(fres.Bytes - res.Bytes))
-		}
-		if err != nil && !errors.Is(err, context.Canceled) {
+		fo := rs.Follow(ctx)
+		switch fo.End {
+		case pipeline.Finished, pipeline.Truncated:
+			if fo.Result.Bytes > res.Bytes {
+				d.m.RescuedBytes.Add(float64(fo.Result.Bytes - res.Bytes))
+			}
+		case pipeline.FollowFailed:
 			d.m.Failures.Inc()
 		}
 		d.budget.endFollow()

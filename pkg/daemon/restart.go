@@ -251,35 +251,26 @@ func (d *Daemon) takePrior(c *scanner.Candidate, rule config.Rule, pin *relink.P
 		d.log.Warn("release pin", zap.Int("pid", c.PID), zap.Int("fd", c.FD), zap.Error(err))
 	}
 	d.ledger.record(c, stRescued, btime)
-	d.alreadyRescued(c, p.rescuedTo(), p.side.Method, false)
+	d.ev.AlreadyRescued(c, p.rescuedTo(), string(p.side.Method), false)
 	return true
 }
 
-func (d *Daemon) alreadyRescued(c *scanner.Candidate, to string, m relink.Method, follow bool) {
-	d.ev.AlreadyRescued(c, to, string(m), follow)
-}
-
 // resume continues the follow of a job whose file an earlier daemon
-// rescued and was still following when it ended: the engine adopts the
-// rescued file and appends to it from its current size. If the rescued
-// file cannot be adopted (removed, replaced, unsafe), the data still
-// matters more than a duplicate: the file is rescued anew.
+// rescued and was still following when it ended: the pipeline adopts the
+// rescued file ("already rescued") and the follow appends to it from its
+// current size. If the rescued file cannot be adopted (removed, replaced,
+// unsafe), the data still matters more than a duplicate: the file is
+// rescued anew.
 func (d *Daemon) resume(ctx context.Context, j *job, wg *sync.WaitGroup, progress func()) {
 	p := j.prior
 	j.prior = nil
 	c := &j.c
-	var rs *relink.Rescued
-	var err error
-	d.retention.publish(func() {
-		rs, err = d.engine.Adopt(j.pin, relink.Adoption{Root: p.root, Via: p.via, Rel: p.rel, Sidecar: p.side, Progress: progress})
-	})
+	rs, err := d.pipe.Adopt(j.pin, relink.Adoption{Root: p.root, Via: p.via, Rel: p.rel, Sidecar: p.side, Progress: progress})
 	if err != nil {
 		d.log.Warn("follow not resumed; rescuing again", logging.Path("path", c.Path), zap.Int("pid", c.PID), zap.Int("fd", c.FD),
 			logging.Path("rescued_to", []byte(p.rescuedTo())), zap.Error(err))
 		d.rescue(ctx, j, wg, progress)
 		return
 	}
-	res := rs.Result()
-	d.alreadyRescued(c, res.Path, res.Method, true)
 	d.follow(ctx, j, rs, wg)
 }

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
 
+	"github.com/relinkd/relinkd/internal/events"
 	"github.com/relinkd/relinkd/internal/layout"
 	"github.com/relinkd/relinkd/internal/logging"
 	"github.com/relinkd/relinkd/internal/testcontainer"
@@ -67,7 +68,8 @@ func sweepOne(t *testing.T, h *testproc.Holder) scanner.Candidate {
 }
 
 // rescueAs pins c and rescues it as d says, logging JSON events into the
-// returned buffer.
+// returned buffer: "file rescued" as the rescue pipeline (pkg/pipeline)
+// logs it, from the pinned file, through internal/events.
 func rescueAs(t *testing.T, c scanner.Candidate, d Decision) (relink.Result, *bytes.Buffer, error) {
 	t.Helper()
 	var buf bytes.Buffer
@@ -91,7 +93,10 @@ func rescueAs(t *testing.T, c scanner.Candidate, d Decision) (relink.Result, *by
 	if err != nil {
 		return relink.Result{}, &buf, err
 	}
-	return rs.Result(), &buf, nil
+	res := rs.Result()
+	pc := pin.Candidate()
+	events.New(log).Rescued(&pc, res.Path, string(res.Method), res.Bytes, d.Rule, res.Duration)
+	return res, &buf, nil
 }
 
 // event returns the first event with msg in buf.

@@ -20,16 +20,19 @@ import (
 // written: every Options.FollowPoll it appends what the source gained
 // (FICLONERANGE after a reflink, copy_file_range otherwise), until no
 // process holds the inode open for writing. Then it fsyncs, copies the
-// final timestamps, rewrites the sidecar, logs "follow finished" and
-// returns the Result with the final Bytes and Followed set.
+// final timestamps, rewrites the sidecar and returns the Result with the
+// final Bytes and Followed set.
 //
 // After a link there is nothing to copy (the name is the inode itself); Follow
 // still waits for the last writer and reports the final size. Follow stops
 // early, with what it has, when the source shrinks (a truncation, as by
-// copytruncate log rotation). When ctx ends first it finishes the same way
-// with what it has (fsync, timestamps, sidecar), logs "follow stopped" and
-// returns that Result (Followed false) with ctx's error. It can run for as
-// long as the writer lives: run it in its own goroutine.
+// copytruncate log rotation), and says so (Result.Stopped: StopTruncation).
+// When ctx ends first it finishes the same way with what it has (fsync,
+// timestamps, sidecar) and returns that Result (Followed false, Stopped
+// StopShutdown) with ctx's error. A failure returns the Result as it was
+// and a *RescueError (Op "follow"). Follow logs no event: its caller
+// (pkg/pipeline) does. It can run for as long as the writer lives: run it
+// in its own goroutine.
 //
 // The sidecar says "following" from the start of the follow until it
 // finishes or stops at a truncation; a follow stopped by ctx, by a
@@ -41,8 +44,8 @@ func (r *Rescued) Follow(ctx context.Context) (Result, error) {
 	r.mu.Lock()
 	res, dst, rule, marked := r.res, r.dst, r.rule, r.following
 	r.mu.Unlock()
+	res.Stopped = "" // of an earlier follow of r, if any
 	fail := func(err error) (Result, error) {
-		e.ev.Failed(&c, err, logging.Path("rescued_to", []byte(res.Path)), zap.String("op", "follow"))
 		return res, &RescueError{Op: "follow", Method: res.Method, PID: c.PID, FD: c.FD, Path: res.Path, Err: err}
 	}
 	if dst == nil && res.Method != MethodLink || p.fd < 0 {
@@ -68,7 +71,7 @@ func (r *Rescued) Follow(ctx context.Context) (Result, error) {
 	tick := time.NewTicker(e.poll)
 	defer tick.Stop()
 	var stopped error // ctx's error when ctx ended before the last writer
-	reason := ""      // why the follow stopped early: shutdown or truncation
+	reason := ""      // why the follow stopped early: StopShutdown or StopTruncation
 loop:
 	for {
 		// Look for writers before reading the size: a writer that has
@@ -76,7 +79,7 @@ loop:
 		// after seeing no writer is final.
 		busy, err := e.writers.busy(ctx, e.log, p.fd, id, &known, &lost)
 		if ctx.Err() != nil {
-			stopped, reason = ctx.Err(), "shutdown"
+			stopped, reason = ctx.Err(), StopShutdown
 			break loop
 		}
 		if err != nil {
@@ -92,14 +95,14 @@ loop:
 		if st.Size < done {
 			// Truncated (copytruncate rotation): what was copied is
 			// kept; the writer goes on into a file we no longer mirror.
-			reason = "truncation"
+			reason = StopTruncation
 			break loop
 		}
 		if st.Size > done {
 			if cp != nil {
 				if done, err = e.appendRange(ctx, cp, res.Method, done, st.Size); err != nil {
 					if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
-						stopped, reason = ctx.Err(), "shutdown"
+						stopped, reason = ctx.Err(), StopShutdown
 						break loop
 					}
 					return fail(err)
@@ -115,7 +118,7 @@ loop:
 		case <-ctx.Done():
 			// Shutting down: keep what was appended so far, durable
 			// and described by the sidecar, and say so.
-			stopped, reason = ctx.Err(), "shutdown"
+			stopped, reason = ctx.Err(), StopShutdown
 			break loop
 		case <-tick.C:
 		}
@@ -152,20 +155,14 @@ loop:
 			e.log.Warn("sidecar not updated", logging.Path("rescued_to", []byte(res.Path)), zap.Error(err))
 		}
 	}
+	res.Stopped = reason
 	r.mu.Lock()
 	r.res = res
 	r.following = following
 	r.mu.Unlock()
-	if reason != "" {
-		e.ev.FollowStopped(&c, res.Path, res.Bytes, reason)
-	}
 	if stopped != nil {
 		return res, &RescueError{Op: "follow", Method: res.Method, PID: c.PID, FD: c.FD, Path: res.Path, Err: stopped}
 	}
-	if reason != "" {
-		return res, nil
-	}
-	e.ev.FollowFinished(&c, res.Path, res.Bytes)
 	return res, nil
 }
 

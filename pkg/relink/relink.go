@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/relinkd/relinkd/internal/events"
 	"go.uber.org/zap"
 )
 
@@ -128,7 +127,6 @@ type Engine struct {
 	hash     bool
 	sidecar  bool
 	log      *zap.Logger
-	ev       events.Emitter
 	walk     walker // how destinations are resolved, probed once
 	writers  *Writers
 	progress func()
@@ -152,7 +150,6 @@ func New(opts Options, log *zap.Logger) *Engine {
 		hash:     opts.Hash,
 		sidecar:  opts.Sidecar,
 		log:      log,
-		ev:       events.New(log),
 		walk:     newWalker(),
 		progress: opts.Progress,
 	}
@@ -243,7 +240,22 @@ type Result struct {
 	SHA256   string        // hex digest when Options.Hash is set
 	Followed bool          // set by Follow once the last writer closed the file
 	Sidecar  string        // path of the sidecar, "" if none was written
+	// Stopped says why Follow ended before the last writer closed the
+	// file: StopTruncation or StopShutdown; "" otherwise.
+	Stopped string
 }
+
+// Why a follow stopped early (Result.Stopped), the "reason" field of the
+// "follow stopped" event.
+const (
+	// StopTruncation: the source shrank (copytruncate log rotation);
+	// what was copied is kept, the writer goes on into a file no longer
+	// mirrored.
+	StopTruncation = "truncation"
+	// StopShutdown: the follow's context ended (shutdown, SIGINT); what
+	// was appended is durable, and a sidecar still says "following".
+	StopShutdown = "shutdown"
+)
 
 // Resolution names how the engine resolves destination paths: "openat2",
 // or "component walk" where openat2 is refused (see ProbeOpenat2).

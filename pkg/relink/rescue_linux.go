@@ -32,12 +32,12 @@ func notHere(err error) bool {
 // Rescue gives the pinned file a name again under d, trying d's methods
 // (or the engine's) in order and moving down only when one is not
 // supported here. On success the file is published under a unique name
-// (never replacing anything), a sidecar is written if configured, a "file
-// rescued" event is logged and the Rescued returned: it owns the rescued
-// file, and Follow continues it; closing it (or p) releases both. On failure nothing is left visible, a
-// "rescue failed" event is logged ("rescue skipped", reason space, when
-// the file did not fit) and the error is a *RescueError (test it
-// with errors.Is against ErrNoSpace, ErrUnsafePath, ErrUnsupported …).
+// (never replacing anything), a sidecar is written if configured and the
+// Rescued returned: it owns the rescued file, and Follow continues it;
+// closing it (or p) releases both. On failure nothing is left visible and
+// the error is a *RescueError (test it with errors.Is against ErrNoSpace,
+// ErrUnsafePath, ErrUnsupported, context.Canceled …). Rescue logs no
+// event: its caller (pkg/pipeline) says what became of the file.
 //
 // A copy is bounded to the size seen when it starts: a file still being
 // written gives a consistent prefix, and a file truncated during the copy
@@ -50,23 +50,8 @@ func (e *Engine) Rescue(ctx context.Context, p *Pin, d Destination) (*Rescued, e
 		if !errors.As(err, &re) {
 			re = &RescueError{Op: "rescue", PID: c.PID, FD: c.FD, Path: string(c.Path), Err: err}
 		}
-		if errors.Is(re.Err, context.Canceled) {
-			// Shutdown or an interrupted command: abandoned by the
-			// caller, nothing published, not a failure to alert on.
-			e.ev.Cancelled(&c, string(re.Method))
-			return nil, re
-		}
-		if errors.Is(re.Err, ErrNoSpace) {
-			// Not a failure to alert on: the destination is full or
-			// the copy would go below min_free. Nothing was left.
-			e.ev.Skipped(&c, "space", d.Rule, re.Err.Error(), zap.String("method", string(re.Method)))
-			return nil, re
-		}
-		e.ev.Failed(&c, re.Err, zap.String("method", string(re.Method)))
 		return nil, re
 	}
-	res := r.Result()
-	e.ev.Rescued(&c, res.Path, string(res.Method), res.Bytes, d.Rule, res.Duration)
 	return r, nil
 }
 

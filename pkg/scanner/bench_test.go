@@ -16,7 +16,7 @@ import (
 )
 
 // startBenchHolders starts n holders with m descriptors each, 5% deleted.
-func startBenchHolders(b *testing.B, n, m int) []int {
+func startBenchHolders(b testing.TB, n, m int) []int {
 	b.Helper()
 	dir := b.TempDir()
 	var pids []int

@@ -323,11 +323,18 @@ func (w *worker) process(pid int, fds []int32, res *Result) {
 // table's paths are tracked: a part of it would tell the holder index
 // that the rest was closed.
 func (w *worker) descriptors(pid int, dir string, fds []int32, res *Result) ([]Candidate, int, error) {
-	fdDir, err := procfs.OpenDirAt(w.rootfd, dir+"/fd")
-	if err != nil {
-		return nil, 0, err
+	// A whole table is read through its directory; a few descriptors by
+	// their paths below the proc root, which saves opening directories
+	// for one or two reads.
+	fdDir, fdPrefix := w.rootfd, dir+"/fd/"
+	if fds == nil {
+		var err error
+		if fdDir, err = procfs.OpenDirAt(w.rootfd, dir+"/fd"); err != nil {
+			return nil, 0, err
+		}
+		defer unix.Close(fdDir)
+		fdPrefix = ""
 	}
-	defer unix.Close(fdDir)
 	nfds := 0
 
 	var found []Candidate
@@ -356,13 +363,13 @@ func (w *worker) descriptors(pid int, dir string, fds []int32, res *Result) ([]C
 	// refused for one descriptor it is refused for all of the process,
 	// which is then counted once as not inspectable.
 	var refused error
-	err = each(func(name []byte) {
+	err := each(func(name []byte) {
 		fd, ok := procfs.ParseID(name)
 		if !ok || refused != nil {
 			return
 		}
 		n := string(name)
-		link, err := procfs.ReadlinkAt(fdDir, n, &w.link)
+		link, err := procfs.ReadlinkAt(fdDir, fdPrefix+n, &w.link)
 		if fds != nil && errors.Is(err, unix.ENOENT) {
 			return // closed since it was listed: not a descriptor seen
 		}
@@ -386,13 +393,18 @@ func (w *worker) descriptors(pid int, dir string, fds []int32, res *Result) ([]C
 		// fdinfo first: reading it asks nothing of the file's
 		// filesystem, and its mnt_id says which filesystem the stat
 		// below will ask.
-		if fdinfoDir < 0 {
+		infoDir, infoName := fdinfoDir, n
+		switch {
+		case fds != nil:
+			infoDir, infoName = w.rootfd, dir+"/fdinfo/"+n
+		case fdinfoDir < 0:
 			if fdinfoDir, err = procfs.OpenDirAt(w.rootfd, dir+"/fdinfo"); err != nil {
 				w.countFDErr(err, res)
 				return
 			}
+			infoDir = fdinfoDir
 		}
-		raw, err := procfs.ReadFileAt(fdinfoDir, n, &w.file)
+		raw, err := procfs.ReadFileAt(infoDir, infoName, &w.file)
 		if err != nil {
 			w.countFDErr(err, res)
 			return
