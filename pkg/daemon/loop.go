@@ -245,8 +245,12 @@ func (d *Daemon) fullPasses(ctx context.Context) {
 func (d *Daemon) setRoots(roots []string) { d.trees.set(roots, d.config().Scan.Events) }
 
 // eventChunk is how many processes one step of an event-driven sweep
-// reads before its candidates are pinned.
-const eventChunk = 24
+// reads before its candidates are pinned; youngFirst how many of the
+// newest processes are read before the other young ones.
+const (
+	eventChunk = 24
+	youngFirst = 4
+)
 
 // onEvents handles a removal event and every other one already queued.
 // The scanner returns its candidates only at the end of a sweep, so
@@ -301,8 +305,13 @@ func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-
 	// cannot know, and last the index's holders whole, for files they
 	// opened there since it looked.
 	d.sweepFDs(ctx, d.sched.targets(dirs))
+	// The newest few young processes are swept first and pinned before
+	// the others: a holder that deletes its file right after starting is
+	// usually the newest.
 	young := d.sched.newPIDs()
-	likelyOK := d.sweepPIDs(ctx, "event", young, swept)
+	first := young[:min(len(young), youngFirst)]
+	likelyOK := d.sweepPIDs(ctx, "event", first, swept)
+	likelyOK = d.sweepPIDs(ctx, "event", young[len(first):], swept) && likelyOK
 	held := d.sched.likelyPIDs(dirs, nil, swept)
 	likelyOK = d.sweepPIDs(ctx, "event", held, swept) && likelyOK
 	likely := append(young, held...)
