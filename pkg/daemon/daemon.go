@@ -132,9 +132,6 @@ type Options struct {
 	// WatchdogInterval, when set, is how often "WATCHDOG=1" is sent from
 	// the main loop (half of systemd's WatchdogSec is customary).
 	WatchdogInterval time.Duration
-
-	// Sweeper replaces the /proc scanner (tests); nil builds one.
-	Sweeper Sweeper
 }
 
 // Daemon is one running relinkd: the composition of small types, each
@@ -208,18 +205,17 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 		opt.Notify = func(string) {}
 	}
 	d := &Daemon{
-		opt:     opt,
-		proc:    procfs.New(opt.ProcRoot),
-		log:     log,
-		ev:      events.New(log),
-		sweeper: opt.Sweeper,
-		m:       metrics.New(),
-		self:    os.Getpid(),
-		engine:  relink.New(relink.Options{ProcRoot: opt.ProcRoot, Sidecar: true}, log),
-		reload:  make(chan reloadReq),
-		ledger:  newLedger(log),
-		priors:  &priors{},
-		views:   newViews(opt.ProcRoot, opt.HostRoot),
+		opt:    opt,
+		proc:   procfs.New(opt.ProcRoot),
+		log:    log,
+		ev:     events.New(log),
+		m:      metrics.New(),
+		self:   os.Getpid(),
+		engine: relink.New(relink.Options{ProcRoot: opt.ProcRoot, Sidecar: true}, log),
+		reload: make(chan reloadReq),
+		ledger: newLedger(log),
+		priors: &priors{},
+		views:  newViews(opt.ProcRoot, opt.HostRoot),
 	}
 	d.trees = &trees{log: log, views: d.views}
 	d.retention = &pruner{log: log, interval: opt.PruneInterval, policy: d.pol.Load}
@@ -240,9 +236,7 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 	}, log)
 	d.workers = &workers{log: log, guard: d.guard, stall: opt.StallTimeout, do: d.handle, abandon: d.abandon,
 		jobs: make(chan *job, opt.MaxPins)}
-	if d.sweeper == nil {
-		d.sweeper = scanner.New(scanner.Options{ProcRoot: opt.ProcRoot, Guard: d.guard, Backend: opt.Config.Scan.Backend}, log)
-	}
+	d.sweeper = scanner.New(scanner.Options{ProcRoot: opt.ProcRoot, Guard: d.guard, Backend: opt.Config.Scan.Backend}, log)
 	d.track(opt.Config)
 	return d, nil
 }
