@@ -158,6 +158,7 @@ func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event) error {
 	// at.
 	nsTick := time.NewTicker(time.Second)
 	defer nsTick.Stop()
+	nsLast := 0 // the last pid handed out at the previous namespace look
 	// A full pass that an event round had to defer (see fullGap).
 	full := time.NewTimer(time.Hour)
 	full.Stop()
@@ -207,6 +208,14 @@ func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event) error {
 				d.budget.signal()
 			}
 		case <-nsTick.C:
+			// No pid handed out since the last look (the last one in
+			// /proc/loadavg is the same): no new process, so no new
+			// namespace, and no listing of /proc on a quiet host.
+			if last, ok := d.proc.LastPID(); ok && last == nsLast {
+				continue
+			} else if ok {
+				nsLast = last
+			}
 			roots, changed, fresh := d.views.add(listPIDs(d.proc), watchRoots(d.config()))
 			if changed {
 				d.setRoots(roots)
