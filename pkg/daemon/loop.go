@@ -443,7 +443,7 @@ func (d *Daemon) sweepPIDs(ctx context.Context, kind string, pids []int, swept m
 		}
 		return false
 	}
-	d.sched.swept(todo, res.Held)
+	d.sched.swept(todo, &res)
 	d.feed(res.Candidates, start)
 	return true
 }

@@ -95,8 +95,26 @@ func (s *scheduler) requestFull() {
 func (s *scheduler) fullRequests() <-chan struct{} { return s.fullReq }
 
 // swept replaces what the holder index knows of pids with what a sweep of
-// them saw.
-func (s *scheduler) swept(pids []int, held []scanner.Held) { s.holders.update(pids, held) }
+// them saw, and drops the hints about the processes it found gone: on a
+// host where holders come and go, an event's round would otherwise sweep
+// every dead one seen in that directory until the next full pass.
+func (s *scheduler) swept(pids []int, res *scanner.Result) {
+	s.holders.update(pids, res.Held)
+	if len(res.Gone) == 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, pid := range res.Gone {
+		delete(s.young, pid)
+		for dir, m := range s.dirPIDs {
+			delete(m, pid)
+			if len(m) == 0 {
+				delete(s.dirPIDs, dir)
+			}
+		}
+	}
+}
 
 // sweptAll installs what a full sweep saw in the holder index; capped
 // reports that the index's bound cut it (pairs: what it holds).

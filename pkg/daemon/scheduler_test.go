@@ -238,3 +238,23 @@ func TestFullPass(t *testing.T) {
 		}
 	}
 }
+
+// TestSweptGone: a sweep that finds processes gone drops them from the
+// hints (deleted files seen, the holder index, the young processes), so
+// that the next event's round does not sweep them again; the others stay.
+func TestSweptGone(t *testing.T) {
+	now := time.Unix(1000, 0)
+	s := testScheduler(&now)
+	s.notePID(holderIn(10, "/d"))
+	s.notePID(holderIn(11, "/d"))
+	s.notePID(holderIn(11, "/e"))
+	s.holders.replace([]scanner.Held{{PID: 11, Dir: "/d"}, {PID: 12, Dir: "/d"}})
+	s.addYoung([]int{11, 13})
+	s.swept([]int{11, 12}, &scanner.Result{Held: []scanner.Held{{PID: 12, Dir: "/d"}}, Gone: []int{11}})
+	if got := s.likelyPIDs(map[string]bool{"/d": true, "/e": true}, nil, nil); !slices.Equal(got, []int{12, 10}) {
+		t.Errorf("likely holders after pid 11 was found gone: %v, want [12 10]", got)
+	}
+	if got := s.addYoung(nil); !slices.Equal(got, []int{13}) {
+		t.Errorf("young after pid 11 was found gone: %v, want [13]", got)
+	}
+}

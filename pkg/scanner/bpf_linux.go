@@ -428,8 +428,7 @@ func (s *Scanner) sweepBPF(ctx context.Context, b *bpfSweep, rootfd int, pids []
 		if pid := pids[0]; pid != s.self && pid > 0 {
 			buf, err = b.read(prog, pid, buf)
 			if errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENOENT) {
-				total.Vanished++ // the process exited before its walk
-				buf, err = buf[:0], nil
+				buf, err = buf[:0], nil // gone: counted below
 			}
 			b.timed(1, 1, time.Since(walkStart))
 		}
@@ -468,7 +467,7 @@ func (s *Scanner) sweepBPF(ctx context.Context, b *bpfSweep, rootfd int, pids []
 		for i := range pids {
 			switch {
 			case errors.Is(errs[i], unix.ESRCH) || errors.Is(errs[i], unix.ENOENT):
-				total.Vanished++ // the process exited before its walk
+				// gone: counted below
 			case errs[i] != nil:
 				err = errs[i]
 			}
@@ -504,6 +503,16 @@ func (s *Scanner) sweepBPF(ctx context.Context, b *bpfSweep, rootfd int, pids []
 	if err != nil {
 		return Result{}, err
 	}
+	if want == nil && pids != nil {
+		// A walk of a process that has exited shows nothing, as does one
+		// of a process with nothing to show: its /proc entry tells.
+		for _, pid := range pids {
+			if byPID[pid] == nil && pid != s.self && pid > 0 && gone(rootfd, pid) {
+				total.Vanished++
+				total.Gone = append(total.Gone, pid)
+			}
+		}
+	}
 	total.Procs = len(groups)
 
 	total = fanOut(ctx, s, rootfd, groups, total, func(w *worker, g *group, res *Result) {
@@ -533,6 +542,7 @@ func (w *worker) processBPF(g *group, track func([]byte) bool, holder bool, res 
 		tid = procfs.LiveThreadAt(w.rootfd, pidDir, pid, w.dirent)
 		if tid == 0 {
 			res.Vanished++
+			res.Gone = append(res.Gone, pid)
 			return
 		}
 	}
@@ -651,4 +661,10 @@ func (w *worker) statFD(dir, name string, mntID int) (unix.Stat_t, error) {
 		return unix.Stat_t{}, err
 	}
 	return st, serr
+}
+
+// gone reports whether process pid has no entry below the proc root.
+func gone(rootfd, pid int) bool {
+	err := eintr.Retry0(func() error { return unix.Faccessat(rootfd, strconv.Itoa(pid), unix.F_OK, 0) })
+	return errors.Is(err, unix.ENOENT)
 }

@@ -512,3 +512,24 @@ func TestBackendCloseDuringSweeps(t *testing.T) {
 		t.Errorf("after Close: backend %s, want proc", name)
 	}
 }
+
+// TestSweepGone: both backends list the processes a targeted sweep found
+// exited, one at a time and several, and not the live ones.
+func TestSweepGone(t *testing.T) {
+	dir := t.TempDir()
+	live := testproc.Start(t, testproc.Open(filepath.Join(dir, "a"), "rw"))
+	dead := testproc.Start(t)
+	dead.Kill()
+	for _, s := range []*Scanner{New(Options{Backend: BackendProc}, nil), newBPFScanner(t)} {
+		name, _ := s.Backend()
+		for _, pids := range [][]int{{dead.PID}, {live.PID, dead.PID}} {
+			res, err := s.SweepPIDs(context.Background(), pids)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(res.Gone, []int{dead.PID}) {
+				t.Errorf("%s: SweepPIDs(%v): gone %v, want [%d]", name, pids, res.Gone, dead.PID)
+			}
+		}
+	}
+}

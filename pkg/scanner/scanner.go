@@ -585,6 +585,7 @@ func (w *worker) mountIDs(dir string) map[int]bool {
 func (w *worker) countErr(pid int, op string, err error, res *Result) {
 	if vanished(err) || os.IsNotExist(err) {
 		res.Vanished++
+		res.Gone = append(res.Gone, pid)
 		return
 	}
 	res.Denied++
@@ -663,6 +664,7 @@ func merge(total Result, results []Result) Result {
 		total.Procs += r.Procs
 		total.FDs += r.FDs
 		total.Vanished += r.Vanished
+		total.Gone = append(total.Gone, r.Gone...)
 		total.Denied += r.Denied
 		total.Unanswered = append(total.Unanswered, r.Unanswered...)
 		total.Held = append(total.Held, r.Held...)
