@@ -144,10 +144,10 @@ type Result struct {
 	// with Track, tracked files) and those descriptors.
 	Procs    int
 	FDs      int
-	Vanished int           // processes or descriptors gone during the sweep (normal)
+	Vanished int // processes or descriptors gone during the sweep (normal)
 	// Gone lists the processes found exited when their turn came (not
 	// those that a walk of every table merely did not show).
-	Gone []int
+	Gone     []int
 	Denied   int           // processes the sweep was not allowed to inspect
 	Duration time.Duration // wall time of the sweep
 	// Unanswered lists the descriptors that look deleted but could not be
