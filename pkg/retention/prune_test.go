@@ -13,35 +13,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/relinkd/relinkd/internal/layout"
+	"github.com/relinkd/relinkd/internal/testlayout"
 )
-
-func ctime(t *testing.T, path string) time.Time {
-	t.Helper()
-	var st unix.Stat_t
-	if err := unix.Lstat(path, &st); err != nil {
-		t.Fatal(err)
-	}
-	return time.Unix(st.Ctim.Sec, st.Ctim.Nsec)
-}
-
-// newerThan changes path's ctime (chmod) until it is after prev: ctime
-// ticks with the kernel's coarse clock, so two files written back to back
-// often share one.
-func newerThan(t *testing.T, path string, prev time.Time) time.Time {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if err := os.Chmod(path, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if c := ctime(t, path); c.After(prev) {
-			return c
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("ctime of %s does not advance", path)
-		}
-	}
-}
 
 // files lists the regular files under root, relative, sorted.
 func files(t *testing.T, root string) []string {
@@ -64,32 +37,6 @@ func files(t *testing.T, root string) []string {
 	return out
 }
 
-// Rescued files named as the engine names them (layout.Suffix); b took
-// ".1" because its first name was taken.
-const (
-	relA = "var/log/a.log.20261121T203000Z.pid1.fd3"
-	relB = "var/log/b.log.20261121T203000Z.pid2.fd3.1"
-	relC = "srv/c.20261121T203000Z.pid3.fd3"
-)
-
-// rescueTree creates three rescued files with sidecars, oldest first,
-// with strictly increasing ctimes, and returns those ctimes.
-func rescueTree(t *testing.T, root string) []time.Time {
-	t.Helper()
-	var times []time.Time
-	prev := time.Time{}
-	for i, rel := range []string{relA, relB, relC} {
-		p := filepath.Join(root, rel)
-		mustMkdir(t, filepath.Dir(p))
-		writeFile(t, p, strings.Repeat("x", (i+1)*1000))
-		writeFile(t, p+layout.SidecarSuffix, "{}\n")
-		newerThan(t, p+layout.SidecarSuffix, prev)
-		prev = newerThan(t, p, ctime(t, p+layout.SidecarSuffix))
-		times = append(times, prev)
-	}
-	return times
-}
-
 func TestPrune(t *testing.T) {
 	tests := []struct {
 		name     string
@@ -104,25 +51,25 @@ func TestPrune(t *testing.T) {
 				// Now is one hour after b: a and b are over the age limit.
 				return time.Hour, ts[1].Add(time.Hour + time.Nanosecond)
 			},
-			want:    []string{relC, relC + layout.SidecarSuffix},
+			want:    []string{testlayout.RelC, testlayout.RelC + layout.SidecarSuffix},
 			removed: 2,
 		},
 		{
 			name:     "by total size, oldest first",
 			maxTotal: 5100, // 1000+2000+3000 + 3×3 sidecar bytes: a must go, then b fits
-			want:     []string{relC, relC + layout.SidecarSuffix, relB, relB + layout.SidecarSuffix},
+			want:     []string{testlayout.RelC, testlayout.RelC + layout.SidecarSuffix, testlayout.RelB, testlayout.RelB + layout.SidecarSuffix},
 			removed:  1,
 		},
 		{
 			name:     "nothing to do",
 			maxTotal: 1 << 20,
-			want:     []string{relC, relC + layout.SidecarSuffix, relA, relA + layout.SidecarSuffix, relB, relB + layout.SidecarSuffix},
+			want:     []string{testlayout.RelC, testlayout.RelC + layout.SidecarSuffix, testlayout.RelA, testlayout.RelA + layout.SidecarSuffix, testlayout.RelB, testlayout.RelB + layout.SidecarSuffix},
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			root := filepath.Join(t.TempDir(), "rescued")
-			times := rescueTree(t, root)
+			times := testlayout.RescueTree(t, root)
 			age, now := time.Duration(0), time.Now()
 			if tt.maxAge != nil {
 				age, now = tt.maxAge(times)
@@ -153,7 +100,7 @@ func TestPrune(t *testing.T) {
 
 func TestPruneRemovesEmptyDirs(t *testing.T) {
 	root := t.TempDir()
-	times := rescueTree(t, root)
+	times := testlayout.RescueTree(t, root)
 	if _, err := Prune(root, time.Minute, 0, 0, times[2].Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
@@ -216,7 +163,7 @@ func TestPruneStaleTemps(t *testing.T) {
 	writeFile(t, fresh, "in progress")
 	// fresh changed strictly after stale; at now, fresh is exactly
 	// staleTemp old (kept) and stale is older than that (removed).
-	now := newerThan(t, fresh, ctime(t, stale)).Add(staleTemp)
+	now := testlayout.NewerThan(t, fresh, testlayout.Ctime(t, stale)).Add(staleTemp)
 	res, err := Prune(root, 0, 0, 0, now)
 	if err != nil {
 		t.Fatal(err)
@@ -252,15 +199,15 @@ func TestPruneLeavesForeignFiles(t *testing.T) {
 		{name: "by age", maxAge: time.Hour, removed: 3},
 		// The foreign files are far bigger than the limit; the rescued
 		// files alone fit, so nothing is removed.
-		{name: "by total size", maxTotal: 6009, want: []string{relA, relA + layout.SidecarSuffix, relB, relB + layout.SidecarSuffix, relC, relC + layout.SidecarSuffix}},
-		{name: "by total size, over", maxTotal: 6008, removed: 1, want: []string{relB, relB + layout.SidecarSuffix, relC, relC + layout.SidecarSuffix}},
+		{name: "by total size", maxTotal: 6009, want: []string{testlayout.RelA, testlayout.RelA + layout.SidecarSuffix, testlayout.RelB, testlayout.RelB + layout.SidecarSuffix, testlayout.RelC, testlayout.RelC + layout.SidecarSuffix}},
+		{name: "by total size, over", maxTotal: 6008, removed: 1, want: []string{testlayout.RelB, testlayout.RelB + layout.SidecarSuffix, testlayout.RelC, testlayout.RelC + layout.SidecarSuffix}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			root := filepath.Join(t.TempDir(), "backup")
 			mustMkdir(t, root)
 			writeFile(t, filepath.Join(root, "important.db"), strings.Repeat("d", 100_000))
-			times := rescueTree(t, root)
+			times := testlayout.RescueTree(t, root)
 			for _, rel := range foreign[1:] {
 				writeFile(t, filepath.Join(root, rel), strings.Repeat("f", 10_000))
 			}
@@ -305,7 +252,7 @@ func TestPruneMarkerInRescuedName(t *testing.T) {
 	stale := filepath.Join(root, "home/u/.cache"+layout.TempMarker+"0a0b0c0d0e0f")
 	writeFile(t, kept, "rescued")
 	writeFile(t, stale, "half")
-	now := newerThan(t, stale, ctime(t, kept)).Add(staleTemp + time.Minute)
+	now := testlayout.NewerThan(t, stale, testlayout.Ctime(t, kept)).Add(staleTemp + time.Minute)
 	res, err := Prune(root, 7*24*time.Hour, 0, 0, now)
 	if err != nil {
 		t.Fatal(err)
@@ -368,8 +315,8 @@ func TestPruneEmptyDirs(t *testing.T) {
 	mustMkdir(t, root)
 	mkdir("var", 0o700)
 	logDir := mkdir("var/log", 0o700)
-	writeFile(t, filepath.Join(root, relA), "rescued")
-	writeFile(t, filepath.Join(root, relA)+layout.SidecarSuffix, "{}\n")
+	writeFile(t, filepath.Join(root, testlayout.RelA), "rescued")
+	writeFile(t, filepath.Join(root, testlayout.RelA)+layout.SidecarSuffix, "{}\n")
 	inLog := openTmpfile(t, logDir) // a second rescue of the same path, in progress
 	mkdir("srv", 0o700)
 	newDir := mkdir("srv/new", 0o700)
@@ -395,7 +342,7 @@ func TestPruneEmptyDirs(t *testing.T) {
 	if _, err := os.Lstat(filepath.Join(root, "leftover")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("leftover: %v, want it removed", err)
 	}
-	for fd, path := range map[int]string{inLog: filepath.Join(root, relB), inNew: filepath.Join(newDir, "x.20261121T203000Z.pid1.fd3")} {
+	for fd, path := range map[int]string{inLog: filepath.Join(root, testlayout.RelB), inNew: filepath.Join(newDir, "x.20261121T203000Z.pid1.fd3")} {
 		if err := linkTmpfile(fd, path); err != nil {
 			t.Errorf("rescue in progress cannot publish: %v", err)
 		}
