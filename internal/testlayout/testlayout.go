@@ -1,6 +1,6 @@
-// Package testlayout makes rescue trees for tests: rescued files named as
-// the engine names them, with sidecars and strictly increasing ctimes, as
-// retention (age, total size) orders them.
+// Package testlayout makes rescue trees and configurations for tests:
+// rescued files named as the engine names them, with sidecars and strictly
+// increasing ctimes, as retention (age, total size) orders them.
 package testlayout
 
 import (
@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/relinkd/relinkd/internal/layout"
+	"github.com/relinkd/relinkd/pkg/config"
 )
 
 // Rescued files named as the engine names them (layout.Suffix); B took
@@ -78,4 +79,31 @@ func NewerThan(t testing.TB, path string, prev time.Time) time.Time {
 			t.Fatalf("ctime of %s does not advance", path)
 		}
 	}
+}
+
+// WriteOwned writes size bytes to path, owned by uid (directories made as
+// needed, 0700).
+func WriteOwned(t testing.TB, path string, size int, uid int) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, make([]byte, size), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(path, uid, uid); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Config is the defaults with one rule that rescues everything to dirs,
+// and no limit but the per-user window of an hour.
+func Config(dirs ...string) *config.Config {
+	cfg := config.Defaults()
+	cfg.Watch = []config.Rule{{Name: "all", Paths: []string{"/**"}, Action: config.ActionRescue}}
+	cfg.Rescue.Dirs = dirs
+	cfg.Rescue.MinFree = config.Threshold{}
+	cfg.Rescue.MaxTotalSize = 0
+	cfg.Rescue.PerUser = config.PerUser{Window: config.Duration(time.Hour)}
+	return cfg
 }

@@ -5,8 +5,8 @@ import (
 	"os"
 	"reflect"
 	"testing"
-	"time"
 
+	"github.com/relinkd/relinkd/internal/testlayout"
 	"github.com/relinkd/relinkd/pkg/config"
 )
 
@@ -47,15 +47,7 @@ func TestCoveredMounts(t *testing.T) {
 	}
 }
 
-func testConfig(dirs ...string) *config.Config {
-	cfg := config.Defaults()
-	cfg.Watch = []config.Rule{{Name: "all", Paths: []string{"/**"}, Action: config.ActionRescue}}
-	cfg.Rescue.Dirs = dirs
-	cfg.Rescue.MinFree = config.Threshold{}
-	cfg.Rescue.MaxTotalSize = 0
-	cfg.Rescue.PerUser = config.PerUser{Window: config.Duration(time.Hour)}
-	return cfg
-}
+func testConfig(dirs ...string) *config.Config { return testlayout.Config(dirs...) }
 
 func mustMkdir(t *testing.T, dirs ...string) {
 	t.Helper()

@@ -16,6 +16,7 @@ import (
 
 	"github.com/relinkd/relinkd/internal/probe"
 	"github.com/relinkd/relinkd/internal/testfs"
+	"github.com/relinkd/relinkd/internal/testlayout"
 	"github.com/relinkd/relinkd/internal/testproc"
 	"github.com/relinkd/relinkd/pkg/config"
 	"github.com/relinkd/relinkd/pkg/mounts"
@@ -52,15 +53,7 @@ func holdDeleted(t *testing.T, path string, size int) *testproc.Holder {
 	return testproc.Start(t, steps...)
 }
 
-func testConfig(dirs ...string) *config.Config {
-	cfg := config.Defaults()
-	cfg.Watch = []config.Rule{{Name: "all", Paths: []string{"/**"}, Action: config.ActionRescue}}
-	cfg.Rescue.Dirs = dirs
-	cfg.Rescue.MinFree = config.Threshold{}
-	cfg.Rescue.MaxTotalSize = 0
-	cfg.Rescue.PerUser = config.PerUser{Window: config.Duration(time.Hour)}
-	return cfg
-}
+func testConfig(dirs ...string) *config.Config { return testlayout.Config(dirs...) }
 
 func TestMatchRules(t *testing.T) {
 	rules := []config.Rule{

@@ -1,28 +1,18 @@
 package policy
 
 import (
-	"os"
 	"path/filepath"
 	"testing"
 
 	"go.uber.org/zap/zaptest"
 
 	"github.com/relinkd/relinkd/internal/testfs"
+	"github.com/relinkd/relinkd/internal/testlayout"
 	"github.com/relinkd/relinkd/pkg/config"
 )
 
-// writeOwned writes size bytes to path, owned by uid.
 func writeOwned(t *testing.T, path string, size int, uid int) {
-	t.Helper()
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, make([]byte, size), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chown(path, uid, uid); err != nil {
-		t.Fatal(err)
-	}
+	testlayout.WriteOwned(t, path, size, uid)
 }
 
 // TestMaxShare: per_user.max_share caps what one owner's rescued files

@@ -2,8 +2,9 @@ package retention
 
 import (
 	"os"
-	"path/filepath"
 	"testing"
+
+	"github.com/relinkd/relinkd/internal/testlayout"
 )
 
 func writeFile(t *testing.T, path, data string) {
@@ -13,18 +14,8 @@ func writeFile(t *testing.T, path, data string) {
 	}
 }
 
-// writeOwned writes size bytes to path, owned by uid.
 func writeOwned(t *testing.T, path string, size int, uid int) {
-	t.Helper()
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, make([]byte, size), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chown(path, uid, uid); err != nil {
-		t.Fatal(err)
-	}
+	testlayout.WriteOwned(t, path, size, uid)
 }
 
 func mustMkdir(t *testing.T, dirs ...string) {
