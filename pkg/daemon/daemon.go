@@ -42,7 +42,6 @@
 package daemon
 
 import (
-	"context"
 	"errors"
 	"os"
 	"runtime"
@@ -89,13 +88,6 @@ const (
 	// it, stuck workers are not replaced: the pool shrinks, and says so.
 	maxStalledWorkers = 16
 )
-
-// Sweeper finds deleted-but-open files; *scanner.Scanner is one.
-type Sweeper interface {
-	Sweep(ctx context.Context) (scanner.Result, error)
-	SweepPIDs(ctx context.Context, pids []int) (scanner.Result, error)
-	SweepFDs(ctx context.Context, targets []scanner.Target) (scanner.Result, error)
-}
 
 // Options configure a Daemon. Only Config is required.
 type Options struct {
@@ -145,7 +137,7 @@ type Daemon struct {
 	proc    procfs.FS // opt.ProcRoot
 	log     *zap.Logger
 	ev      events.Emitter // the rescue events, on log
-	sweeper Sweeper
+	sweeper *scanner.Scanner
 	m       *metrics.Metrics
 	self    int
 
@@ -242,12 +234,8 @@ func New(opt Options, log *zap.Logger) (*Daemon, error) {
 }
 
 // track makes the sweeps feed the holder index with the watched trees of
-// cfg (a Sweeper that cannot is left alone).
-func (d *Daemon) track(cfg *config.Config) {
-	if t, ok := d.sweeper.(interface{ Track(func([]byte) bool) }); ok {
-		t.Track(underRoots(watchRoots(cfg)))
-	}
-}
+// cfg.
+func (d *Daemon) track(cfg *config.Config) { d.sweeper.Track(underRoots(watchRoots(cfg))) }
 
 // describeMount names a mount id for the filesystem unresponsive event,
 // from the host's mount table.

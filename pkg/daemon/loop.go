@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"io"
 	"slices"
 	"sync"
 	"time"
@@ -102,31 +101,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if srvDone != nil {
 		<-srvDone
 	}
-	if c, ok := d.sweeper.(io.Closer); ok {
-		c.Close() // the BPF programs, once no sweep uses them
-	}
+	d.sweeper.Close() // the BPF programs, once no sweep uses them
 	d.log.Info("relinkd stopped")
 	return err
 }
 
-// walksInKernel reports whether s sweeps with the BPF backend.
-func walksInKernel(s Sweeper) bool {
-	b, ok := s.(interface{ Backend() (string, string) })
-	if !ok {
-		return false
-	}
-	name, _ := b.Backend()
-	return name == scanner.BackendBPF
-}
-
 // scanBackend names the sweeps' backend in the start-up event:
 // scan_backend (bpf or proc) and scan_backend_reason.
-func scanBackend(s Sweeper) zap.Field {
-	b, ok := s.(interface{ Backend() (string, string) })
-	if !ok {
-		return zap.Skip()
-	}
-	name, why := b.Backend()
+func scanBackend(s *scanner.Scanner) zap.Field {
+	name, why := s.Backend()
 	return zap.Inline(zapcore.ObjectMarshalerFunc(func(enc zapcore.ObjectEncoder) error {
 		enc.AddString("scan_backend", name)
 		enc.AddString("scan_backend_reason", why)
@@ -211,11 +194,11 @@ func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event) error {
 			// No pid handed out since the last look (the last one in
 			// /proc/loadavg is the same): no new process, so no new
 			// namespace, and no listing of /proc on a quiet host.
-			if last, ok := d.proc.LastPID(); ok && last == nsLast {
+			last, ok := d.proc.LastPID()
+			if ok && last == nsLast {
 				continue
-			} else if ok {
-				nsLast = last
 			}
+			nsLast = last
 			roots, changed, fresh := d.views.add(listPIDs(d.proc), watchRoots(d.config()))
 			if changed {
 				d.setRoots(roots)
@@ -323,7 +306,7 @@ func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-
 	likelyOK = d.sweepPIDs(ctx, "event", young[len(first):], swept) && likelyOK
 	held := d.sched.likelyPIDs(dirs, nil, swept)
 	likelyOK = d.sweepPIDs(ctx, "event", held, swept) && likelyOK
-	likely := append(young, held...)
+	likely := len(young) + len(held)
 	targeted := time.Since(start)
 	// The holder index knows who held files in these directories at the
 	// last look. Only a file created since then may have a holder it does
@@ -341,7 +324,7 @@ func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-
 		} else {
 			d.sched.deferFull()
 		}
-		d.log.Debug("removal events handled", zap.Int("dirs", len(dirs)), zap.Int("likely_pids", len(likely)),
+		d.log.Debug("removal events handled", zap.Int("dirs", len(dirs)), zap.Int("likely_pids", likely),
 			zap.Duration("queued", queued), zap.Duration("targeted", targeted), zap.Bool("full_deferred", !gapOK),
 			zap.Bool("unknown_holders", unknown))
 		return
@@ -377,7 +360,7 @@ func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-
 			}
 		}
 		k := min(eventChunk, len(rest))
-		if walksInKernel(d.sweeper) {
+		if name, _ := d.sweeper.Backend(); name == scanner.BackendBPF {
 			// One walk of every table in the kernel, filtered to rest,
 			// costs less than the per-process walks of the chunks.
 			k = len(rest)
@@ -390,7 +373,7 @@ func (d *Daemon) eventRound(ctx context.Context, dirs map[string]bool, events <-
 		d.forget(start, listed)
 	}
 	d.sched.roundDone(start)
-	d.log.Debug("removal events handled", zap.Int("dirs", len(dirs)), zap.Int("likely_pids", len(likely)),
+	d.log.Debug("removal events handled", zap.Int("dirs", len(dirs)), zap.Int("likely_pids", likely),
 		zap.Int("procs", len(listed)), zap.Duration("queued", queued), zap.Duration("listed", listedAt.Sub(start)),
 		zap.Duration("targeted", targeted), zap.Duration("total", time.Since(start)), zap.Int("arrived", arrived))
 }
@@ -435,17 +418,23 @@ func (d *Daemon) sweepPIDs(ctx context.Context, kind string, pids []int, swept m
 	}
 	start := time.Now()
 	res, err := d.sweeper.SweepPIDs(ctx, todo)
-	d.m.Sweeps.WithLabelValues(kind).Inc()
-	d.m.SweepDuration.WithLabelValues(kind).Observe(time.Since(start).Seconds())
-	if err != nil {
-		if ctx.Err() == nil {
-			d.log.Error("sweep failed", zap.String("kind", kind), zap.Error(err))
-		}
+	if !d.swept(ctx, kind, start, err) {
 		return false
 	}
 	d.sched.swept(todo, &res)
 	d.feed(res.Candidates, start)
 	return true
+}
+
+// swept counts a sweep of kind that started at start and logs its error;
+// it reports whether the sweep gave a result.
+func (d *Daemon) swept(ctx context.Context, kind string, start time.Time, err error) bool {
+	d.m.Sweeps.WithLabelValues(kind).Inc()
+	d.m.SweepDuration.WithLabelValues(kind).Observe(time.Since(start).Seconds())
+	if err != nil && ctx.Err() == nil {
+		d.log.Error("sweep failed", zap.String("kind", kind), zap.Error(err))
+	}
+	return err == nil
 }
 
 // sweepFDs reads the given descriptors and feeds the candidates; what it
@@ -456,12 +445,7 @@ func (d *Daemon) sweepFDs(ctx context.Context, targets []scanner.Target) {
 	}
 	start := time.Now()
 	res, err := d.sweeper.SweepFDs(ctx, targets)
-	d.m.Sweeps.WithLabelValues("event").Inc()
-	d.m.SweepDuration.WithLabelValues("event").Observe(time.Since(start).Seconds())
-	if err != nil {
-		if ctx.Err() == nil {
-			d.log.Error("sweep failed", zap.String("kind", "event"), zap.Error(err))
-		}
+	if !d.swept(ctx, "event", start, err) {
 		return
 	}
 	d.feed(res.Candidates, start)
@@ -491,12 +475,7 @@ func (d *Daemon) sweep(ctx context.Context) {
 	listed := listPIDs(d.proc)
 	start := time.Now()
 	res, err := d.sweeper.Sweep(ctx)
-	d.m.Sweeps.WithLabelValues("full").Inc()
-	d.m.SweepDuration.WithLabelValues("full").Observe(time.Since(start).Seconds())
-	if err != nil {
-		if ctx.Err() == nil {
-			d.log.Error("sweep failed", zap.String("kind", "full"), zap.Error(err))
-		}
+	if !d.swept(ctx, "full", start, err) {
 		return
 	}
 	d.m.Candidates.Add(float64(len(res.Candidates)))

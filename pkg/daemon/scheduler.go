@@ -107,11 +107,13 @@ func (s *scheduler) swept(pids []int, res *scanner.Result) {
 	defer s.mu.Unlock()
 	for _, pid := range res.Gone {
 		delete(s.young, pid)
-		for dir, m := range s.dirPIDs {
+	}
+	for dir, m := range s.dirPIDs {
+		for _, pid := range res.Gone {
 			delete(m, pid)
-			if len(m) == 0 {
-				delete(s.dirPIDs, dir)
-			}
+		}
+		if len(m) == 0 {
+			delete(s.dirPIDs, dir)
 		}
 	}
 }

@@ -133,26 +133,26 @@ func findHostNS(proc procfs.FS) hostNS {
 // It fails only when the proc root itself cannot be read; processes that
 // vanish or may not be inspected are counted in the Result.
 func (s *Scanner) Sweep(ctx context.Context) (Result, error) {
+	return s.atRoot(func(rootfd int) (Result, error) { return s.sweepWith(ctx, rootfd, nil, nil) })
+}
+
+// atRoot runs fn with the proc root open: every sweep reads below it.
+func (s *Scanner) atRoot(fn func(rootfd int) (Result, error)) (Result, error) {
 	rootfd, err := procfs.OpenDirAt(unix.AT_FDCWD, s.root)
 	if err != nil {
 		return Result{}, fmt.Errorf("open proc root %s: %w", s.root, err)
 	}
 	defer unix.Close(rootfd)
-	return s.sweepWith(ctx, rootfd, nil, nil)
+	return fn(rootfd)
 }
 
 // SweepPIDs is Sweep restricted to the given processes; the daemon uses it
 // to look first at the processes most likely to hold a file just deleted.
 func (s *Scanner) SweepPIDs(ctx context.Context, pids []int) (Result, error) {
-	rootfd, err := procfs.OpenDirAt(unix.AT_FDCWD, s.root)
-	if err != nil {
-		return Result{}, fmt.Errorf("open proc root %s: %w", s.root, err)
-	}
-	defer unix.Close(rootfd)
 	if pids == nil {
 		pids = []int{}
 	}
-	return s.sweepWith(ctx, rootfd, pids, pids)
+	return s.atRoot(func(rootfd int) (Result, error) { return s.sweepWith(ctx, rootfd, pids, pids) })
 }
 
 // SweepFDs reads only the given descriptors of the given processes, in
@@ -161,22 +161,19 @@ func (s *Scanner) SweepPIDs(ctx context.Context, pids []int) (Result, error) {
 // readlinks, where a process's whole table can be hundreds. Descriptors
 // closed since are skipped; nothing is tracked (Result.Held is empty).
 func (s *Scanner) SweepFDs(ctx context.Context, targets []Target) (Result, error) {
-	rootfd, err := procfs.OpenDirAt(unix.AT_FDCWD, s.root)
-	if err != nil {
-		return Result{}, fmt.Errorf("open proc root %s: %w", s.root, err)
-	}
-	defer unix.Close(rootfd)
-	start := time.Now()
-	total := fanOut(ctx, s, rootfd, targets, Result{}, func(w *worker, t Target, res *Result) {
-		if t.PID != s.self && t.PID > 0 && len(t.FDs) > 0 {
-			w.process(t.PID, t.FDs, res)
+	return s.atRoot(func(rootfd int) (Result, error) {
+		start := time.Now()
+		total := fanOut(ctx, s, rootfd, targets, Result{}, func(w *worker, t Target, res *Result) {
+			if t.PID != s.self && t.PID > 0 && len(t.FDs) > 0 {
+				w.process(t.PID, t.FDs, res)
+			}
+		})
+		total.Duration = time.Since(start)
+		if err := ctx.Err(); err != nil {
+			return total, fmt.Errorf("sweep: %w", err)
 		}
+		return total, nil
 	})
-	total.Duration = time.Since(start)
-	if err := ctx.Err(); err != nil {
-		return total, fmt.Errorf("sweep: %w", err)
-	}
-	return total, nil
 }
 
 // sweepWith sweeps through the backend: BPF when it is loaded (only, for
