@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -64,7 +65,7 @@ func TestRestoreCommand(t *testing.T) {
 	t.Run("dry run", func(t *testing.T) {
 		lines, code := restoreRun(t, "--config", cfg, "--dry-run", dbPath)
 		want := map[string]string{"app.db": "would_restore", "app.db-wal": "would_restore", "app.db-shm": "would_restore"}
-		if code != 0 || !equalMaps(statuses(lines), want) {
+		if code != 0 || !maps.Equal(statuses(lines), want) {
 			t.Errorf("exit %d, %v; want 0, %v (the companions come with the database, other.log does not)", code, statuses(lines), want)
 		}
 		if lines[len(lines)-1].To != dbPath || lines[0].Set != 3 {
@@ -81,7 +82,7 @@ func TestRestoreCommand(t *testing.T) {
 		}
 		lines, code := restoreRun(t, "--config", cfg, dbPath)
 		want := map[string]string{"app.db": "refused", "app.db-wal": "refused", "app.db-shm": "refused"}
-		if code != 1 || !equalMaps(statuses(lines), want) {
+		if code != 1 || !maps.Equal(statuses(lines), want) {
 			t.Errorf("exit %d, %v; want 1, %v", code, statuses(lines), want)
 		}
 		if got := regular(t, dir); len(got) != 1 || string(readFile(t, dbPath)) != "newer" {
@@ -93,7 +94,7 @@ func TestRestoreCommand(t *testing.T) {
 		before := statOf(t, dbPath)
 		lines, code := restoreRun(t, "--config", cfg, "--force", dbPath)
 		want := map[string]string{"app.db": "restored", "app.db-wal": "restored", "app.db-shm": "restored"}
-		if code != 0 || !equalMaps(statuses(lines), want) {
+		if code != 0 || !maps.Equal(statuses(lines), want) {
 			t.Fatalf("exit %d, %v; want 0, %v", code, statuses(lines), want)
 		}
 		after := statOf(t, dbPath)
@@ -218,18 +219,6 @@ func regular(t *testing.T, dir string) []string {
 	return out
 }
 
-func equalMaps(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
-}
-
 // TestPlanRestore: sets are the files rescued within a minute of each
 // other from one directory; a file brings its companions (names that
 // extend its own) and nothing else; a file held in a container is not
@@ -267,7 +256,7 @@ func TestPlanRestore(t *testing.T) {
 	}
 	got := targets(planRestore(all, []int{0}, sets, restoreOptions{}, pol))
 	want := map[string]string{"/r/db/app.db.x": "/db/app.db", "/r/db/app.db-wal.x": "/db/app.db-wal", "/r/db/app.db-shm.x": "/db/app.db-shm"}
-	if !equalMaps(got, want) {
+	if !maps.Equal(got, want) {
 		t.Errorf("app.db brings %v, want %v", got, want)
 	}
 	got = targets(planRestore(all, []int{0, 5}, sets, restoreOptions{to: "/new/"}, pol))

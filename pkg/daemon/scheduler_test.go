@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"maps"
 	"slices"
 	"testing"
 	"time"
@@ -172,7 +173,7 @@ func TestNoteEvents(t *testing.T) {
 	if n := s.drainEvents(events, dirs); n != 2 {
 		t.Errorf("%d removals, want 2", n)
 	}
-	if want := map[string]bool{"/var/log/a": true, "/var/log/b": true}; !mapsEqual(dirs, want) {
+	if want := map[string]bool{"/var/log/a": true, "/var/log/b": true}; !maps.Equal(dirs, want) {
 		t.Errorf("dirs:\n-want %v\n+got  %v", want, dirs)
 	}
 	if !s.overflowed() || s.takeOverflows() != 2 || s.overflowed() {
@@ -194,18 +195,6 @@ func TestNoteEvents(t *testing.T) {
 	if s.unknownHolders(map[string]bool{"/var/log/c": true}, s.lastFullAt()) {
 		t.Error("a creation before the last full pass still counts")
 	}
-}
-
-func mapsEqual(a, b map[string]bool) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
 }
 
 // TestFullPass: a full pass asked for twice before it starts runs once; a
