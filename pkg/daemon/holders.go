@@ -14,6 +14,12 @@ import (
 // far fewer (a process holds many files in one directory).
 const maxHolderPairs = 200_000
 
+// maxPairFDs bounds the descriptors kept per pair: a user who holds
+// thousands of files open in one watched directory costs neither memory
+// nor the first look after an unlink more than this (past it, that
+// look's whole-table sweep of the process follows as for any holder).
+const maxPairFDs = 64
+
 // holderIndex remembers which processes hold files open, live or deleted,
 // in which directories of the watched trees, as the last look at each
 // process showed (every full sweep reads every descriptor's link anyway).
@@ -67,7 +73,11 @@ func (x *holderIndex) addLocked(held []scanner.Held) {
 		if _, ok := m[h.PID]; ok {
 			continue
 		}
-		m[h.PID] = h.FDs
+		fds := h.FDs
+		if len(fds) > maxPairFDs {
+			fds = slices.Clone(fds[:maxPairFDs])
+		}
+		m[h.PID] = fds
 		x.byPID[h.PID] = append(x.byPID[h.PID], h.Dir)
 		x.pairs++
 	}

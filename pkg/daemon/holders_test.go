@@ -88,6 +88,17 @@ func TestHolderTargets(t *testing.T) {
 	if got := x.targets(map[string]bool{"/nowhere": true}); len(got) != 0 {
 		t.Errorf("targets of an unknown directory: %+v", got)
 	}
+	// A process holding more files in a directory than the bound: only
+	// the first maxPairFDs are kept.
+	many := make([]int32, 5*maxPairFDs)
+	for i := range many {
+		many[i] = int32(i)
+	}
+	x.update([]int{4}, []scanner.Held{{PID: 4, Dir: "/big", FDs: many}})
+	got = x.targets(map[string]bool{"/big": true})
+	if len(got) != 1 || !slices.Equal(got[0].FDs, many[:maxPairFDs]) {
+		t.Errorf("targets of a crowded directory: %d targets, want 1 with the first %d descriptors", len(got), maxPairFDs)
+	}
 }
 
 // BenchmarkHolderIndexMemory reports the heap the holder index takes per
