@@ -122,6 +122,7 @@ func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event) error {
 	d.sweep(ctx)
 	d.opt.Notify("READY=1")
 	go d.fullPasses(ctx)
+	go d.namespaces(ctx)
 
 	interval := time.Duration(d.config().Scan.Interval)
 	if interval <= 0 {
@@ -136,12 +137,6 @@ func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event) error {
 		wd = t.C
 		d.opt.Notify("WATCHDOG=1")
 	}
-	// New mount namespaces (containers starting) get their views watched
-	// within a second, between full passes: only new processes are looked
-	// at.
-	nsTick := time.NewTicker(time.Second)
-	defer nsTick.Stop()
-	nsLast := 0 // the last pid handed out at the previous namespace look
 	// A full pass that an event round had to defer (see fullGap).
 	full := time.NewTimer(time.Hour)
 	full.Stop()
@@ -190,22 +185,6 @@ func (d *Daemon) loop(ctx context.Context, events <-chan watch.Event) error {
 				d.sweepPIDs(ctx, "deferred", pids, nil)
 				d.budget.signal()
 			}
-		case <-nsTick.C:
-			// No pid handed out since the last look (the last one in
-			// /proc/loadavg is the same): no new process, so no new
-			// namespace, and no listing of /proc on a quiet host.
-			last, ok := d.proc.LastPID()
-			if ok && last == nsLast {
-				continue
-			}
-			nsLast = last
-			roots, changed, fresh := d.views.add(listPIDs(d.proc), watchRoots(d.config()))
-			if changed {
-				d.setRoots(roots)
-			}
-			// What new processes in other namespaces hold is not in
-			// the holder index yet: one look at them puts it there.
-			d.sweepPIDs(ctx, "namespace", fresh, nil)
 		case <-wd:
 			d.opt.Notify("WATCHDOG=1")
 		case r := <-d.reload:
@@ -232,9 +211,46 @@ func (d *Daemon) fullPasses(ctx context.Context) {
 	}
 }
 
-// setRoots gives the watcher its trees: the rules' roots and their views
-// in other mount namespaces.
-func (d *Daemon) setRoots(roots []string) { d.trees.set(roots, d.config().Scan.Events) }
+// namespaces looks for new mount namespaces (containers starting) once a
+// second, between full passes, and has their views watched; only new
+// processes are looked at. It runs off the loop: the look lists /proc and
+// may walk new trees, which an event's targeted sweep must not wait for.
+func (d *Daemon) namespaces(ctx context.Context) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	last := 0 // the last pid handed out at the previous look
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		// No pid handed out since the last look (the last one in
+		// /proc/loadavg is the same): no new process, so no new
+		// namespace, and no listing of /proc on a quiet host.
+		pid, ok := d.proc.LastPID()
+		if ok && pid == last {
+			continue
+		}
+		last = pid
+		listed := listPIDs(d.proc)
+		var fresh []int
+		d.updateRoots(func() ([]string, bool) {
+			roots, changed, f := d.views.add(listed, watchRoots(d.config()))
+			fresh = f
+			return roots, changed
+		})
+		// What new processes in other namespaces hold is not in the
+		// holder index yet: one look at them puts it there.
+		d.sweepPIDs(ctx, "namespace", fresh, nil)
+	}
+}
+
+// updateRoots gives the watcher its trees, the rules' roots and their
+// views in other mount namespaces, as decide finds them.
+func (d *Daemon) updateRoots(decide func() ([]string, bool)) {
+	d.trees.update(d.config().Scan.Events, decide)
+}
 
 // eventChunk is how many processes one step of an event-driven sweep
 // reads before its candidates are pinned; youngFirst how many of the
@@ -491,9 +507,7 @@ func (d *Daemon) sweep(ctx context.Context) {
 	d.considerMu.Unlock()
 	d.forget(start, listed)
 	d.sched.fullDone(start)
-	if roots, changed := d.views.full(listed, watchRoots(d.config())); changed {
-		d.setRoots(roots)
-	}
+	d.updateRoots(func() ([]string, bool) { return d.views.full(listed, watchRoots(d.config())) })
 	if capped {
 		d.log.Warn("holder index full; the rest is left to the sweeps", zap.Int("pairs", pairs))
 	}

@@ -26,14 +26,18 @@ func (t *trees) watcher() *watch.Watcher { return t.w.Load() }
 
 func (t *trees) setWatcher(w *watch.Watcher) { t.w.Store(w) }
 
-// set gives the watcher roots, if there is one and events are on.
-func (t *trees) set(roots []string, events bool) {
-	w := t.watcher()
-	if w == nil || !events {
-		return
-	}
+// update decides the roots (decide reports whether they changed) and
+// gives changed ones to the watcher, if there is one and events are on,
+// under one lock: a namespace look and a full pass that race reach the
+// watcher in the order they decided.
+func (t *trees) update(events bool, decide func() (roots []string, changed bool)) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	roots, changed := decide()
+	w := t.watcher()
+	if !changed || w == nil || !events {
+		return
+	}
 	w.SetRoots(roots)
 	t.log.Debug("watched trees", zap.Int("roots", len(roots)), zap.Strings("mntns", t.views.namespaces()),
 		zap.Int("watches", w.Watches()))

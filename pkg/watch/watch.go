@@ -109,10 +109,19 @@ func (w *Watcher) Watches() int {
 }
 
 // SetRoots replaces the watched trees: watches outside every new root are
-// removed, new roots are added. It is how a configuration reload applies.
+// removed, new roots are added. It is how a configuration reload applies,
+// and how a container's views are added and dropped. Only the new roots
+// are walked (all of them once the watch maximum was hit, since dropped
+// watches may have made room): the trees already watched are kept up to
+// date by their events and by RestoreRoots, and walking every tree again
+// each time a namespace comes or goes would cost the caller milliseconds.
 func (w *Watcher) SetRoots(roots []string) {
 	roots = Minimal(roots)
 	w.mu.Lock()
+	old := w.roots
+	if w.limited {
+		old = nil
+	}
 	w.roots = roots
 	for path, wd := range w.byPath {
 		if !underAny(path, roots) {
@@ -123,6 +132,9 @@ func (w *Watcher) SetRoots(roots []string) {
 	w.mu.Unlock()
 	ms := w.readMounts()
 	for _, r := range roots {
+		if slices.Contains(old, r) {
+			continue
+		}
 		if fstype, server := ms.onServerFS(r); server {
 			w.log.Info("watched root is on a filesystem with a server, not watched (a hung server would stall the watch); the sweeps cover it",
 				zap.String("dir", r), zap.String("fstype", fstype))
@@ -132,7 +144,7 @@ func (w *Watcher) SetRoots(roots []string) {
 			w.log.Info("watched root does not exist; watched once it appears, from the next full sweep", zap.String("dir", r))
 			continue
 		}
-		w.addTree(r, false)
+		w.addTree(ms, r, false)
 	}
 }
 
@@ -193,7 +205,7 @@ func (w *Watcher) Rescan() int {
 // rescanTree adds every directory of root's tree again (see add) and drops
 // the watches of directories under it that are gone.
 func (w *Watcher) rescanTree(root string) {
-	w.addTree(root, true)
+	w.addTree(w.readMounts(), root, true)
 	w.mu.Lock()
 	under := make(map[string]int)
 	for path, wd := range w.byPath {
@@ -297,7 +309,7 @@ func (w *Watcher) handle(wd int, mask uint32, name string) (Event, bool) {
 	isDir := mask&unix.IN_ISDIR != 0
 	switch {
 	case isDir && mask&(unix.IN_CREATE|unix.IN_MOVED_TO) != 0:
-		w.addTree(path, false)
+		w.addTree(w.readMounts(), path, false)
 		w.log.Debug("watching new directory", zap.String("dir", path))
 		return Event{}, false
 	case isDir && mask&unix.IN_MOVED_FROM != 0:
@@ -321,9 +333,9 @@ func (w *Watcher) handle(wd int, mask uint32, name string) (Event, bool) {
 
 // addTree watches dir and every directory below it, within the bound.
 // Symlinks are not followed; pseudo filesystems are not entered. With
-// recheck, directories already watched are added again (see add).
-func (w *Watcher) addTree(root string, recheck bool) {
-	ms := w.readMounts()
+// recheck, directories already watched are added again (see add). ms is
+// the mount table, read once by the caller.
+func (w *Watcher) addTree(ms mounts, root string, recheck bool) {
 	if w.skipServerFS(ms, root) {
 		return
 	}

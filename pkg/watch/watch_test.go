@@ -248,6 +248,39 @@ func TestSetRoots(t *testing.T) {
 	}
 }
 
+// TestSetRootsLimited: SetRoots walks only new roots, except after the
+// watch maximum was hit: then the kept roots get the room dropped ones left.
+func TestSetRootsLimited(t *testing.T) {
+	a, b, c := t.TempDir(), t.TempDir(), t.TempDir()
+	for _, dir := range []string{a, b} {
+		for _, sub := range []string{"s1", "s2"} {
+			if err := os.Mkdir(filepath.Join(dir, sub), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	first, second := a, b
+	if b < a {
+		first, second = b, a
+	}
+	w, err := New(Options{Roots: []string{a, b}, MaxWatches: 4}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if got := w.Watches(); got != 4 {
+		t.Fatalf("watches = %d, want 4 (the maximum)", got)
+	}
+	w.SetRoots([]string{second})
+	if got := w.Watches(); got != 3 {
+		t.Fatalf("after dropping %s: watches = %d, want 3 (all of %s, walked again)", first, got, second)
+	}
+	w.SetRoots([]string{second, c})
+	if got := w.Watches(); got != 4 {
+		t.Fatalf("after adding %s: watches = %d, want 4", c, got)
+	}
+}
+
 // TestMissingRoot: a root missing at start-up is watched by the first
 // RestoreRoots after it appears.
 func TestMissingRoot(t *testing.T) {
