@@ -26,6 +26,7 @@ type daemon struct {
 
 	// mu guards the fields below.
 	mu      sync.Mutex
+	backend string            // scan_backend of the start-up event
 	rescued map[string]string // path of each "file rescued" → method
 	skipped map[string]string // path of each "rescue skipped" → reason
 	wake    chan struct{}     // closed and replaced on each of those
@@ -84,11 +85,16 @@ func (d *daemon) read(r io.Reader, log *lineLog) {
 		log.line(sc.Bytes())
 		var ev struct {
 			Level, Msg, Path, Method, Reason string
+			Backend                          string `json:"scan_backend"`
 		}
 		if json.Unmarshal(sc.Bytes(), &ev) != nil {
 			continue
 		}
 		switch {
+		case ev.Msg == "relinkd started":
+			d.mu.Lock()
+			d.backend = ev.Backend
+			d.mu.Unlock()
 		case ev.Msg == "file rescued":
 			d.note(d.rescued, ev.Path, ev.Method)
 		case ev.Msg == "rescue skipped":
@@ -105,6 +111,22 @@ func (d *daemon) note(m map[string]string, path, v string) {
 	m[path] = v
 	close(d.wake)
 	d.wake = make(chan struct{})
+}
+
+// scanBackend is the sweep backend the daemon said it runs. Its start-up
+// event comes before READY=1 but is read from stderr on another goroutine,
+// so it is waited for a moment.
+func (d *daemon) scanBackend() string {
+	for range 100 {
+		d.mu.Lock()
+		b := d.backend
+		d.mu.Unlock()
+		if b != "" {
+			return b
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return "unknown"
 }
 
 // waitFor waits up to timeout for a "file rescued" or "rescue skipped"

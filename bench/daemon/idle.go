@@ -47,7 +47,7 @@ func idleCost(o *options, root, cfg, label string, h *busyHost) error {
 		return err
 	}
 	defer d.stop()
-	fmt.Printf("  start-up to READY=1 (first full sweep): %v\n", d.ready.Round(time.Millisecond))
+	fmt.Printf("  start-up to READY=1 (first full sweep): %v, sweeping with %s\n", d.ready.Round(time.Millisecond), d.scanBackend())
 	// Full sweeps run every 30 s from READY=1 on. The window is placed
 	// between them, so that it holds a known number: from 2 s to 28 s
 	// after READY=1 none (what the daemon costs between sweeps), then

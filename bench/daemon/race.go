@@ -139,8 +139,8 @@ func raceOn(o *options, root, self, host string, t tally) error {
 		return err
 	}
 	defer d.stop()
-	fmt.Printf("  daemon READY=1 after %v (sweeps 1h apart: only the event path can catch a holder; rescue.follow %t)\n",
-		d.ready.Round(time.Millisecond), o.follow)
+	fmt.Printf("  daemon READY=1 after %v, sweeping with %s (sweeps 1h apart: only the event path can catch a holder; rescue.follow %t)\n",
+		d.ready.Round(time.Millisecond), d.scanBackend(), o.follow)
 	var ctr *container
 	if slices.Contains(o.kinds, kindTmpfs) {
 		// Started after the daemon, as a container usually is: the

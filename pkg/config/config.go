@@ -68,8 +68,8 @@ type ScanConfig struct {
 	// Backend is how sweeps find deleted-but-open files: "proc" reads
 	// /proc/PID/fd, "bpf" walks the descriptor tables in the kernel (an
 	// eBPF iterator: CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN), "auto"
-	// takes BPF where it loads and /proc elsewhere. BPF that fails falls
-	// back to /proc.
+	// (the default) takes BPF where it loads and /proc elsewhere. BPF
+	// that fails falls back to /proc.
 	Backend string `yaml:"backend"`
 }
 
@@ -153,7 +153,7 @@ const DefaultMaxWatches = 8192
 func Defaults() *Config {
 	return &Config{
 		Scan: ScanConfig{Interval: Duration(30 * time.Second), Events: true, MaxWatches: DefaultMaxWatches,
-			FSTimeout: Duration(3 * time.Second), StallTimeout: Duration(30 * time.Second), Backend: "proc"},
+			FSTimeout: Duration(3 * time.Second), StallTimeout: Duration(30 * time.Second), Backend: "auto"},
 		Watch: []Rule{
 			{
 				Name:    "logs",

@@ -102,6 +102,21 @@ func (v *views) add(listed []int, base []string) (roots []string, changed bool, 
 		}
 		v.known = next
 	}
+	return v.addLocked(pids, base)
+}
+
+// addNew is add for pids known to be new (found by newLeaders), without a
+// listing of /proc.
+func (v *views) addNew(pids []int, base []string) (roots []string, changed bool, fresh []int) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, pid := range pids {
+		v.known[pid] = true
+	}
+	return v.addLocked(pids, base)
+}
+
+func (v *views) addLocked(pids []int, base []string) (roots []string, changed bool, fresh []int) {
 	for _, pid := range pids {
 		if ns := v.nsOf(pid); v.other(ns) {
 			if _, ok := v.reps[ns]; !ok {
