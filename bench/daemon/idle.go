@@ -2,7 +2,9 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"time"
 )
@@ -36,7 +38,30 @@ func idleCosts(o *options, tmp string) error {
 		}
 	}
 	label := fmt.Sprintf("%d processes x %d open files, default configuration", counts[len(counts)-1], o.busyFDs)
-	return idleCost(o, root, "configs/relinkd.yaml", label, h)
+	shipped, err := defaultConfig(root, o.backend)
+	if err != nil {
+		return err
+	}
+	return idleCost(o, root, shipped, label, h)
+}
+
+// defaultConfig returns the shipped configuration, or with -backend a copy
+// in dir that differs from it only in scan.backend.
+func defaultConfig(dir, backend string) (string, error) {
+	const shipped = "configs/relinkd.yaml"
+	if backend == "" {
+		return shipped, nil
+	}
+	b, err := os.ReadFile(shipped)
+	if err != nil {
+		return "", err
+	}
+	line := regexp.MustCompile(`(?m)^  backend: \w+$`)
+	if len(line.FindAll(b, -1)) != 1 {
+		return "", fmt.Errorf("%s: no single scan.backend line to replace", shipped)
+	}
+	p := filepath.Join(dir, "default.yaml")
+	return p, os.WriteFile(p, line.ReplaceAll(b, []byte("  backend: "+backend)), 0o644)
 }
 
 func idleCost(o *options, root, cfg, label string, h *busyHost) error {
