@@ -32,10 +32,10 @@ type daemon struct {
 	wake    chan struct{}     // closed and replaced on each of those
 }
 
-// startDaemon starts `relinkd run --config cfg` and returns once it has
-// said READY=1 on its NOTIFY_SOCKET, which it does after the first full
-// sweep.
-func startDaemon(bin, dir, cfg string, log *lineLog) (*daemon, error) {
+// startDaemon starts `relinkd run --config cfg` (at nice value o.nice)
+// and returns once it has said READY=1 on its NOTIFY_SOCKET, which it does
+// after the first full sweep.
+func startDaemon(o *options, dir, cfg string, log *lineLog) (*daemon, error) {
 	sock := filepath.Join(dir, "notify.sock")
 	os.Remove(sock)
 	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
@@ -47,7 +47,12 @@ func startDaemon(bin, dir, cfg string, log *lineLog) (*daemon, error) {
 		rescued: map[string]string{}, skipped: map[string]string{},
 		wake: make(chan struct{}), done: make(chan struct{}),
 	}
-	d.cmd = exec.Command(bin, "run", "--config", cfg)
+	d.cmd = exec.Command(o.bin, "run", "--config", cfg)
+	if o.nice != 0 {
+		// nice(1) before exec: every thread the Go runtime starts
+		// inherits it, as under the unit's Nice=.
+		d.cmd = exec.Command("nice", "-n", strconv.Itoa(o.nice), o.bin, "run", "--config", cfg)
+	}
 	d.cmd.SysProcAttr = dieWithUs
 	d.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
 	stderr, err := d.cmd.StderrPipe()

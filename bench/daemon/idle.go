@@ -67,7 +67,7 @@ func defaultConfig(dir, backend string) (string, error) {
 func idleCost(o *options, root, cfg, label string, h *busyHost) error {
 	fmt.Printf("idle cost: %s, %v (the last process holds %d descriptors; load %s)\n", label, o.idle,
 		h.descriptors(), loadavg())
-	d, err := startDaemon(o.bin, root, cfg, nil)
+	d, err := startDaemon(o, root, cfg, nil)
 	if err != nil {
 		return err
 	}

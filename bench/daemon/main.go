@@ -106,6 +106,8 @@ type options struct {
 	wait      time.Duration
 	gap       time.Duration // pause between two trials
 	churn     int           // short-lived processes a second during the race
+	hogs      int           // CPU-bound processes during the race
+	nice      int           // the daemons' nice value (the shipped unit's Nice=)
 	oldPerDir int
 	busyProcs int
 	busyFDs   int
@@ -162,6 +164,8 @@ func run() error {
 	wait := flag.Duration("wait", 300*time.Millisecond, "how long a trial waits for its rescue before the next starts (a late one still counts)")
 	flag.DurationVar(&o.gap, "gap", 0, "pause between two trials (quiet time between unlinks)")
 	flag.IntVar(&o.churn, "churn", 0, "during the race, also start about this many short-lived processes a second (/bin/true)")
+	flag.IntVar(&o.hogs, "hogs", 0, "during the race, also keep this many CPU-bound processes running (a host whose cores are busy)")
+	flag.IntVar(&o.nice, "nice", 0, "run the daemons at this nice value (the shipped unit has Nice=5)")
 	oldPerDir := flag.Int("old-per-dir", 10, "old holders per directory")
 	busyProcs := flag.Int("busy-procs", 400, "busy host: processes")
 	busyFDs := flag.Int("busy-fds", 100, "busy host: open files per process")

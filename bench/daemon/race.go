@@ -89,6 +89,9 @@ func raceOn(o *options, root, self, host string, t tally) error {
 	}
 	fmt.Printf("race, %s host: %d trials per kind and delay (%s), kinds %s\n", host, o.trials,
 		strings.Join(o.delays, ", "), strings.Join(o.kinds, ", "))
+	if o.hogs > 0 || o.nice != 0 {
+		fmt.Printf("  %d CPU-bound processes during the trials; daemon at nice %d\n", o.hogs, o.nice)
+	}
 
 	old := map[string]*oldHolder{}
 	defer func() {
@@ -134,7 +137,7 @@ func raceOn(o *options, root, self, host string, t tally) error {
 	if err != nil {
 		return err
 	}
-	d, err := startDaemon(o.bin, root, cfg, o.log)
+	d, err := startDaemon(o, root, cfg, o.log)
 	if err != nil {
 		return err
 	}
@@ -159,6 +162,11 @@ func raceOn(o *options, root, self, host string, t tally) error {
 	pids := pidCounter{last: lastPID(), max: pidMax()}
 	stopChurn := churn(o.churn)
 	defer stopChurn()
+	stopHogs, err := hogs(o.hogs)
+	if err != nil {
+		return err
+	}
+	defer stopHogs()
 
 	var trials []trial
 	for i := range o.trials {
@@ -303,6 +311,30 @@ func churn(rate int) (stop func()) {
 	}()
 	var once sync.Once
 	return func() { once.Do(func() { close(done); <-stopped }) }
+}
+
+// hogs starts n CPU-bound processes, at nice 0, until the returned
+// function is called: a host whose cores are busy, where the daemon must
+// win a core back to catch a holder.
+func hogs(n int) (stop func(), err error) {
+	var cmds []*exec.Cmd
+	stop = func() {
+		for _, c := range cmds {
+			_ = c.Process.Kill()
+			_ = c.Wait()
+		}
+		cmds = nil
+	}
+	for range n {
+		c := exec.Command("sh", "-c", "while :; do :; done")
+		c.SysProcAttr = dieWithUs
+		if err := c.Start(); err != nil {
+			stop()
+			return nil, err
+		}
+		cmds = append(cmds, c)
+	}
+	return stop, nil
 }
 
 // lastPID returns the pid most recently allocated on the host, the last
