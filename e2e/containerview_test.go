@@ -103,4 +103,15 @@ func TestContainerView(t *testing.T) {
 	d.Wait("views dropped", 15*time.Second, func(e Event) bool {
 		return e.Msg() == "watched trees" && !watching(e) && e.str("ts") > ev.str("ts")
 	})
+	// The view's directories above its tmpfs are the host's own inodes,
+	// watched once under both names: dropping the view must leave the
+	// host's watches in place. A host holder that deletes its file there
+	// and exits 50 ms later is still caught by the event path.
+	host := filepath.Join(watched, "host.log")
+	data := string(content(host, 4096))
+	shortLived(t, host, data, 50*time.Millisecond)
+	got = d.Wait("the host's file rescued after the view was dropped", 10*time.Second, Rescued(host))
+	if sha(t, got.str("rescued_to")) != shaBytes([]byte(data)) {
+		t.Error("rescued content differs")
+	}
 }

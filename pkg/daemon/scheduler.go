@@ -312,14 +312,20 @@ func (s *scheduler) note(ev watch.Event, dirs map[string]bool) int {
 		return 0
 	}
 	// A view in another mount namespace: the holders there name the
-	// directory as they see it.
-	ev.Dir = s.views.viewOf(ev.Dir)
+	// directory as they see it. A directory watched under several names
+	// (the host's and a container's view of it) is each of them.
+	for _, dir := range append([]string{ev.Dir}, ev.Also...) {
+		dir = s.views.viewOf(dir)
+		if ev.Created {
+			s.created[dir] = ev.At
+			s.createdNew = true
+			continue
+		}
+		dirs[dir] = true
+	}
 	if ev.Created {
-		s.created[ev.Dir] = ev.At
-		s.createdNew = true
 		return 0
 	}
-	dirs[ev.Dir] = true
 	return 1
 }
 

@@ -57,7 +57,11 @@ type Event struct {
 	// Created is set for a file created in (or moved into) Dir: not a
 	// removal, but a file whose holder no earlier look has seen.
 	Created bool
-	At      time.Time // when the event was read from the kernel
+	// Also holds the directory's other names: the same inode watched
+	// under two paths (a bind mount, or a container's view of a host
+	// directory) is one watch, and one event, for both.
+	Also []string
+	At   time.Time // when the event was read from the kernel
 }
 
 // Watcher watches directory trees for removals.
@@ -68,12 +72,19 @@ type Watcher struct {
 	onChange func(int)
 	proc     procfs.FS
 
-	mu      sync.Mutex
-	roots   []string
-	byWd    map[int]string
-	byPath  map[string]int
-	added   int  // watches added so far (for Rescan's count)
-	limited bool // the max or the kernel limit was hit (logged once)
+	mu     sync.Mutex
+	roots  []string
+	byWd   map[int][]string // every name of the watched directory, in the order added
+	byPath map[string]int
+	// Watches made for other mount namespaces' views (PROC/PID/root/…)
+	// alone, by view: any user who can make a mount namespace can fill
+	// a view with directories, so views get a share of the maximum and
+	// each view a smaller one, and the host's trees keep the rest.
+	viewOf    map[int]string // watch -> the view it was made for
+	viewCount map[string]int
+	viewsFull bool // a share was reached (logged once until SetRoots)
+	added     int  // watches added so far (for Rescan's count)
+	limited   bool // the max or the kernel limit was hit (logged once)
 }
 
 // New starts an inotify instance and watches opt.Roots.
@@ -86,13 +97,15 @@ func New(opt Options, log *zap.Logger) (*Watcher, error) {
 		return nil, err
 	}
 	w := &Watcher{
-		log:      log,
-		max:      opt.MaxWatches,
-		in:       in,
-		onChange: opt.OnChange,
-		proc:     procfs.New(opt.ProcRoot),
-		byWd:     make(map[int]string),
-		byPath:   make(map[string]int),
+		log:       log,
+		max:       opt.MaxWatches,
+		in:        in,
+		onChange:  opt.OnChange,
+		proc:      procfs.New(opt.ProcRoot),
+		byWd:      make(map[int][]string),
+		viewOf:    make(map[int]string),
+		viewCount: make(map[string]int),
+		byPath:    make(map[string]int),
 	}
 	if w.max <= 0 {
 		w.max = DefaultMaxWatches
@@ -111,15 +124,15 @@ func (w *Watcher) Watches() int {
 // SetRoots replaces the watched trees: watches outside every new root are
 // removed, new roots are added. It is how a configuration reload applies,
 // and how a container's views are added and dropped. Only the new roots
-// are walked (all of them once the watch maximum was hit, since dropped
-// watches may have made room): the trees already watched are kept up to
+// are walked (all of them once the watch maximum or the views' share was
+// hit, since dropped watches may have made room): the trees already watched are kept up to
 // date by their events and by RestoreRoots, and walking every tree again
 // each time a namespace comes or goes would cost the caller milliseconds.
 func (w *Watcher) SetRoots(roots []string) {
 	roots = Minimal(roots)
 	w.mu.Lock()
 	old := w.roots
-	if w.limited {
+	if w.limited || w.viewsFull {
 		old = nil
 	}
 	w.roots = roots
@@ -128,7 +141,7 @@ func (w *Watcher) SetRoots(roots []string) {
 			w.dropLocked(path, wd)
 		}
 	}
-	w.limited = false
+	w.limited, w.viewsFull = false, false
 	w.mu.Unlock()
 	ms := w.readMounts()
 	for _, r := range roots {
@@ -284,49 +297,58 @@ func (w *Watcher) handle(wd int, mask uint32, name string) (Event, bool) {
 		return Event{Overflow: true}, true
 	}
 	w.mu.Lock()
-	dir, known := w.byWd[wd]
+	names := slices.Clone(w.byWd[wd])
 	if mask&unix.IN_IGNORED != 0 {
 		// The directory was removed, or its filesystem unmounted; the
 		// kernel dropped the watch.
-		if known {
-			delete(w.byWd, wd)
-			if w.byPath[dir] == wd {
-				delete(w.byPath, dir)
-			}
-			w.changedLocked()
-			if slices.Contains(w.roots, dir) {
-				w.log.Warn("watched root removed; watched again once it exists, from the next full sweep", zap.String("dir", dir))
+		if len(names) > 0 {
+			w.forgetLocked(wd)
+			for _, dir := range names {
+				if w.byPath[dir] == wd {
+					delete(w.byPath, dir)
+				}
+				if slices.Contains(w.roots, dir) {
+					w.log.Warn("watched root removed; watched again once it exists, from the next full sweep", zap.String("dir", dir))
+				}
 			}
 		}
 		w.mu.Unlock()
 		return Event{}, false
 	}
 	w.mu.Unlock()
-	if !known || name == "" {
+	if len(names) == 0 || name == "" {
 		return Event{}, false
 	}
-	path := filepath.Join(dir, name)
 	isDir := mask&unix.IN_ISDIR != 0
 	switch {
 	case isDir && mask&(unix.IN_CREATE|unix.IN_MOVED_TO) != 0:
-		w.addTree(w.readMounts(), path, false)
-		w.log.Debug("watching new directory", zap.String("dir", path))
+		// Under each of the parent's names, so that dropping one (a
+		// container's view that ends) leaves the others watched.
+		ms := w.readMounts()
+		for _, dir := range names {
+			path := filepath.Join(dir, name)
+			w.addTree(ms, path, false)
+			w.log.Debug("watching new directory", zap.String("dir", path))
+		}
 		return Event{}, false
 	case isDir && mask&unix.IN_MOVED_FROM != 0:
 		// The subtree now lives under another name, maybe outside every
 		// root: forget it; a move back in is an IN_MOVED_TO.
 		w.mu.Lock()
-		for p, d := range w.byPath {
-			if p == path || strings.HasPrefix(p, path+"/") {
-				w.dropLocked(p, d)
+		for _, dir := range names {
+			path := filepath.Join(dir, name)
+			for p, d := range w.byPath {
+				if p == path || strings.HasPrefix(p, path+"/") {
+					w.dropLocked(p, d)
+				}
 			}
 		}
 		w.mu.Unlock()
 		return Event{}, false
 	case !isDir && mask&(unix.IN_DELETE|unix.IN_MOVED_FROM) != 0:
-		return Event{Dir: dir, Name: name}, true
+		return Event{Dir: names[0], Name: name, Also: names[1:]}, true
 	case !isDir && mask&(unix.IN_CREATE|unix.IN_MOVED_TO) != 0:
-		return Event{Dir: dir, Name: name, Created: true}, true
+		return Event{Dir: names[0], Name: name, Created: true, Also: names[1:]}, true
 	}
 	return Event{}, false
 }
@@ -412,16 +434,26 @@ func (w *Watcher) add(dir string, recheck bool) bool {
 	if watched && old == wd {
 		return true
 	}
+	_, shared := w.byWd[wd]
+	view := w.viewKey(dir)
+	if !shared && view != "" {
+		if !w.viewRoomLocked(view) {
+			_ = rmWatch(w.in, wd)
+			return false
+		}
+		w.viewOf[wd] = view
+		w.viewCount[view]++
+	}
 	if watched {
 		// Replaced while its IN_IGNORED was lost: the old watch is on
 		// a removed inode.
 		w.dropLocked(dir, old)
 	}
-	if other, ok := w.byWd[wd]; ok && other != dir {
-		// The same inode under a second name (bind mount): one watch.
-		delete(w.byPath, other)
+	// The same inode may be watched under other names already (a bind
+	// mount, a container's view): one watch, which each name keeps.
+	if !slices.Contains(w.byWd[wd], dir) {
+		w.byWd[wd] = append(w.byWd[wd], dir)
 	}
-	w.byWd[wd] = dir
 	w.byPath[dir] = wd
 	w.added++
 	w.changedLocked()
@@ -449,13 +481,63 @@ func (w *Watcher) limitLocked(dir string, err error) {
 	w.log.Warn("watch maximum reached; directories beyond it rely on sweeps", fields...)
 }
 
+// dropLocked forgets path as a name of watch wd, and removes the watch
+// once it has no name left.
 func (w *Watcher) dropLocked(path string, wd int) {
-	_ = rmWatch(w.in, wd)
 	delete(w.byPath, path)
-	if w.byWd[wd] == path {
-		delete(w.byWd, wd)
+	names := slices.DeleteFunc(w.byWd[wd], func(n string) bool { return n == path })
+	if len(names) > 0 {
+		w.byWd[wd] = names
+		return
+	}
+	_ = rmWatch(w.in, wd)
+	w.forgetLocked(wd)
+}
+
+// forgetLocked forgets watch wd, which the kernel no longer has.
+func (w *Watcher) forgetLocked(wd int) {
+	delete(w.byWd, wd)
+	if view, ok := w.viewOf[wd]; ok {
+		delete(w.viewOf, wd)
+		if w.viewCount[view]--; w.viewCount[view] <= 0 {
+			delete(w.viewCount, view)
+		}
 	}
 	w.changedLocked()
+}
+
+// viewKey returns the view dir is in (PROC/PID/root), "" for the host's
+// trees.
+func (w *Watcher) viewKey(dir string) string {
+	rest, ok := strings.CutPrefix(dir, w.proc.Root()+"/")
+	if !ok {
+		return ""
+	}
+	pid, after, _ := strings.Cut(rest, "/")
+	if pid == "" || strings.Trim(pid, "0123456789") != "" || (after != "root" && !strings.HasPrefix(after, "root/")) {
+		return ""
+	}
+	return w.proc.Root() + "/" + pid + "/root"
+}
+
+// viewRoomLocked reports whether view may have one more watch of its own:
+// all views together at most half the maximum, one view at most an
+// eighth. Reaching a share is said once until the next SetRoots.
+func (w *Watcher) viewRoomLocked(view string) bool {
+	total := 0
+	for _, n := range w.viewCount {
+		total += n
+	}
+	if total < w.max/2 && w.viewCount[view] < max(w.max/8, 1) {
+		return true
+	}
+	if !w.viewsFull {
+		w.viewsFull = true
+		w.log.Warn("watches in other mount namespaces' views reached their share; directories beyond it rely on sweeps",
+			zap.String("view", view), zap.Int("view_watches", w.viewCount[view]), zap.Int("views_watches", total),
+			zap.Int("max", w.max))
+	}
+	return false
 }
 
 // StaticPrefix returns the directory part of glob before its first

@@ -281,6 +281,125 @@ func TestSetRootsLimited(t *testing.T) {
 	}
 }
 
+// TestAliases: one directory watched under two names (a container's view
+// of a host directory, through /proc/self/root here) is one watch. Its
+// events carry both names, a directory created in it is watched under
+// both, and dropping one name, in either order, leaves the other watched.
+func TestAliases(t *testing.T) {
+	for _, order := range []string{"view added last", "view added first"} {
+		t.Run(order, func(t *testing.T) {
+			host := t.TempDir()
+			view := "/proc/self/root" + host
+			first := []string{host}
+			if order == "view added first" {
+				first = []string{view}
+			}
+			w, ch, changed := start(t, Options{Roots: first})
+			w.SetRoots([]string{host, view})
+			if got := w.Watches(); got != 1 {
+				t.Fatalf("watches = %d, want 1 (one inode)", got)
+			}
+			if err := os.Mkdir(filepath.Join(host, "sub"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			waitWatches(t, w, changed, 2)
+			// The second name joins the same watch (the count does
+			// not change): poll for it.
+			var hostSub, viewSub bool
+			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+				w.mu.Lock()
+				_, hostSub = w.byPath[filepath.Join(host, "sub")]
+				_, viewSub = w.byPath[filepath.Join(view, "sub")]
+				w.mu.Unlock()
+				if hostSub && viewSub {
+					break
+				}
+			}
+			if !hostSub || !viewSub {
+				t.Errorf("new directory watched under the host's name %v, the view's %v; want both", hostSub, viewSub)
+			}
+			mkfile(t, filepath.Join(host, "a"))
+			os.Remove(filepath.Join(host, "a"))
+			ev := next(t, ch, false)
+			if names := append([]string{ev.Dir}, ev.Also...); !slices.Contains(names, host) || !slices.Contains(names, view) {
+				t.Errorf("event names %v, want %s and %s", names, host, view)
+			}
+			// The view goes (its container ended): the host's
+			// directories stay watched.
+			w.SetRoots([]string{host})
+			if got := w.Watches(); got != 2 {
+				t.Fatalf("after dropping the view: watches = %d, want 2", got)
+			}
+			mkfile(t, filepath.Join(host, "sub", "b"))
+			os.Remove(filepath.Join(host, "sub", "b"))
+			if ev := next(t, ch, false); ev.Dir != filepath.Join(host, "sub") || len(ev.Also) != 0 {
+				t.Errorf("event %+v, want %s/sub under that name only", ev, host)
+			}
+		})
+	}
+}
+
+// TestViewShare: the directories of another mount namespace's view that
+// are its own (not the host's inodes under a second name) get at most an
+// eighth of the maximum per view, so that a user who fills a view with
+// directories cannot take the watches the host's trees need.
+func TestViewShare(t *testing.T) {
+	host, other := t.TempDir(), t.TempDir()
+	for _, dir := range []string{host, other} {
+		for _, sub := range []string{"a", "b", "c", "d", "e"} {
+			if err := os.Mkdir(filepath.Join(dir, sub), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// A view's path is PROC/PID/root/…: our own pid's stands in for a
+	// container's.
+	view := fmt.Sprintf("/proc/%d/root%s", os.Getpid(), other)
+	core, logs := observer.New(zap.WarnLevel)
+	w, err := New(Options{Roots: []string{host}, MaxWatches: 16}, zap.New(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	w.SetRoots([]string{host, view})
+	if got := w.Watches(); got != 6+2 {
+		t.Errorf("watches = %d, want 8: the host's 6 and the view's share, 16/8", got)
+	}
+	if n := logs.FilterMessage("watches in other mount namespaces' views reached their share; directories beyond it rely on sweeps").Len(); n != 1 {
+		t.Errorf("the share was said %d times, want once: %v", n, logs.All())
+	}
+	// A host directory created now still gets its watch.
+	if err := os.Mkdir(filepath.Join(host, "f"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	w.RestoreRoots()
+	w.Rescan()
+	if got := w.Watches(); got != 9 {
+		t.Errorf("after a new host directory: watches = %d, want 9", got)
+	}
+	// The view gone, its share is free again.
+	w.SetRoots([]string{host})
+	if got := w.Watches(); got != 7 {
+		t.Errorf("after dropping the view: watches = %d, want 7", got)
+	}
+}
+
+// next returns the next event with Created == created, skipping others.
+func next(t *testing.T, ch <-chan Event, created bool) Event {
+	t.Helper()
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case ev := <-ch:
+			if ev.Created == created {
+				return ev
+			}
+		case <-deadline:
+			t.Fatal("no event")
+		}
+	}
+}
+
 // TestMissingRoot: a root missing at start-up is watched by the first
 // RestoreRoots after it appears.
 func TestMissingRoot(t *testing.T) {
