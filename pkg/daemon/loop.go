@@ -67,6 +67,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.trees.setWatcher(w)
 			watchDone = make(chan error, 1)
 			go func() { watchDone <- w.Run(wctx, events) }()
+			if mc, err := newMountChanges(d.views.procRoot); err != nil {
+				d.log.Warn("mount changes in containers' views unavailable; a view is walked only when it is added", zap.Error(err))
+			} else {
+				d.trees.mounts = mc
+				go d.trees.followMounts(wctx)
+			}
 		}
 	}
 
@@ -211,12 +217,15 @@ func (d *Daemon) fullPasses(ctx context.Context) {
 	}
 }
 
-// namespaces looks for new mount namespaces (containers starting) once a
-// second, between full passes, and has their views watched; only new
-// processes are looked at. It runs off the loop: the look lists /proc and
+// nsLook is how often namespaces looks for new mount namespaces.
+const nsLook = 250 * time.Millisecond
+
+// namespaces looks for new mount namespaces (containers starting) every
+// nsLook, between full passes, and has their views watched; only new
+// processes are looked at. It runs off the loop: the look reads /proc and
 // may walk new trees, which an event's targeted sweep must not wait for.
 func (d *Daemon) namespaces(ctx context.Context) {
-	tick := time.NewTicker(time.Second)
+	tick := time.NewTicker(nsLook)
 	defer tick.Stop()
 	last := 0 // the last pid handed out at the previous look
 	for {
@@ -232,13 +241,13 @@ func (d *Daemon) namespaces(ctx context.Context) {
 		if ok && pid == last {
 			continue
 		}
-		// A few pids handed out: the new processes are probed by pid,
-		// cheaper than a listing of /proc (about a millisecond at 500
-		// processes, each second on a host that forks now and then).
+		// A few pids handed out: each is probed (a readlink of its
+		// ns/mnt), cheaper than a listing of /proc (about a millisecond
+		// at 500 processes).
 		add := d.views.add
 		var pids []int
 		if ok && last != 0 && pid > last && pid-last <= maxNewPIDs {
-			add, pids = d.views.addNew, newLeaders(d.proc, last, pid)
+			add, pids = d.views.addNew, d.views.bornElsewhere(last, pid)
 		} else {
 			pids = listPIDs(d.proc)
 		}

@@ -57,9 +57,18 @@ func statxBirth(dirfd int, path string, flags int) (int64, bool) {
 // id's thread group is read once (/proc/TID/task lists all of it) and only
 // leaders born in the range are kept; ids that are gone are skipped.
 func newLeaders(proc procfs.FS, prev, last int) []int {
+	ids := make([]int, 0, max(0, last-prev))
+	for id := prev + 1; id <= last; id++ {
+		ids = append(ids, id)
+	}
+	return newLeadersOf(proc, ids, prev, last)
+}
+
+// newLeadersOf is newLeaders for some of the ids in (prev, last] only.
+func newLeadersOf(proc procfs.FS, ids []int, prev, last int) []int {
 	seen := make(map[int]bool)
 	var out []int
-	for tid := prev + 1; tid <= last; tid++ {
+	for _, tid := range ids {
 		if seen[tid] {
 			continue
 		}

@@ -1,8 +1,10 @@
 package daemon
 
 import (
+	"context"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -14,8 +16,9 @@ import (
 // namespaces), the full pass (namespaces gone) and reload all set them;
 // mu makes that one SetRoots at a time, in the order they were decided.
 type trees struct {
-	log   *zap.Logger
-	views *views
+	log    *zap.Logger
+	views  *views
+	mounts *mountChanges // nil: views are walked only when they are added
 
 	w  atomic.Pointer[watch.Watcher] // nil until Run made one (or without events)
 	mu sync.Mutex                    // held across each SetRoots
@@ -39,8 +42,37 @@ func (t *trees) update(events bool, decide func() (roots []string, changed bool)
 		return
 	}
 	w.SetRoots(roots)
+	if t.mounts != nil {
+		t.mounts.sync(t.views.representatives())
+	}
 	t.log.Debug("watched trees", zap.Int("roots", len(roots)), zap.Strings("mntns", t.views.namespaces()),
 		zap.Int("watches", w.Watches()))
+}
+
+// followMounts walks a view's trees again whenever mounts change in its
+// namespace (see mountChanges), until ctx ends.
+func (t *trees) followMounts(ctx context.Context) {
+	if t.mounts == nil {
+		return
+	}
+	defer t.mounts.close()
+	t.mounts.run(ctx, 20*time.Millisecond, func(nss []string) {
+		w := t.watcher()
+		if w == nil {
+			return
+		}
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		for _, ns := range nss {
+			prefix := t.views.viewPrefix(ns)
+			if prefix == "" {
+				continue
+			}
+			added := w.RescanUnder(prefix)
+			t.log.Debug("mounts changed in a watched view; its trees walked again", zap.String("mntns", ns),
+				zap.String("view", prefix), zap.Int("added", added), zap.Int("watches", w.Watches()))
+		}
+	})
 }
 
 // reload gives the watcher the trees of new rules (base, and their views

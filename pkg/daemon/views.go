@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -26,17 +27,21 @@ type views struct {
 	own      string // the daemon's mount namespace, and the host's
 	host     string // PID 1's ("" when unknown)
 
-	mu    sync.Mutex     // one update at a time: the loop and the full pass both call it
-	reps  map[string]int // other namespace -> the pid its views go through
-	roots []string       // the last set given to the watcher
-	known map[int]bool   // pids whose namespace was looked at, as of the last listing
+	mu   sync.Mutex     // one update at a time: the loop and the full pass both call it
+	reps map[string]int // other namespace -> the pid its views go through
+	// Other processes seen in each namespace, newest last, at most
+	// maxMembers: where a representative that exits is replaced from.
+	members map[string][]int
+	roots   []string     // the last set given to the watcher
+	known   map[int]bool // pids whose namespace was looked at, as of the last listing
 }
 
 func newViews(procRoot, hostRoot string) *views {
 	if hostRoot == "/" {
 		hostRoot = ""
 	}
-	v := &views{procRoot: procRoot, hostRoot: strings.TrimSuffix(hostRoot, "/"), reps: make(map[string]int), known: make(map[int]bool)}
+	v := &views{procRoot: procRoot, hostRoot: strings.TrimSuffix(hostRoot, "/"), reps: make(map[string]int),
+		members: make(map[string][]int), known: make(map[int]bool)}
 	proc := procfs.New(procRoot)
 	v.own, _ = proc.MountNS("self")
 	v.host, _ = proc.MountNS("1")
@@ -75,6 +80,12 @@ func (v *views) full(pids []int, base []string) (roots []string, changed bool) {
 		}
 	}
 	v.reps = seen
+	v.members = make(map[string][]int)
+	for _, pid := range pids {
+		if ns := v.nsOf(pid); v.other(ns) {
+			v.member(ns, pid)
+		}
+	}
 	v.known = make(map[int]bool, len(pids))
 	for _, pid := range pids {
 		v.known[pid] = true
@@ -105,8 +116,25 @@ func (v *views) add(listed []int, base []string) (roots []string, changed bool, 
 	return v.addLocked(pids, base)
 }
 
-// addNew is add for pids known to be new (found by newLeaders), without a
-// listing of /proc.
+// bornElsewhere returns the processes with pids in (prev, last], the ids
+// handed out since the last look, that live in another mount namespace:
+// one readlink of ns/mnt per id, and the thread listing that tells a
+// process from a thread only for the few in other namespaces.
+func (v *views) bornElsewhere(prev, last int) []int {
+	var ids []int
+	for id := prev + 1; id <= last; id++ {
+		if v.other(v.nsOf(id)) {
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	return newLeadersOf(procfs.New(v.procRoot), ids, prev, last)
+}
+
+// addNew is add for pids known to be new (found by bornElsewhere),
+// without a listing of /proc.
 func (v *views) addNew(pids []int, base []string) (roots []string, changed bool, fresh []int) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -122,11 +150,58 @@ func (v *views) addLocked(pids []int, base []string) (roots []string, changed bo
 			if _, ok := v.reps[ns]; !ok {
 				v.reps[ns] = pid
 			}
+			v.member(ns, pid)
 			fresh = append(fresh, pid)
 		}
 	}
+	v.repairLocked()
 	roots, changed = v.rootsLocked(base)
 	return roots, changed, fresh
+}
+
+// maxMembers bounds the processes kept per namespace to replace its
+// representative from.
+const maxMembers = 8
+
+func (v *views) member(ns string, pid int) {
+	m := append(v.members[ns], pid)
+	v.members[ns] = m[max(0, len(m)-maxMembers):]
+}
+
+// repairLocked replaces the representatives that are gone. A runtime's
+// first process in a new namespace often lives only while it sets the
+// container up (runc's intermediate stages), and views through a dead
+// pid name nothing. The replacement is another process seen in the
+// namespace, or, when none lives, one found in a listing of /proc; a
+// namespace without processes is dropped. One readlink per namespace.
+func (v *views) repairLocked() {
+	for ns, rep := range v.reps {
+		if v.nsOf(rep) == ns {
+			continue
+		}
+		alive := 0
+		members := v.members[ns]
+		for i := len(members) - 1; i >= 0 && alive == 0; i-- {
+			if pid := members[i]; pid != rep && v.nsOf(pid) == ns {
+				alive = pid
+			}
+		}
+		if alive == 0 {
+			pids, _ := procfs.New(v.procRoot).PIDs()
+			for _, pid := range pids {
+				if v.nsOf(pid) == ns {
+					alive = pid
+					break
+				}
+			}
+		}
+		if alive == 0 {
+			delete(v.reps, ns)
+			delete(v.members, ns)
+			continue
+		}
+		v.reps[ns] = alive
+	}
 }
 
 func (v *views) rootsLocked(base []string) ([]string, bool) {
@@ -146,6 +221,26 @@ func (v *views) rootsLocked(base []string) ([]string, bool) {
 	}
 	v.roots = roots
 	return roots, true
+}
+
+// representatives returns each other namespace watched and the pid its
+// views go through.
+func (v *views) representatives() map[string]int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return maps.Clone(v.reps)
+}
+
+// viewPrefix returns the path below which ns's views are watched
+// (PROC/PID/root), "" when ns is not watched.
+func (v *views) viewPrefix(ns string) string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	rep, ok := v.reps[ns]
+	if !ok {
+		return ""
+	}
+	return v.procRoot + "/" + strconv.Itoa(rep) + "/root"
 }
 
 // namespaces returns the other namespaces watched ("mnt:[N]"), sorted.

@@ -1,8 +1,20 @@
 package daemon
 
 import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
+	"time"
+
+	"github.com/relinkd/relinkd/internal/procfs"
+	"github.com/relinkd/relinkd/internal/testfs"
 )
 
 // TestViewsHostRoot: in container mode the host's trees are watched
@@ -26,5 +38,110 @@ func TestViewsHostRoot(t *testing.T) {
 				t.Errorf("viewOf(%q) = %q, want %q", tt.dir, got, tt.want)
 			}
 		})
+	}
+}
+
+// inNewMountNS starts script in a mount namespace of its own (unshare
+// --mount, private propagation) and returns its pid and namespace; it is
+// killed at cleanup.
+func inNewMountNS(t *testing.T, script string) (int, string) {
+	t.Helper()
+	testfs.RequireRoot(t)
+	testfs.RequireTool(t, "unshare")
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", script)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	own, _ := procfs.New("/proc").MountNS("self")
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if ns, err := procfs.New("/proc").MountNS(strconv.Itoa(cmd.Process.Pid)); err == nil && ns != own {
+			return cmd.Process.Pid, ns
+		}
+	}
+	t.Fatal("the process never entered its own mount namespace")
+	return 0, ""
+}
+
+// TestMountChanges: a mount in a followed namespace is reported, once
+// for a burst; a namespace no longer followed is not.
+func TestMountChanges(t *testing.T) {
+	testfs.RequireTool(t, "nsenter")
+	dir := t.TempDir()
+	pid, ns := inNewMountNS(t, "exec sleep 100")
+	m, err := newMountChanges("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	got := make(chan []string, 8)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		m.run(ctx, 20*time.Millisecond, func(nss []string) { got <- nss })
+	}()
+	defer func() { cancel(); <-done; m.close() }()
+	m.sync(map[string]int{ns: pid})
+	mount := func(target string) {
+		t.Helper()
+		if out, err := exec.Command("nsenter", "-t", strconv.Itoa(pid), "-m", "mount", "-t", "tmpfs", "tmpfs", target).CombinedOutput(); err != nil {
+			t.Fatalf("mount in the namespace: %v: %s", err, out)
+		}
+	}
+	mount(dir)
+	select {
+	case nss := <-got:
+		if !slices.Equal(nss, []string{ns}) {
+			t.Errorf("changed %v, want [%s]", nss, ns)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no change reported for a mount in the namespace")
+	}
+	m.sync(nil)
+	mount(filepath.Join(dir, "."))
+	select {
+	case nss := <-got:
+		t.Errorf("changed %v after the namespace was no longer followed", nss)
+	case <-time.After(300 * time.Millisecond):
+	}
+}
+
+// TestRepairRepresentative: a namespace's first process often lives only
+// while it sets up (runc's intermediate stages); once it is gone, the
+// views go through another process of the namespace, and a namespace
+// whose processes are all gone is dropped.
+func TestRepairRepresentative(t *testing.T) {
+	// The first process leaves a child behind and exits a moment later.
+	first, ns := inNewMountNS(t, "sleep 100 & sleep 0.3")
+	v := newViews("/proc", "")
+	var child int
+	for deadline := time.Now().Add(5 * time.Second); child == 0 && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", first, first))
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			child, _ = strconv.Atoi(f[0])
+		}
+	}
+	if child == 0 {
+		t.Fatal("no child of the first process")
+	}
+	base := []string{"/var/log"}
+	roots, _, _ := v.addNew([]int{first, child}, base)
+	if want := fmt.Sprintf("/proc/%d/root/var/log", first); !slices.Contains(roots, want) {
+		t.Fatalf("roots %v, want %s (the first process)", roots, want)
+	}
+	// The first exits; the next look repairs.
+	for deadline := time.Now().Add(5 * time.Second); v.nsOf(first) == ns && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+	}
+	roots, changed, _ := v.addNew(nil, base)
+	if want := fmt.Sprintf("/proc/%d/root/var/log", child); !changed || !slices.Contains(roots, want) {
+		t.Fatalf("after the first exited: roots %v (changed %v), want %s", roots, changed, want)
+	}
+	if err := syscall.Kill(child, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); v.nsOf(child) == ns && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+	}
+	if roots, _, _ := v.addNew(nil, base); slices.ContainsFunc(roots, func(r string) bool { return strings.HasPrefix(r, "/proc/") }) {
+		t.Errorf("after every process of the namespace exited: roots %v, want the host's alone", roots)
 	}
 }

@@ -215,6 +215,28 @@ func (w *Watcher) Rescan() int {
 	return w.added - before
 }
 
+// RescanUnder walks again the roots at or below prefix, as Rescan does:
+// the caller knows that mounts changed there (a container's view, whose
+// runtime mounted its own directories over what was watched), so a path
+// now naming another directory gets that directory's watch.
+func (w *Watcher) RescanUnder(prefix string) int {
+	w.mu.Lock()
+	var roots []string
+	for _, r := range w.roots {
+		if underAny(r, []string{prefix}) {
+			roots = append(roots, r)
+		}
+	}
+	before := w.added
+	w.mu.Unlock()
+	for _, r := range roots {
+		w.rescanTree(r)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.added - before
+}
+
 // rescanTree adds every directory of root's tree again (see add) and drops
 // the watches of directories under it that are gone.
 func (w *Watcher) rescanTree(root string) {
