@@ -72,39 +72,62 @@ func (m *mountChanges) sync(reps map[string]int) {
 
 // run calls changed with the namespaces whose mounts changed, until ctx
 // ends. A runtime setting up a container mounts a dozen times in a few
-// milliseconds: the changes of settle are given at once.
-func (m *mountChanges) run(ctx context.Context, settle time.Duration, changed func(ns []string)) {
+// milliseconds: a namespace is reported settle after its first change,
+// with the changes that came meanwhile. Any user who can make a mount
+// namespace can also mount and unmount in it in a loop, and each report
+// walks that view's trees: a namespace is reported at most once per gap.
+func (m *mountChanges) run(ctx context.Context, settle, gap time.Duration, changed func(ns []string)) {
 	events := make([]unix.EpollEvent, 32)
+	dirty := make(map[string]time.Time) // namespace -> when it is due
+	last := make(map[string]time.Time)  // namespace -> its last report
 	for ctx.Err() == nil {
-		n, err := unix.EpollWait(m.epfd, events, 500)
-		if err != nil || n <= 0 {
-			continue // EINTR, or the timeout: look at ctx again
+		timeout := 500 * time.Millisecond
+		now := time.Now()
+		for _, due := range dirty {
+			timeout = min(timeout, max(due.Sub(now), time.Millisecond))
 		}
-		seen := make(map[string]bool)
-		m.note(events[:n], seen)
-		deadline := time.Now().Add(settle)
-		for left := time.Until(deadline); left > 0; left = time.Until(deadline) {
-			n, err := unix.EpollWait(m.epfd, events, int(left.Milliseconds())+1)
-			if err == nil && n > 0 {
-				m.note(events[:n], seen)
+		n, err := unix.EpollWait(m.epfd, events, int(timeout.Milliseconds()))
+		now = time.Now()
+		if err == nil && n > 0 {
+			for _, ns := range m.namespaces(events[:n]) {
+				if _, ok := dirty[ns]; !ok {
+					dirty[ns] = now.Add(settle)
+					if at, ok := last[ns]; ok && at.Add(gap).After(dirty[ns]) {
+						dirty[ns] = at.Add(gap)
+					}
+				}
 			}
 		}
-		list := make([]string, 0, len(seen))
-		for ns := range seen {
-			list = append(list, ns)
+		var ready []string
+		for ns, due := range dirty {
+			if !due.After(now) {
+				ready = append(ready, ns)
+				delete(dirty, ns)
+				last[ns] = now
+			}
 		}
-		changed(list)
+		for ns, at := range last {
+			if now.Sub(at) > gap {
+				delete(last, ns)
+			}
+		}
+		if len(ready) > 0 {
+			changed(ready)
+		}
 	}
 }
 
-func (m *mountChanges) note(events []unix.EpollEvent, seen map[string]bool) {
+// namespaces returns the namespaces of events' files.
+func (m *mountChanges) namespaces(events []unix.EpollEvent) []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	var out []string
 	for _, ev := range events {
 		if ns, ok := m.byFD[int(ev.Fd)]; ok {
-			seen[ns] = true
+			out = append(out, ns)
 		}
 	}
+	return out
 }
 
 // close stops following every namespace.

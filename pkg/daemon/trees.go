@@ -56,7 +56,7 @@ func (t *trees) followMounts(ctx context.Context) {
 		return
 	}
 	defer t.mounts.close()
-	t.mounts.run(ctx, 20*time.Millisecond, func(nss []string) {
+	t.mounts.run(ctx, 20*time.Millisecond, time.Second, func(nss []string) {
 		w := t.watcher()
 		if w == nil {
 			return

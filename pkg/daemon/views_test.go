@@ -78,7 +78,7 @@ func TestMountChanges(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		m.run(ctx, 20*time.Millisecond, func(nss []string) { got <- nss })
+		m.run(ctx, 20*time.Millisecond, 500*time.Millisecond, func(nss []string) { got <- nss })
 	}()
 	defer func() { cancel(); <-done; m.close() }()
 	m.sync(map[string]int{ns: pid})
@@ -96,6 +96,26 @@ func TestMountChanges(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("no change reported for a mount in the namespace")
+	}
+	// A user mounting and unmounting in a loop gets one report per gap.
+	loop := fmt.Sprintf("for i in $(seq 40); do mount -t tmpfs tmpfs %s && umount %s; done", dir, dir)
+	began := time.Now()
+	if out, err := exec.Command("nsenter", "-t", strconv.Itoa(pid), "-m", "sh", "-c", loop).CombinedOutput(); err != nil {
+		t.Fatalf("mount loop in the namespace: %v: %s", err, out)
+	}
+	took := time.Since(began)
+	reports := 0
+	for quiet := time.After(1200 * time.Millisecond); ; {
+		select {
+		case <-got:
+			reports++
+			continue
+		case <-quiet:
+		}
+		break
+	}
+	if most := 2 + int(took/(500*time.Millisecond)); reports < 1 || reports > most {
+		t.Errorf("80 mount changes in %v gave %d reports, want 1 to %d (one per 500 ms gap)", took, reports, most)
 	}
 	m.sync(nil)
 	mount(filepath.Join(dir, "."))
