@@ -217,8 +217,10 @@ func (d *Daemon) fullPasses(ctx context.Context) {
 	}
 }
 
-// nsLook is how often namespaces looks for new mount namespaces.
-const nsLook = 250 * time.Millisecond
+// nsLook is how often namespaces looks for new mount namespaces. Each look
+// wakes the Go runtime's scheduler and monitor: at 250 ms they cost the
+// idle daemon 0.2% of a core more than at a second.
+const nsLook = time.Second
 
 // namespaces looks for new mount namespaces (containers starting) every
 // nsLook, between full passes, and has their views watched; only new

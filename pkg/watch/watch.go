@@ -202,31 +202,21 @@ func (w *Watcher) RestoreRoots() []string {
 // directories created meanwhile get their watch, and directories removed
 // or replaced lose their stale one (their IN_IGNORED may have been lost
 // too). It returns the number of watches added.
-func (w *Watcher) Rescan() int {
-	w.mu.Lock()
-	roots := slices.Clone(w.roots)
-	before := w.added
-	w.mu.Unlock()
-	for _, r := range roots {
-		w.rescanTree(r)
-	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.added - before
-}
+func (w *Watcher) Rescan() int { return w.rescan(func(string) bool { return true }) }
 
 // RescanUnder walks again the roots at or below prefix, as Rescan does:
 // the caller knows that mounts changed there (a container's view, whose
 // runtime mounted its own directories over what was watched), so a path
 // now naming another directory gets that directory's watch.
 func (w *Watcher) RescanUnder(prefix string) int {
+	return w.rescan(func(r string) bool { return underAny(r, []string{prefix}) })
+}
+
+// rescan walks again the roots that pick chooses and returns the number
+// of watches added.
+func (w *Watcher) rescan(pick func(root string) bool) int {
 	w.mu.Lock()
-	var roots []string
-	for _, r := range w.roots {
-		if underAny(r, []string{prefix}) {
-			roots = append(roots, r)
-		}
-	}
+	roots := slices.DeleteFunc(slices.Clone(w.roots), func(r string) bool { return !pick(r) })
 	before := w.added
 	w.mu.Unlock()
 	for _, r := range roots {
