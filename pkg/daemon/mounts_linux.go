@@ -23,6 +23,7 @@ import (
 type mountChanges struct {
 	procRoot string
 	epfd     int
+	wake     int // an eventfd in the epoll set: written when run must return
 
 	mu   sync.Mutex
 	byNS map[string]int // namespace -> its open mountinfo
@@ -34,7 +35,20 @@ func newMountChanges(procRoot string) (*mountChanges, error) {
 	if err != nil {
 		return nil, fmt.Errorf("epoll_create1: %w", err)
 	}
-	return &mountChanges{procRoot: procRoot, epfd: epfd, byNS: make(map[string]int), byFD: make(map[int]string)}, nil
+	// run waits without a timeout, so an idle daemon is not woken for
+	// nothing; this is how it is told to return.
+	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake)}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wake, &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(wake)
+		return nil, fmt.Errorf("epoll_ctl: %w", err)
+	}
+	return &mountChanges{procRoot: procRoot, epfd: epfd, wake: wake, byNS: make(map[string]int), byFD: make(map[int]string)}, nil
 }
 
 // sync follows the namespaces in reps (namespace -> a pid in it) and stops
@@ -77,16 +91,23 @@ func (m *mountChanges) sync(reps map[string]int) {
 // namespace can also mount and unmount in it in a loop, and each report
 // walks that view's trees: a namespace is reported at most once per gap.
 func (m *mountChanges) run(ctx context.Context, settle, gap time.Duration, changed func(ns []string)) {
+	stop := context.AfterFunc(ctx, func() {
+		_, _ = unix.Write(m.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+	})
+	defer stop()
 	events := make([]unix.EpollEvent, 32)
 	dirty := make(map[string]time.Time) // namespace -> when it is due
 	last := make(map[string]time.Time)  // namespace -> its last report
 	for ctx.Err() == nil {
-		timeout := 500 * time.Millisecond
+		timeout := -1 // nothing due: wait for a change or the wake
 		now := time.Now()
 		for _, due := range dirty {
-			timeout = min(timeout, max(due.Sub(now), time.Millisecond))
+			ms := int(max(due.Sub(now), time.Millisecond).Milliseconds())
+			if timeout < 0 || ms < timeout {
+				timeout = ms
+			}
 		}
-		n, err := unix.EpollWait(m.epfd, events, int(timeout.Milliseconds()))
+		n, err := unix.EpollWait(m.epfd, events, timeout)
 		now = time.Now()
 		if err == nil && n > 0 {
 			for _, ns := range m.namespaces(events[:n]) {
@@ -140,4 +161,5 @@ func (m *mountChanges) close() {
 	clear(m.byFD)
 	clear(m.byNS)
 	unix.Close(m.epfd)
+	unix.Close(m.wake)
 }
