@@ -65,11 +65,13 @@ func (v *views) full(pids []int, base []string) (roots []string, changed bool) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	seen := make(map[string]int)
+	v.members = make(map[string][]int)
 	for _, pid := range pids {
 		if ns := v.nsOf(pid); v.other(ns) {
 			if rep, ok := seen[ns]; !ok || pid < rep {
 				seen[ns] = pid
 			}
+			v.member(ns, pid)
 		}
 	}
 	// Keep a namespace's representative while it lives: its watches'
@@ -80,12 +82,6 @@ func (v *views) full(pids []int, base []string) (roots []string, changed bool) {
 		}
 	}
 	v.reps = seen
-	v.members = make(map[string][]int)
-	for _, pid := range pids {
-		if ns := v.nsOf(pid); v.other(ns) {
-			v.member(ns, pid)
-		}
-	}
 	v.known = make(map[int]bool, len(pids))
 	for _, pid := range pids {
 		v.known[pid] = true
