@@ -25,9 +25,10 @@ type mountChanges struct {
 	epfd     int
 	wake     int // an eventfd in the epoll set: written when run must return
 
-	mu   sync.Mutex
-	byNS map[string]int // namespace -> its open mountinfo
-	byFD map[int]string
+	mu     sync.Mutex
+	byNS   map[string]int // namespace -> its open mountinfo
+	byFD   map[int]string
+	closed bool // close was called: a full pass still running at shutdown may sync
 }
 
 func newMountChanges(procRoot string) (*mountChanges, error) {
@@ -57,6 +58,9 @@ func newMountChanges(procRoot string) (*mountChanges, error) {
 func (m *mountChanges) sync(reps map[string]int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.closed {
+		return
+	}
 	for ns, fd := range m.byNS {
 		if _, ok := reps[ns]; !ok {
 			_ = unix.EpollCtl(m.epfd, unix.EPOLL_CTL_DEL, fd, nil)
@@ -155,6 +159,7 @@ func (m *mountChanges) namespaces(events []unix.EpollEvent) []string {
 func (m *mountChanges) close() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.closed = true
 	for fd := range m.byFD {
 		unix.Close(fd)
 	}
