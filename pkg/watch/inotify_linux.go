@@ -115,9 +115,53 @@ func isServerFS(fstype string) bool { return serverFS[fstype] || strings.HasPref
 // filesystem (proc(5) mountinfo).
 type mounts []procfs.Mount
 
-func (w *Watcher) readMounts() mounts {
-	ms, _ := w.proc.MountInfo("self")
-	return ms
+// mountTable is the mount table that decides for a path: the daemon's
+// own, or for a path in another namespace's view (PROC/PID/root/…) that
+// namespace's, whose mount points are below the view. A container's view
+// may have an NFS or FUSE mount where the daemon's own table shows none:
+// judged by the daemon's table, a hung server there would stall the
+// walk of the view.
+type mountTable struct {
+	ms   mounts
+	view string // the view's prefix, "" for the daemon's own table
+	err  error  // the view's table could not be read: treated as a server's
+}
+
+// tableFor returns the mount table for path, reading a view's once per
+// cache (which may be nil).
+func (w *Watcher) tableFor(path string, cache map[string]mountTable) mountTable {
+	view := w.viewKey(path)
+	if t, ok := cache[view]; ok && cache != nil {
+		return t
+	}
+	var t mountTable
+	if view == "" {
+		t.ms, _ = w.proc.MountInfo("self")
+	} else {
+		pidDir := strings.TrimSuffix(strings.TrimPrefix(view, w.proc.Root()+"/"), "/root")
+		t.view = view
+		t.ms, t.err = w.proc.MountInfo(pidDir)
+	}
+	if cache != nil {
+		cache[view] = t
+	}
+	return t
+}
+
+// onServerFS returns the type of path's mount when it is one of serverFS
+// (see mounts.onServerFS), judged in path's own namespace.
+func (t mountTable) onServerFS(path string) (string, bool) {
+	if t.view == "" {
+		return t.ms.onServerFS(path)
+	}
+	if t.err != nil {
+		return "unknown (" + t.err.Error() + ")", true
+	}
+	rel := strings.TrimPrefix(path, t.view)
+	if rel == "" {
+		rel = "/"
+	}
+	return t.ms.onServerFS(rel)
 }
 
 // onServerFS returns the type of path's mount when it is one of serverFS:

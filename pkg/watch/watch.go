@@ -143,12 +143,12 @@ func (w *Watcher) SetRoots(roots []string) {
 	}
 	w.limited, w.viewsFull = false, false
 	w.mu.Unlock()
-	ms := w.readMounts()
+	tables := make(map[string]mountTable)
 	for _, r := range roots {
 		if slices.Contains(old, r) {
 			continue
 		}
-		if fstype, server := ms.onServerFS(r); server {
+		if fstype, server := w.tableFor(r, tables).onServerFS(r); server {
 			w.log.Info("watched root is on a filesystem with a server, not watched (a hung server would stall the watch); the sweeps cover it",
 				zap.String("dir", r), zap.String("fstype", fstype))
 			continue
@@ -157,7 +157,7 @@ func (w *Watcher) SetRoots(roots []string) {
 			w.log.Info("watched root does not exist; watched once it appears, from the next full sweep", zap.String("dir", r))
 			continue
 		}
-		w.addTree(ms, r, false)
+		w.addTree(r, false)
 	}
 }
 
@@ -173,9 +173,9 @@ func (w *Watcher) RestoreRoots() []string {
 	roots := slices.Clone(w.roots)
 	w.mu.Unlock()
 	var restored []string
-	ms := w.readMounts()
+	tables := make(map[string]mountTable)
 	for _, r := range roots {
-		if _, server := ms.onServerFS(r); server {
+		if _, server := w.tableFor(r, tables).onServerFS(r); server {
 			continue
 		}
 		if _, ok := devOf(r); !ok {
@@ -230,7 +230,7 @@ func (w *Watcher) rescan(pick func(root string) bool) int {
 // rescanTree adds every directory of root's tree again (see add) and drops
 // the watches of directories under it that are gone.
 func (w *Watcher) rescanTree(root string) {
-	w.addTree(w.readMounts(), root, true)
+	w.addTree(root, true)
 	w.mu.Lock()
 	under := make(map[string]int)
 	for path, wd := range w.byPath {
@@ -336,10 +336,9 @@ func (w *Watcher) handle(wd int, mask uint32, name string) (Event, bool) {
 	case isDir && mask&(unix.IN_CREATE|unix.IN_MOVED_TO) != 0:
 		// Under each of the parent's names, so that dropping one (a
 		// container's view that ends) leaves the others watched.
-		ms := w.readMounts()
 		for _, dir := range names {
 			path := filepath.Join(dir, name)
-			w.addTree(ms, path, false)
+			w.addTree(path, false)
 			w.log.Debug("watching new directory", zap.String("dir", path))
 		}
 		return Event{}, false
@@ -367,9 +366,9 @@ func (w *Watcher) handle(wd int, mask uint32, name string) (Event, bool) {
 
 // addTree watches dir and every directory below it, within the bound.
 // Symlinks are not followed; pseudo filesystems are not entered. With
-// recheck, directories already watched are added again (see add). ms is
-// the mount table, read once by the caller.
-func (w *Watcher) addTree(ms mounts, root string, recheck bool) {
+// recheck, directories already watched are added again (see add).
+func (w *Watcher) addTree(root string, recheck bool) {
+	ms := w.tableFor(root, nil)
 	if w.skipServerFS(ms, root) {
 		return
 	}
@@ -404,7 +403,7 @@ func (w *Watcher) addTree(ms mounts, root string, recheck bool) {
 
 // skipServerFS reports whether dir is on a filesystem with a server (see
 // serverFS), saying so once per directory at debug level.
-func (w *Watcher) skipServerFS(ms mounts, dir string) bool {
+func (w *Watcher) skipServerFS(ms mountTable, dir string) bool {
 	fstype, server := ms.onServerFS(dir)
 	if server {
 		w.log.Debug("not watching a directory on a filesystem with a server; the sweeps cover it",

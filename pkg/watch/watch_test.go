@@ -1,9 +1,11 @@
 package watch
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -14,6 +16,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/relinkd/relinkd/internal/testfs"
 	"github.com/relinkd/relinkd/pkg/watch/watchtest"
 )
 
@@ -619,4 +622,69 @@ func TestRootRecreated(t *testing.T) {
 		t.Fatal(err)
 	}
 	expect(t, ch, sub, "f")
+}
+
+// TestViewMountTable: whether a view's directory is on a filesystem with
+// a server is decided by the view's own namespace, whose mounts the
+// daemon's table does not show: a container's NFS or FUSE mount at a
+// watched path would otherwise be walked, and a hung server there would
+// stall the walk.
+func TestViewMountTable(t *testing.T) {
+	testfs.RequireRoot(t)
+	testfs.RequireTool(t, "unshare")
+	dir := t.TempDir()
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c",
+		"mount -t tmpfs tmpfs "+dir+" && echo ready && exec sleep 100")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "ready\n" {
+		t.Fatalf("namespace: %q %v", line, err)
+	}
+	w, err := New(Options{}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	view := fmt.Sprintf("/proc/%d/root", cmd.Process.Pid)
+	mountedAt := func(tb mountTable, point string) string {
+		for _, m := range tb.ms {
+			if m.MountPoint == point {
+				return m.FSType
+			}
+		}
+		return ""
+	}
+	if got := mountedAt(w.tableFor(view+dir, nil), dir); got != "tmpfs" {
+		t.Errorf("the view's table has %q at %s, want its own tmpfs", got, dir)
+	}
+	if got := mountedAt(w.tableFor(dir, nil), dir); got != "" {
+		t.Errorf("the daemon's table has %q at %s, want nothing", got, dir)
+	}
+
+	// The decision, on a view's table with an NFS mount.
+	nfs := mountTable{view: "/proc/9/root", ms: mounts{{MountPoint: "/", FSType: "ext4"}, {MountPoint: "/srv/nfs", FSType: "nfs4"}}}
+	for _, tt := range []struct {
+		path   string
+		server bool
+	}{
+		{"/proc/9/root/srv/nfs", true},
+		{"/proc/9/root/srv/nfs/logs", true},
+		{"/proc/9/root/srv/nfsx", false},
+		{"/proc/9/root/srv", false},
+		{"/proc/9/root", false},
+	} {
+		if _, got := nfs.onServerFS(tt.path); got != tt.server {
+			t.Errorf("onServerFS(%s) = %v, want %v", tt.path, got, tt.server)
+		}
+	}
+	gone := mountTable{view: "/proc/9/root", err: os.ErrNotExist}
+	if _, got := gone.onServerFS("/proc/9/root/srv"); !got {
+		t.Error("a view whose table cannot be read is walked; want it left to the sweeps")
+	}
 }
