@@ -157,7 +157,15 @@ func startDaemonBinary(t *testing.T, bin, cfg string, env ...string) *Daemon {
 			case <-d.exited:
 			case <-time.After(10 * time.Second):
 				_ = d.cmd.Process.Kill()
-				<-d.exited
+				// A thread stuck in a hung filesystem keeps even a
+				// killed process from ending until the test's later
+				// cleanups (an abort of the FUSE connection) run:
+				// waiting for good here would block the whole suite.
+				select {
+				case <-d.exited:
+				case <-time.After(10 * time.Second):
+					t.Errorf("the daemon did not end 10 s after SIGKILL (a thread stuck in the kernel?)")
+				}
 			}
 		}
 		d.mu.Lock()
