@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"os"
@@ -12,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/relinkd/relinkd/internal/testcontainer"
 	"github.com/relinkd/relinkd/internal/testfs"
 )
 
@@ -58,24 +58,7 @@ func containerViewSetup(t *testing.T) (watched, app string, d *Daemon) {
 // env, waits for its first line, "ready", and returns it with its stdin.
 func startContainer(t *testing.T, script string, env ...string) (*exec.Cmd, io.Writer) {
 	t.Helper()
-	cmd := exec.Command("unshare", "--mount", "--pid", "--fork", "--propagation", "private", "sh", "-c", script)
-	cmd.Env = append(cmd.Environ(), env...)
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || strings.TrimSpace(line) != "ready" {
-		t.Fatalf("container: %q %v", line, err)
-	}
-	return cmd, in
+	return testcontainer.Unshare(t, []string{"--mount", "--pid", "--fork", "--propagation", "private"}, script, env...)
 }
 
 // watchingNS returns a test for a "watched trees" event that lists pid's

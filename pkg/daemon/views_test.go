@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/relinkd/relinkd/internal/procfs"
+	"github.com/relinkd/relinkd/internal/testcontainer"
 	"github.com/relinkd/relinkd/internal/testfs"
 )
 
@@ -46,21 +47,12 @@ func TestViewsHostRoot(t *testing.T) {
 // killed at cleanup.
 func inNewMountNS(t *testing.T, script string) (int, string) {
 	t.Helper()
-	testfs.RequireRoot(t)
-	testfs.RequireTool(t, "unshare")
-	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", script)
-	if err := cmd.Start(); err != nil {
+	cmd, _ := testcontainer.Unshare(t, []string{"--mount", "--propagation", "private"}, "echo ready; "+script)
+	ns, err := procfs.New("/proc").MountNS(strconv.Itoa(cmd.Process.Pid))
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	own, _ := procfs.New("/proc").MountNS("self")
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		if ns, err := procfs.New("/proc").MountNS(strconv.Itoa(cmd.Process.Pid)); err == nil && ns != own {
-			return cmd.Process.Pid, ns
-		}
-	}
-	t.Fatal("the process never entered its own mount namespace")
-	return 0, ""
+	return cmd.Process.Pid, ns
 }
 
 // TestMountChanges: a mount in a followed namespace is reported, once

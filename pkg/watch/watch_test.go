@@ -1,11 +1,9 @@
 package watch
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -16,7 +14,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/relinkd/relinkd/internal/testfs"
+	"github.com/relinkd/relinkd/internal/testcontainer"
 	"github.com/relinkd/relinkd/pkg/watch/watchtest"
 )
 
@@ -630,22 +628,9 @@ func TestRootRecreated(t *testing.T) {
 // watched path would otherwise be walked, and a hung server there would
 // stall the walk.
 func TestViewMountTable(t *testing.T) {
-	testfs.RequireRoot(t)
-	testfs.RequireTool(t, "unshare")
 	dir := t.TempDir()
-	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c",
+	cmd, _ := testcontainer.Unshare(t, []string{"--mount", "--propagation", "private"},
 		"mount -t tmpfs tmpfs "+dir+" && echo ready && exec sleep 100")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "ready\n" {
-		t.Fatalf("namespace: %q %v", line, err)
-	}
 	w, err := New(Options{}, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
