@@ -125,9 +125,10 @@ func (w *Watcher) Watches() int {
 // removed, new roots are added. It is how a configuration reload applies,
 // and how a container's views are added and dropped. Only the new roots
 // are walked (all of them once the watch maximum or the views' share was
-// hit, since dropped watches may have made room): the trees already watched are kept up to
-// date by their events and by RestoreRoots, and walking every tree again
-// each time a namespace comes or goes would cost the caller milliseconds.
+// hit, since dropped watches may have made room): the trees already
+// watched are kept up to date by their events and by RestoreRoots, and
+// walking every tree again each time a namespace comes or goes would cost
+// the caller milliseconds.
 func (w *Watcher) SetRoots(roots []string) {
 	roots = Minimal(roots)
 	w.mu.Lock()
@@ -450,6 +451,10 @@ func (w *Watcher) add(dir string, recheck bool) bool {
 	if !shared && view != "" {
 		if !w.viewRoomLocked(view) {
 			_ = rmWatch(w.in, wd)
+			if watched {
+				// Replaced (see below): the old watch is stale.
+				w.dropLocked(dir, old)
+			}
 			return false
 		}
 		w.viewOf[wd] = view
